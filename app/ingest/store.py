@@ -1,0 +1,137 @@
+"""The store step: one transaction writes a batch of documents, their sections and chunks.
+
+Documents are upserted in one statement; the old chunks of re-ingested documents are deleted
+and new sections and chunks go in with binary COPY; the change log records every chunk that
+left or arrived. The caller owns the transaction, so a failure anywhere leaves every
+document of the batch at its previous version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from psycopg import Connection as PgConnection
+from sqlalchemy import Connection
+
+from app.collections import Collection
+from app.db.queries import query
+from app.ingest.model import Chunk, Section, chunk_context
+
+SECTION_COLUMNS = ("collection_id", "document_id", "ordinal", "heading_path", "text")
+SECTION_TYPES = ("bigint", "bigint", "integer", "text[]", "text")
+CHUNK_COLUMNS = (
+    "collection_id", "document_id", "ordinal", "section_ordinal", "heading_path",
+    "context", "text", "token_count", "text_config", "embedding",
+)  # fmt: skip
+# regconfig travels as its OID: the binary form of both types is the same four bytes.
+CHUNK_TYPES = (
+    "bigint", "bigint", "integer", "integer", "text[]", "text", "text", "integer", "oid", "vector",
+)  # fmt: skip
+
+
+@dataclass
+class PreparedDocument:
+    """A document ready to write: fields resolved, chunked and embedded."""
+
+    external_id: str
+    title: str
+    source: str | None
+    content_hash: str
+    metadata: dict[str, Any]
+    acl: list[str]
+    popularity: float
+    published_at: datetime | None
+    sections: list[Section]
+    chunks: list[Chunk]
+    embeddings: np.ndarray
+
+
+def write_documents(
+    conn: Connection, collection: Collection, docs: list[PreparedDocument]
+) -> dict[str, int]:
+    """Write the batch inside the caller's transaction; return external id -> document id."""
+    if not docs:
+        return {}
+    ids = _upsert(conn, collection.id, docs)
+    document_ids = list(ids.values())
+    params = {"collection_id": collection.id, "document_ids": document_ids}
+    conn.execute(query("write.sql", "delete_chunks"), params)
+    conn.execute(query("write.sql", "delete_sections"), params)
+    pg = _driver(conn)
+    config_oid = _regconfig_oid(pg, collection.text_config)
+    _copy_sections(pg, collection.id, ids, docs)
+    _copy_chunks(pg, collection.id, config_oid, ids, docs)
+    conn.execute(query("write.sql", "log_inserted_chunks"), params)
+    return ids
+
+
+def _upsert(conn: Connection, collection_id: int, docs: list[PreparedDocument]) -> dict[str, int]:
+    rows = conn.execute(
+        query("write.sql", "upsert_documents"),
+        {
+            "collection_id": collection_id,
+            "external_ids": [d.external_id for d in docs],
+            "titles": [d.title for d in docs],
+            "sources": [d.source for d in docs],
+            "content_hashes": [d.content_hash for d in docs],
+            "metadata": [json.dumps(d.metadata) for d in docs],
+            "acls": [json.dumps(d.acl) for d in docs],
+            "popularity": [d.popularity for d in docs],
+            "published_at": [d.published_at for d in docs],
+            "chunk_counts": [len(d.chunks) for d in docs],
+        },
+    )
+    return {row.external_id: row.id for row in rows}
+
+
+def _copy_sections(
+    pg: PgConnection[Any], collection_id: int, ids: dict[str, int], docs: list[PreparedDocument]
+) -> None:
+    statement = f"COPY sections ({', '.join(SECTION_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
+    with pg.cursor().copy(statement) as copy:
+        copy.set_types(SECTION_TYPES)
+        for doc in docs:
+            document_id = ids[doc.external_id]
+            for s in doc.sections:
+                copy.write_row(
+                    (collection_id, document_id, s.ordinal, list(s.heading_path), s.text)
+                )
+
+
+def _copy_chunks(
+    pg: PgConnection[Any],
+    collection_id: int,
+    config_oid: int,
+    ids: dict[str, int],
+    docs: list[PreparedDocument],
+) -> None:
+    statement = f"COPY chunks ({', '.join(CHUNK_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
+    with pg.cursor().copy(statement) as copy:
+        copy.set_types(CHUNK_TYPES)
+        for doc in docs:
+            document_id = ids[doc.external_id]
+            for chunk, vector in zip(doc.chunks, doc.embeddings, strict=True):
+                copy.write_row(
+                    (
+                        collection_id, document_id, chunk.ordinal, chunk.section_ordinal,
+                        list(chunk.heading_path), chunk_context(doc.title, chunk.heading_path),
+                        chunk.text, chunk.token_count, config_oid, vector,
+                    )
+                )  # fmt: skip
+
+
+def _regconfig_oid(pg: PgConnection[Any], text_config: str) -> int:
+    row = pg.execute("SELECT CAST(CAST(%s AS regconfig) AS oid)", [text_config]).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _driver(conn: Connection) -> PgConnection[Any]:
+    """The psycopg connection under SQLAlchemy, inside the same transaction."""
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, PgConnection)
+    return driver

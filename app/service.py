@@ -1,0 +1,63 @@
+"""Wiring: from settings to a running set of services shared by the API and the CLI.
+
+`Services.open()` finds the database (configured or embedded), checks the schema, and builds
+the engine; the embedding model loads on first use (or eagerly for the API server), so that
+commands that only read the database start fast.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from app.db import embedded, migrate
+from app.db.engine import make_engine, resolve_database_url
+from app.ingest.chunk import Tokenizer, bundled_tokenizer
+from app.ingest.embed import Embedder, create_embedder
+from app.ingest.pipeline import Ingestor
+from app.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    started_embedded: bool = False
+    _embedder: Embedder | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:
+        url, started = resolve_database_url(settings)
+        engine = make_engine(url, pool_size=settings.database.pool_size)
+        services = cls(settings=settings, engine=engine, started_embedded=started)
+        if check_schema:
+            migrate.ensure_schema(engine, settings)
+        return services
+
+    @property
+    def embedder(self) -> Embedder:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = create_embedder(self.settings.embedding)
+            return self._embedder
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._embedder is not None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return bundled_tokenizer()
+
+    @property
+    def ingestor(self) -> Ingestor:
+        return Ingestor(self.engine, self.settings, self.embedder, self.tokenizer)
+
+    def close(self, *, stop_embedded: bool | None = None) -> None:
+        """Release connections; stop the embedded server if this process started it."""
+        self.engine.dispose()
+        if self.started_embedded if stop_embedded is None else stop_embedded:
+            embedded.stop(self.settings.database.data_dir)

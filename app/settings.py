@@ -1,0 +1,223 @@
+"""Typed settings, read once from the environment (and an optional `.env` file).
+
+One frozen dataclass per concern; every field carries its environment variable name and a
+one-line description in its metadata, which is also what the README's settings table lists.
+`load_settings()` validates everything at start-up so that a bad value fails fast with a message
+naming the variable, never later in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import platformdirs
+from dotenv import dotenv_values
+
+from app.errors import ConfigError
+
+Environment = Literal["development", "production"]
+EmbeddingProvider = Literal["local", "openai"]
+ChunkStrategy = Literal["structure", "recursive", "fixed"]
+
+
+def setting(env: str, default: Any, doc: str) -> Any:
+    """Declare one setting: its environment variable, default and description."""
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str | None = setting(
+        "DATABASE_URL", None, "PostgreSQL URL (pgvector required); unset = embedded server"
+    )
+    data_dir: Path = setting(
+        "HYBRID_DATA_DIR",
+        Path(platformdirs.user_data_dir("hybrid-search")),
+        "Directory for the embedded PostgreSQL data and other local state",
+    )
+    auto_migrate: bool = setting(
+        "HYBRID_AUTO_MIGRATE", True, "Apply pending migrations at start-up instead of refusing"
+    )
+    pool_size: int = setting("HYBRID_DB_POOL_SIZE", 5, "Connections kept open per process")
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    provider: EmbeddingProvider = setting(
+        "HYBRID_EMBEDDING_PROVIDER", "local", "`local` (bundled model) or `openai`"
+    )
+    model: str = setting(
+        "HYBRID_EMBEDDING_MODEL",
+        "all-MiniLM-L6-v2",
+        "Model name: the bundled model, a local sentence-transformers directory, or a remote model",
+    )
+    dimension: int = setting(
+        "HYBRID_EMBEDDING_DIM", 384, "Vector dimension; must match the chunks.embedding column"
+    )
+    batch_size: int = setting("HYBRID_EMBEDDING_BATCH_SIZE", 64, "Texts per embedding call")
+    max_tokens: int = setting(
+        "HYBRID_EMBEDDING_MAX_TOKENS", 256, "Tokens the local model reads per text (rest cut)"
+    )
+    openai_api_key: str | None = setting(
+        "OPENAI_API_KEY", None, "API key for the OpenAI-compatible embedding endpoint"
+    )
+    openai_base_url: str | None = setting(
+        "OPENAI_BASE_URL", None, "Base URL of an OpenAI-compatible endpoint (unset = OpenAI)"
+    )
+    timeout_s: float = setting(
+        "HYBRID_EMBEDDING_TIMEOUT", 30.0, "Seconds before one remote embedding call times out"
+    )
+    max_retries: int = setting(
+        "HYBRID_EMBEDDING_MAX_RETRIES",
+        5,
+        "Retries (exponential backoff with jitter) on 429, 5xx and timeouts",
+    )
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    strategy: ChunkStrategy = setting(
+        "HYBRID_CHUNK_STRATEGY", "structure", "`structure`, `recursive` or `fixed`"
+    )
+    max_tokens: int = setting("HYBRID_CHUNK_TOKENS", 200, "Largest chunk, in model tokens")
+    overlap_tokens: int = setting(
+        "HYBRID_CHUNK_OVERLAP", 32, "Tokens repeated from the end of the previous chunk"
+    )
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    batch_documents: int = setting(
+        "HYBRID_INGEST_BATCH", 128, "Documents written per transaction in bulk ingest"
+    )
+    max_upload_bytes: int = setting(
+        "HYBRID_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, "Largest accepted upload or file, in bytes"
+    )
+    max_document_chars: int = setting(
+        "HYBRID_MAX_DOCUMENT_CHARS", 2_000_000, "Largest document text after extraction"
+    )
+    default_acl: tuple[str, ...] = setting(
+        "HYBRID_DEFAULT_ACL",
+        ("*",),
+        "Comma-separated principals of documents ingested without an ACL (`*` = everyone)",
+    )
+    max_request_documents: int = setting(
+        "HYBRID_MAX_REQUEST_DOCUMENTS", 1000, "Most JSON documents accepted in one API request"
+    )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    environment: Environment = setting(
+        "HYBRID_ENV", "development", "`development` or `production` (stricter checks)"
+    )
+    host: str = setting("HYBRID_HOST", "127.0.0.1", "Interface `hybrid serve` listens on")
+    port: int = setting("HYBRID_PORT", 8000, "Port `hybrid serve` listens on")
+    log_level: str = setting("HYBRID_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = setting("HYBRID_LOG_JSON", False, "Log as JSON lines instead of console text")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings
+    embedding: EmbeddingSettings
+    chunking: ChunkSettings
+    ingest: IngestSettings
+    server: ServerSettings
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseSettings,
+    "embedding": EmbeddingSettings,
+    "chunking": ChunkSettings,
+    "ingest": IngestSettings,
+    "server": ServerSettings,
+}
+
+
+def load_settings(environ: dict[str, str] | None = None, env_file: Path | None = None) -> Settings:
+    """Read and validate every setting; the process environment wins over `.env`."""
+    source = _environment(environ, env_file)
+    parts = {name: _load_section(cls, source) for name, cls in SECTIONS.items()}
+    settings = Settings(**parts)
+    _validate(settings)
+    return settings
+
+
+def documented_settings() -> list[tuple[str, str, Any]]:
+    """(variable, description, default) for every setting, in declaration order."""
+    return [
+        (f.metadata["env"], f.metadata["doc"], f.default)
+        for cls in SECTIONS.values()
+        for f in fields(cls)
+    ]
+
+
+def _environment(environ: dict[str, str] | None, env_file: Path | None) -> dict[str, str]:
+    if environ is not None:
+        return environ
+    path = env_file or Path(".env")
+    from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {**from_file, **os.environ}
+
+
+def _load_section(cls: type[Any], source: dict[str, str]) -> Any:
+    hints = get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        raw = source.get(f.metadata["env"])
+        if raw is not None and raw != "":
+            values[f.name] = _convert(f.metadata["env"], raw, hints[f.name])
+    return cls(**values)
+
+
+def _convert(env: str, raw: str, hint: Any) -> Any:
+    if get_origin(hint) is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if get_origin(hint) in (Union, UnionType):
+        hint = next(arg for arg in get_args(hint) if arg is not type(None))
+    if get_origin(hint) is Literal:
+        if raw not in get_args(hint):
+            raise ConfigError(f"{env}: expected one of {', '.join(get_args(hint))}, got {raw!r}")
+        return raw
+    try:
+        return _parse_bool(raw) if hint is bool else hint(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{env}: expected {hint.__name__}, got {raw!r}") from exc
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _validate(s: Settings) -> None:
+    _require(s.embedding.dimension > 0, "HYBRID_EMBEDDING_DIM must be positive")
+    _require(s.embedding.batch_size >= 1, "HYBRID_EMBEDDING_BATCH_SIZE must be at least 1")
+    _require(s.chunking.max_tokens >= 16, "HYBRID_CHUNK_TOKENS must be at least 16")
+    _require(
+        0 <= s.chunking.overlap_tokens < s.chunking.max_tokens // 2,
+        "HYBRID_CHUNK_OVERLAP must be at least 0 and below half of HYBRID_CHUNK_TOKENS",
+    )
+    _require(s.ingest.batch_documents >= 1, "HYBRID_INGEST_BATCH must be at least 1")
+    _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
+    if s.embedding.provider == "openai" and s.server.environment == "production":
+        _require(bool(s.embedding.openai_api_key), "OPENAI_API_KEY is required in production")
+    if s.server.environment == "production":
+        _require(
+            s.database.url is not None,
+            "DATABASE_URL is required in production (the embedded server is for development)",
+        )
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

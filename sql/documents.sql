@@ -1,0 +1,82 @@
+-- Reading and managing stored documents: list, show, metadata/ACL updates, delete and purge.
+
+-- name: list_documents
+-- Newest first; keyset pagination on (updated_at, id) keeps deep pages cheap.
+SELECT id, external_id, title, source, version, metadata, acl, popularity, chunk_count,
+       created_at, updated_at, published_at, deleted_at
+FROM documents
+WHERE collection_id = :collection_id
+  AND (CAST(:include_deleted AS boolean) OR deleted_at IS NULL)
+ORDER BY updated_at DESC, id DESC
+LIMIT :limit OFFSET :offset;
+
+-- name: count_documents
+SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
+       count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted
+FROM documents
+WHERE collection_id = :collection_id;
+
+-- name: get_document
+SELECT id, external_id, title, source, content_hash, version, metadata, acl, popularity,
+       chunk_count, created_at, updated_at, published_at, deleted_at
+FROM documents
+WHERE collection_id = :collection_id
+  AND external_id = :external_id;
+
+-- name: document_chunks
+SELECT id, ordinal, section_ordinal, heading_path, token_count, text
+FROM chunks
+WHERE collection_id = :collection_id
+  AND document_id = :document_id
+ORDER BY ordinal;
+
+-- name: update_document_fields
+-- Metadata, ACL, dates and popularity change without touching chunks or embeddings.
+UPDATE documents
+SET metadata = CAST(:metadata AS jsonb),
+    acl = CAST(:acl AS text[]),
+    popularity = :popularity,
+    published_at = :published_at,
+    source = :source,
+    updated_at = now()
+WHERE collection_id = :collection_id
+  AND id = :document_id;
+
+-- name: soft_delete_document
+-- The chunks stay until purge but leave every index at once: the change log says so.
+WITH doc AS (
+    UPDATE documents
+    SET deleted_at = now(), updated_at = now()
+    WHERE collection_id = :collection_id
+      AND external_id = :external_id
+      AND deleted_at IS NULL
+    RETURNING collection_id, id
+)
+INSERT INTO change_log (collection_id, chunk_id, op)
+SELECT c.collection_id, c.id, 'D'
+FROM chunks c JOIN doc ON c.collection_id = doc.collection_id AND c.document_id = doc.id;
+
+-- name: purge_document
+-- Hard delete of one document; chunks of a live document are logged as deleted first.
+WITH doc AS (
+    DELETE FROM documents
+    WHERE collection_id = :collection_id
+      AND external_id = :external_id
+    RETURNING collection_id, id, deleted_at
+), logged AS (
+    INSERT INTO change_log (collection_id, chunk_id, op)
+    SELECT c.collection_id, c.id, 'D'
+    FROM chunks c JOIN doc ON c.collection_id = doc.collection_id AND c.document_id = doc.id
+    WHERE doc.deleted_at IS NULL
+)
+SELECT count(*) FROM doc;
+
+-- name: purge_deleted
+-- Hard delete of every soft-deleted document (their chunks were logged at delete time).
+WITH doc AS (
+    DELETE FROM documents
+    WHERE collection_id = :collection_id
+      AND deleted_at IS NOT NULL
+    RETURNING id
+)
+SELECT count(*) FROM doc;

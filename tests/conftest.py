@@ -1,0 +1,71 @@
+"""Shared fixtures: one throwaway embedded PostgreSQL per test run, schema built by alembic,
+the real bundled embedding model, and a clean database for every test that asks for one."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+from sqlalchemy import text
+
+from app.api.app import create_app
+from app.db import embedded
+from app.service import Services
+from app.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's own temporary root: pytest keeps that private (0700), and the server
+    # runs as a separate system user when the tests run as root.
+    path = Path(tempfile.mkdtemp(prefix="hybrid-test-"))
+    yield path
+    embedded.stop(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(data_dir: Path) -> str:
+    url, _ = embedded.start(data_dir)
+    return url
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: str) -> Settings:
+    environ = {
+        "DATABASE_URL": database_url,
+        "HYBRID_DATA_DIR": str(data_dir),
+        "HYBRID_INGEST_BATCH": "8",
+        **overrides,
+    }
+    return load_settings(environ)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, data_dir: Path) -> Settings:
+    return make_settings(database_url, data_dir)
+
+
+@pytest.fixture(scope="session")
+def session_services(settings: Settings) -> Iterator[Services]:
+    services = Services.open(settings)
+    yield services
+    services.close()
+
+
+@pytest.fixture
+def services(session_services: Services) -> Iterator[Services]:
+    """The shared services over an empty database (the embedding cache is kept: it is keyed
+    by model and text, so it cannot leak between tests)."""
+    yield session_services
+    with session_services.engine.begin() as conn:
+        conn.execute(text("TRUNCATE collections, change_log RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def client(services: Services) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    with TestClient(app=create_app(services)) as test_client:
+        yield test_client

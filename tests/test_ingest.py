@@ -1,0 +1,293 @@
+"""The write path against a real PostgreSQL and the real model: dedup, versioned re-ingest,
+metadata-only updates, soft delete and purge, the change log, the embedding cache, and
+atomicity when something fails in the middle."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from app import documents
+from app.errors import NotFound, Unavailable
+from app.ingest.model import Block, SourceDocument
+from app.ingest.pipeline import Defaults, Ingestor
+from app.service import Services
+
+
+def doc(external_id: str, body: str, **fields: Any) -> SourceDocument:
+    paragraphs = [Block(p) for p in body.split("\n\n")]
+    return SourceDocument(
+        external_id=external_id, title=fields.pop("title", external_id), blocks=paragraphs, **fields
+    )
+
+
+def scalar(services: Services, sql: str, **params: Any) -> Any:
+    with services.engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar()
+
+
+def rows(services: Services, sql: str, **params: Any) -> list[Any]:
+    with services.engine.connect() as conn:
+        return list(conn.execute(text(sql), params))
+
+
+def chunk_texts(services: Services, external_id: str) -> list[str]:
+    return [
+        r.text
+        for r in rows(
+            services,
+            "SELECT c.text FROM chunks c JOIN documents d ON d.id = c.document_id "
+            "WHERE d.external_id = :x ORDER BY c.ordinal",
+            x=external_id,
+        )
+    ]
+
+
+def test_ingest_writes_documents_sections_chunks_and_log(services: Services) -> None:
+    report = services.ingestor.ingest(
+        "kb",
+        [
+            doc("a", "Cats purr when content.\n\nThey sleep a lot."),
+            doc("b", "Dogs bark at strangers."),
+        ],
+        create=True,
+    )
+    assert report.summary()["created"] == 2
+    assert scalar(services, "SELECT count(*) FROM documents") == 2
+    assert scalar(services, "SELECT count(*) FROM chunks") == report.chunks == 2
+    assert scalar(services, "SELECT count(*) FROM sections") == 2
+    assert scalar(services, "SELECT count(*) FROM change_log WHERE op = 'I'") == 2
+    assert scalar(services, "SELECT vector_dims(embedding) FROM chunks LIMIT 1") == 384
+    lexemes = scalar(
+        services,
+        "SELECT tsv::text FROM chunks c JOIN documents d ON d.id = c.document_id "
+        "WHERE d.external_id = 'b'",
+    )
+    assert "'bark'" in lexemes and "'dog'" in lexemes
+    assert scalar(services, "SELECT chunk_count FROM documents WHERE external_id = 'a'") == 1
+
+
+def test_unchanged_document_writes_nothing(services: Services) -> None:
+    services.ingestor.ingest("kb", [doc("a", "Same text.")], create=True)
+    before = rows(services, "SELECT version, updated_at FROM documents")
+    log_before = scalar(services, "SELECT count(*) FROM change_log")
+    report = services.ingestor.ingest("kb", [doc("a", "Same text.")])
+    assert report.summary()["unchanged"] == 1
+    assert report.embedded == 0
+    assert rows(services, "SELECT version, updated_at FROM documents") == before
+    assert scalar(services, "SELECT count(*) FROM change_log") == log_before
+
+
+def test_changed_document_replaces_its_chunks(services: Services) -> None:
+    services.ingestor.ingest("kb", [doc("a", "Old first.\n\nOld second.")], create=True)
+    old_ids = [r.id for r in rows(services, "SELECT id FROM chunks")]
+    report = services.ingestor.ingest("kb", [doc("a", "New text entirely.")])
+    assert report.summary()["updated"] == 1
+    assert scalar(services, "SELECT version FROM documents WHERE external_id = 'a'") == 2
+    assert scalar(services, "SELECT count(*) FROM documents") == 1
+    assert chunk_texts(services, "a") == ["New text entirely."]
+    deleted = [r.chunk_id for r in rows(services, "SELECT chunk_id FROM change_log WHERE op = 'D'")]
+    assert sorted(deleted) == sorted(old_ids)
+
+
+def test_metadata_only_change_does_not_reembed(services: Services) -> None:
+    services.ingestor.ingest("kb", [doc("a", "Stable text.", metadata={"lang": "en"})], create=True)
+    chunk_ids = rows(services, "SELECT id FROM chunks")
+    report = services.ingestor.ingest("kb", [doc("a", "Stable text.", metadata={"team": "x"})])
+    assert report.summary()["metadata_updated"] == 1
+    assert report.embedded == 0 and report.cached == 0
+    assert rows(services, "SELECT id FROM chunks") == chunk_ids
+    assert scalar(services, "SELECT metadata FROM documents") == {"lang": "en", "team": "x"}
+    assert scalar(services, "SELECT version FROM documents") == 1
+
+
+def test_acl_defaults_and_is_kept_when_a_reingest_gives_none(services: Services) -> None:
+    services.ingestor.ingest("kb", [doc("pub", "Open.")], create=True)
+    assert scalar(services, "SELECT acl FROM documents WHERE external_id = 'pub'") == ["*"]
+    services.ingestor.ingest(
+        "kb", [doc("sec", "Secret.")], defaults=Defaults(acl=["team-a", "alice"])
+    )
+    services.ingestor.ingest("kb", [doc("sec", "Secret, revised.")])
+    assert scalar(services, "SELECT acl FROM documents WHERE external_id = 'sec'") == [
+        "alice",
+        "team-a",
+    ]
+
+
+def test_record_metadata_wins_over_call_defaults(services: Services) -> None:
+    defaults = Defaults(metadata={"source": "crawl", "lang": "en"})
+    services.ingestor.ingest(
+        "kb", [doc("a", "Text.", metadata={"lang": "de"})], defaults=defaults, create=True
+    )
+    assert scalar(services, "SELECT metadata FROM documents") == {"source": "crawl", "lang": "de"}
+
+
+def test_soft_delete_hides_logs_and_reingest_revives(services: Services) -> None:
+    services.ingestor.ingest("kb", [doc("a", "Alpha."), doc("b", "Beta.")], create=True)
+    with services.engine.begin() as conn:
+        cid = scalar(services, "SELECT id FROM collections")
+        documents.soft_delete(conn, cid, "a")
+    with services.engine.connect() as conn:
+        page, counts = documents.list_page(conn, cid, limit=10, offset=0, include_deleted=False)
+    assert [r["external_id"] for r in page] == ["b"]
+    assert counts == {"live": 1, "deleted": 1}
+    assert scalar(services, "SELECT count(*) FROM change_log WHERE op = 'D'") == 1
+    report = services.ingestor.ingest("kb", [doc("a", "Alpha.")])
+    assert report.summary()["updated"] == 1
+    assert scalar(services, "SELECT deleted_at FROM documents WHERE external_id = 'a'") is None
+
+
+def test_purge_removes_rows(services: Services) -> None:
+    services.ingestor.ingest(
+        "kb", [doc("a", "Alpha."), doc("b", "Beta."), doc("c", "Gamma.")], create=True
+    )
+    cid = scalar(services, "SELECT id FROM collections")
+    with services.engine.begin() as conn:
+        documents.soft_delete(conn, cid, "a")
+        documents.purge(conn, cid, "b")
+        assert documents.purge_deleted(conn, cid) == 1
+    assert [r.external_id for r in rows(services, "SELECT external_id FROM documents")] == ["c"]
+    assert scalar(services, "SELECT count(*) FROM chunks") == 1
+    assert scalar(services, "SELECT count(*) FROM sections") == 1
+    with services.engine.begin() as conn, pytest.raises(NotFound):
+        documents.purge(conn, cid, "b")
+
+
+def test_embedding_cache_serves_repeated_text(services: Services) -> None:
+    first = services.ingestor.ingest(
+        "kb", [doc("a", "A passage about caching embeddings.", title="t")], create=True
+    )
+    second = services.ingestor.ingest(
+        "kb", [doc("b", "A passage about caching embeddings.", title="t")]
+    )
+    assert first.embedded == 1
+    assert second.embedded == 0 and second.cached == 1
+    a, b = (
+        scalar(
+            services,
+            "SELECT embedding::text FROM chunks c JOIN documents d ON d.id = c.document_id "
+            "WHERE d.external_id = :x",
+            x=x,
+        )
+        for x in "ab"
+    )
+    assert a == b
+
+
+def test_batches_and_duplicates_within_a_batch(services: Services) -> None:
+    docs = [doc(f"d{i}", f"Document number {i} talks about topic {i % 3}.") for i in range(20)]
+    docs.append(doc("d3", "The last copy of d3 wins."))
+    report = services.ingestor.ingest("kb", docs, create=True, progress=True)
+    assert scalar(services, "SELECT count(*) FROM documents") == 20
+    assert chunk_texts(services, "d3") in (
+        ["The last copy of d3 wins."],
+        ["Document number 3 talks about topic 0."],
+    )
+    assert report.count("created") >= 20
+
+
+def test_readers_never_see_a_mix_of_versions(services: Services) -> None:
+    from app.ingest.chunk import chunk_document
+
+    bodies = {
+        "one": "\n\n".join(f"Version one paragraph {i}. " * 30 for i in range(6)),
+        "two": "\n\n".join(f"Version two paragraph {i}. " * 30 for i in range(4)),
+    }
+    sizes = {
+        name: len(chunk_document(doc("a", body), services.settings.chunking, services.tokenizer)[1])
+        for name, body in bodies.items()
+    }
+    assert sizes["one"] != sizes["two"]
+    services.ingestor.ingest("kb", [doc("a", bodies["one"])], create=True)
+    seen: list[tuple[set[str], int]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            texts = chunk_texts(services, "a")
+            seen.append(({"one" if "one" in t else "two" for t in texts}, len(texts)))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for name in ["two", "one"] * 3:
+            services.ingestor.ingest("kb", [doc("a", bodies[name])])
+    finally:
+        stop.set()
+        reader.join()
+    assert seen, "the reader never ran"
+    for versions, count in seen:
+        assert len(versions) == 1, f"a read mixed versions: {versions}"
+        assert count == sizes[versions.pop()]
+
+
+def test_database_error_midway_keeps_previous_version(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ingest import store
+
+    services.ingestor.ingest("kb", [doc("a", "Original text."), doc("b", "Other.")], create=True)
+    original = store._copy_chunks
+
+    def failing_copy(*args: Any) -> None:
+        original(*args)
+        raise RuntimeError("connection lost during COPY")
+
+    monkeypatch.setattr(store, "_copy_chunks", failing_copy)
+    with pytest.raises(RuntimeError):
+        services.ingestor.ingest("kb", [doc("a", "Replacement text."), doc("c", "New doc.")])
+    monkeypatch.setattr(store, "_copy_chunks", original)
+    assert chunk_texts(services, "a") == ["Original text."]
+    assert scalar(services, "SELECT count(*) FROM documents") == 2
+    assert scalar(services, "SELECT version FROM documents WHERE external_id = 'a'") == 1
+    services.ingestor.ingest("kb", [doc("a", "Replacement text."), doc("c", "New doc.")])
+    assert chunk_texts(services, "a") == ["Replacement text."]
+
+
+def test_provider_down_keeps_previous_version_and_retry_succeeds(services: Services) -> None:
+    from dataclasses import replace
+
+    from app.ingest.embed import OpenAIEmbedder
+    from tests.openai_server import OpenAIServer
+
+    with OpenAIServer(dimension=384) as server:
+        embedding = replace(
+            services.settings.embedding,
+            provider="openai",
+            model="test-embedder",
+            openai_base_url=server.base_url,
+            max_retries=1,
+            timeout_s=2.0,
+        )
+        ingestor = Ingestor(
+            services.engine, services.settings, OpenAIEmbedder(embedding), services.tokenizer
+        )
+        ingestor.ingest("remote", [doc("a", "First version.")], create=True)
+        server.fail(500, 500)
+        with pytest.raises(Unavailable):
+            ingestor.ingest("remote", [doc("a", "Second version."), doc("b", "Brand new.")])
+        assert chunk_texts(services, "a") == ["First version."]
+        assert scalar(services, "SELECT count(*) FROM documents") == 1
+        ingestor.ingest("remote", [doc("a", "Second version."), doc("b", "Brand new.")])
+        assert chunk_texts(services, "a") == ["Second version."]
+        assert scalar(services, "SELECT count(*) FROM documents") == 2
+
+
+def test_collection_of_another_model_is_refused(services: Services) -> None:
+    from app import collections
+    from app.errors import Invalid
+
+    with services.engine.begin() as conn:
+        collections.create(
+            conn, "other", embedding_model="openai/text-embedding-3-small", embedding_dim=384
+        )
+    with pytest.raises(Invalid, match="model"):
+        services.ingestor.ingest("other", [doc("a", "Text.")])
+
+
+def test_unknown_collection_is_not_found(services: Services) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        services.ingestor.ingest("nope", [doc("a", "Text.")])
