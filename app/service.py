@@ -8,8 +8,6 @@ commands that only read the database start fast.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
-
 from sqlalchemy import Engine
 
 from app.db import embedded, migrate
@@ -20,13 +18,15 @@ from app.ingest.pipeline import Ingestor
 from app.settings import Settings
 
 
-@dataclass
 class Services:
-    settings: Settings
-    engine: Engine
-    started_embedded: bool = False
-    _embedder: Embedder | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    """The long-lived objects of one process: settings, engine, embedder, tokenizer."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, started_embedded: bool = False):
+        self.settings = settings
+        self.engine = engine
+        self.started_embedded = started_embedded
+        self._embedder: Embedder | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:

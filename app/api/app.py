@@ -45,7 +45,7 @@ def _configure_dependencies(config: AppConfig) -> None:
     config.dependencies.update(
         {
             "services": Provide(deps.provide_services, sync_to_thread=False),
-            "conn": Provide(deps.provide_conn, sync_to_thread=True),
+            "conn": Provide(deps.provide_conn),
         }
     )
 

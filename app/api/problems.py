@@ -8,6 +8,7 @@ is unreachable) that reveals nothing internal, and is logged with its traceback.
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 from typing import Any
 
 import structlog
@@ -23,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from app.errors import HybridError
 
 log = structlog.get_logger(__name__)
-_JSON_PATH = re.compile(r"`\$\.?([^`]*)`")
+_JSON_PATH = re.compile(r"`\$\.?([^`]*)`|unknown field `([^`]*)`")
 
 
 def problem(
@@ -43,19 +44,21 @@ def from_validation_error(exc: ValidationException) -> ProblemDetailsException:
     errors = exc.extra if isinstance(exc.extra, list) else []
     first: dict[str, Any] = errors[0] if errors and isinstance(errors[0], dict) else {}
     message = str(first.get("message") or exc.detail)
-    field = first.get("key") or _field_from_message(message)
     if message.startswith("JSON is malformed"):
         return problem(400, "Malformed JSON", message, "body")
+    field = _field_from_message(message) or first.get("key")
     return problem(400, "Invalid request", message, field or None)
 
 
 def from_http_error(exc: HTTPException) -> ProblemDetailsException:
-    return problem(exc.status_code, exc.detail, exc.detail)
+    if exc.detail.startswith("JSON is malformed"):
+        return problem(400, "Malformed JSON", exc.detail, "body")
+    return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, exc.detail)
 
 
 def _field_from_message(message: str) -> str | None:
     match = _JSON_PATH.search(message)
-    return match.group(1) if match else None
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -151,7 +151,10 @@ def _from_json(index: int, doc: DocumentIn, services: Services) -> SourceDocumen
             f"{where}.text: {len(doc.text)} characters, limit {limit}", field=f"{where}.text"
         )
     record = {k: v for k, v in msgspec.to_builtins(doc).items() if v is not None}
-    return load.document_from_record(record, where=where)
+    try:
+        return load.document_from_record(record, where=where)
+    except Invalid as exc:
+        raise Invalid(exc.message, field=f"{where}.{exc.field}" if exc.field else where) from exc
 
 
 def _load_upload(
