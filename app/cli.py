@@ -289,7 +289,12 @@ def ingest(
         collections.check_name(collection)
         docs = _load_all(files, settings, failures)
         report = services.ingestor.ingest(
-            collection, docs, defaults=defaults, create=True, total=None, progress=progress
+            collection,
+            docs,
+            defaults=defaults,
+            create=True,
+            total=load.estimate_count(files),
+            progress=progress,
         )
     console.print(f"{collection}: {_summary(report)}")
     for failure in failures:

@@ -8,6 +8,7 @@ commands that only read the database start fast.
 from __future__ import annotations
 
 import threading
+
 from sqlalchemy import Engine
 
 from app.db import embedded, migrate

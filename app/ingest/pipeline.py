@@ -107,6 +107,16 @@ class Ingestor:
         report.seconds = time.perf_counter() - started
         return report
 
+    def prepare(
+        self, docs: list[SourceDocument], defaults: Defaults | None = None
+    ) -> list[PreparedDocument]:
+        """Resolve, chunk and embed documents as if new, without writing anything."""
+        prepared = [self._resolve(doc, None, defaults or Defaults()) for doc in docs]
+        for doc, ready in zip(docs, prepared, strict=True):
+            self._chunk(doc, ready)
+        self._embed(prepared, IngestReport())
+        return prepared
+
     def collection(self, name: str, *, create: bool) -> Collection:
         with self.engine.begin() as conn:
             if create:

@@ -1,0 +1,79 @@
+"""The schema only comes from alembic: upgrade → downgrade → upgrade on a real server, and the
+start-up check refuses an old schema or a mismatched vector dimension."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, inspect, text
+
+from app.db import migrate
+from app.db.engine import make_engine, sqlalchemy_url
+from app.errors import ConfigError
+from tests.conftest import make_settings
+
+TABLES = {"collections", "documents", "sections", "chunks", "change_log", "embedding_cache"}
+
+
+@pytest.fixture
+def scratch_url(database_url: str) -> Iterator[str]:
+    """A database of its own, so the shared test schema is never touched."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS migrations_scratch")
+        conn.execute("CREATE DATABASE migrations_scratch")
+    yield database_url.replace("/hybrid?", "/migrations_scratch?")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE migrations_scratch WITH (FORCE)")
+
+
+def tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) & TABLES
+
+
+def test_upgrade_downgrade_upgrade(scratch_url: str, data_dir: Path) -> None:
+    settings = make_settings(scratch_url, data_dir)
+    engine = make_engine(scratch_url)
+    migrate.upgrade(engine, settings)
+    assert tables(engine) == TABLES
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    migrate.downgrade(engine, "base")
+    assert tables(engine) == set()
+    assert migrate.current_revision(engine) is None
+    migrate.upgrade(engine, settings)
+    assert tables(engine) == TABLES
+    with engine.connect() as conn:
+        indexes = {r[0] for r in conn.execute(text("SELECT indexname FROM pg_indexes"))}
+    assert {"chunks_tsv_idx", "chunks_embedding_idx", "documents_acl_idx"} <= indexes
+    engine.dispose()
+
+
+def test_start_up_refuses_an_old_schema_without_auto_migrate(
+    scratch_url: str, data_dir: Path
+) -> None:
+    settings = make_settings(scratch_url, data_dir, HYBRID_AUTO_MIGRATE="false")
+    engine = make_engine(scratch_url)
+    with pytest.raises(ConfigError, match="hybrid migrate"):
+        migrate.ensure_schema(engine, settings)
+    migrate.ensure_schema(engine, make_settings(scratch_url, data_dir))
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    engine.dispose()
+
+
+def test_start_up_refuses_a_dimension_that_differs_from_the_column(
+    scratch_url: str, data_dir: Path
+) -> None:
+    engine = make_engine(scratch_url)
+    migrate.ensure_schema(engine, make_settings(scratch_url, data_dir))
+    other = make_settings(scratch_url, data_dir, HYBRID_EMBEDDING_DIM="768")
+    with pytest.raises(ConfigError, match="768.*384"):
+        migrate.ensure_schema(engine, other)
+    engine.dispose()
+
+
+def test_database_urls_are_normalised_to_psycopg() -> None:
+    assert sqlalchemy_url("postgres://u:p@h:5/db").startswith("postgresql+psycopg://u:p@h:5/db")
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        sqlalchemy_url("mysql://u@h/db")

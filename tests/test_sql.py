@@ -1,0 +1,49 @@
+"""Every statement in sql/ parses into named statements with exactly the parameters the code
+binds, and none formats input into SQL text."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.db.queries import SQL_DIR, load
+
+EXPECTED = {
+    ("write.sql", "existing_documents"): {"collection_id", "external_ids"},
+    ("write.sql", "upsert_documents"): {
+        "collection_id", "external_ids", "titles", "sources", "content_hashes", "metadata",
+        "acls", "popularity", "published_at", "chunk_counts",
+    },
+    ("write.sql", "delete_chunks"): {"collection_id", "document_ids"},
+    ("write.sql", "delete_sections"): {"collection_id", "document_ids"},
+    ("write.sql", "log_inserted_chunks"): {"collection_id", "document_ids"},
+    ("write.sql", "cached_embeddings"): {"model", "text_hashes"},
+    ("documents.sql", "list_documents"): {"collection_id", "include_deleted", "limit", "offset"},
+    ("documents.sql", "count_documents"): {"collection_id"},
+    ("documents.sql", "get_document"): {"collection_id", "external_id"},
+    ("documents.sql", "document_chunks"): {"collection_id", "document_id"},
+    ("documents.sql", "update_document_fields"): {
+        "collection_id", "document_id", "metadata", "acl", "popularity", "published_at", "source",
+    },
+    ("documents.sql", "soft_delete_document"): {"collection_id", "external_id"},
+    ("documents.sql", "purge_document"): {"collection_id", "external_id"},
+    ("documents.sql", "purge_deleted"): {"collection_id"},
+    ("collections.sql", "create_collection"): {
+        "name", "description", "embedding_model", "embedding_dim", "text_config",
+    },
+    ("collections.sql", "get_collection"): {"name"},
+    ("collections.sql", "list_collections"): {"name"},
+    ("collections.sql", "text_config_exists"): {"text_config"},
+    ("collections.sql", "delete_collection"): {"name"},
+}  # fmt: skip
+
+
+def test_every_statement_is_listed() -> None:
+    found = {(path.name, name) for path in SQL_DIR.glob("*.sql") for name in load(path.name)}
+    assert found == set(EXPECTED)
+
+
+@pytest.mark.parametrize(("filename", "name"), sorted(EXPECTED))
+def test_statement_parameters(filename: str, name: str) -> None:
+    statement = load(filename)[name]
+    assert set(statement._bindparams) == EXPECTED[(filename, name)]
+    assert "::" not in statement.text, "use CAST(:x AS type), not :x::type"
