@@ -64,9 +64,8 @@ def _arguments() -> argparse.Namespace:
 
 def _machine(documents: int, corpus: Path) -> None:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    print(
-        f"machine: {os.cpu_count()} cores, {memory:.1f} GiB, {platform.processor() or platform.machine()}"
-    )
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {os.cpu_count()} cores, {memory:.1f} GiB, {cpu}")
     print(f"corpus: {corpus.name}, {documents} documents\n")
 
 
@@ -102,9 +101,8 @@ def _store_only(services: Services, prepared: list[PreparedDocument], repeats: i
             chunks / _timed(services, f"bench-insert-{run}", prepared, batch, _insert_rows)
         )
     copy, insert = statistics.median(copy_rates), statistics.median(insert_rates)
-    print(
-        f"| store step, {chunks} chunks, batches of {batch} documents | chunks/s (median of {repeats}) |"
-    )
+    heading = f"store step: {chunks} chunks, {batch} documents a batch"
+    print(f"| {heading} | chunks/s, median of {repeats} |")
     print("|---|---|")
     print(f"| binary COPY (product path) | {copy:,.0f} |")
     print(f"| row-by-row INSERT (baseline) | {insert:,.0f} |")
@@ -143,8 +141,8 @@ def _insert_rows(conn: Any, collection: Any, docs: list[PreparedDocument]) -> No
                 ],
             )
             cur.executemany(
-                "INSERT INTO chunks (collection_id, document_id, ordinal, section_ordinal, heading_path,"
-                " context, text, token_count, text_config, embedding)"
+                "INSERT INTO chunks (collection_id, document_id, ordinal, section_ordinal,"
+                " heading_path, context, text, token_count, text_config, embedding)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, CAST(%s AS regconfig), %s)",
                 [
                     (collection.id, document_id, c.ordinal, c.section_ordinal, list(c.heading_path),

