@@ -321,17 +321,7 @@ def _load(path: Path, settings: Settings) -> list[SourceDocument]:
 
 
 def _metadata_option(raw: str | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Invalid(f"--metadata: malformed JSON: {exc}", field="metadata") from exc
-    if not isinstance(value, dict):
-        raise Invalid(
-            f"--metadata: expected a JSON object, got {type(value).__name__}", field="metadata"
-        )
-    return value
+    return documents.parse_metadata(raw, name="--metadata") if raw is not None else {}
 
 
 def _summary(report: IngestReport) -> str:

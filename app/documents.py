@@ -137,6 +137,19 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def parse_metadata(raw: str, *, name: str = "metadata") -> dict[str, Any]:
+    """A metadata object given as JSON text (a form field or a command-line option)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"{name}: malformed JSON: {exc}", field="metadata") from exc
+    if not isinstance(value, dict):
+        raise Invalid(
+            f"{name}: expected a JSON object, got {type(value).__name__}", field="metadata"
+        )
+    return value
+
+
 def check_acl(acl: list[str]) -> list[str]:
     if not acl or not all(isinstance(p, str) and p.strip() for p in acl):
         raise Invalid(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -172,17 +171,7 @@ def _load_upload(
 
 
 def _form_metadata(raw: str | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Invalid(f"metadata: malformed JSON: {exc}", field="metadata") from exc
-    if not isinstance(value, dict):
-        raise Invalid(
-            f"metadata: expected a JSON object, got {type(value).__name__}", field="metadata"
-        )
-    return value
+    return documents.parse_metadata(raw) if raw else {}
 
 
 def _form_acl(raw: str | None) -> list[str] | None:
