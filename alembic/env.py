@@ -4,6 +4,7 @@ database the settings point at when alembic is run by hand."""
 from __future__ import annotations
 
 from alembic import context
+
 from app.db.engine import make_engine, resolve_database_url
 from app.settings import load_settings
 

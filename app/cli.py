@@ -18,6 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from app import PROJECT_ROOT, collections, documents
 from app.db import embedded, migrate
@@ -39,8 +40,14 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except HybridError as exc:
-        errors.print(f"[red]error:[/red] {exc.message}", highlight=False)
-        sys.exit(1)
+        _fail(exc.message)
+    except OperationalError as exc:
+        _fail(f"cannot reach the database: {str(exc.orig or exc).strip().splitlines()[0]}")
+
+
+def _fail(message: str) -> None:
+    errors.print(f"error: {message}", highlight=False, markup=False)
+    sys.exit(1)
 
 
 @click.group()
@@ -298,7 +305,7 @@ def ingest(
         )
     console.print(f"{collection}: {_summary(report)}")
     for failure in failures:
-        errors.print(f"[red]skipped[/red] {failure}", highlight=False)
+        errors.print(f"skipped {failure}", highlight=False, markup=False)
     if failures:
         sys.exit(1)
 

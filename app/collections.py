@@ -43,6 +43,8 @@ def create(
     description: str = "",
 ) -> Collection:
     check_name(name)
+    if "\x00" in description:
+        raise Invalid("description: must not contain NUL characters", field="description")
     if not conn.execute(
         query("collections.sql", "text_config_exists"), {"text_config": text_config}
     ).scalar():

@@ -1,7 +1,7 @@
 -- Reading and managing stored documents: list, show, metadata/ACL updates, delete and purge.
 
 -- name: list_documents
--- Newest first; keyset pagination on (updated_at, id) keeps deep pages cheap.
+-- Most recently updated first; offset pagination, bounded by the caller's limit.
 SELECT id, external_id, title, source, version, metadata, acl, popularity, chunk_count,
        created_at, updated_at, published_at, deleted_at
 FROM documents

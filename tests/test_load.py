@@ -486,17 +486,17 @@ def test_a_json_file_with_one_object_and_a_record_without_id() -> None:
         (
             {"text": "t", "acl": "staff"},
             "acl",
-            "field 'acl' must be a list of non-empty strings, got string",
+            "field 'acl' must be a non-empty list of non-empty strings, got string",
         ),
         (
             {"text": "t", "acl": ["a", 3]},
             "acl",
-            "must be a list of non-empty strings, got 3 at index 1",
+            "must be a non-empty list of non-empty strings, got 3 at index 1",
         ),
         (
             {"text": "t", "acl": [""]},
             "acl",
-            "must be a list of non-empty strings, got '' at index 0",
+            "must be a non-empty list of non-empty strings, got '' at index 0",
         ),
         (
             {"text": "t", "published_at": "yesterday"},
@@ -507,16 +507,31 @@ def test_a_json_file_with_one_object_and_a_record_without_id() -> None:
         (
             {"text": "t", "popularity": float("nan")},
             "popularity",
-            "must be a finite number, got nan",
+            "must be a finite number >= 0, got nan",
         ),
         (
             {"text": "t", "popularity": float("inf")},
             "popularity",
-            "must be a finite number, got inf",
+            "must be a finite number >= 0, got inf",
         ),
-        ({"text": "t", "popularity": 10**400}, "popularity", "must be a finite number, got 1000"),
-        ({"text": "t", "popularity": "high"}, "popularity", "must be a finite number, got string"),
-        ({"text": "t", "popularity": True}, "popularity", "must be a finite number, got boolean"),
+        (
+            {"text": "t", "popularity": 10**400},
+            "popularity",
+            "must be a finite number >= 0, got 1000",
+        ),
+        ({"text": "t", "popularity": -1}, "popularity", "must be a finite number >= 0, got -1"),
+        ({"text": "t", "acl": []}, "acl", "must be a non-empty list of non-empty strings, got []"),
+        ({"text": "t", "metadata": {"k": "a\x00b"}}, "metadata", "must be free of NUL characters"),
+        (
+            {"text": "t", "popularity": "high"},
+            "popularity",
+            "must be a finite number >= 0, got string",
+        ),
+        (
+            {"text": "t", "popularity": True},
+            "popularity",
+            "must be a finite number >= 0, got boolean",
+        ),
         (
             {"text": "t", "_id": ""},
             "_id",

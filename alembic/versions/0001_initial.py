@@ -11,6 +11,7 @@ Create Date: 2026-11-21
 """
 
 from alembic import context, op
+
 from app.settings import load_settings
 
 revision = "0001"

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from app.errors import HybridError
 
 log = structlog.get_logger(__name__)
+_MALFORMED = ("JSON is malformed", "Input data was truncated")
 _JSON_PATH = re.compile(r"`\$\.?([^`]*)`|unknown field `([^`]*)`")
 
 
@@ -43,22 +44,31 @@ def from_service_error(exc: HybridError) -> ProblemDetailsException:
 def from_validation_error(exc: ValidationException) -> ProblemDetailsException:
     errors = exc.extra if isinstance(exc.extra, list) else []
     first: dict[str, Any] = errors[0] if errors and isinstance(errors[0], dict) else {}
-    message = str(first.get("message") or exc.detail)
-    if message.startswith("JSON is malformed"):
-        return problem(400, "Malformed JSON", message, "body")
-    field = _field_from_message(message) or first.get("key")
-    return problem(400, "Invalid request", message, field or None)
+    return _client_problem(
+        exc.status_code, str(first.get("message") or exc.detail), first.get("key")
+    )
 
 
 def from_http_error(exc: HTTPException) -> ProblemDetailsException:
-    if exc.detail.startswith("JSON is malformed"):
-        return problem(400, "Malformed JSON", exc.detail, "body")
-    return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, exc.detail)
+    return _client_problem(exc.status_code, exc.detail, None)
+
+
+def _client_problem(status: int, message: str, key: str | None) -> ProblemDetailsException:
+    if message.startswith(_MALFORMED):
+        return problem(400, "Malformed JSON", message, "body")
+    if message.strip("'") == "data":
+        return problem(400, "Invalid request", "body: expected a JSON document, got none", "body")
+    field = _field_from_message(message) or key
+    title = "Invalid request" if status == 400 else HTTPStatus(status).phrase
+    return problem(status, title, message, field or None)
 
 
 def _field_from_message(message: str) -> str | None:
+    """`$.documents[0].text` -> `documents[0].text`; msgspec writes `$[...]` for a key it does
+    not name, which says nothing, so that gives None."""
     match = _JSON_PATH.search(message)
-    return (match.group(1) or match.group(2)) if match else None
+    field = (match.group(1) or match.group(2)) if match else None
+    return field if field and "..." not in field else None
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -7,15 +7,20 @@ It also refuses an embedding dimension that differs from the `chunks.embedding` 
 
 from __future__ import annotations
 
+import logging
+
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-from alembic import command
 from app import PROJECT_ROOT
 from app.errors import ConfigError
 from app.settings import Settings
+
+# Alembic narrates every step at INFO; the CLI and the server say what matters themselves.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def alembic_config(

@@ -131,6 +131,7 @@ def document_from_record(record: object, *, where: str) -> SourceDocument:
     """Validate one JSON record (used for JSON/JSONL files and by the HTTP API)."""
     if not isinstance(record, dict):
         raise Invalid(f"{where}: expected a JSON object, got {_json_type(record)}")
+    _reject_nul(record, where)
     text = _string_field(record, "text", where)
     if text is None:
         raise Invalid(f"{where}: field 'text' is required", field="text")
@@ -587,9 +588,9 @@ def _acl_field(record: dict[Any, Any], where: str) -> list[str] | None:
     value = record.get("acl")
     if value is None:
         return None
-    expected = "a list of non-empty strings"
-    if not isinstance(value, list):
-        raise _field_error(where, "acl", expected, _json_type(value))
+    expected = "a non-empty list of non-empty strings"
+    if not isinstance(value, list) or not value:
+        raise _field_error(where, "acl", expected, _json_type(value) if value else "[]")
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             raise _field_error(where, "acl", expected, f"{item!r} at index {i}")
@@ -613,14 +614,33 @@ def _popularity_field(record: dict[Any, Any], where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _field_error(where, "popularity", "a finite number", _json_type(value))
+        raise _field_error(where, "popularity", "a finite number >= 0", _json_type(value))
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
-    if not math.isfinite(number):
-        raise _field_error(where, "popularity", "a finite number", repr(value)[:40])
+    if not math.isfinite(number) or number < 0:
+        raise _field_error(where, "popularity", "a finite number >= 0", repr(value)[:40])
     return number
+
+
+def _reject_nul(record: dict[Any, Any], where: str) -> None:
+    """PostgreSQL cannot store NUL in text or JSONB: body text and title are cleaned, any other
+    field holding one is refused."""
+    for key, value in record.items():
+        if _has_nul(key) or (key not in ("text", "title") and _has_nul(value)):
+            name = str(key).replace("\x00", "")
+            raise _field_error(where, name, "free of NUL characters", "a NUL character")
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def estimate_count(paths: Sequence[Path]) -> int:

@@ -173,7 +173,11 @@ class Ingestor:
         self, doc: SourceDocument, stored: RowMapping | None, defaults: Defaults
     ) -> PreparedDocument:
         old: dict[str, Any] = dict(stored) if stored is not None else {}
-        acl = doc.acl or defaults.acl or old.get("acl") or list(self.settings.ingest.default_acl)
+        acl = _first_given(
+            doc.acl, defaults.acl, old.get("acl"), list(self.settings.ingest.default_acl)
+        )
+        if not acl:
+            raise Invalid(f"{doc.external_id}: acl must name at least one principal", field="acl")
         popularity = doc.popularity if doc.popularity is not None else old.get("popularity", 0.0)
         return PreparedDocument(
             external_id=doc.external_id,
@@ -207,7 +211,8 @@ class Ingestor:
     def embed_cached(self, texts: list[str], report: IngestReport | None = None) -> np.ndarray:
         """Vectors for `texts`, from the embedding cache where possible, the model otherwise."""
         hashes = [hashlib.sha256(t.encode()).digest() for t in texts]
-        model = self.embedder.model_id
+        # The token cap changes what the local model sees, so it is part of the cache key.
+        model = f"{self.embedder.model_id}#{self.settings.embedding.max_tokens}"
         with self.engine.connect() as conn:
             rows = conn.execute(
                 query("write.sql", "cached_embeddings"),
@@ -278,6 +283,11 @@ def _classify(doc: PreparedDocument, stored: RowMapping | None) -> str:
         and stored["published_at"] == doc.published_at
     )
     return "unchanged" if same else "metadata_updated"
+
+
+def _first_given(*candidates: list[str] | None) -> list[str]:
+    """The first ACL that was given at all: an explicit empty list is kept, and refused."""
+    return next((c for c in candidates if c is not None), [])
 
 
 def _id(stored: RowMapping | None) -> int | None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
@@ -31,7 +32,10 @@ from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
 from app.service import Services
 
-ExternalId = Annotated[str, Parameter(description="The document's external id (may contain '/')")]
+ExternalId = Annotated[
+    str,
+    Parameter(description="The document's external id, percent-encoded ('/' inside is fine)"),
+]
 
 
 @dataclass
@@ -103,11 +107,16 @@ class DocumentController(Controller):
 
     @get("/documents/{external_id:path}", sync_to_thread=True)
     def get_document(
-        self, name: str, external_id: ExternalId, conn: Connection, chunks: bool = False
+        self,
+        name: str,
+        external_id: ExternalId,
+        request: Request[Any, Any, Any],
+        conn: Connection,
+        chunks: bool = False,
     ) -> DocumentOut:
         """One document; `?chunks=true` adds its chunks."""
         collection = collections.get(conn, name)
-        row = documents.get(conn, collection.id, _strip(external_id))
+        row = documents.get(conn, collection.id, _external_id(request))
         out = _document_out(row)
         if chunks:
             out.chunks = [
@@ -117,23 +126,33 @@ class DocumentController(Controller):
 
     @patch("/documents/{external_id:path}", sync_to_thread=True)
     def update_document(
-        self, name: str, external_id: ExternalId, data: DocumentPatchIn, conn: Connection
+        self,
+        name: str,
+        external_id: ExternalId,
+        request: Request[Any, Any, Any],
+        data: DocumentPatchIn,
+        conn: Connection,
     ) -> DocumentOut:
         """Change metadata (merge patch), ACL, popularity, dates or source: no re-embedding."""
         collection = collections.get(conn, name)
         update = DocumentPatch(**msgspec.structs.asdict(data))
-        return _document_out(documents.update(conn, collection.id, _strip(external_id), update))
+        return _document_out(documents.update(conn, collection.id, _external_id(request), update))
 
     @delete("/documents/{external_id:path}", sync_to_thread=True)
     def delete_document(
-        self, name: str, external_id: ExternalId, conn: Connection, purge: bool = False
+        self,
+        name: str,
+        external_id: ExternalId,
+        request: Request[Any, Any, Any],
+        conn: Connection,
+        purge: bool = False,
     ) -> None:
         """Soft delete (hidden at once, kept until purge); `?purge=true` removes it for good."""
         collection = collections.get(conn, name)
         if purge:
-            documents.purge(conn, collection.id, _strip(external_id))
+            documents.purge(conn, collection.id, _external_id(request))
         else:
-            documents.soft_delete(conn, collection.id, _strip(external_id))
+            documents.soft_delete(conn, collection.id, _external_id(request))
 
     @post("/purge", sync_to_thread=True, status_code=200)
     def purge_deleted(self, name: str, conn: Connection) -> PurgeResult:
@@ -184,8 +203,12 @@ def _acl(acl: list[str] | None) -> list[str] | None:
     return None if acl is None else documents.check_acl(acl)
 
 
-def _strip(external_id: str) -> str:
-    return external_id.removeprefix("/")
+def _external_id(request: Request[Any, Any, Any]) -> str:
+    """The id exactly as the client encoded it: routing decodes the path and merges slashes,
+    so ids that start with '/' or hold '//' are read from the raw path (send '/' as %2F)."""
+    raw = bytes(request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+    encoded = raw.partition("/documents/")[2].partition("?")[0]
+    return unquote(encoded, encoding="utf-8", errors="strict")
 
 
 def _document_out(row: dict[str, Any]) -> DocumentOut:
