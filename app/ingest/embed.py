@@ -222,8 +222,10 @@ def _load_sentence_transformer(path: Path, max_tokens: int) -> SentenceTransform
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
 
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     torch.set_num_threads(os.cpu_count() or 1)
     try:
         model = SentenceTransformer(str(path), device="cpu")
