@@ -22,7 +22,6 @@ from sqlalchemy.exc import OperationalError
 
 from app import PROJECT_ROOT, collections, documents
 from app.db import embedded, migrate
-from app.db.embedded import DATABASE
 from app.errors import HybridError, Invalid
 from app.ingest import load
 from app.ingest.model import SourceDocument
@@ -472,6 +471,3 @@ def _table(*columns: str) -> Table:
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
-
-
-__all__ = ["DATABASE", "cli", "main"]

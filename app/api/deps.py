@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from litestar.datastructures import State
 from sqlalchemy import Connection
 
-from app.collections import Collection
 from app.service import Services
 
 
@@ -20,9 +19,3 @@ def provide_conn(state: State) -> Iterator[Connection]:
     """A transaction that commits when the handler returns and rolls back when it raises."""
     with provide_services(state).engine.begin() as conn:
         yield conn
-
-
-def provide_collection(conn: Connection, name: str) -> Collection:
-    from app import collections
-
-    return collections.get(conn, name)
