@@ -6,11 +6,13 @@ stop it again if they started it; `hybrid db start` keeps it running between com
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,13 @@ from sqlalchemy.exc import OperationalError
 from app import PROJECT_ROOT, collections, documents
 from app.db import embedded, migrate
 from app.errors import HybridError, Invalid
+from app.eval import report as eval_report
+from app.eval import runner
 from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
+from app.search.engine import SearchResult, search
+from app.search.request import MODES, RECENCY_FIELDS, PopularityBoost, RecencyBoost, SearchRequest
 from app.service import Services
 from app.settings import Settings, load_settings
 
@@ -226,7 +232,7 @@ def collections_list(settings: Settings) -> None:
 @click.argument("name")
 @click.option(
     "--text-config",
-    default="english",
+    default="english_unaccent",
     show_default=True,
     help="PostgreSQL text search configuration.",
 )
@@ -457,6 +463,142 @@ def documents_purge(settings: Settings, collection: str) -> None:
     """Remove every soft-deleted document of the collection for good."""
     count = _with_collection(settings, collection, documents.purge_deleted, write=True)
     console.print(f"purged {count} documents")
+
+
+# --- search and eval --------------------------------------------------------------------------
+
+
+@cli.command("search")
+@click.argument("query")
+@collection_option
+@click.option(
+    "--mode", type=click.Choice(MODES), default="hybrid", show_default=True, help="Legs to run."
+)
+@click.option("-k", "k", default=10, show_default=True, help="Hits to return.")
+@click.option("--offset", default=0, show_default=True, help="Hits to skip (pagination).")
+@click.option("--filter", "filter_json", help='JSON filter, e.g. \'{"metadata.lang": "en"}\'.')
+@click.option("--principal", "principals", multiple=True, help="Caller principal (repeatable).")
+@click.option("--keyword-weight", type=float, help="RRF weight of the keyword leg.")
+@click.option("--vector-weight", type=float, help="RRF weight of the vector leg.")
+@click.option("--recency-half-life", type=float, help="Recency boost: half-life in days.")
+@click.option("--recency-floor", type=float, default=0.5, show_default=True)
+@click.option(
+    "--recency-field", type=click.Choice(RECENCY_FIELDS), default="published_at", show_default=True
+)
+@click.option("--popularity-weight", type=float, help="Popularity boost: weight of log(1+pop).")
+@click.option("--popularity-max", type=float, default=1.5, show_default=True)
+@click.option("--per-document", is_flag=True, help="At most one hit (the best chunk) per document.")
+@click.option("--explain", is_flag=True, help="Show each leg's rank and the boosts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")
+@pass_settings
+def search_command(settings: Settings, /, query: str, collection: str, **options: Any) -> None:
+    """Search a collection and print the hits as a table."""
+    as_json = options.pop("as_json")
+    request = _search_request(query, options)
+    with opened(settings) as services, services.engine.begin() as conn:
+        result = search(
+            conn, collection, request, settings=settings.search, embeddings=services.embeddings
+        )
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        return
+    _print_hits(result, explain=request.explain)
+
+
+def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
+    half_life = options.pop("recency_half_life")
+    recency = RecencyBoost(
+        half_life_days=half_life,
+        floor=options.pop("recency_floor"),
+        field=options.pop("recency_field"),
+    ) if half_life is not None else None  # fmt: skip
+    weight = options.pop("popularity_weight")
+    popularity = PopularityBoost(weight=weight, max=options.pop("popularity_max"))
+    filter_json = options.pop("filter_json")
+    principals = list(options.pop("principals"))
+    return SearchRequest(
+        query=query,
+        filter=documents.parse_metadata(filter_json, name="--filter") if filter_json else None,
+        principals=principals or None,
+        recency=recency,
+        popularity=popularity if weight is not None else None,
+        **{k: v for k, v in options.items() if k not in ("recency_floor", "popularity_max")},
+    )
+
+
+def _print_hits(result: SearchResult, *, explain: bool) -> None:
+    columns = ["#", "score", "document", "text"] + (
+        ["keyword", "vector", "boosts"] if explain else []
+    )
+    table = _table(*columns)
+    for rank, hit in enumerate(result.hits, start=1):
+        snippet = html.unescape(hit.highlight).replace("<mark>", "[bold yellow]")
+        snippet = snippet.replace("</mark>", "[/bold yellow]")
+        row = [str(rank), f"{hit.score:.4f}", _short(hit.title or hit.document_id), snippet]
+        if explain and hit.explain:
+            row += _explain_cells(hit.explain)
+        table.add_row(*row)
+    console.print(table)
+    console.print(
+        f"{len(result.hits)} hits from {result.collection!r} ({result.mode}); "
+        f"embed {result.embed_ms:.1f} ms, SQL {result.sql_ms:.1f} ms",
+        highlight=False,
+    )
+
+
+def _explain_cells(explain: dict[str, Any]) -> list[str]:
+    keyword, vector = explain["keyword"], explain["vector"]
+    return [
+        f"#{keyword['rank']} bm25 {keyword['bm25']:.2f}" if keyword else "",
+        f"#{vector['rank']} cos {vector['similarity']:.3f}" if vector else "",
+        f"recency {explain['recency_boost']:.2f} popularity {explain['popularity_boost']:.2f}",
+    ]
+
+
+def _short(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command("eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--modes", default="keyword,vector,hybrid", show_default=True, help="Comma-separated modes."
+)
+@click.option("-k", "k", default=100, show_default=True, help="Documents retrieved per query.")
+@click.option(
+    "--out",
+    "out_dir",
+    default=Path("eval-results"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the JSON report and PNG chart go.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@pass_settings
+def eval_command(
+    settings: Settings, folder: Path, modes: str, k: int, out_dir: Path, progress: bool
+) -> None:
+    """Evaluate search on a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv)."""
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    for mode in chosen:
+        if mode not in MODES:
+            raise Invalid(f"--modes: unknown mode {mode!r}; expected {', '.join(MODES)}")
+    with opened(settings) as services:
+        result = runner.evaluate(services, folder, modes=chosen, k=k, progress=progress)
+    json_path, png_path = eval_report.write(result, out_dir)
+    table = _table("mode", "nDCG@10", "R@100", "MRR@10", "hit@5", "p50 ms", "p95 ms")
+    for m in result.modes:
+        table.add_row(
+            m.mode, f"{m.ndcg_10:.4f}", f"{m.recall_100:.4f}", f"{m.mrr_10:.4f}",
+            f"{m.hit_5:.4f}", f"{m.latency_p50_ms:.1f}", f"{m.latency_p95_ms:.1f}",
+        )  # fmt: skip
+    console.print(
+        f"{result.dataset}: {result.documents} documents, {result.queries} queries, "
+        f"query embedding p50 {result.embed_p50_ms:.1f} ms (excluded below)",
+        highlight=False,
+    )
+    console.print(table)
+    console.print(f"wrote {json_path} and {png_path}", highlight=False)
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def create(
     *,
     embedding_model: str,
     embedding_dim: int,
-    text_config: str = "english",
+    text_config: str = "english_unaccent",
     description: str = "",
 ) -> Collection:
     check_name(name)

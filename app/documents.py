@@ -142,11 +142,9 @@ def parse_metadata(raw: str, *, name: str = "metadata") -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise Invalid(f"{name}: malformed JSON: {exc}", field="metadata") from exc
+        raise Invalid(f"{name}: malformed JSON: {exc}", field=name) from exc
     if not isinstance(value, dict):
-        raise Invalid(
-            f"{name}: expected a JSON object, got {type(value).__name__}", field="metadata"
-        )
+        raise Invalid(f"{name}: expected a JSON object, got {type(value).__name__}", field=name)
     return value
 
 

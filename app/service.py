@@ -16,6 +16,7 @@ from app.db.engine import make_engine, resolve_database_url
 from app.ingest.chunk import Tokenizer, bundled_tokenizer
 from app.ingest.embed import Embedder, create_embedder
 from app.ingest.pipeline import Ingestor
+from app.search.engine import QueryEmbeddings
 from app.settings import Settings
 
 
@@ -27,6 +28,7 @@ class Services:
         self.engine = engine
         self.started_embedded = started_embedded
         self._embedder: Embedder | None = None
+        self._embeddings: QueryEmbeddings | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -44,6 +46,15 @@ class Services:
             if self._embedder is None:
                 self._embedder = create_embedder(self.settings.embedding)
             return self._embedder
+
+    @property
+    def embeddings(self) -> QueryEmbeddings:
+        """Query vectors, cached in process (bounded LRU)."""
+        embedder = self.embedder
+        with self._lock:
+            if self._embeddings is None:
+                self._embeddings = QueryEmbeddings(embedder)
+            return self._embeddings
 
     @property
     def model_loaded(self) -> bool:

@@ -111,6 +111,41 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    max_query_chars: int = setting(
+        "HYBRID_SEARCH_MAX_QUERY_CHARS", 50_000, "Longest accepted query text, in characters"
+    )
+    max_terms: int = setting(
+        "HYBRID_SEARCH_MAX_TERMS", 128, "Most query lexemes the keyword leg uses (rarest first)"
+    )
+    max_k: int = setting("HYBRID_SEARCH_MAX_K", 100, "Largest `k` (hits per page)")
+    max_window: int = setting(
+        "HYBRID_SEARCH_MAX_WINDOW", 1000, "Largest `offset + k`: how deep pagination may go"
+    )
+    max_candidates: int = setting(
+        "HYBRID_SEARCH_MAX_CANDIDATES", 1000, "Largest per-leg candidate depth a request may ask"
+    )
+    ef_search: int = setting(
+        "HYBRID_SEARCH_EF_SEARCH", 100, "Default HNSW `ef_search` (per request: `ef_search`)"
+    )
+    exact_threshold: int = setting(
+        "HYBRID_SEARCH_EXACT_THRESHOLD",
+        10_000,
+        "Visible chunks at or below which the vector leg scans exactly instead of using HNSW",
+    )
+    max_scan_tuples: int = setting(
+        "HYBRID_SEARCH_MAX_SCAN_TUPLES",
+        50_000,
+        "HNSW iterative scan budget (`hnsw.max_scan_tuples`)",
+    )
+    require_principals: bool = setting(
+        "HYBRID_SEARCH_REQUIRE_PRINCIPALS",
+        False,
+        "Refuse searches without `principals` (otherwise they see only documents open to `*`)",
+    )
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     environment: Environment = setting(
         "HYBRID_ENV", "development", "`development` or `production` (stricter checks)"
@@ -127,6 +162,7 @@ class Settings:
     embedding: EmbeddingSettings
     chunking: ChunkSettings
     ingest: IngestSettings
+    search: SearchSettings
     server: ServerSettings
 
 
@@ -135,6 +171,7 @@ SECTIONS: dict[str, type[Any]] = {
     "embedding": EmbeddingSettings,
     "chunking": ChunkSettings,
     "ingest": IngestSettings,
+    "search": SearchSettings,
     "server": ServerSettings,
 }
 
@@ -209,6 +246,7 @@ def _validate(s: Settings) -> None:
     )
     _require(s.ingest.batch_documents >= 1, "HYBRID_INGEST_BATCH must be at least 1")
     _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
+    _validate_search(s.search)
     if s.embedding.provider == "openai" and s.server.environment == "production":
         _require(bool(s.embedding.openai_api_key), "OPENAI_API_KEY is required in production")
     if s.server.environment == "production":
@@ -216,6 +254,22 @@ def _validate(s: Settings) -> None:
             s.database.url is not None,
             "DATABASE_URL is required in production (the embedded server is for development)",
         )
+
+
+def _validate_search(s: SearchSettings) -> None:
+    _require(s.max_query_chars >= 1, "HYBRID_SEARCH_MAX_QUERY_CHARS must be positive")
+    _require(1 <= s.max_terms <= 1000, "HYBRID_SEARCH_MAX_TERMS must be between 1 and 1000")
+    _require(s.max_k >= 1, "HYBRID_SEARCH_MAX_K must be at least 1")
+    _require(
+        s.max_window >= s.max_k, "HYBRID_SEARCH_MAX_WINDOW must be at least HYBRID_SEARCH_MAX_K"
+    )
+    _require(
+        s.max_candidates >= s.max_window,
+        "HYBRID_SEARCH_MAX_CANDIDATES must be at least HYBRID_SEARCH_MAX_WINDOW",
+    )
+    _require(1 <= s.ef_search <= 1000, "HYBRID_SEARCH_EF_SEARCH must be between 1 and 1000")
+    _require(s.exact_threshold >= 0, "HYBRID_SEARCH_EXACT_THRESHOLD must not be negative")
+    _require(s.max_scan_tuples >= 1, "HYBRID_SEARCH_MAX_SCAN_TUPLES must be positive")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -15,6 +15,7 @@ from app.api import deps, problems
 from app.api.routes.collections import CollectionController
 from app.api.routes.documents import DocumentController
 from app.api.routes.health import health, ready
+from app.api.routes.search import search_get, search_post
 from app.service import Services
 
 API_TITLE = "Hybrid search"
@@ -22,7 +23,16 @@ API_TITLE = "Hybrid search"
 
 def create_app(services: Services, *, load_model: bool = True) -> Litestar:
     """The API over `services`; the embedding model loads during start-up unless told not to."""
-    config = AppConfig(route_handlers=[health, ready, CollectionController, DocumentController])
+    config = AppConfig(
+        route_handlers=[
+            health,
+            ready,
+            CollectionController,
+            DocumentController,
+            search_post,
+            search_get,
+        ]
+    )
     _configure_state(config, services, load_model)
     _configure_dependencies(config)
     _configure_errors(config)

@@ -15,7 +15,7 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
 class CollectionCreate(Strict):
     name: str
     description: str = ""
-    text_config: str = "english"
+    text_config: str = "english_unaccent"
 
 
 class CollectionOut(msgspec.Struct):
@@ -117,3 +117,78 @@ class Check(msgspec.Struct):
 class Readiness(msgspec.Struct):
     ready: bool
     checks: dict[str, Check]
+
+
+class RecencyIn(Strict):
+    half_life_days: float
+    floor: float = 0.5
+    field: str = "published_at"
+
+
+class PopularityIn(Strict):
+    weight: float = 0.1
+    max: float = 1.5
+
+
+class BoostsIn(Strict):
+    recency: RecencyIn | None = None
+    popularity: PopularityIn | None = None
+
+
+class WeightsIn(Strict):
+    keyword: float | None = None
+    vector: float | None = None
+
+
+class SearchIn(Strict):
+    collection: str
+    query: str = ""
+    mode: str = "hybrid"
+    k: int = 10
+    offset: int = 0
+    filter: dict[str, Any] | None = None
+    principals: list[str] | None = None
+    vector: list[float] | None = None
+    weights: WeightsIn | None = None
+    rrf_k: float | None = None
+    candidates: int | None = None
+    ef_search: int | None = None
+    boosts: BoostsIn | None = None
+    per_document: bool = False
+    explain: bool = False
+
+
+class LegOut(msgspec.Struct, omit_defaults=True):
+    rank: int
+    bm25: float | None = None
+    distance: float | None = None
+    similarity: float | None = None
+
+
+class ExplainOut(msgspec.Struct):
+    keyword: LegOut | None
+    vector: LegOut | None
+    fused_score: float
+    recency_boost: float
+    popularity_boost: float
+    score: float
+
+
+class HitOut(msgspec.Struct, omit_defaults=True):
+    chunk_id: int
+    document_id: str
+    title: str
+    source: str | None
+    metadata: dict[str, Any]
+    heading_path: list[str]
+    text: str
+    highlight: str
+    score: float
+    explain: ExplainOut | None = None
+
+
+class SearchOut(msgspec.Struct):
+    collection: str
+    mode: str
+    hits: list[HitOut]
+    timings_ms: dict[str, float]

@@ -1,0 +1,101 @@
+"""Search: `POST /v1/search` with the full request, `GET /v1/search` for quick tries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import get, post
+from litestar.params import Parameter
+from sqlalchemy import Connection
+
+from app.api.schemas import ExplainOut, HitOut, SearchIn, SearchOut
+from app.search.engine import SearchResult, search
+from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
+from app.service import Services
+
+
+@post("/v1/search", sync_to_thread=True, status_code=200, tags=["search"])
+def search_post(data: SearchIn, conn: Connection, services: Services) -> SearchOut:
+    """Hybrid, keyword or vector search with filters, ACL principals, boosts and explain."""
+    return _run(conn, services, data.collection, to_request(data))
+
+
+@get("/v1/search", sync_to_thread=True, tags=["search"])
+def search_get(
+    conn: Connection,
+    services: Services,
+    collection: str,
+    q: Annotated[str, Parameter(description="Query text")],
+    mode: str = "hybrid",
+    k: int = 10,
+    offset: int = 0,
+    principal: Annotated[list[str] | None, Parameter(description="Repeatable")] = None,
+    explain: bool = False,
+) -> SearchOut:
+    """The same search from a URL: `?collection=docs&q=reset+password&k=5`."""
+    request = SearchRequest(
+        query=q, mode=mode, k=k, offset=offset, principals=principal, explain=explain
+    )
+    return _run(conn, services, collection, request)
+
+
+def to_request(data: SearchIn) -> SearchRequest:
+    boosts, weights = data.boosts, data.weights
+    recency = boosts.recency if boosts else None
+    popularity = boosts.popularity if boosts else None
+    return SearchRequest(
+        query=data.query,
+        mode=data.mode,
+        k=data.k,
+        offset=data.offset,
+        filter=data.filter,
+        principals=data.principals,
+        vector=data.vector,
+        keyword_weight=weights.keyword if weights else None,
+        vector_weight=weights.vector if weights else None,
+        rrf_k=data.rrf_k,
+        candidates=data.candidates,
+        ef_search=data.ef_search,
+        recency=RecencyBoost(**msgspec.structs.asdict(recency)) if recency else None,
+        popularity=PopularityBoost(**msgspec.structs.asdict(popularity)) if popularity else None,
+        per_document=data.per_document,
+        explain=data.explain,
+    )
+
+
+def _run(
+    conn: Connection, services: Services, collection: str, request: SearchRequest
+) -> SearchOut:
+    result = search(
+        conn,
+        collection,
+        request,
+        settings=services.settings.search,
+        embeddings=services.embeddings,
+    )
+    return to_out(result)
+
+
+def to_out(result: SearchResult) -> SearchOut:
+    hits = [
+        HitOut(
+            chunk_id=h.chunk_id,
+            document_id=h.document_id,
+            title=h.title,
+            source=h.source,
+            metadata=h.metadata,
+            heading_path=h.heading_path,
+            text=h.text,
+            highlight=h.highlight,
+            score=h.score,
+            explain=msgspec.convert(h.explain, ExplainOut) if h.explain else None,
+        )
+        for h in result.hits
+    ]
+    return SearchOut(
+        collection=result.collection,
+        mode=result.mode,
+        hits=hits,
+        timings_ms={"embed": round(result.embed_ms, 3), "sql": round(result.sql_ms, 3)},
+    )

@@ -1,0 +1,178 @@
+"""Evaluation on a BEIR-layout folder through the product's own write and read paths.
+
+The corpus goes through the normal ingest into a collection of its own (`eval-<folder>`), where
+content hashes make a second run skip unchanged documents. Every judged query then goes through
+the normal search, one hit per document (BEIR judges documents, the engine ranks chunks), and
+the ranked document ids are scored against `qrels.tsv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from app.eval import metrics
+from app.ingest import load
+from app.search.engine import QueryEmbeddings, search
+from app.search.request import SearchRequest
+from app.service import Services
+
+CUTOFFS = {"ndcg@10": 10, "recall@100": 100, "mrr@10": 10, "hit@5": 5}
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    queries: int
+    ndcg_10: float
+    recall_100: float
+    mrr_10: float
+    hit_5: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    collection: str
+    documents: int
+    queries: int
+    k: int
+    embed_p50_ms: float
+    modes: list[ModeResult] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class Dataset:
+    name: str
+    corpus: Path
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def read_dataset(folder: Path) -> Dataset:
+    """Queries that have judgments, and the judgments, of a BEIR-layout folder."""
+    corpus = folder / "corpus.jsonl"
+    for path in (corpus, folder / "queries.jsonl", folder / "qrels.tsv"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (expected a BEIR-layout folder)")
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    with (folder / "qrels.tsv").open(newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader, None)
+        for row in reader:
+            if len(row) >= 3:
+                qrels[row[0]][row[1]] = int(row[2])
+    queries = {}
+    with (folder / "queries.jsonl").open() as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                if str(record["_id"]) in qrels:
+                    queries[str(record["_id"])] = record["text"]
+    return Dataset(name=folder.resolve().name, corpus=corpus, queries=queries, qrels=dict(qrels))
+
+
+def evaluate(
+    services: Services,
+    folder: Path,
+    *,
+    modes: Sequence[str],
+    k: int = 100,
+    progress: bool = True,
+) -> EvalReport:
+    dataset = read_dataset(folder)
+    collection = f"eval-{_collection_suffix(dataset.name)}"
+    ingest(services, dataset, collection, progress=progress)
+    embeddings = QueryEmbeddings(services.embedder, size=len(dataset.queries) + 1)
+    embed_ms = _embed_all(embeddings, dataset, progress=progress)
+    report = EvalReport(
+        dataset=dataset.name,
+        collection=collection,
+        documents=load.estimate_count([dataset.corpus]),
+        queries=len(dataset.queries),
+        k=k,
+        embed_p50_ms=metrics.percentile(embed_ms, 50),
+    )
+    for mode in modes:
+        report.modes.append(_run_mode(services, dataset, collection, mode, k, embeddings, progress))
+    return report
+
+
+def ingest(services: Services, dataset: Dataset, collection: str, *, progress: bool) -> None:
+    settings = services.settings.ingest
+    docs = load.load_path(
+        dataset.corpus,
+        max_bytes=dataset.corpus.stat().st_size,
+        max_chars=settings.max_document_chars,
+    )
+    services.ingestor.ingest(collection, docs, create=True, total=len(docs), progress=progress)
+
+
+def _embed_all(embeddings: QueryEmbeddings, dataset: Dataset, *, progress: bool) -> list[float]:
+    timings = []
+    for text in tqdm(dataset.queries.values(), desc="embed queries", disable=not progress):
+        started = time.perf_counter()
+        embeddings(text)
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _run_mode(
+    services: Services,
+    dataset: Dataset,
+    collection: str,
+    mode: str,
+    k: int,
+    embeddings: QueryEmbeddings,
+    progress: bool,
+) -> ModeResult:
+    scores: dict[str, list[float]] = defaultdict(list)
+    latencies = []
+    for query_id, text in tqdm(dataset.queries.items(), desc=mode, disable=not progress):
+        request = SearchRequest(query=text, mode=mode, k=k, per_document=True)
+        started = time.perf_counter()
+        with services.engine.begin() as conn:
+            result = search(
+                conn, collection, request, settings=services.settings.search, embeddings=embeddings
+            )
+        latencies.append((time.perf_counter() - started) * 1000)
+        ranked = [hit.document_id for hit in result.hits]
+        for name, value in score_query(ranked, dataset.qrels[query_id]).items():
+            scores[name].append(value)
+    mean = {name: sum(values) / len(values) if values else 0.0 for name, values in scores.items()}
+    return ModeResult(
+        mode=mode,
+        queries=len(latencies),
+        ndcg_10=mean.get("ndcg@10", 0.0),
+        recall_100=mean.get("recall@100", 0.0),
+        mrr_10=mean.get("mrr@10", 0.0),
+        hit_5=mean.get("hit@5", 0.0),
+        latency_p50_ms=metrics.percentile(latencies, 50),
+        latency_p95_ms=metrics.percentile(latencies, 95),
+    )
+
+
+def score_query(ranked: Sequence[str], qrels: dict[str, int]) -> dict[str, float]:
+    return {
+        "ndcg@10": metrics.ndcg(ranked, qrels, 10),
+        "recall@100": metrics.recall(ranked, qrels, 100),
+        "mrr@10": metrics.reciprocal_rank(ranked, qrels, 10),
+        "hit@5": metrics.hit(ranked, qrels, 5),
+    }
+
+
+def _collection_suffix(name: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name.lower())
+    return cleaned.strip("-_")[:55] or "dataset"

@@ -1,0 +1,1 @@
+"""The read path: request → legs → fusion, filters, ACL, boosts → hits."""

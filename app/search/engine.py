@@ -1,0 +1,239 @@
+"""Running a search: validate → embed the query (cached) → the one SQL statement → hits.
+
+The statement in `sql/search.sql` does both legs, fusion, filters, ACL and boosts. Before it,
+in the same transaction, `prepare` switches to the reader role that row-level security applies
+to, sets the caller's principals for that policy and the HNSW parameters, all `SET LOCAL`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection, TextClause, text
+
+from app import collections
+from app.collections import Collection
+from app.db.queries import load
+from app.errors import Conflict, Invalid
+from app.ingest.embed import Embedder
+from app.search.request import Plan, SearchRequest, resolve
+from app.settings import SearchSettings
+
+FILTER_MARK = "/* filter */ TRUE"
+MARK_START, MARK_END = "\ue000", "\ue001"
+HEADLINE_OPTIONS = (
+    f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=40, MinWords=15, "
+    'ShortWord=3, MaxFragments=2, FragmentDelimiter=" … "'
+)
+SNIPPET_WORDS = 40
+# Per-document collapsing reads this many more vector candidates, as documents have chunks.
+PER_DOCUMENT_FETCH = 3
+
+
+@dataclass
+class Hit:
+    chunk_id: int
+    document_id: str
+    text: str
+    title: str
+    source: str | None
+    metadata: dict[str, Any]
+    heading_path: list[str]
+    score: float
+    highlight: str
+    explain: dict[str, Any] | None = None
+
+
+@dataclass
+class SearchResult:
+    collection: str
+    mode: str
+    hits: list[Hit]
+    embed_ms: float
+    sql_ms: float
+
+
+class QueryEmbeddings:
+    """A bounded LRU of query vectors, so repeated queries skip the model."""
+
+    def __init__(self, embedder: Embedder, size: int = 1024) -> None:
+        self.embedder = embedder
+        self.size = size
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, query: str) -> list[float]:
+        with self._lock:
+            if query in self._cache:
+                self._cache.move_to_end(query)
+                return self._cache[query]
+        vector: list[float] = self.embedder.embed([query])[0].tolist()
+        with self._lock:
+            self._cache[query] = vector
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return vector
+
+
+def search(
+    conn: Connection,
+    collection_name: str,
+    request: SearchRequest,
+    *,
+    settings: SearchSettings,
+    embeddings: QueryEmbeddings | None,
+) -> SearchResult:
+    """Run one search inside the caller's transaction (which it leaves in the reader role)."""
+    collection = collections.get(conn, collection_name)
+    plan = resolve(request, collection.settings, settings)
+    started = time.perf_counter()
+    vector = _query_vector(plan, collection, embeddings)
+    embedded = time.perf_counter()
+    rows = _execute(conn, collection, plan, vector, settings)
+    done = time.perf_counter()
+    return SearchResult(
+        collection=collection.name,
+        mode=plan.mode,
+        hits=[_hit(row, plan) for row in rows],
+        embed_ms=(embedded - started) * 1000,
+        sql_ms=(done - embedded) * 1000,
+    )
+
+
+def _query_vector(
+    plan: Plan, collection: Collection, embeddings: QueryEmbeddings | None
+) -> list[float] | None:
+    if not plan.uses_vector:
+        return None
+    if plan.vector is not None:
+        return _checked_vector(plan.vector, collection.embedding_dim)
+    if embeddings is None:
+        raise Invalid("vector: this caller cannot embed queries; give a vector", field="vector")
+    if embeddings.embedder.model_id != collection.embedding_model:
+        raise Conflict(
+            f"collection {collection.name!r} holds {collection.embedding_model} vectors but "
+            f"the service embeds with {embeddings.embedder.model_id}; "
+            "use mode keyword or give a vector",
+            field="mode",
+        )
+    return embeddings(plan.query)
+
+
+def _checked_vector(vector: list[float], dimension: int) -> list[float]:
+    if len(vector) != dimension:
+        raise Invalid(f"vector: expected {dimension} dimensions, got {len(vector)}", field="vector")
+    for i, x in enumerate(vector):
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+            raise Invalid(f"vector[{i}]: expected a finite number, got {x!r}", field=f"vector[{i}]")
+    return [float(x) for x in vector]
+
+
+def _execute(
+    conn: Connection,
+    collection: Collection,
+    plan: Plan,
+    vector: list[float] | None,
+    settings: SearchSettings,
+) -> list[Any]:
+    conn.execute(
+        load("search.sql")["prepare"],
+        {
+            "principals": plan.principals,
+            "ef_search": str(plan.ef_search),
+            "max_scan_tuples": str(settings.max_scan_tuples),
+        },
+    )
+    params = _parameters(collection, plan, vector, settings)
+    return list(conn.execute(statement(plan.filter.sql), params).mappings())
+
+
+@lru_cache(maxsize=256)
+def statement(filter_sql: str) -> TextClause:
+    """The search statement with a compiled filter predicate in each leg."""
+    source = load("search.sql")["search"].text
+    return text(source.replace(FILTER_MARK, f"({filter_sql})"))
+
+
+def _parameters(
+    collection: Collection, plan: Plan, vector: list[float] | None, settings: SearchSettings
+) -> dict[str, Any]:
+    keyword_depth = plan.candidates if plan.uses_keyword else 0
+    vector_depth = plan.candidates if plan.uses_vector else 0
+    fetch = vector_depth * (PER_DOCUMENT_FETCH if plan.per_document else 1)
+    recency, popularity = plan.recency, plan.popularity
+    return {
+        **plan.filter.params,
+        "collection_id": collection.id,
+        "text_config": collection.text_config,
+        "query_text": plan.query,
+        "max_terms": settings.max_terms,
+        "k1": plan.k1,
+        "b": plan.b,
+        "principals": plan.principals,
+        "restricted": plan.restricted,
+        "query_vector": vector,
+        "keyword_depth": keyword_depth,
+        "vector_depth": vector_depth,
+        "vector_fetch": fetch,
+        "exact_threshold": settings.exact_threshold,
+        "per_document": plan.per_document,
+        "keyword_weight": plan.keyword_weight,
+        "vector_weight": plan.vector_weight,
+        "rrf_k": plan.rrf_k,
+        "recency_half_life_days": recency.half_life_days if recency else None,
+        "recency_floor": recency.floor if recency else 1.0,
+        "recency_field": recency.field if recency else "published_at",
+        "popularity_weight": popularity.weight if popularity else None,
+        "popularity_max": popularity.max if popularity else 1.0,
+        "limit": plan.k,
+        "offset": plan.offset,
+        "headline_options": HEADLINE_OPTIONS,
+    }
+
+
+def _hit(row: Any, plan: Plan) -> Hit:
+    return Hit(
+        chunk_id=row["chunk_id"],
+        document_id=row["document_id"],
+        text=row["text"],
+        title=row["title"],
+        source=row["source"],
+        metadata=row["metadata"],
+        heading_path=list(row["heading_path"]),
+        score=float(row["score"]),
+        highlight=highlight(row["highlight"], row["text"]),
+        explain=_explain(row) if plan.explain else None,
+    )
+
+
+def highlight(headline: str | None, text: str) -> str:
+    """HTML-safe snippet with matched terms in <mark>; the text's start when nothing matched."""
+    if not headline or MARK_START not in headline:
+        words = text.split()
+        snippet = " ".join(words[:SNIPPET_WORDS]) + (" …" if len(words) > SNIPPET_WORDS else "")
+        return html.escape(snippet.replace(MARK_START, "").replace(MARK_END, ""))
+    escaped = html.escape(headline)
+    return escaped.replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+
+
+def _explain(row: Any) -> dict[str, Any]:
+    distance = row["vector_distance"]
+    return {
+        "keyword": None
+        if row["keyword_rank"] is None
+        else {"rank": row["keyword_rank"], "bm25": row["keyword_score"]},
+        "vector": None
+        if row["vector_rank"] is None
+        else {"rank": row["vector_rank"], "distance": distance, "similarity": 1 - distance},
+        "fused_score": row["fused_score"],
+        "recency_boost": row["recency_boost"],
+        "popularity_boost": row["popularity_boost"],
+        "score": row["score"],
+    }

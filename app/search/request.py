@@ -1,0 +1,254 @@
+"""A search request, checked once: every bad value becomes an `Invalid` naming its field.
+
+Per-collection defaults (BM25 k1 and b, RRF k, leg weights, candidate depth) live in the
+collection's `settings`; a request may override the fusion ones. `SearchRequest.resolve()`
+merges the three layers (request, collection, service settings) into the `Plan` the engine runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.errors import Invalid
+from app.search.filters import CompiledFilter, compile_filter
+from app.settings import SearchSettings
+
+Mode = Literal["keyword", "vector", "hybrid"]
+MODES: tuple[Mode, ...] = ("keyword", "vector", "hybrid")
+RECENCY_FIELDS = ("published_at", "updated_at", "created_at")
+PUBLIC = "*"
+
+# Defaults a collection starts with; `collection.settings` may override each one.
+COLLECTION_DEFAULTS: dict[str, float] = {
+    "bm25_k1": 1.2,
+    "bm25_b": 0.75,
+    "rrf_k": 60.0,
+    "keyword_weight": 1.0,
+    "vector_weight": 1.0,
+    "candidates": 100.0,
+}
+COLLECTION_RANGES: dict[str, tuple[float, float]] = {
+    "bm25_k1": (0.0, 10.0),
+    "bm25_b": (0.0, 1.0),
+    "rrf_k": (0.0, 10_000.0),
+    "keyword_weight": (0.0, 100.0),
+    "vector_weight": (0.0, 100.0),
+    "candidates": (1.0, 10_000.0),
+}
+
+
+@dataclass(frozen=True)
+class RecencyBoost:
+    half_life_days: float
+    floor: float = 0.5
+    field: str = "published_at"
+
+
+@dataclass(frozen=True)
+class PopularityBoost:
+    weight: float = 0.1
+    max: float = 1.5
+
+
+@dataclass
+class SearchRequest:
+    """What the caller asked for, as given (API body, CLI options or evaluation)."""
+
+    query: str = ""
+    mode: str = "hybrid"
+    k: int = 10
+    offset: int = 0
+    filter: dict[str, Any] | None = None
+    principals: list[str] | None = None
+    vector: list[float] | None = None
+    keyword_weight: float | None = None
+    vector_weight: float | None = None
+    rrf_k: float | None = None
+    candidates: int | None = None
+    ef_search: int | None = None
+    recency: RecencyBoost | None = None
+    popularity: PopularityBoost | None = None
+    per_document: bool = False
+    explain: bool = False
+
+
+@dataclass
+class Plan:
+    """A validated request with every default filled in."""
+
+    query: str
+    mode: Mode
+    k: int
+    offset: int
+    filter: CompiledFilter
+    principals: list[str]
+    restricted: bool
+    vector: list[float] | None
+    keyword_weight: float
+    vector_weight: float
+    rrf_k: float
+    candidates: int
+    ef_search: int
+    k1: float
+    b: float
+    recency: RecencyBoost | None
+    popularity: PopularityBoost | None
+    per_document: bool
+    explain: bool
+
+    @property
+    def uses_keyword(self) -> bool:
+        return self.mode in ("keyword", "hybrid") and bool(self.query)
+
+    @property
+    def uses_vector(self) -> bool:
+        return self.mode in ("vector", "hybrid")
+
+
+def resolve(
+    request: SearchRequest, collection_settings: dict[str, Any], settings: SearchSettings
+) -> Plan:
+    """Validate the request and fill in collection and service defaults."""
+    defaults = collection_defaults(collection_settings)
+    mode = _mode(request.mode)
+    query = _query(request.query, settings.max_query_chars)
+    if mode == "keyword" and not query:
+        raise Invalid("query: keyword search needs a non-empty query", field="query")
+    if mode != "keyword" and not query and request.vector is None:
+        raise Invalid("query: expected a non-empty query (or a vector)", field="query")
+    k = _int_in("k", request.k, 1, settings.max_k)
+    offset = _int_in("offset", request.offset, 0, settings.max_window)
+    if offset + k > settings.max_window:
+        raise Invalid(
+            f"offset: offset + k must be at most {settings.max_window}, got {offset + k}",
+            field="offset",
+        )
+    principals = _principals(request.principals, settings.require_principals)
+    compiled = compile_filter(request.filter)
+    candidates = _int_in(
+        "candidates",
+        _pick(request.candidates, int(defaults["candidates"])),
+        1,
+        settings.max_candidates,
+    )
+    return Plan(
+        query=query,
+        mode=mode,
+        k=k,
+        offset=offset,
+        filter=compiled,
+        principals=principals,
+        restricted=not compiled.empty or request.principals is not None,
+        vector=request.vector,
+        keyword_weight=_weight("keyword_weight", request.keyword_weight, defaults),
+        vector_weight=_weight("vector_weight", request.vector_weight, defaults),
+        rrf_k=_float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
+        candidates=max(candidates, offset + k),
+        ef_search=_int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000),
+        k1=defaults["bm25_k1"],
+        b=defaults["bm25_b"],
+        recency=_recency(request.recency),
+        popularity=_popularity(request.popularity),
+        per_document=bool(request.per_document),
+        explain=bool(request.explain),
+    )
+
+
+def collection_defaults(collection_settings: dict[str, Any]) -> dict[str, float]:
+    """The collection's search defaults, validated (stored settings were checked on write)."""
+    return {**COLLECTION_DEFAULTS, **check_collection_settings(collection_settings)}
+
+
+def check_collection_settings(values: dict[str, Any], path: str = "settings") -> dict[str, float]:
+    """Validate search defaults given for a collection; unknown keys are refused."""
+    checked = {}
+    for key, value in values.items():
+        if key not in COLLECTION_RANGES:
+            raise Invalid(
+                f"{path}.{key}: unknown setting; expected one of {', '.join(COLLECTION_RANGES)}",
+                field=f"{path}.{key}",
+            )
+        low, high = COLLECTION_RANGES[key]
+        checked[key] = _float_in(f"{path}.{key}", value, low, high)
+    return checked
+
+
+def _mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise Invalid(f"mode: expected one of {', '.join(MODES)}, got {mode!r}", field="mode")
+    return mode  # type: ignore[return-value]
+
+
+def _query(text: str, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise Invalid("query: expected a string", field="query")
+    if len(text) > max_chars:
+        raise Invalid(f"query: at most {max_chars} characters, got {len(text)}", field="query")
+    # NUL and other control characters cannot reach PostgreSQL text; they carry no meaning.
+    cleaned = "".join(ch if ch.isprintable() or ch in "\t\n" else " " for ch in text)
+    return cleaned.strip()
+
+
+def _principals(principals: list[str] | None, required: bool) -> list[str]:
+    if principals is None:
+        if required:
+            raise Invalid(
+                "principals: required (the users and groups the caller acts as)",
+                field="principals",
+            )
+        return [PUBLIC]
+    for i, p in enumerate(principals):
+        if not isinstance(p, str) or not p.strip() or len(p) > 256 or "\x00" in p:
+            raise Invalid(
+                f"principals[{i}]: expected a non-empty name of at most 256 characters",
+                field=f"principals[{i}]",
+            )
+    return sorted({*principals, PUBLIC})
+
+
+def _recency(boost: RecencyBoost | None) -> RecencyBoost | None:
+    if boost is None:
+        return None
+    _float_in("boosts.recency.half_life_days", boost.half_life_days, 0.001, 365_000.0)
+    _float_in("boosts.recency.floor", boost.floor, 0.0, 1.0)
+    if boost.field not in RECENCY_FIELDS:
+        raise Invalid(
+            f"boosts.recency.field: expected one of {', '.join(RECENCY_FIELDS)}, "
+            f"got {boost.field!r}",
+            field="boosts.recency.field",
+        )
+    return boost
+
+
+def _popularity(boost: PopularityBoost | None) -> PopularityBoost | None:
+    if boost is None:
+        return None
+    _float_in("boosts.popularity.weight", boost.weight, 0.0, 10.0)
+    _float_in("boosts.popularity.max", boost.max, 1.0, 10.0)
+    return boost
+
+
+def _weight(name: str, value: float | None, defaults: dict[str, float]) -> float:
+    return _float_in(name, _pick(value, defaults[name]), 0.0, 100.0)
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _int_in(name: str, value: Any, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Invalid(f"{name}: expected an integer, got {value!r}", field=name)
+    if not low <= value <= high:
+        raise Invalid(f"{name}: expected {low} to {high}, got {value}", field=name)
+    return value
+
+
+def _float_in(name: str, value: Any, low: float, high: float) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise Invalid(f"{name}: expected a finite number, got {value!r}", field=name)
+    if not low <= value <= high:
+        raise Invalid(f"{name}: expected {low:g} to {high:g}, got {value:g}", field=name)
+    return float(value)

@@ -1,0 +1,194 @@
+-- The read path's one statement: keyword leg (BM25) + vector leg (HNSW or exact) + weighted
+-- reciprocal rank fusion + bounded boosts, with the ACL and the filters inside each leg.
+--
+-- `/* filter */ TRUE` marks where the compiled filter predicate over `d` goes (see
+-- app/search/filters.py: whitelisted columns, values as bind parameters). A leg whose depth is 0
+-- is switched off by a constant condition, so the planner never runs it.
+
+-- name: prepare
+-- Run first in the search's own transaction: the reader role (row-level security applies),
+-- the principals it may see, and the HNSW search parameters.
+SELECT set_config('role', 'hybrid_reader', true),
+       set_config('hybrid.principals', CAST(CAST(:principals AS text[]) AS text), true),
+       set_config('hnsw.ef_search', :ef_search, true),
+       set_config('hnsw.iterative_scan', 'relaxed_order', true),
+       set_config('hnsw.max_scan_tuples', :max_scan_tuples, true);
+
+-- name: search
+WITH
+-- The query's lexemes that occur in the collection, with how often the query repeats each
+-- (BM25's query term frequency), rarest first and bounded, so that a query of thousands of
+-- words is still one small OR query.
+query_lexemes AS MATERIALIZED (
+    SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf
+    FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
+    JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
+    WHERE t.chunks > 0 AND :keyword_depth > 0
+    ORDER BY t.chunks, t.lexeme
+    LIMIT :max_terms
+),
+corpus AS MATERIALIZED (
+    SELECT chunks::float8 AS n, total_length::float8 / greatest(chunks, 1) AS avgdl
+    FROM corpus_stats
+    WHERE collection_id = :collection_id
+),
+-- Lucene's BM25 idf (never negative), times the query term frequency.
+query_weights AS MATERIALIZED (
+    SELECT q.lexeme, q.qtf * ln(1 + (c.n - q.df + 0.5) / (q.df + 0.5)) AS weight
+    FROM query_lexemes q, corpus c
+),
+-- OR of the lexemes, each quoted as a tsquery literal (so no input can be an operator).
+keyword_query AS MATERIALIZED (
+    SELECT CAST(string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''',
+                           ' | ') AS tsquery) AS tsq,
+           array_agg(lexeme) AS lexemes
+    FROM query_lexemes
+),
+keyword_matches AS (
+    SELECT c.id, c.document_id, c.tsv, c.length
+    FROM chunks c
+    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
+    WHERE c.collection_id = :collection_id
+      AND c.tsv @@ (SELECT tsq FROM keyword_query)
+      AND d.deleted_at IS NULL
+      AND d.acl && CAST(:principals AS text[])
+      AND /* filter */ TRUE
+),
+-- Exact BM25: term frequencies come from the stored tsvector, cut down to the query's
+-- lexemes before unnesting (mark them with weight B, keep only B).
+keyword_scored AS (
+    SELECT m.id, m.document_id,
+           sum(w.weight * t.tf * (CAST(:k1 AS float8) + 1)
+               / (t.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
+                                               + CAST(:b AS float8) * m.length / c.avgdl)))
+             AS score
+    FROM keyword_matches m
+    CROSS JOIN corpus c
+    CROSS JOIN LATERAL (
+        SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
+        FROM unnest(ts_filter(setweight(m.tsv, 'B', (SELECT lexemes FROM keyword_query)),
+                              '{b}')) AS u
+    ) AS t
+    JOIN query_weights w ON w.lexeme = t.lexeme
+    GROUP BY m.id, m.document_id, m.length
+),
+-- With one hit per document, each document keeps its best chunk.
+keyword_ranked AS (
+    SELECT id, document_id, score,
+           CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END AS key,
+           row_number() OVER (ORDER BY score DESC, id) AS rank
+    FROM (SELECT DISTINCT ON (CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END) *
+          FROM keyword_scored
+          ORDER BY CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END, score DESC, id) AS best
+    ORDER BY score DESC, id
+    LIMIT :keyword_depth
+),
+-- Filtered or restricted searches first count the chunks they may see, up to a threshold:
+-- below it an exact scan is cheaper and finds everything; above it the HNSW index is used.
+allowed AS MATERIALIZED (
+    SELECT c.id
+    FROM chunks c
+    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
+    WHERE c.collection_id = :collection_id
+      AND CAST(:restricted AS boolean) AND :vector_depth > 0
+      AND d.deleted_at IS NULL
+      AND d.acl && CAST(:principals AS text[])
+      AND /* filter */ TRUE
+    LIMIT :exact_threshold + 1
+),
+vector_plan AS MATERIALIZED (
+    SELECT CASE WHEN CAST(:restricted AS boolean) THEN (SELECT count(*) FROM allowed) <= :exact_threshold
+                ELSE coalesce((SELECT n FROM corpus), 0) <= :exact_threshold
+           END AS exact
+),
+vector_exact AS (
+    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
+    FROM chunks c
+    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
+    WHERE c.collection_id = :collection_id
+      AND :vector_depth > 0 AND (SELECT exact FROM vector_plan)
+      AND (NOT CAST(:restricted AS boolean) OR c.id IN (SELECT id FROM allowed))
+      AND d.deleted_at IS NULL
+      AND d.acl && CAST(:principals AS text[])
+      AND /* filter */ TRUE
+    ORDER BY distance, c.id
+    LIMIT :vector_fetch
+),
+-- pgvector's iterative scan (relaxed order) keeps reading the graph until enough rows pass the
+-- ACL and the filters; the outer ORDER BY restores the exact distance order.
+vector_ann AS (
+    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
+    FROM chunks c
+    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
+    WHERE c.collection_id = :collection_id
+      AND :vector_depth > 0 AND NOT (SELECT exact FROM vector_plan)
+      AND d.deleted_at IS NULL
+      AND d.acl && CAST(:principals AS text[])
+      AND /* filter */ TRUE
+    ORDER BY c.embedding <=> CAST(:query_vector AS vector)
+    LIMIT :vector_fetch
+),
+vector_ranked AS (
+    SELECT id, document_id, distance,
+           CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END AS key,
+           row_number() OVER (ORDER BY distance, id) AS rank
+    FROM (SELECT DISTINCT ON (CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END) *
+          FROM (SELECT * FROM vector_exact UNION ALL SELECT * FROM vector_ann) AS v
+          ORDER BY CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END, distance, id) AS best
+    ORDER BY distance, id
+    LIMIT :vector_depth
+),
+-- Weighted reciprocal rank fusion; with one hit per document, the chunk shown is the one from
+-- the leg that ranked the document higher.
+fused AS (
+    SELECT CASE WHEN v.rank IS NULL OR k.rank <= v.rank THEN k.id ELSE v.id END AS id,
+           coalesce(k.document_id, v.document_id) AS document_id,
+           k.rank AS keyword_rank, k.score AS keyword_score,
+           v.rank AS vector_rank, v.distance AS vector_distance,
+           coalesce(CAST(:keyword_weight AS float8) / (CAST(:rrf_k AS float8) + k.rank), 0)
+             + coalesce(CAST(:vector_weight AS float8) / (CAST(:rrf_k AS float8) + v.rank), 0)
+             AS fused_score
+    FROM keyword_ranked k
+    FULL JOIN vector_ranked v ON v.key = k.key
+),
+-- Boosts multiply the fused score and stay within bounds: recency decays from 1 to a floor
+-- (documents without the date get the floor), popularity grows logarithmically to a cap.
+boosted AS (
+    SELECT f.*,
+           CASE WHEN CAST(:recency_half_life_days AS float8) IS NULL THEN 1.0
+                WHEN a.age_days IS NULL THEN CAST(:recency_floor AS float8)
+                ELSE CAST(:recency_floor AS float8) + (1 - CAST(:recency_floor AS float8))
+                     * power(0.5, greatest(a.age_days, 0)
+                                  / CAST(:recency_half_life_days AS float8))
+           END AS recency_boost,
+           CASE WHEN CAST(:popularity_weight AS float8) IS NULL THEN 1.0
+                ELSE least(1 + CAST(:popularity_weight AS float8)
+                               * ln(1 + greatest(d.popularity, 0)),
+                           CAST(:popularity_max AS float8))
+           END AS popularity_boost
+    FROM fused f
+    JOIN documents d ON d.collection_id = :collection_id AND d.id = f.document_id
+    CROSS JOIN LATERAL (
+        SELECT extract(epoch FROM now() - CASE CAST(:recency_field AS text)
+                                              WHEN 'created_at' THEN d.created_at
+                                              WHEN 'updated_at' THEN d.updated_at
+                                              ELSE d.published_at
+                                          END) / 86400.0 AS age_days
+    ) AS a
+),
+page AS (
+    SELECT *, fused_score * recency_boost * popularity_boost AS score
+    FROM boosted
+    ORDER BY score DESC, id
+    LIMIT :limit OFFSET :offset
+)
+SELECT p.id AS chunk_id, d.external_id AS document_id, c.ordinal, c.heading_path,
+       c.text, d.title, d.source, d.metadata, d.published_at,
+       p.score, p.fused_score, p.keyword_rank, p.keyword_score, p.vector_rank,
+       p.vector_distance, p.recency_boost, p.popularity_boost,
+       ts_headline(c.text_config, c.text, (SELECT tsq FROM keyword_query), :headline_options)
+           AS highlight
+FROM page p
+JOIN chunks c ON c.collection_id = :collection_id AND c.id = p.id
+JOIN documents d ON d.collection_id = :collection_id AND d.id = p.document_id
+ORDER BY p.score DESC, p.id;

@@ -1,0 +1,481 @@
+"""The read path against the real database and model: BM25 against a pure-Python reference,
+corpus statistics under every kind of write, query parsing, the vector leg with selective
+filters, fusion against a reference RRF, ACL with row-level security, boosts, pagination."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from app import documents
+from app.db.queries import load
+from app.errors import Invalid, NotFound
+from app.ingest.model import SourceDocument
+from app.ingest.pipeline import Ingestor
+from app.search.engine import SearchResult, search, statement
+from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
+from app.service import Services
+from tests.test_ingest import doc, rows, scalar
+
+CORPUS = [
+    doc("cats", "Cats are small domestic felines. A cat sleeps most of the day.", title="Cats"),
+    doc("dogs", "Dogs are loyal. A dog likes long walks and a dog barks at cats.", title="Dogs"),
+    doc("birds", "Birds fly south in winter. Some birds, like penguins, cannot fly.", title="Birds"),
+    doc("fish", "Fish live in water and breathe through gills.", title="Fish"),
+    doc("pets", "Common pets: cats, dogs, fish and birds. Cats and dogs need care.", title="Pets"),
+]
+
+
+def run(services: Services, collection: str = "kb", **fields: Any) -> SearchResult:
+    with services.engine.begin() as conn:
+        return search(
+            conn,
+            collection,
+            SearchRequest(**fields),
+            settings=services.settings.search,
+            embeddings=services.embeddings,
+        )
+
+
+def ids(result: SearchResult) -> list[str]:
+    return [h.document_id for h in result.hits]
+
+
+@pytest.fixture
+def corpus(services: Services) -> Services:
+    services.ingestor.ingest("kb", CORPUS, create=True)
+    return services
+
+
+# --- BM25 ---------------------------------------------------------------------------------------
+
+
+def reference_bm25(services: Services, query: str, k1: float, b: float) -> dict[int, float]:
+    """BM25 in Python over the lexemes PostgreSQL stored, with query term frequency."""
+    tf: dict[int, dict[str, int]] = {}
+    for chunk_id, lexeme, count in rows(
+        services,
+        "SELECT c.id, u.lexeme, coalesce(array_length(u.positions, 1), 1) "
+        "FROM chunks c, unnest(c.tsv) u",
+    ):
+        tf.setdefault(chunk_id, {})[lexeme] = count
+    query_tf = dict(
+        rows(
+            services,
+            "SELECT lexeme, coalesce(array_length(positions, 1), 1) "
+            "FROM unnest(to_tsvector('english_unaccent', :q))",
+            q=query,
+        )
+    )
+    n = len(tf)
+    lengths = {c: sum(v.values()) for c, v in tf.items()}
+    avgdl = sum(lengths.values()) / n
+    df = Counter(lexeme for v in tf.values() for lexeme in v)
+    scores = {}
+    for chunk, terms in tf.items():
+        score = 0.0
+        for lexeme, qtf in query_tf.items():
+            if lexeme in terms:
+                idf = math.log(1 + (n - df[lexeme] + 0.5) / (df[lexeme] + 0.5))
+                t = terms[lexeme]
+                score += qtf * idf * t * (k1 + 1) / (t + k1 * (1 - b + b * lengths[chunk] / avgdl))
+        if score > 0:
+            scores[chunk] = score
+    return scores
+
+
+@pytest.mark.parametrize("query", ["cats", "dog dogs walking", "cats and dogs fly", "penguin fly"])
+def test_sql_bm25_agrees_with_the_python_reference(corpus: Services, query: str) -> None:
+    result = run(corpus, query=query, mode="keyword", explain=True, k=10)
+    expected = reference_bm25(corpus, query, k1=1.2, b=0.75)
+    got = {h.chunk_id: h.explain["keyword"]["bm25"] for h in result.hits if h.explain}
+    assert got.keys() == expected.keys()
+    for chunk, score in expected.items():
+        assert got[chunk] == pytest.approx(score, abs=1e-6)
+    assert [h.chunk_id for h in result.hits] == sorted(expected, key=lambda c: (-expected[c], c))
+
+
+def test_bm25_parameters_come_from_the_collection(corpus: Services) -> None:
+    with corpus.engine.begin() as conn:
+        conn.execute(text("""UPDATE collections SET settings = '{"bm25_k1": 2.0, "bm25_b": 0.3}'"""))
+    result = run(corpus, query="cats dogs", mode="keyword", explain=True)
+    expected = reference_bm25(corpus, "cats dogs", k1=2.0, b=0.3)
+    for h in result.hits:
+        assert h.explain is not None
+        assert h.explain["keyword"]["bm25"] == pytest.approx(expected[h.chunk_id], abs=1e-6)
+
+
+def recomputed_stats(services: Services) -> tuple[list[Any], list[Any]]:
+    corpus = rows(
+        services,
+        "SELECT collection_id, count(*), sum(length) FROM chunks GROUP BY 1 ORDER BY 1",
+    )
+    terms = rows(
+        services,
+        "SELECT c.collection_id, l, count(*) FROM chunks c, unnest(tsvector_to_array(c.tsv)) l "
+        "GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    return corpus, terms
+
+
+def stored_stats(services: Services) -> tuple[list[Any], list[Any]]:
+    corpus = rows(
+        services,
+        "SELECT collection_id, chunks, total_length FROM corpus_stats WHERE chunks > 0 "
+        "ORDER BY 1",
+    )
+    terms = rows(
+        services,
+        "SELECT collection_id, lexeme, chunks FROM term_stats WHERE chunks > 0 ORDER BY 1, 2",
+    )
+    return corpus, terms
+
+
+def test_corpus_statistics_follow_every_write(corpus: Services) -> None:
+    assert stored_stats(corpus) == recomputed_stats(corpus)
+    corpus.ingestor.ingest("kb", [doc("cats", "Cats purr. Kittens play with yarn.", title="Cats")])
+    corpus.ingestor.ingest("other", [doc("x", "Unrelated zebra text.")], create=True)
+    assert stored_stats(corpus) == recomputed_stats(corpus)
+    with corpus.engine.begin() as conn:
+        cid = conn.execute(text("SELECT id FROM collections WHERE name = 'kb'")).scalar_one()
+        documents.soft_delete(conn, cid, "dogs")
+        documents.purge(conn, cid, "fish")
+    assert stored_stats(corpus) == recomputed_stats(corpus)
+    with corpus.engine.begin() as conn:
+        documents.purge_deleted(conn, cid)
+        conn.execute(text("DELETE FROM collections WHERE name = 'other'"))
+    assert stored_stats(corpus) == recomputed_stats(corpus)
+    assert scalar(corpus, "SELECT count(*) FROM term_stats WHERE chunks < 0") == 0
+
+
+# --- query text ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "cats & | ! dogs",
+        "'cats' \"dogs\" (birds",
+        "cat:* <-> dog:A",
+        "\\ ' '' \\' cats",
+        "the and of",
+        "кошки и собаки",
+        "猫と犬",
+        "café naïve",
+        "x" * 3000,
+    ],
+)
+def test_query_text_never_breaks_the_keyword_leg(corpus: Services, query: str) -> None:
+    result = run(corpus, query=query, mode="keyword")
+    assert isinstance(result.hits, list)
+
+
+def test_stop_word_only_query_finds_nothing_by_keyword_but_answers_in_hybrid(
+    corpus: Services,
+) -> None:
+    assert run(corpus, query="the and of", mode="keyword").hits == []
+    assert len(run(corpus, query="the and of", mode="hybrid", k=3).hits) == 3
+
+
+def test_a_five_thousand_word_query_is_bounded_and_answered(corpus: Services) -> None:
+    words = [f"word{i}" for i in range(4990)] + ["cats", "dogs", "fish", "birds", "fly"] * 2
+    result = run(corpus, query=" ".join(words), mode="hybrid", k=3)
+    assert len(result.hits) == 3
+
+
+def test_accents_are_folded(corpus: Services) -> None:
+    corpus.ingestor.ingest("kb", [doc("cafe", "A small café serves crème brûlée.")])
+    assert ids(run(corpus, query="cafe creme brulee", mode="keyword")) == ["cafe"]
+
+
+# --- vector leg ---------------------------------------------------------------------------------
+
+
+class RandomEmbedder:
+    """Seeded unit vectors: the vector leg under test needs many chunks, not meaning."""
+
+    model_id = "test/random"
+    dimension = 384
+
+    def embed(self, texts: Any) -> np.ndarray:
+        seeds = [abs(hash(t)) % 2**32 for t in texts]
+        vectors = np.stack([np.random.default_rng(s).normal(size=384) for s in seeds])
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def many(services: Services) -> Services:
+    """2,000 one-chunk documents; 1% are in group `rare`, 1% only readable by `team-x`."""
+    docs = [
+        SourceDocument(
+            external_id=f"d{i}",
+            title="",
+            blocks=doc("", f"Document number {i}.").blocks,
+            metadata={"group": "rare" if i % 100 == 7 else "common"},
+            acl=["team-x"] if i % 100 == 3 else None,
+        )
+        for i in range(2000)
+    ]
+    ingestor = Ingestor(services.engine, services.settings, RandomEmbedder(), services.tokenizer)
+    ingestor.ingest("many", docs, create=True)
+    return services
+
+
+def query_vector(seed: int = 1) -> list[float]:
+    v = np.random.default_rng(seed).normal(size=384)
+    return list(v / np.linalg.norm(v))
+
+
+@pytest.mark.parametrize("threshold", [0, 100_000])
+def test_a_one_percent_filter_still_returns_k_rows(many: Services, threshold: int) -> None:
+    """HNSW with iterative scan (threshold 0) and the exact scan (threshold high) alike."""
+    settings = replace(many.settings.search, exact_threshold=threshold)
+    request = SearchRequest(
+        vector=query_vector(), mode="vector", k=10, filter={"metadata.group": "rare"}
+    )
+    with many.engine.begin() as conn:
+        result = search(conn, "many", request, settings=settings, embeddings=None)
+    assert len(result.hits) == 10
+    assert all(h.metadata["group"] == "rare" for h in result.hits)
+
+
+def test_hnsw_and_exact_scan_agree_on_a_small_filtered_set(many: Services) -> None:
+    found = []
+    for threshold in (0, 100_000):
+        settings = replace(many.settings.search, exact_threshold=threshold)
+        request = SearchRequest(vector=query_vector(2), mode="vector", k=5, principals=["team-x"])
+        with many.engine.begin() as conn:
+            found.append(ids(search(conn, "many", request, settings=settings, embeddings=None)))
+    assert found[0] == found[1]
+
+
+def test_query_vector_is_checked(corpus: Services) -> None:
+    with pytest.raises(Invalid, match="expected 384 dimensions, got 3") as wrong:
+        run(corpus, vector=[0.1, 0.2, 0.3], mode="vector")
+    assert wrong.value.field == "vector"
+    with pytest.raises(Invalid, match="finite") as nan:
+        run(corpus, vector=[math.nan] * 384, mode="vector")
+    assert nan.value.field == "vector[0]"
+
+
+# --- fusion -------------------------------------------------------------------------------------
+
+
+def test_fusion_is_weighted_rrf_of_the_two_legs(corpus: Services) -> None:
+    query = "cats and dogs"
+    keyword = [h.chunk_id for h in run(corpus, query=query, mode="keyword", k=50).hits]
+    vector = [h.chunk_id for h in run(corpus, query=query, mode="vector", k=50).hits]
+    weights, k = {"keyword": 0.7, "vector": 1.3}, 60
+    expected: Counter[int] = Counter()
+    for leg, ranked in (("keyword", keyword), ("vector", vector)):
+        for rank, chunk in enumerate(ranked, start=1):
+            expected[chunk] += weights[leg] / (k + rank)
+    hybrid = run(
+        corpus, query=query, k=50, keyword_weight=0.7, vector_weight=1.3, explain=True
+    ).hits
+    assert {h.chunk_id: h.score for h in hybrid} == pytest.approx(dict(expected), abs=1e-12)
+    assert [h.chunk_id for h in hybrid] == sorted(expected, key=lambda c: (-expected[c], c))
+
+
+def test_per_document_keeps_one_hit_per_document(corpus: Services) -> None:
+    long_doc = doc("long", "\n\n".join(f"Cats paragraph {i}. " + "cat " * 150 for i in range(4)))
+    corpus.ingestor.ingest("kb", [long_doc])
+    chunks = ids(run(corpus, query="cats", mode="hybrid", k=10))
+    assert chunks.count("long") > 1
+    per_document = ids(run(corpus, query="cats", mode="hybrid", k=10, per_document=True))
+    assert len(per_document) == len(set(per_document))
+    assert "long" in per_document
+
+
+# --- ACL and row-level security -----------------------------------------------------------------
+
+
+@pytest.fixture
+def secured(services: Services) -> Services:
+    services.ingestor.ingest(
+        "kb",
+        [
+            doc("public", "Quarterly revenue report for everyone."),
+            doc("finance", "Quarterly revenue report, confidential.", acl=["group:finance"]),
+            doc("alice", "Quarterly revenue notes of Alice.", acl=["user:alice"]),
+        ],
+        create=True,
+    )
+    return services
+
+
+@pytest.mark.parametrize("mode", ["keyword", "vector", "hybrid"])
+def test_principals_see_only_their_documents(secured: Services, mode: str) -> None:
+    def visible(principals: list[str] | None) -> set[str]:
+        return set(ids(run(secured, query="quarterly revenue", mode=mode, principals=principals)))
+
+    assert visible(None) == {"public"}
+    assert visible(["user:bob"]) == {"public"}
+    assert visible(["user:alice"]) == {"public", "alice"}
+    assert visible(["user:alice", "group:finance"]) == {"public", "alice", "finance"}
+
+
+@pytest.mark.parametrize(
+    "trick",
+    [
+        {"or": [{"id": "finance"}, {"not": {"id": "finance"}}]},
+        {"not": {"id": "nothing"}},
+        {"or": [{"metadata.x": {"exists": False}}, {"title": {"contains": ""}}]},
+    ],
+)
+def test_no_filter_widens_the_acl(secured: Services, trick: dict[str, Any]) -> None:
+    found = ids(run(secured, query="quarterly revenue", principals=["user:bob"], filter=trick))
+    assert set(found) == {"public"}
+
+
+def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Services) -> None:
+    forgetful = statement("TRUE").text.replace("d.acl && CAST(:principals AS text[])", "TRUE")
+    assert "acl &&" not in forgetful
+    with secured.engine.begin() as conn:
+        run_params = _search_params(conn, principals=["user:bob", "*"])
+        conn.execute(
+            load("search.sql")["prepare"],
+            {"principals": ["user:bob", "*"], "ef_search": "40", "max_scan_tuples": "1000"},
+        )
+        found = {r["document_id"] for r in conn.execute(text(forgetful), run_params).mappings()}
+        visible = conn.execute(text("SELECT count(*) FROM documents")).scalar()
+    assert found == {"public"}
+    assert visible == 1
+
+
+def test_reader_role_without_principals_sees_nothing(secured: Services) -> None:
+    with secured.engine.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE hybrid_reader"))
+        assert conn.execute(text("SELECT count(*) FROM documents")).scalar() == 0
+
+
+def _search_params(conn: Any, principals: list[str]) -> dict[str, Any]:
+    from app import collections
+    from app.search.engine import _parameters
+    from app.search.request import resolve
+
+    collection = collections.get(conn, "kb")
+    settings_ = SearchRequest(query="quarterly revenue", mode="keyword", principals=principals)
+    from app.settings import SearchSettings
+
+    plan = resolve(settings_, {}, SearchSettings())
+    return _parameters(collection, plan, None, SearchSettings())
+
+
+def test_deleted_documents_never_appear(corpus: Services) -> None:
+    with corpus.engine.begin() as conn:
+        cid = conn.execute(text("SELECT id FROM collections")).scalar_one()
+        documents.soft_delete(conn, cid, "cats")
+    for mode in ("keyword", "vector", "hybrid"):
+        assert "cats" not in ids(run(corpus, query="cats", mode=mode, k=10))
+
+
+# --- boosts -------------------------------------------------------------------------------------
+
+
+def test_recency_and_popularity_boosts_are_bounded_multipliers(services: Services) -> None:
+    now = datetime.now(UTC)
+    services.ingestor.ingest(
+        "kb",
+        [
+            doc("old", "Release notes for the product.", published_at=now - timedelta(days=60)),
+            doc("new", "Release notes of the product.", published_at=now - timedelta(days=0)),
+            doc("undated", "Release notes, product."),
+            doc("famous", "Release notes about the product.", popularity=1e9),
+        ],
+        create=True,
+    )
+    result = run(
+        services,
+        query="release notes product",
+        explain=True,
+        recency=RecencyBoost(half_life_days=30, floor=0.2),
+        popularity=PopularityBoost(weight=0.5, max=1.5),
+    )
+    boosts = {h.document_id: h.explain for h in result.hits if h.explain}
+    assert boosts["new"]["recency_boost"] == pytest.approx(1.0, abs=1e-3)
+    assert boosts["old"]["recency_boost"] == pytest.approx(0.2 + 0.8 * 0.25, abs=1e-3)
+    assert boosts["undated"]["recency_boost"] == pytest.approx(0.2)
+    assert boosts["famous"]["popularity_boost"] == pytest.approx(1.5)
+    assert boosts["old"]["popularity_boost"] == pytest.approx(1.0)
+    for e in boosts.values():
+        expected = e["fused_score"] * e["recency_boost"] * e["popularity_boost"]
+        assert e["score"] == pytest.approx(expected)
+
+
+def test_boosts_are_off_unless_asked(corpus: Services) -> None:
+    for h in run(corpus, query="cats", explain=True).hits:
+        assert h.explain is not None
+        assert h.explain["recency_boost"] == h.explain["popularity_boost"] == 1.0
+
+
+# --- response -----------------------------------------------------------------------------------
+
+
+def test_highlights_mark_matching_terms_and_escape_html(services: Services) -> None:
+    services.ingestor.ingest(
+        "kb", [doc("h", "A <b>cat</b> chases Tom & Jerry; cats love mice.")], create=True
+    )
+    hit = run(services, query="cats", mode="keyword").hits[0]
+    assert "<mark>cats</mark>" in hit.highlight
+    assert "Tom &amp; Jerry" in hit.highlight
+    assert "<b>" not in hit.highlight
+
+
+def test_pagination_pages_through_the_same_ranking(corpus: Services) -> None:
+    full = ids(run(corpus, query="cats dogs fish birds", k=4))
+    first = ids(run(corpus, query="cats dogs fish birds", k=2))
+    second = ids(run(corpus, query="cats dogs fish birds", k=2, offset=2))
+    assert first + second == full
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"query": ""}, "query"),
+        ({"query": "x" * 50_001}, "query"),
+        ({"query": "cats", "k": 0}, "k"),
+        ({"query": "cats", "k": 101}, "k"),
+        ({"query": "cats", "offset": -1}, "offset"),
+        ({"query": "cats", "offset": 995, "k": 10}, "offset"),
+        ({"query": "cats", "mode": "fuzzy"}, "mode"),
+        ({"query": "cats", "filter": {"metadata.x": {"like": 1}}}, "filter.metadata.x.like"),
+        ({"query": "cats", "filter": {"colour": "red"}}, "filter.colour"),
+        ({"query": "cats", "filter": {"published_at": {"gt": 5}}}, "filter.published_at.gt"),
+        ({"query": "cats", "keyword_weight": -1.0}, "keyword_weight"),
+        ({"query": "cats", "principals": [""]}, "principals[0]"),
+        ({"query": "cats", "recency": RecencyBoost(half_life_days=0)}, "boosts.recency.half_life_days"),
+    ],
+)
+def test_bad_requests_name_the_field(corpus: Services, fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(Invalid) as error:
+        run(corpus, **fields)
+    assert error.value.field == field
+
+
+def test_deeply_nested_filter_is_refused(corpus: Services) -> None:
+    nested: dict[str, Any] = {"id": "cats"}
+    for _ in range(10):
+        nested = {"not": nested}
+    with pytest.raises(Invalid, match="at most 8 levels"):
+        run(corpus, query="cats", filter=nested)
+
+
+def test_unknown_collection_is_not_found(services: Services) -> None:
+    with pytest.raises(NotFound) as error:
+        run(services, "missing", query="cats")
+    assert error.value.field == "collection"
+
+
+def test_missing_principals_are_refused_when_required(corpus: Services) -> None:
+    settings = replace(corpus.settings.search, require_principals=True)
+    with corpus.engine.begin() as conn, pytest.raises(Invalid) as error:
+        search(conn, "kb", SearchRequest(query="cats"), settings=settings, embeddings=None)
+    assert error.value.field == "principals"
