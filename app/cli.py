@@ -237,8 +237,11 @@ def collections_list(settings: Settings) -> None:
     help="PostgreSQL text search configuration.",
 )
 @click.option("--description", default="", help="Free text shown in listings.")
+@click.option("--settings", "search_defaults", help="Search defaults, e.g. '{\"bm25_k1\": 1.5}'.")
 @pass_settings
-def collections_create(settings: Settings, name: str, text_config: str, description: str) -> None:
+def collections_create(
+    settings: Settings, name: str, text_config: str, description: str, search_defaults: str | None
+) -> None:
     """Create a collection bound to the configured embedding model."""
     with opened(settings) as services, services.engine.begin() as conn:
         created = collections.create(
@@ -248,6 +251,9 @@ def collections_create(settings: Settings, name: str, text_config: str, descript
             embedding_dim=services.embedder.dimension,
             text_config=text_config,
             description=description,
+            settings=documents.parse_metadata(search_defaults, name="--settings")
+            if search_defaults
+            else None,
         )
     console.print(
         f"created collection {created.name!r} ({created.embedding_model}, {created.text_config})"

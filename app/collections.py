@@ -6,6 +6,7 @@ text search configuration (stemming and stop words of its language).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,7 @@ from sqlalchemy import Connection
 
 from app.db.queries import query
 from app.errors import Conflict, Invalid, NotFound
+from app.search.request import check_collection_settings
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -41,8 +43,10 @@ def create(
     embedding_dim: int,
     text_config: str = "english_unaccent",
     description: str = "",
+    settings: dict[str, Any] | None = None,
 ) -> Collection:
     check_name(name)
+    checked = check_collection_settings(settings or {})
     if "\x00" in description:
         raise Invalid("description: must not contain NUL characters", field="description")
     if not conn.execute(
@@ -62,6 +66,7 @@ def create(
                 "embedding_model": embedding_model,
                 "embedding_dim": embedding_dim,
                 "text_config": text_config,
+                "settings": json.dumps(checked),
             },
         )
         .mappings()

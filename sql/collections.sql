@@ -1,8 +1,9 @@
 -- Collections: one namespace per corpus or tenant, each tied to one embedding model.
 
 -- name: create_collection
-INSERT INTO collections (name, description, embedding_model, embedding_dim, text_config)
-VALUES (:name, :description, :embedding_model, :embedding_dim, CAST(:text_config AS regconfig))
+INSERT INTO collections (name, description, embedding_model, embedding_dim, text_config, settings)
+VALUES (:name, :description, :embedding_model, :embedding_dim, CAST(:text_config AS regconfig),
+        CAST(:settings AS jsonb))
 ON CONFLICT (name) DO NOTHING
 RETURNING id, name, description, embedding_model, embedding_dim,
           CAST(text_config AS text) AS text_config, settings, created_at;

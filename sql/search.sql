@@ -111,7 +111,8 @@ vector_exact AS (
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
-    ORDER BY distance, c.id
+    -- "+ 0" keeps the planner from answering this ORDER BY with the HNSW index.
+    ORDER BY (c.embedding <=> CAST(:query_vector AS vector)) + 0, c.id
     LIMIT :vector_fetch
 ),
 -- pgvector's iterative scan (relaxed order) keeps reading the graph until enough rows pass the

@@ -154,7 +154,11 @@ def test_create_collection_then_duplicate_conflicts(client: Client) -> None:
     created = client.post("/v1/collections", json={"name": "kb", "description": "Notes"})
     assert created.status_code == 201
     body = created.json()
-    assert (body["name"], body["description"], body["text_config"]) == ("kb", "Notes", "english_unaccent")
+    assert (body["name"], body["description"], body["text_config"]) == (
+        "kb",
+        "Notes",
+        "english_unaccent",
+    )
     assert (body["embedding_dim"], body["documents"], body["chunks"]) == (384, 0, 0)
     duplicate = problem(client.post("/v1/collections", json={"name": "kb"}), 409)
     assert duplicate["field"] == "name"

@@ -128,13 +128,13 @@ def test_sentences_end_before_capitals_digits_quotes_and_brackets_only() -> None
     ]
 
 
-def test_a_sentence_too_long_is_cut_between_tokens() -> None:
+def test_a_sentence_too_long_is_cut_between_tokens_into_equal_parts() -> None:
     sentence = " ".join(f"w{i}" for i in range(25))
     _, chunks = chunk(document(Block(sentence)), Words(), 10)
     assert texts(chunks) == [
-        " ".join(f"w{i}" for i in range(0, 10)),
-        " ".join(f"w{i}" for i in range(10, 20)),
-        " ".join(f"w{i}" for i in range(20, 25)),
+        " ".join(f"w{i}" for i in range(0, 9)),
+        " ".join(f"w{i}" for i in range(9, 18)),
+        " ".join(f"w{i}" for i in range(18, 25)),
     ]
 
 

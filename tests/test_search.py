@@ -27,7 +27,9 @@ from tests.test_ingest import doc, rows, scalar
 CORPUS = [
     doc("cats", "Cats are small domestic felines. A cat sleeps most of the day.", title="Cats"),
     doc("dogs", "Dogs are loyal. A dog likes long walks and a dog barks at cats.", title="Dogs"),
-    doc("birds", "Birds fly south in winter. Some birds, like penguins, cannot fly.", title="Birds"),
+    doc(
+        "birds", "Birds fly south in winter. Some birds, like penguins, cannot fly.", title="Birds"
+    ),
     doc("fish", "Fish live in water and breathe through gills.", title="Fish"),
     doc("pets", "Common pets: cats, dogs, fish and birds. Cats and dogs need care.", title="Pets"),
 ]
@@ -104,7 +106,9 @@ def test_sql_bm25_agrees_with_the_python_reference(corpus: Services, query: str)
 
 def test_bm25_parameters_come_from_the_collection(corpus: Services) -> None:
     with corpus.engine.begin() as conn:
-        conn.execute(text("""UPDATE collections SET settings = '{"bm25_k1": 2.0, "bm25_b": 0.3}'"""))
+        conn.execute(
+            text("""UPDATE collections SET settings = '{"bm25_k1": 2.0, "bm25_b": 0.3}'""")
+        )
     result = run(corpus, query="cats dogs", mode="keyword", explain=True)
     expected = reference_bm25(corpus, "cats dogs", k1=2.0, b=0.3)
     for h in result.hits:
@@ -128,8 +132,7 @@ def recomputed_stats(services: Services) -> tuple[list[Any], list[Any]]:
 def stored_stats(services: Services) -> tuple[list[Any], list[Any]]:
     corpus = rows(
         services,
-        "SELECT collection_id, chunks, total_length FROM corpus_stats WHERE chunks > 0 "
-        "ORDER BY 1",
+        "SELECT collection_id, chunks, total_length FROM corpus_stats WHERE chunks > 0 ORDER BY 1",
     )
     terms = rows(
         services,
@@ -451,7 +454,10 @@ def test_pagination_pages_through_the_same_ranking(corpus: Services) -> None:
         ({"query": "cats", "filter": {"published_at": {"gt": 5}}}, "filter.published_at.gt"),
         ({"query": "cats", "keyword_weight": -1.0}, "keyword_weight"),
         ({"query": "cats", "principals": [""]}, "principals[0]"),
-        ({"query": "cats", "recency": RecencyBoost(half_life_days=0)}, "boosts.recency.half_life_days"),
+        (
+            {"query": "cats", "recency": RecencyBoost(half_life_days=0)},
+            "boosts.recency.half_life_days",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(corpus: Services, fields: dict[str, Any], field: str) -> None:

@@ -28,7 +28,15 @@ EXPECTED = {
     ("documents.sql", "purge_document"): {"collection_id", "external_id"},
     ("documents.sql", "purge_deleted"): {"collection_id"},
     ("collections.sql", "create_collection"): {
-        "name", "description", "embedding_model", "embedding_dim", "text_config",
+        "name", "description", "embedding_model", "embedding_dim", "text_config", "settings",
+    },
+    ("search.sql", "prepare"): {"principals", "ef_search", "max_scan_tuples"},
+    ("search.sql", "search"): {
+        "collection_id", "text_config", "query_text", "max_terms", "k1", "b", "principals",
+        "restricted", "query_vector", "keyword_depth", "vector_depth", "vector_fetch",
+        "exact_threshold", "per_document", "keyword_weight", "vector_weight", "rrf_k",
+        "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
+        "popularity_max", "limit", "offset", "headline_options",
     },
     ("collections.sql", "get_collection"): {"name"},
     ("collections.sql", "list_collections"): {"name"},

@@ -16,6 +16,7 @@ class CollectionCreate(Strict):
     name: str
     description: str = ""
     text_config: str = "english_unaccent"
+    settings: dict[str, Any] = {}
 
 
 class CollectionOut(msgspec.Struct):
@@ -24,6 +25,7 @@ class CollectionOut(msgspec.Struct):
     embedding_model: str
     embedding_dim: int
     text_config: str
+    settings: dict[str, Any]
     created_at: datetime
     documents: int
     chunks: int

@@ -211,7 +211,10 @@ def _fit(
 
 
 def _hard_split(text: str, sep: str, budget: int, tokenizer: Tokenizer) -> list[_Piece]:
-    windows = _windows(text, budget, budget, tokenizer)
+    # Equal windows rather than full ones and a scrap: a few-token tail embeds as noise.
+    count = len(tokenizer.spans(text))
+    size = -(-count // -(-count // budget))
+    windows = _windows(text, size, size, tokenizer)
     # Rejoining with the original gap restores a word that a cut went through.
     seps = [sep, *(text[a.end : b.start] for a, b in pairwise(windows))]
     return [_Piece(text[w.start : w.end], w.tokens, s) for w, s in zip(windows, seps, strict=True)]

@@ -18,6 +18,7 @@ def to_out(c: Collection) -> CollectionOut:
         embedding_model=c.embedding_model,
         embedding_dim=c.embedding_dim,
         text_config=c.text_config,
+        settings=c.settings,
         created_at=c.created_at,
         documents=c.documents,
         chunks=c.chunks,
@@ -45,6 +46,7 @@ class CollectionController(Controller):
             embedding_dim=services.embedder.dimension,
             text_config=data.text_config,
             description=data.description,
+            settings=data.settings,
         )
         return to_out(created)
 
