@@ -512,23 +512,18 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
 
 
 def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
-    half_life = options.pop("recency_half_life")
-    recency = RecencyBoost(
-        half_life_days=half_life,
-        floor=options.pop("recency_floor"),
-        field=options.pop("recency_field"),
-    ) if half_life is not None else None  # fmt: skip
-    weight = options.pop("popularity_weight")
-    popularity = PopularityBoost(weight=weight, max=options.pop("popularity_max"))
-    filter_json = options.pop("filter_json")
-    principals = list(options.pop("principals"))
+    half_life, floor, field = (
+        options.pop(k) for k in ("recency_half_life", "recency_floor", "recency_field")
+    )
+    weight, cap = options.pop("popularity_weight"), options.pop("popularity_max")
+    filter_json, principals = options.pop("filter_json"), list(options.pop("principals"))
     return SearchRequest(
         query=query,
         filter=documents.parse_metadata(filter_json, name="--filter") if filter_json else None,
         principals=principals or None,
-        recency=recency,
-        popularity=popularity if weight is not None else None,
-        **{k: v for k, v in options.items() if k not in ("recency_floor", "popularity_max")},
+        recency=None if half_life is None else RecencyBoost(half_life, floor, field),
+        popularity=None if weight is None else PopularityBoost(weight, cap),
+        **options,
     )
 
 

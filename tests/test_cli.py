@@ -438,3 +438,19 @@ def test_unreachable_database_is_one_message_not_a_traceback() -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error:")
+
+
+def test_search_prints_a_table_and_json(env: dict[str, str], corpus: Path) -> None:
+    assert hybrid(env, "ingest", str(corpus), "-c", "kb", "--no-progress").code == 0
+    run = hybrid(env, "search", "alpha setup", "-c", "kb", "-k", "3", "--explain")
+    assert run.code == 0, run.err
+    assert "Alpha guide" in run.text
+    assert "bm25" in run.text
+    as_json = hybrid(env, "search", "record two", "-c", "kb", "--mode", "keyword", "--json")
+    assert json.loads(as_json.out)["hits"][0]["document_id"] == "r2"
+
+
+def test_search_with_a_bad_filter_names_it(env: dict[str, str], corpus: Path) -> None:
+    hybrid(env, "ingest", str(corpus), "-c", "kb", "--no-progress")
+    run = hybrid(env, "search", "alpha", "-c", "kb", "--filter", '{"colour": "red"}')
+    assert run.failed_with("filter.colour", "unknown field")
