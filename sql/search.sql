@@ -28,7 +28,7 @@ query_lexemes AS MATERIALIZED (
     LIMIT :max_terms
 ),
 corpus AS MATERIALIZED (
-    SELECT chunks::float8 AS n, total_length::float8 / greatest(chunks, 1) AS avgdl
+    SELECT CAST(chunks AS float8) AS n, CAST(total_length AS float8) / greatest(chunks, 1) AS avgdl
     FROM corpus_stats
     WHERE collection_id = :collection_id
 ),
