@@ -36,7 +36,7 @@ EXPECTED = {
         "restricted", "query_vector", "keyword_depth", "vector_depth", "vector_fetch",
         "exact_threshold", "per_document", "keyword_weight", "vector_weight", "rrf_k",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
-        "popularity_max", "limit", "offset", "headline_options",
+        "popularity_max", "limit", "offset", "highlight", "headline_options",
     },
     ("collections.sql", "get_collection"): {"name"},
     ("collections.sql", "list_collections"): {"name"},

@@ -158,6 +158,7 @@ class SearchIn(Strict):
     boosts: BoostsIn | None = None
     per_document: bool = False
     explain: bool = False
+    highlight: bool = True
 
 
 class LegOut(msgspec.Struct, omit_defaults=True):

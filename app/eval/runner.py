@@ -141,7 +141,7 @@ def _run_mode(
     scores: dict[str, list[float]] = defaultdict(list)
     latencies = []
     for query_id, text in tqdm(dataset.queries.items(), desc=mode, disable=not progress):
-        request = SearchRequest(query=text, mode=mode, k=k, per_document=True)
+        request = SearchRequest(query=text, mode=mode, k=k, per_document=True, highlight=False)
         started = time.perf_counter()
         with services.engine.begin() as conn:
             result = search(

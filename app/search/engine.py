@@ -194,6 +194,7 @@ def _parameters(
         "popularity_max": popularity.max if popularity else 1.0,
         "limit": plan.k,
         "offset": plan.offset,
+        "highlight": plan.highlight,
         "headline_options": HEADLINE_OPTIONS,
     }
 

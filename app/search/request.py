@@ -72,6 +72,7 @@ class SearchRequest:
     popularity: PopularityBoost | None = None
     per_document: bool = False
     explain: bool = False
+    highlight: bool = True
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Plan:
     popularity: PopularityBoost | None
     per_document: bool
     explain: bool
+    highlight: bool
 
     @property
     def uses_keyword(self) -> bool:
@@ -153,6 +155,7 @@ def resolve(
         popularity=_popularity(request.popularity),
         per_document=bool(request.per_document),
         explain=bool(request.explain),
+        highlight=bool(request.highlight),
     )
 
 

@@ -61,6 +61,7 @@ def to_request(data: SearchIn) -> SearchRequest:
         popularity=PopularityBoost(**msgspec.structs.asdict(popularity)) if popularity else None,
         per_document=data.per_document,
         explain=data.explain,
+        highlight=data.highlight,
     )
 
 
