@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from app import documents
+from app import collections, documents
 from app.db.queries import load
 from app.errors import Invalid, NotFound
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
-from app.search.engine import SearchResult, search, statement
-from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
+from app.search.engine import SearchResult, _parameters, search, statement
+from app.search.request import PopularityBoost, RecencyBoost, SearchRequest, resolve
 from app.service import Services
+from app.settings import SearchSettings
 from tests.test_ingest import doc, rows, scalar
 
 CORPUS = [
@@ -360,16 +361,9 @@ def test_reader_role_without_principals_sees_nothing(secured: Services) -> None:
 
 
 def _search_params(conn: Any, principals: list[str]) -> dict[str, Any]:
-    from app import collections
-    from app.search.engine import _parameters
-    from app.search.request import resolve
-
-    collection = collections.get(conn, "kb")
-    settings_ = SearchRequest(query="quarterly revenue", mode="keyword", principals=principals)
-    from app.settings import SearchSettings
-
-    plan = resolve(settings_, {}, SearchSettings())
-    return _parameters(collection, plan, None, SearchSettings())
+    request = SearchRequest(query="quarterly revenue", mode="keyword", principals=principals)
+    plan = resolve(request, {}, SearchSettings())
+    return _parameters(collections.get(conn, "kb"), plan, None, SearchSettings())
 
 
 def test_deleted_documents_never_appear(corpus: Services) -> None:
