@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
@@ -533,9 +534,10 @@ def _print_hits(result: SearchResult, *, explain: bool) -> None:
     )
     table = _table(*columns)
     for rank, hit in enumerate(result.hits, start=1):
-        snippet = html.unescape(hit.highlight).replace("<mark>", "[bold yellow]")
+        snippet = escape(html.unescape(hit.highlight)).replace("<mark>", "[bold yellow]")
         snippet = snippet.replace("</mark>", "[/bold yellow]")
-        row = [str(rank), f"{hit.score:.4f}", _short(hit.title or hit.document_id), snippet]
+        title = escape(_short(hit.title or hit.document_id))
+        row = [str(rank), f"{hit.score:.4f}", title, snippet]
         if explain and hit.explain:
             row += _explain_cells(hit.explain)
         table.add_row(*row)

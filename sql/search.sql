@@ -157,7 +157,7 @@ fused AS (
 -- Boosts multiply the fused score and stay within bounds: recency decays from 1 to a floor
 -- (documents without the date get the floor), popularity grows logarithmically to a cap.
 boosted AS (
-    SELECT f.*,
+    SELECT f.*, d.external_id, d.title, d.source, d.metadata,
            CASE WHEN CAST(:recency_half_life_days AS float8) IS NULL THEN 1.0
                 WHEN a.age_days IS NULL THEN CAST(:recency_floor AS float8)
                 ELSE CAST(:recency_floor AS float8) + (1 - CAST(:recency_floor AS float8))
@@ -185,8 +185,8 @@ page AS (
     ORDER BY score DESC, id
     LIMIT :limit OFFSET :offset
 )
-SELECT p.id AS chunk_id, d.external_id AS document_id, c.ordinal, c.heading_path,
-       c.text, d.title, d.source, d.metadata, d.published_at,
+SELECT p.id AS chunk_id, p.external_id AS document_id, c.ordinal, c.heading_path,
+       c.text, p.title, p.source, p.metadata,
        p.score, p.fused_score, p.keyword_rank, p.keyword_score, p.vector_rank,
        p.vector_distance, p.recency_boost, p.popularity_boost,
        -- ts_headline costs a few milliseconds a hit: only when asked.
@@ -196,5 +196,4 @@ SELECT p.id AS chunk_id, d.external_id AS document_id, c.ordinal, c.heading_path
        END AS highlight
 FROM page p
 JOIN chunks c ON c.collection_id = :collection_id AND c.id = p.id
-JOIN documents d ON d.collection_id = :collection_id AND d.id = p.document_id
 ORDER BY p.score DESC, p.id;

@@ -94,13 +94,13 @@ def evaluate(
 ) -> EvalReport:
     dataset = read_dataset(folder)
     collection = f"eval-{_collection_suffix(dataset.name)}"
-    ingest(services, dataset, collection, progress=progress)
+    documents = ingest(services, dataset, collection, progress=progress)
     embeddings = QueryEmbeddings(services.embedder, size=len(dataset.queries) + 1)
     embed_ms = _embed_all(embeddings, dataset, progress=progress)
     report = EvalReport(
         dataset=dataset.name,
         collection=collection,
-        documents=load.estimate_count([dataset.corpus]),
+        documents=documents,
         queries=len(dataset.queries),
         k=k,
         embed_p50_ms=metrics.percentile(embed_ms, 50),
@@ -110,7 +110,8 @@ def evaluate(
     return report
 
 
-def ingest(services: Services, dataset: Dataset, collection: str, *, progress: bool) -> None:
+def ingest(services: Services, dataset: Dataset, collection: str, *, progress: bool) -> int:
+    """Ingest the corpus (unchanged documents are skipped); return how many it holds."""
     settings = services.settings.ingest
     docs = load.load_path(
         dataset.corpus,
@@ -118,6 +119,7 @@ def ingest(services: Services, dataset: Dataset, collection: str, *, progress: b
         max_chars=settings.max_document_chars,
     )
     services.ingestor.ingest(collection, docs, create=True, total=len(docs), progress=progress)
+    return len(docs)
 
 
 def _embed_all(embeddings: QueryEmbeddings, dataset: Dataset, *, progress: bool) -> list[float]:
