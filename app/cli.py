@@ -25,14 +25,21 @@ from sqlalchemy.exc import OperationalError
 
 from app import PROJECT_ROOT, collections, documents
 from app.db import embedded, migrate
-from app.errors import HybridError, Invalid
+from app.errors import HybridError, Invalid, Unavailable
 from app.eval import report as eval_report
 from app.eval import runner
 from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
 from app.search.engine import SearchResult, search
-from app.search.request import MODES, RECENCY_FIELDS, PopularityBoost, RecencyBoost, SearchRequest
+from app.search.request import (
+    MODES,
+    RECENCY_FIELDS,
+    RERANK_MODE,
+    PopularityBoost,
+    RecencyBoost,
+    SearchRequest,
+)
 from app.service import Services
 from app.settings import Settings, load_settings
 
@@ -479,7 +486,9 @@ def documents_purge(settings: Settings, collection: str) -> None:
 @click.argument("query")
 @collection_option
 @click.option(
-    "--mode", type=click.Choice(MODES), default="hybrid", show_default=True, help="Legs to run."
+    "--mode",
+    type=click.Choice(MODES),
+    help=f"Legs to run (default: {RERANK_MODE} when a cross-encoder is loaded, else hybrid).",
 )
 @click.option("-k", "k", default=10, show_default=True, help="Hits to return.")
 @click.option("--offset", default=0, show_default=True, help="Hits to skip (pagination).")
@@ -495,6 +504,9 @@ def documents_purge(settings: Settings, collection: str) -> None:
 @click.option("--popularity-weight", type=float, help="Popularity boost: weight of log(1+pop).")
 @click.option("--popularity-max", type=float, default=1.5, show_default=True)
 @click.option("--per-document", is_flag=True, help="At most one hit (the best chunk) per document.")
+@click.option(
+    "--rerank-depth", type=int, help=f"Fused hits the cross-encoder rescores ({RERANK_MODE})."
+)
 @click.option("--explain", is_flag=True, help="Show each leg's rank and the boosts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")
 @pass_settings
@@ -504,10 +516,17 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
     request = _search_request(query, options)
     with opened(settings) as services, services.engine.begin() as conn:
         result = search(
-            conn, collection, request, settings=settings.search, embeddings=services.embeddings
+            conn,
+            collection,
+            request,
+            settings=settings.search,
+            embeddings=services.embeddings,
+            reranking=services.reranking if request.mode in (None, RERANK_MODE) else None,
         )
     if as_json:
-        click.echo(json.dumps(asdict(result), indent=2, default=str))
+        click.echo(
+            json.dumps({**asdict(result), "reranked": result.reranked}, indent=2, default=str)
+        )
         return
     _print_hits(result, explain=request.explain)
 
@@ -530,7 +549,7 @@ def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
 
 def _print_hits(result: SearchResult, *, explain: bool) -> None:
     columns = ["#", "score", "document", "text"] + (
-        ["keyword", "vector", "boosts"] if explain else []
+        ["keyword", "vector", "boosts", "rerank"] if explain else []
     )
     table = _table(*columns)
     for rank, hit in enumerate(result.hits, start=1):
@@ -544,17 +563,30 @@ def _print_hits(result: SearchResult, *, explain: bool) -> None:
     console.print(table)
     console.print(
         f"{len(result.hits)} hits from {result.collection!r} ({result.mode}); "
-        f"embed {result.embed_ms:.1f} ms, SQL {result.sql_ms:.1f} ms",
+        f"embed {result.embed_ms:.1f} ms, SQL {result.sql_ms:.1f} ms{_rerank_summary(result)}",
         highlight=False,
+    )
+
+
+def _rerank_summary(result: SearchResult) -> str:
+    report = result.rerank
+    if report is None:
+        return ""
+    rest = "" if report.complete else " (time budget spent: the rest keep the fused order)"
+    return (
+        f"; reranked {report.scored} of {report.depth} by {report.model} "
+        f"in {report.ms:.1f} ms{rest}"
     )
 
 
 def _explain_cells(explain: dict[str, Any]) -> list[str]:
     keyword, vector = explain["keyword"], explain["vector"]
+    rerank = explain.get("rerank_score")
     return [
         f"#{keyword['rank']} bm25 {keyword['bm25']:.2f}" if keyword else "",
         f"#{vector['rank']} cos {vector['similarity']:.3f}" if vector else "",
         f"recency {explain['recency_boost']:.2f} popularity {explain['popularity_boost']:.2f}",
+        f"{rerank:.3f} (fused #{explain['fused_rank']})" if rerank is not None else "",
     ]
 
 
@@ -587,6 +619,8 @@ def eval_command(
         if mode not in MODES:
             raise Invalid(f"--modes: unknown mode {mode!r}; expected {', '.join(MODES)}")
     with opened(settings) as services:
+        if RERANK_MODE in chosen and not services.reranking.available:
+            raise Unavailable(f"--modes {RERANK_MODE}: {services.reranking.policy.unavailable}")
         result = runner.evaluate(services, folder, modes=chosen, k=k, progress=progress)
     json_path, png_path = eval_report.write(result, out_dir)
     table = _table("mode", "nDCG@10", "R@100", "MRR@10", "hit@5", "p50 ms", "p95 ms")

@@ -1,8 +1,8 @@
 """Wiring: from settings to a running set of services shared by the API and the CLI.
 
 `Services.open()` finds the database (configured or embedded), checks the schema, and builds
-the engine; the embedding model loads on first use (or eagerly for the API server), so that
-commands that only read the database start fast.
+the engine; the embedding model and the cross-encoder load on first use (or eagerly for the
+API server), so that commands that only read the database start fast.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from app.ingest.chunk import Tokenizer, bundled_tokenizer
 from app.ingest.embed import Embedder, create_embedder
 from app.ingest.pipeline import Ingestor
 from app.search.engine import QueryEmbeddings
+from app.search.rerank import Reranking, load_reranker
 from app.settings import Settings
 
 
@@ -29,7 +30,9 @@ class Services:
         self.started_embedded = started_embedded
         self._embedder: Embedder | None = None
         self._embeddings: QueryEmbeddings | None = None
+        self._reranking: Reranking | None = None
         self._lock = threading.Lock()
+        self._rerank_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:
@@ -59,6 +62,19 @@ class Services:
     @property
     def model_loaded(self) -> bool:
         return self._embedder is not None
+
+    @property
+    def reranking(self) -> Reranking:
+        """The cross-encoder, or why there is none (loading never fails the process)."""
+        with self._rerank_lock:
+            if self._reranking is None:
+                self._reranking = load_reranker(self.settings.rerank)
+            return self._reranking
+
+    @property
+    def reranker_status(self) -> Reranking | None:
+        """The reranking state if it has been loaded, without loading it."""
+        return self._reranking
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -22,6 +22,7 @@ from app.errors import ConfigError
 Environment = Literal["development", "production"]
 EmbeddingProvider = Literal["local", "openai"]
 ChunkStrategy = Literal["structure", "recursive", "fixed"]
+RerankBackend = Literal["torch", "onnx", "onnx-int8"]
 
 
 def setting(env: str, default: Any, doc: str) -> Any:
@@ -146,6 +147,43 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class RerankSettings:
+    model: str = setting(
+        "HYBRID_RERANK_MODEL",
+        "cross-encoder/ms-marco-MiniLM-L-6-v2",
+        "Cross-encoder: a Hugging Face id found in the local cache, or a local directory; "
+        "empty = no reranking",
+    )
+    depth: int = setting(
+        "HYBRID_RERANK_DEPTH",
+        20,
+        "Fused candidates the cross-encoder rescores (per request: `rerank_depth`)",
+    )
+    max_depth: int = setting(
+        "HYBRID_RERANK_MAX_DEPTH", 100, "Largest `rerank_depth` a request may ask"
+    )
+    passage_tokens: int = setting(
+        "HYBRID_RERANK_PASSAGE_TOKENS",
+        256,
+        "Tokens of each passage (title, headings, text) the cross-encoder reads (rest cut)",
+    )
+    query_tokens: int = setting(
+        "HYBRID_RERANK_QUERY_TOKENS", 64, "Tokens of the query the cross-encoder reads (rest cut)"
+    )
+    batch_size: int = setting("HYBRID_RERANK_BATCH_SIZE", 16, "Pairs scored per model call")
+    budget_ms: float = setting(
+        "HYBRID_RERANK_BUDGET_MS",
+        2000.0,
+        "Time one search may spend reranking; candidates not scored by then keep fused order",
+    )
+    backend: RerankBackend = setting(
+        "HYBRID_RERANK_BACKEND",
+        "torch",
+        "`torch`, `onnx` or `onnx-int8` (ONNX Runtime; needs the `onnx` extra)",
+    )
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     environment: Environment = setting(
         "HYBRID_ENV", "development", "`development` or `production` (stricter checks)"
@@ -163,6 +201,7 @@ class Settings:
     chunking: ChunkSettings
     ingest: IngestSettings
     search: SearchSettings
+    rerank: RerankSettings
     server: ServerSettings
 
 
@@ -172,6 +211,7 @@ SECTIONS: dict[str, type[Any]] = {
     "chunking": ChunkSettings,
     "ingest": IngestSettings,
     "search": SearchSettings,
+    "rerank": RerankSettings,
     "server": ServerSettings,
 }
 
@@ -247,6 +287,7 @@ def _validate(s: Settings) -> None:
     _require(s.ingest.batch_documents >= 1, "HYBRID_INGEST_BATCH must be at least 1")
     _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
     _validate_search(s.search)
+    _validate_rerank(s.rerank)
     if s.embedding.provider == "openai" and s.server.environment == "production":
         _require(bool(s.embedding.openai_api_key), "OPENAI_API_KEY is required in production")
     if s.server.environment == "production":
@@ -270,6 +311,23 @@ def _validate_search(s: SearchSettings) -> None:
     _require(1 <= s.ef_search <= 1000, "HYBRID_SEARCH_EF_SEARCH must be between 1 and 1000")
     _require(s.exact_threshold >= 0, "HYBRID_SEARCH_EXACT_THRESHOLD must not be negative")
     _require(s.max_scan_tuples >= 1, "HYBRID_SEARCH_MAX_SCAN_TUPLES must be positive")
+
+
+def _validate_rerank(s: RerankSettings) -> None:
+    _require(s.max_depth >= 1, "HYBRID_RERANK_MAX_DEPTH must be at least 1")
+    _require(
+        1 <= s.depth <= s.max_depth,
+        "HYBRID_RERANK_DEPTH must be between 1 and HYBRID_RERANK_MAX_DEPTH",
+    )
+    _require(s.passage_tokens >= 16, "HYBRID_RERANK_PASSAGE_TOKENS must be at least 16")
+    _require(s.query_tokens >= 1, "HYBRID_RERANK_QUERY_TOKENS must be at least 1")
+    _require(
+        s.passage_tokens + s.query_tokens + 3 <= 512,
+        "HYBRID_RERANK_PASSAGE_TOKENS + HYBRID_RERANK_QUERY_TOKENS must be at most 509 "
+        "(a cross-encoder reads 512 tokens, 3 of them separators)",
+    )
+    _require(s.batch_size >= 1, "HYBRID_RERANK_BATCH_SIZE must be at least 1")
+    _require(s.budget_ms > 0, "HYBRID_RERANK_BUDGET_MS must be positive")
 
 
 def _require(condition: bool, message: str) -> None:

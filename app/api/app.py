@@ -22,7 +22,8 @@ API_TITLE = "Hybrid search"
 
 
 def create_app(services: Services, *, load_model: bool = True) -> Litestar:
-    """The API over `services`; the embedding model loads during start-up unless told not to."""
+    """The API over `services`; the embedding model and the cross-encoder load during start-up
+    unless told not to."""
     config = AppConfig(
         route_handlers=[
             health,
@@ -49,6 +50,7 @@ def _configure_state(config: AppConfig, services: Services, load_model: bool) ->
 
 def _load_model(services: Services) -> None:
     _ = services.embedder
+    _ = services.reranking
 
 
 def _configure_dependencies(config: AppConfig) -> None:

@@ -114,6 +114,7 @@ class PurgeResult(msgspec.Struct):
 class Check(msgspec.Struct):
     ok: bool
     detail: str
+    required: bool = True
 
 
 class Readiness(msgspec.Struct):
@@ -145,7 +146,7 @@ class WeightsIn(Strict):
 class SearchIn(Strict):
     collection: str
     query: str = ""
-    mode: str = "hybrid"
+    mode: str | None = None
     k: int = 10
     offset: int = 0
     filter: dict[str, Any] | None = None
@@ -159,6 +160,7 @@ class SearchIn(Strict):
     per_document: bool = False
     explain: bool = False
     highlight: bool = True
+    rerank_depth: int | None = None
 
 
 class LegOut(msgspec.Struct, omit_defaults=True):
@@ -175,6 +177,8 @@ class ExplainOut(msgspec.Struct):
     recency_boost: float
     popularity_boost: float
     score: float
+    fused_rank: int | None = None
+    rerank_score: float | None = None
 
 
 class HitOut(msgspec.Struct, omit_defaults=True):
@@ -187,7 +191,15 @@ class HitOut(msgspec.Struct, omit_defaults=True):
     text: str
     highlight: str
     score: float
+    rerank_score: float | None = None
     explain: ExplainOut | None = None
+
+
+class RerankOut(msgspec.Struct):
+    model: str
+    depth: int
+    scored: int
+    complete: bool
 
 
 class SearchOut(msgspec.Struct):
@@ -195,3 +207,5 @@ class SearchOut(msgspec.Struct):
     mode: str
     hits: list[HitOut]
     timings_ms: dict[str, float]
+    reranked: bool = False
+    rerank: RerankOut | None = None

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from app.eval import metrics
 from app.ingest import load
 from app.search.engine import QueryEmbeddings, search
-from app.search.request import SearchRequest
+from app.search.request import RERANK_MODE, SearchRequest
 from app.service import Services
 
 CUTOFFS = {"ndcg@10": 10, "recall@100": 100, "mrr@10": 10, "hit@5": 5}
@@ -147,7 +147,12 @@ def _run_mode(
         started = time.perf_counter()
         with services.engine.begin() as conn:
             result = search(
-                conn, collection, request, settings=services.settings.search, embeddings=embeddings
+                conn,
+                collection,
+                request,
+                settings=services.settings.search,
+                embeddings=embeddings,
+                reranking=services.reranking if mode == RERANK_MODE else None,
             )
         latencies.append((time.perf_counter() - started) * 1000)
         ranked = [hit.document_id for hit in result.hits]

@@ -1,4 +1,5 @@
-"""Running a search: validate → embed the query (cached) → the one SQL statement → hits.
+"""Running a search: validate → embed the query (cached) → the one SQL statement → hits
+→ (in `hybrid+rerank`) the cross-encoder over the top fused hits.
 
 The statement in `sql/search.sql` does both legs, fusion, filters, ACL and boosts. Before it,
 in the same transaction, `prepare` switches to the reader role that row-level security applies
@@ -23,7 +24,8 @@ from app.collections import Collection
 from app.db.queries import load
 from app.errors import Conflict, Invalid
 from app.ingest.embed import Embedder
-from app.search.request import Plan, SearchRequest, resolve
+from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
+from app.search.rerank import Reranking, RerankReport, rerank
 from app.settings import SearchSettings
 
 FILTER_MARK = "/* filter */ TRUE"
@@ -49,6 +51,8 @@ class Hit:
     score: float
     highlight: str
     explain: dict[str, Any] | None = None
+    rerank_score: float | None = None
+    fused_rank: int | None = None
 
 
 @dataclass
@@ -58,6 +62,11 @@ class SearchResult:
     hits: list[Hit]
     embed_ms: float
     sql_ms: float
+    rerank: RerankReport | None = None
+
+    @property
+    def reranked(self) -> bool:
+        return self.rerank is not None and self.rerank.scored > 0
 
 
 class QueryEmbeddings:
@@ -89,21 +98,28 @@ def search(
     *,
     settings: SearchSettings,
     embeddings: QueryEmbeddings | None,
+    reranking: Reranking | None = None,
 ) -> SearchResult:
     """Run one search inside the caller's transaction (which it leaves in the reader role)."""
     collection = collections.get(conn, collection_name)
-    plan = resolve(request, collection.settings, settings)
+    plan = resolve(
+        request, collection.settings, settings, reranking.policy if reranking else NO_RERANKER
+    )
     started = time.perf_counter()
     vector = _query_vector(plan, collection, embeddings)
     embedded = time.perf_counter()
     rows = _execute(conn, collection, plan, vector, settings)
     done = time.perf_counter()
+    hits, report = [_hit(row, plan) for row in rows], None
+    if plan.rerank_depth and reranking and reranking.reranker:
+        hits, report = rerank(reranking.reranker, plan, hits)
     return SearchResult(
         collection=collection.name,
         mode=plan.mode,
-        hits=[_hit(row, plan) for row in rows],
+        hits=hits,
         embed_ms=(embedded - started) * 1000,
         sql_ms=(done - embedded) * 1000,
+        rerank=report,
     )
 
 
@@ -168,6 +184,7 @@ def _parameters(
     vector_depth = plan.candidates if plan.uses_vector else 0
     fetch = vector_depth * (PER_DOCUMENT_FETCH if plan.per_document else 1)
     recency, popularity = plan.recency, plan.popularity
+    limit, offset = plan.fetch
     return {
         **plan.filter.params,
         "collection_id": collection.id,
@@ -192,8 +209,8 @@ def _parameters(
         "recency_field": recency.field if recency else "published_at",
         "popularity_weight": popularity.weight if popularity else None,
         "popularity_max": popularity.max if popularity else 1.0,
-        "limit": plan.k,
-        "offset": plan.offset,
+        "limit": limit,
+        "offset": offset,
         "highlight": plan.highlight,
         "headline_options": HEADLINE_OPTIONS,
     }

@@ -3,6 +3,7 @@
 Per-collection defaults (BM25 k1 and b, RRF k, leg weights, candidate depth) live in the
 collection's `settings`; a request may override the fusion ones. `SearchRequest.resolve()`
 merges the three layers (request, collection, service settings) into the `Plan` the engine runs.
+A request that names no mode gets `hybrid+rerank` when a cross-encoder is loaded, else `hybrid`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.errors import Invalid
+from app.errors import Invalid, Unavailable
 from app.search.filters import CompiledFilter, compile_filter
 from app.settings import SearchSettings
 
-Mode = Literal["keyword", "vector", "hybrid"]
-MODES: tuple[Mode, ...] = ("keyword", "vector", "hybrid")
+Mode = Literal["keyword", "vector", "hybrid", "hybrid+rerank"]
+MODES: tuple[Mode, ...] = ("keyword", "vector", "hybrid", "hybrid+rerank")
+RERANK_MODE: Mode = "hybrid+rerank"
 RECENCY_FIELDS = ("published_at", "updated_at", "created_at")
 PUBLIC = "*"
 
@@ -52,12 +54,25 @@ class PopularityBoost:
     max: float = 1.5
 
 
+@dataclass(frozen=True)
+class RerankPolicy:
+    """Whether a cross-encoder is loaded, and the rerank depths the settings allow."""
+
+    available: bool = False
+    default_depth: int = 0
+    max_depth: int = 0
+    unavailable: str = "no cross-encoder is loaded"
+
+
+NO_RERANKER = RerankPolicy()
+
+
 @dataclass
 class SearchRequest:
     """What the caller asked for, as given (API body, CLI options or evaluation)."""
 
     query: str = ""
-    mode: str = "hybrid"
+    mode: str | None = None
     k: int = 10
     offset: int = 0
     filter: dict[str, Any] | None = None
@@ -73,6 +88,7 @@ class SearchRequest:
     per_document: bool = False
     explain: bool = False
     highlight: bool = True
+    rerank_depth: int | None = None
 
 
 @dataclass
@@ -99,23 +115,35 @@ class Plan:
     per_document: bool
     explain: bool
     highlight: bool
+    rerank_depth: int = 0
 
     @property
     def uses_keyword(self) -> bool:
-        return self.mode in ("keyword", "hybrid") and bool(self.query)
+        return self.mode != "vector" and bool(self.query)
 
     @property
     def uses_vector(self) -> bool:
-        return self.mode in ("vector", "hybrid")
+        return self.mode != "keyword"
+
+    @property
+    def fetch(self) -> tuple[int, int]:
+        """(limit, offset) of the fused rows to read: the page, or enough rows to rerank
+        and then cut the page from."""
+        if self.rerank_depth:
+            return max(self.rerank_depth, self.offset + self.k), 0
+        return self.k, self.offset
 
 
 def resolve(
-    request: SearchRequest, collection_settings: dict[str, Any], settings: SearchSettings
+    request: SearchRequest,
+    collection_settings: dict[str, Any],
+    settings: SearchSettings,
+    rerank: RerankPolicy = NO_RERANKER,
 ) -> Plan:
     """Validate the request and fill in collection and service defaults."""
     defaults = collection_defaults(collection_settings)
-    mode = _mode(request.mode)
     query = _query(request.query, settings.max_query_chars)
+    mode = _mode(request.mode, rerank.available and bool(query))
     if mode == "keyword" and not query:
         raise Invalid("query: keyword search needs a non-empty query", field="query")
     if mode != "keyword" and not query and request.vector is None:
@@ -156,6 +184,7 @@ def resolve(
         per_document=bool(request.per_document),
         explain=bool(request.explain),
         highlight=bool(request.highlight),
+        rerank_depth=_rerank_depth(request, mode, query, rerank),
     )
 
 
@@ -178,10 +207,28 @@ def check_collection_settings(values: dict[str, Any], path: str = "settings") ->
     return checked
 
 
-def _mode(mode: str) -> Mode:
+def _mode(mode: str | None, can_rerank: bool) -> Mode:
+    if mode is None:
+        return RERANK_MODE if can_rerank else "hybrid"
     if mode not in MODES:
         raise Invalid(f"mode: expected one of {', '.join(MODES)}, got {mode!r}", field="mode")
     return mode  # type: ignore[return-value]
+
+
+def _rerank_depth(request: SearchRequest, mode: Mode, query: str, rerank: RerankPolicy) -> int:
+    if mode != RERANK_MODE:
+        if request.rerank_depth is not None:
+            raise Invalid(
+                f"rerank_depth: only mode {RERANK_MODE} reranks, got mode {mode}",
+                field="rerank_depth",
+            )
+        return 0
+    if not query:
+        raise Invalid(f"query: mode {RERANK_MODE} needs a query text to rerank", field="query")
+    if not rerank.available:
+        raise Unavailable(f"mode {RERANK_MODE}: {rerank.unavailable}", field="mode")
+    depth = _pick(request.rerank_depth, rerank.default_depth)
+    return _int_in("rerank_depth", depth, 1, rerank.max_depth)
 
 
 def _query(text: str, max_chars: int) -> str:

@@ -18,7 +18,10 @@ def health() -> dict[str, str]:
 
 @get("/ready", sync_to_thread=True, tags=["health"])
 def ready(services: Services) -> Response[Readiness]:
-    """Database reachable, schema at head, embedding model loaded; 503 until all hold."""
+    """Database reachable, schema at head, embedding model loaded; 503 until all hold.
+
+    The cross-encoder is reported too, but it is optional: without it searches keep the
+    fused order, so the service is ready all the same."""
     checks = {
         "database": _database(services),
         "schema": _schema(services),
@@ -26,9 +29,19 @@ def ready(services: Services) -> Response[Readiness]:
             ok=services.model_loaded,
             detail=services.settings.embedding.model if services.model_loaded else "loading",
         ),
+        "reranker": _reranker(services),
     }
-    is_ready = all(c.ok for c in checks.values())
+    is_ready = all(c.ok for c in checks.values() if c.required)
     return Response(Readiness(ready=is_ready, checks=checks), status_code=200 if is_ready else 503)
+
+
+def _reranker(services: Services) -> Check:
+    status = services.reranker_status
+    if status is None:
+        return Check(ok=False, detail="not loaded yet", required=False)
+    if status.available:
+        return Check(ok=True, detail=status.detail, required=False)
+    return Check(ok=False, detail=status.policy.unavailable, required=False)
 
 
 def _database(services: Services) -> Check:

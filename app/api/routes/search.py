@@ -9,7 +9,7 @@ from litestar import get, post
 from litestar.params import Parameter
 from sqlalchemy import Connection
 
-from app.api.schemas import ExplainOut, HitOut, SearchIn, SearchOut
+from app.api.schemas import ExplainOut, HitOut, RerankOut, SearchIn, SearchOut
 from app.search.engine import SearchResult, search
 from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
 from app.service import Services
@@ -17,7 +17,8 @@ from app.service import Services
 
 @post("/v1/search", sync_to_thread=True, status_code=200, tags=["search"])
 def search_post(data: SearchIn, conn: Connection, services: Services) -> SearchOut:
-    """Hybrid, keyword or vector search with filters, ACL principals, boosts and explain."""
+    """Hybrid (optionally reranked), keyword or vector search with filters, ACL principals,
+    boosts and explain."""
     return _run(conn, services, data.collection, to_request(data))
 
 
@@ -27,15 +28,22 @@ def search_get(
     services: Services,
     collection: str,
     q: Annotated[str, Parameter(description="Query text")],
-    mode: str = "hybrid",
+    mode: str | None = None,
     k: int = 10,
     offset: int = 0,
     principal: Annotated[list[str] | None, Parameter(description="Repeatable")] = None,
     explain: bool = False,
+    rerank_depth: int | None = None,
 ) -> SearchOut:
     """The same search from a URL: `?collection=docs&q=reset+password&k=5`."""
     request = SearchRequest(
-        query=q, mode=mode, k=k, offset=offset, principals=principal, explain=explain
+        query=q,
+        mode=mode,
+        k=k,
+        offset=offset,
+        principals=principal,
+        explain=explain,
+        rerank_depth=rerank_depth,
     )
     return _run(conn, services, collection, request)
 
@@ -62,6 +70,7 @@ def to_request(data: SearchIn) -> SearchRequest:
         per_document=data.per_document,
         explain=data.explain,
         highlight=data.highlight,
+        rerank_depth=data.rerank_depth,
     )
 
 
@@ -74,6 +83,7 @@ def _run(
         request,
         settings=services.settings.search,
         embeddings=services.embeddings,
+        reranking=services.reranking,
     )
     return to_out(result)
 
@@ -90,13 +100,24 @@ def to_out(result: SearchResult) -> SearchOut:
             text=h.text,
             highlight=h.highlight,
             score=h.score,
+            rerank_score=h.rerank_score,
             explain=msgspec.convert(h.explain, ExplainOut) if h.explain else None,
         )
         for h in result.hits
     ]
+    timings = {"embed": round(result.embed_ms, 3), "sql": round(result.sql_ms, 3)}
+    report = result.rerank
+    if report:
+        timings["rerank"] = round(report.ms, 3)
     return SearchOut(
         collection=result.collection,
         mode=result.mode,
         hits=hits,
-        timings_ms={"embed": round(result.embed_ms, 3), "sql": round(result.sql_ms, 3)},
+        timings_ms=timings,
+        reranked=result.reranked,
+        rerank=RerankOut(
+            model=report.model, depth=report.depth, scored=report.scored, complete=report.complete
+        )
+        if report
+        else None,
     )
