@@ -31,6 +31,7 @@ from app.eval import runner
 from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
+from app.logs import configure_logging
 from app.search.engine import SearchResult, search
 from app.search.request import (
     MODES,
@@ -69,6 +70,7 @@ def _fail(message: str) -> None:
 def cli(ctx: click.Context) -> None:
     """Hybrid keyword + vector search on PostgreSQL."""
     ctx.obj = load_settings()
+    configure_logging(ctx.obj.server)
 
 
 @contextmanager
@@ -96,9 +98,7 @@ def serve(settings: Settings, host: str | None, port: int | None, sample: bool) 
     import uvicorn
 
     from app.api.app import create_app
-    from app.logs import configure_logging
 
-    configure_logging(settings.server)
     host, port = host or settings.server.host, port or settings.server.port
     with opened(settings) as services:
         if sample:

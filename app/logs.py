@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
 import structlog
 
@@ -28,4 +30,10 @@ def configure_logging(settings: ServerSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
+        # stderr, looked up at each call: stdout belongs to command output (`--json`).
+        logger_factory=_stderr_logger,
     )
+
+
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)

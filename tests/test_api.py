@@ -113,8 +113,8 @@ def test_ready_reports_database_schema_and_model(client: Client) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["ready"] is True
-    assert set(body["checks"]) == {"database", "schema", "model"}
-    assert all(check["ok"] for check in body["checks"].values())
+    assert set(body["checks"]) == {"database", "schema", "model", "reranker"}
+    assert all(check["ok"] for check in body["checks"].values() if check["required"])
 
 
 def test_ready_is_503_while_the_model_is_not_loaded(
@@ -124,7 +124,7 @@ def test_ready_is_503_while_the_model_is_not_loaded(
         response = client.get("/ready")
     assert response.status_code == 503
     checks = response.json()["checks"]
-    assert checks["model"] == {"ok": False, "detail": "loading"}
+    assert checks["model"] == {"ok": False, "detail": "loading", "required": True}
     assert checks["database"]["ok"] and checks["schema"]["ok"]
 
 
