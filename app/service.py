@@ -68,7 +68,8 @@ class Services:
         """The cross-encoder, or why there is none (loading never fails the process)."""
         with self._rerank_lock:
             if self._reranking is None:
-                self._reranking = load_reranker(self.settings.rerank)
+                cache = self.settings.database.data_dir / "rerank-onnx"
+                self._reranking = load_reranker(self.settings.rerank, cache)
             return self._reranking
 
     @property

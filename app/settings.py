@@ -181,6 +181,9 @@ class RerankSettings:
         "torch",
         "`torch`, `onnx` or `onnx-int8` (ONNX Runtime; needs the `onnx` extra)",
     )
+    threads: int = setting(
+        "HYBRID_RERANK_THREADS", 0, "Threads of the ONNX backends (0 = one per physical core)"
+    )
 
 
 @dataclass(frozen=True)
@@ -328,6 +331,7 @@ def _validate_rerank(s: RerankSettings) -> None:
     )
     _require(s.batch_size >= 1, "HYBRID_RERANK_BATCH_SIZE must be at least 1")
     _require(s.budget_ms > 0, "HYBRID_RERANK_BUDGET_MS must be positive")
+    _require(s.threads >= 0, "HYBRID_RERANK_THREADS must not be negative")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -356,7 +356,7 @@ def test_without_a_model_the_service_is_ready_and_says_so(no_model: Client) -> N
 
 def test_a_missing_model_is_a_warning_in_the_logs() -> None:
     with structlog.testing.capture_logs() as logs:
-        load_reranker(RerankSettings(model=NOT_CACHED))
+        load_reranker(RerankSettings(model=NOT_CACHED), Path())
     assert [(e["event"], e["log_level"]) for e in logs] == [("reranker unavailable", "warning")]
     assert "huggingface-cli download" in logs[0]["how"]
 
@@ -382,21 +382,21 @@ def test_without_a_model_asking_for_rerank_is_503_saying_how_to_get_one(
 
 def test_the_default_settings_look_in_the_local_cache_only(settings: Any) -> None:
     assert settings.rerank.model == "cross-encoder/ms-marco-MiniLM-L-6-v2"
-    reranking = load_reranker(settings.rerank)
+    reranking = load_reranker(settings.rerank, settings.database.data_dir)
     if reranking.available:
         pytest.skip("this machine has the model in its Hugging Face cache")
     assert "neither a local directory nor in the Hugging Face cache" in reranking.detail
 
 
 def test_empty_model_setting_disables_reranking() -> None:
-    reranking = load_reranker(RerankSettings(model=""))
+    reranking = load_reranker(RerankSettings(model=""), Path())
     assert not reranking.available and "disabled" in reranking.detail
 
 
 def test_a_directory_that_is_not_a_model_is_reported_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     with structlog.testing.capture_logs() as logs:
-        reranking = load_reranker(RerankSettings(model=str(tmp_path)))
+        reranking = load_reranker(RerankSettings(model=str(tmp_path)), tmp_path)
     assert not reranking.available and "cannot be loaded" in reranking.detail
     assert any(e["event"] == "reranker cannot be loaded" for e in logs)
 
@@ -452,3 +452,28 @@ def test_eval_reports_the_rerank_mode(
 def test_tiny_model_loads_from_a_directory(rerank_services: Services, model_dir: Path) -> None:
     reranking = rerank_services.reranking
     assert reranking.available and str(model_dir) in reranking.detail
+
+
+# -- ONNX Runtime backends ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("backend", "tolerance"), [("onnx", 1e-4), ("onnx-int8", 0.05)])
+def test_onnx_backends_score_like_torch_and_reuse_their_export(
+    rerank_services: Services, model_dir: Path, tmp_path: Path, backend: str, tolerance: float
+) -> None:
+    pytest.importorskip("onnxruntime")
+    settings = replace(rerank_services.settings.rerank, backend=backend, batch_size=4)
+    reranking = load_reranker(settings, tmp_path)
+    assert reranking.available, reranking.detail
+    assert backend in reranking.detail
+    passages = [f"{t}\n{x}" for _, t, x, _ in ANIMALS]
+    scores = reranking.reranker.score("cats", passages, budget_s=60)  # type: ignore[union-attr]
+    expected = reranker_of(rerank_services).score("cats", passages, budget_s=60)
+    assert scores == pytest.approx(expected, abs=tolerance)
+    exports = sorted(tmp_path.rglob("*.onnx"))
+    assert [p.name for p in exports][-1] == (
+        "model_int8.onnx" if backend == "onnx-int8" else "model.onnx"
+    )
+    stamps = [p.stat().st_mtime_ns for p in exports]
+    assert load_reranker(settings, tmp_path).available
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.onnx"))] == stamps

@@ -27,6 +27,7 @@ import structlog
 
 from app.ingest.model import chunk_context
 from app.search.request import Plan, RerankPolicy
+from app.search.rerank_onnx import OnnxScorer, exported_model
 
 if TYPE_CHECKING:
     from app.search.engine import Hit
@@ -192,9 +193,10 @@ def _marked(hit: Hit, fused_rank: int, score: float | None) -> Hit:
     return replace(hit, rerank_score=score, fused_rank=fused_rank, explain=explain)
 
 
-def load_reranker(settings: RerankSettings) -> Reranking:
+def load_reranker(settings: RerankSettings, cache_dir: Path) -> Reranking:
     """The configured cross-encoder, loaded offline; unavailable (never an exception) when it
-    is not configured, not on this machine, or cannot be loaded."""
+    is not configured, not on this machine, or cannot be loaded. ONNX exports go to
+    `cache_dir`."""
     if not settings.model.strip():
         return Reranking(None, "disabled (HYBRID_RERANK_MODEL is empty)", settings)
     path = local_model_path(settings.model)
@@ -206,7 +208,7 @@ def load_reranker(settings: RerankSettings) -> Reranking:
         log.warning("reranker unavailable", model=settings.model, how=HOW_TO_PROVIDE)
         return Reranking(None, detail, settings)
     try:
-        reranker = _load(path, settings)
+        reranker = _load(path, settings, cache_dir)
         reranker.warm_up()
     except Exception as exc:
         log.error("reranker cannot be loaded", model=settings.model, path=str(path), error=str(exc))
@@ -230,13 +232,27 @@ def local_model_path(model: str) -> Path | None:
         return None
 
 
-def _load(path: Path, settings: RerankSettings) -> CrossEncoderReranker:
+def _load(path: Path, settings: RerankSettings, cache_dir: Path) -> CrossEncoderReranker:
     _offline()
-    import torch
     from sentence_transformers import CrossEncoder
 
     model = CrossEncoder(str(path), device="cpu", local_files_only=True)
-    model.max_seq_length = settings.query_tokens + settings.passage_tokens + 3
+    max_length = settings.query_tokens + settings.passage_tokens + 3
+    model.max_seq_length = max_length
+    if settings.backend == "torch":
+        scorer = torch_scorer(model)
+    else:
+        int8 = settings.backend == "onnx-int8"
+        file = exported_model(model, path, cache_dir, int8=int8)
+        scorer = OnnxScorer(file, model.tokenizer, max_length, settings.threads)
+    return CrossEncoderReranker(str(settings.model), scorer, model.tokenizer, settings)
+
+
+def torch_scorer(model: Any) -> Scorer:
+    """Raw logits (no sigmoid) of a sentence-transformers CrossEncoder: a sigmoid would
+    squash large scores into ties."""
+    import torch
+
     identity = torch.nn.Identity()
 
     def scorer(pairs: Sequence[tuple[str, str]]) -> Scores:
@@ -249,7 +265,7 @@ def _load(path: Path, settings: RerankSettings) -> CrossEncoderReranker:
         )
         return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
 
-    return CrossEncoderReranker(str(settings.model), scorer, model.tokenizer, settings)
+    return scorer
 
 
 def _offline() -> None:
