@@ -99,7 +99,11 @@ class CrossEncoderReranker:
     def truncate(self, text: str, max_tokens: int) -> str:
         """`text` cut after its first `max_tokens` tokens (of the model's own tokenizer)."""
         encoded = self._tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, truncation=False
+            text,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            truncation=False,
+            verbose=False,
         )
         offsets = encoded["offset_mapping"]
         return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
@@ -208,7 +212,7 @@ def load_reranker(settings: RerankSettings, cache_dir: Path) -> Reranking:
         log.warning("reranker unavailable", model=settings.model, how=HOW_TO_PROVIDE)
         return Reranking(None, detail, settings)
     try:
-        reranker = _load(path, settings, cache_dir)
+        reranker = load_cross_encoder(path, settings, cache_dir)
         reranker.warm_up()
     except Exception as exc:
         log.error("reranker cannot be loaded", model=settings.model, path=str(path), error=str(exc))
@@ -232,7 +236,10 @@ def local_model_path(model: str) -> Path | None:
         return None
 
 
-def _load(path: Path, settings: RerankSettings, cache_dir: Path) -> CrossEncoderReranker:
+def load_cross_encoder(
+    path: Path, settings: RerankSettings, cache_dir: Path
+) -> CrossEncoderReranker:
+    """The cross-encoder in `path` with the backend of `settings` (no warm-up)."""
     _offline()
     from sentence_transformers import CrossEncoder
 
