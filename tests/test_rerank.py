@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,15 @@ def test_no_time_left_means_fused_order_and_reranked_false(
     assert body["reranked"] is False
     assert body["rerank"]["scored"] == 0 and body["rerank"]["complete"] is False
     assert ids(body) == fused
+
+
+def test_concurrent_searches_share_the_model_safely(rerank_services: Services) -> None:
+    reranker = reranker_of(rerank_services)
+    passages = [f"{t}\n{x}" for _, t, x, _ in ANIMALS]
+    expected = reranker.score("cats", passages, budget_s=60)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: reranker.score("cats", passages, budget_s=60), range(8)))
+    assert all(r == pytest.approx(expected, abs=1e-5) for r in results)
 
 
 def test_the_batch_that_fits_shrinks_with_the_time_left(rerank_services: Services) -> None:

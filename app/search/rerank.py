@@ -43,6 +43,7 @@ HOW_TO_PROVIDE = (
 )
 # Weight of the latest batch in the running cost per pair.
 COST_SMOOTHING = 0.5
+WARM_UP_PAIRS = 4
 
 Scores = npt.NDArray[np.float32]
 Scorer = Callable[[Sequence[tuple[str, str]]], Scores]
@@ -74,10 +75,10 @@ class CrossEncoderReranker:
         self.seconds_per_pair: float | None = None
 
     def warm_up(self) -> None:
-        """Score a batch of full-length pairs twice: the first call pays the one-time costs,
-        the second gives the first estimate of the cost per pair."""
+        """Score a few full-length pairs twice: the first call pays the one-time costs, the
+        second gives a first (slightly high, so safe) estimate of the cost per pair."""
         long_text = " ".join(["passage"] * self.settings.passage_tokens)
-        batch = [long_text] * self.settings.batch_size
+        batch = [long_text] * min(self.settings.batch_size, WARM_UP_PAIRS)
         self.score("query", batch, budget_s=float("inf"))
         self.seconds_per_pair = None
         self.score("query", batch, budget_s=float("inf"))
@@ -85,8 +86,9 @@ class CrossEncoderReranker:
     def score(self, query: str, passages: Sequence[str], *, budget_s: float) -> list[float]:
         """Scores of the longest prefix of `passages` that fits in the budget (fused order)."""
         deadline = time.perf_counter() + budget_s
-        query = self.truncate(query, self.settings.query_tokens)
-        pairs = [(query, self.truncate(p, self.settings.passage_tokens)) for p in passages]
+        with self._lock:
+            query = self.truncate(query, self.settings.query_tokens)
+            pairs = [(query, self.truncate(p, self.settings.passage_tokens)) for p in passages]
         scores: list[float] = []
         while len(scores) < len(pairs):
             size = self._batch_fitting(deadline - time.perf_counter())
@@ -97,7 +99,8 @@ class CrossEncoderReranker:
         return scores
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        """`text` cut after its first `max_tokens` tokens (of the model's own tokenizer)."""
+        """`text` cut after its first `max_tokens` tokens (of the model's own tokenizer).
+        Not thread-safe: the tokenizer is shared with the model calls."""
         encoded = self._tokenizer(
             text,
             add_special_tokens=False,
@@ -116,8 +119,8 @@ class CrossEncoderReranker:
         return int(min(self.settings.batch_size, remaining_s / self.seconds_per_pair))
 
     def _score_batch(self, batch: Sequence[tuple[str, str]]) -> list[float]:
-        # One model call at a time: the tokenizer is not thread-safe, and on a few cores
-        # concurrent calls only slow each other down.
+        # One model call at a time: the tokenizer (a Rust object that each call reconfigures)
+        # is not thread-safe, and on a few cores concurrent calls only slow each other down.
         with self._lock:
             started = time.perf_counter()
             scores = self._score(batch)
