@@ -515,13 +515,14 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
     as_json = options.pop("as_json")
     request = _search_request(query, options)
     with opened(settings) as services, services.engine.begin() as conn:
+        reranking = services.reranking if request.mode in (None, RERANK_MODE) else None
         result = search(
             conn,
             collection,
             request,
             settings=settings.search,
             embeddings=services.embeddings,
-            reranking=services.reranking if request.mode in (None, RERANK_MODE) else None,
+            reranking=reranking,
         )
     if as_json:
         click.echo(
@@ -529,6 +530,10 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
         )
         return
     _print_hits(result, explain=request.explain)
+    if reranking and not reranking.available:
+        console.print(
+            f"not reranked: {reranking.detail} (see HYBRID_RERANK_MODEL)", highlight=False
+        )
 
 
 def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
@@ -548,8 +553,9 @@ def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
 
 
 def _print_hits(result: SearchResult, *, explain: bool) -> None:
+    reranked = result.rerank is not None
     columns = ["#", "score", "document", "text"] + (
-        ["keyword", "vector", "boosts", "rerank"] if explain else []
+        ["keyword", "vector", "boosts"] + (["rerank"] if reranked else []) if explain else []
     )
     table = _table(*columns)
     for rank, hit in enumerate(result.hits, start=1):
@@ -558,7 +564,7 @@ def _print_hits(result: SearchResult, *, explain: bool) -> None:
         title = escape(_short(hit.title or hit.document_id))
         row = [str(rank), f"{hit.score:.4f}", title, snippet]
         if explain and hit.explain:
-            row += _explain_cells(hit.explain)
+            row += _explain_cells(hit.explain)[: len(columns) - len(row)]
         table.add_row(*row)
     console.print(table)
     console.print(

@@ -364,11 +364,20 @@ def test_without_a_model_the_service_is_ready_and_says_so(no_model: Client) -> N
     assert NOT_CACHED in check["detail"] and "HYBRID_RERANK_MODEL" in check["detail"]
 
 
-def test_a_missing_model_is_a_warning_in_the_logs() -> None:
-    with structlog.testing.capture_logs() as logs:
-        load_reranker(RerankSettings(model=NOT_CACHED), Path())
-    assert [(e["event"], e["log_level"]) for e in logs] == [("reranker unavailable", "warning")]
-    assert "huggingface-cli download" in logs[0]["how"]
+def test_a_missing_model_is_a_warning_in_the_server_log(
+    services: Services, database_url: str, data_dir: Path
+) -> None:
+    settings = make_settings(database_url, data_dir, HYBRID_RERANK_MODEL=NOT_CACHED)
+    plain = Services.open(settings)
+    try:
+        with structlog.testing.capture_logs() as logs, TestClient(app=create_app(plain)):
+            pass
+    finally:
+        plain.close()
+    warnings = [e for e in logs if e["event"] == "reranker unavailable"]
+    assert [e["log_level"] for e in warnings] == ["warning"]
+    assert NOT_CACHED in warnings[0]["reason"]
+    assert "huggingface-cli download" in warnings[0]["how"]
 
 
 def test_without_a_model_search_keeps_the_fused_order(no_model: Client) -> None:
@@ -405,10 +414,11 @@ def test_empty_model_setting_disables_reranking() -> None:
 
 def test_a_directory_that_is_not_a_model_is_reported_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
-    with structlog.testing.capture_logs() as logs:
-        reranking = load_reranker(RerankSettings(model=str(tmp_path)), tmp_path)
+    reranking = load_reranker(RerankSettings(model=str(tmp_path)), tmp_path)
     assert not reranking.available and "cannot be loaded" in reranking.detail
-    assert any(e["event"] == "reranker cannot be loaded" for e in logs)
+    with structlog.testing.capture_logs() as logs:
+        reranking.log_status()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("reranker unavailable", "warning")]
 
 
 def test_invalid_hub_ids_are_not_found() -> None:
@@ -442,6 +452,9 @@ def test_cli_rerank_without_a_model_fails_with_the_way_out(rr_env: dict[str, str
     plain = hybrid(env, "search", "cats", "-c", "kb", "--json")
     assert plain.code == 0, plain.text
     assert '"reranked": false' in plain.out
+    table = hybrid(env, "search", "cats", "-c", "kb")
+    assert table.code == 0, table.text
+    assert "(hybrid)" in table.text and "not reranked" in table.text
 
 
 def test_eval_reports_the_rerank_mode(

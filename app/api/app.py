@@ -50,7 +50,7 @@ def _configure_state(config: AppConfig, services: Services, load_model: bool) ->
 
 def _load_model(services: Services) -> None:
     _ = services.embedder
-    _ = services.reranking
+    services.reranking.log_status()
 
 
 def _configure_dependencies(config: AppConfig) -> None:

@@ -146,6 +146,15 @@ class Reranking:
     def available(self) -> bool:
         return self.reranker is not None
 
+    def log_status(self) -> None:
+        """Say in the logs whether searches will be reranked, and if not, how to fix it."""
+        if self.reranker is not None:
+            log.info("reranker loaded", model=self.detail)
+        elif self.settings.model.strip():
+            log.warning("reranker unavailable", reason=self.detail, how=HOW_TO_PROVIDE)
+        else:
+            log.info("reranking disabled", reason=self.detail)
+
     @property
     def policy(self) -> RerankPolicy:
         return RerankPolicy(
@@ -203,7 +212,7 @@ def _marked(hit: Hit, fused_rank: int, score: float | None) -> Hit:
 def load_reranker(settings: RerankSettings, cache_dir: Path) -> Reranking:
     """The configured cross-encoder, loaded offline; unavailable (never an exception) when it
     is not configured, not on this machine, or cannot be loaded. ONNX exports go to
-    `cache_dir`."""
+    `cache_dir`. The server logs the outcome (`Reranking.log_status`); commands show it."""
     if not settings.model.strip():
         return Reranking(None, "disabled (HYBRID_RERANK_MODEL is empty)", settings)
     path = local_model_path(settings.model)
@@ -212,15 +221,12 @@ def load_reranker(settings: RerankSettings, cache_dir: Path) -> Reranking:
             f"model {settings.model!r} is neither a local directory nor in the Hugging Face "
             "cache on this machine"
         )
-        log.warning("reranker unavailable", model=settings.model, how=HOW_TO_PROVIDE)
         return Reranking(None, detail, settings)
     try:
         reranker = load_cross_encoder(path, settings, cache_dir)
         reranker.warm_up()
     except Exception as exc:
-        log.error("reranker cannot be loaded", model=settings.model, path=str(path), error=str(exc))
         return Reranking(None, f"model {settings.model!r} cannot be loaded: {exc}", settings)
-    log.info("reranker loaded", model=settings.model, backend=settings.backend)
     return Reranking(reranker, f"{settings.model} ({settings.backend})", settings)
 
 
