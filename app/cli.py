@@ -641,6 +641,13 @@ def eval_command(
         highlight=False,
     )
     console.print(table)
+    for m in result.modes:
+        if m.rerank_incomplete:
+            console.print(
+                f"{m.mode}: the rerank time budget ran out on {m.rerank_incomplete} of "
+                f"{m.queries} queries (raise HYBRID_RERANK_BUDGET_MS to rerank them fully)",
+                highlight=False,
+            )
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
 
 

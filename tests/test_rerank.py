@@ -6,6 +6,7 @@ model at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -467,6 +468,11 @@ def test_eval_reports_the_rerank_mode(
     run = hybrid(rr_env, "eval", str(beir), "--out", str(out), "--no-progress", "--modes", modes)
     assert run.code == 0, run.text
     assert "hybrid+rerank" in run.out
+    report = json.loads((out / "tiny.json").read_text())
+    by_mode = {m["mode"]: m for m in report["modes"]}
+    assert set(by_mode) == {"hybrid", "hybrid+rerank"}
+    assert by_mode["hybrid+rerank"]["queries"] == 2
+    assert by_mode["hybrid+rerank"]["rerank_incomplete"] == 0
     env = {**rr_env, "HYBRID_RERANK_MODEL": NOT_CACHED}
     refused = hybrid(env, "eval", str(beir), "--no-progress", "--modes", modes)
     assert refused.failed_with("hybrid+rerank", "HYBRID_RERANK_MODEL")

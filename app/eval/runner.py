@@ -37,6 +37,8 @@ class ModeResult:
     hit_5: float
     latency_p50_ms: float
     latency_p95_ms: float
+    # Queries whose rerank stage ran out of time budget (their tail kept the fused order).
+    rerank_incomplete: int = 0
 
 
 @dataclass
@@ -142,6 +144,7 @@ def _run_mode(
 ) -> ModeResult:
     scores: dict[str, list[float]] = defaultdict(list)
     latencies = []
+    incomplete = 0
     for query_id, text in tqdm(dataset.queries.items(), desc=mode, disable=not progress):
         request = SearchRequest(query=text, mode=mode, k=k, per_document=True, highlight=False)
         started = time.perf_counter()
@@ -155,6 +158,7 @@ def _run_mode(
                 reranking=services.reranking if mode == RERANK_MODE else None,
             )
         latencies.append((time.perf_counter() - started) * 1000)
+        incomplete += bool(result.rerank and not result.rerank.complete)
         ranked = [hit.document_id for hit in result.hits]
         for name, value in score_query(ranked, dataset.qrels[query_id]).items():
             scores[name].append(value)
@@ -168,6 +172,7 @@ def _run_mode(
         hit_5=mean.get("hit@5", 0.0),
         latency_p50_ms=metrics.percentile(latencies, 50),
         latency_p95_ms=metrics.percentile(latencies, 95),
+        rerank_incomplete=incomplete,
     )
 
 
