@@ -125,6 +125,12 @@ class SearchSettings:
     max_candidates: int = setting(
         "HYBRID_SEARCH_MAX_CANDIDATES", 1000, "Largest per-leg candidate depth a request may ask"
     )
+    keyword_budget: int = setting(
+        "HYBRID_SEARCH_KEYWORD_BUDGET",
+        5_000,
+        "Keyword candidates come from the rarest query lexemes while their chunk counts add up "
+        "to at most this (see Search)",
+    )
     ef_search: int = setting(
         "HYBRID_SEARCH_EF_SEARCH", 100, "Default HNSW `ef_search` (per request: `ef_search`)"
     )
@@ -267,6 +273,7 @@ def _validate_search(s: SearchSettings) -> None:
         s.max_candidates >= s.max_window,
         "HYBRID_SEARCH_MAX_CANDIDATES must be at least HYBRID_SEARCH_MAX_WINDOW",
     )
+    _require(s.keyword_budget >= 1, "HYBRID_SEARCH_KEYWORD_BUDGET must be positive")
     _require(1 <= s.ef_search <= 1000, "HYBRID_SEARCH_EF_SEARCH must be between 1 and 1000")
     _require(s.exact_threshold >= 0, "HYBRID_SEARCH_EXACT_THRESHOLD must not be negative")
     _require(s.max_scan_tuples >= 1, "HYBRID_SEARCH_MAX_SCAN_TUPLES must be positive")

@@ -32,9 +32,10 @@ EXPECTED = {
     },
     ("search.sql", "prepare"): {"principals", "ef_search", "max_scan_tuples"},
     ("search.sql", "search"): {
-        "collection_id", "text_config", "query_text", "max_terms", "k1", "b", "principals",
-        "restricted", "query_vector", "keyword_depth", "vector_depth", "vector_fetch",
-        "exact_threshold", "per_document", "keyword_weight", "vector_weight", "rrf_k",
+        "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
+        "principals", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
+        "vector_depth", "vector_fetch", "exact_threshold", "per_document", "keyword_weight",
+        "vector_weight", "rrf_k",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
         "popularity_max", "limit", "offset", "highlight", "headline_options",
     },

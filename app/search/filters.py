@@ -144,7 +144,14 @@ class _Field:
         if self.type == "json":
             if value is None:
                 return f"coalesce(jsonb_typeof({self.json}) = 'null', false)"
-            return f"coalesce({self.json} = CAST({c.bind(json.dumps(value))} AS jsonb), false)"
+            # Containment implies nothing more than equality here, but lets the metadata
+            # GIN index find the documents.
+            nested: Any = value
+            for key in reversed(self.keys):
+                nested = {key: nested}
+            contained = f"d.metadata @> CAST({c.bind(json.dumps(nested))} AS jsonb)"
+            equal = f"{self.json} = CAST({c.bind(json.dumps(value))} AS jsonb)"
+            return f"coalesce({contained} AND {equal}, false)"
         if value is None:
             return f"({self.column} IS NULL)"
         typed = _column_value(self, value, path)
