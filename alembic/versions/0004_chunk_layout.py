@@ -14,15 +14,15 @@ every document the caller may see. Written as `(...) IS TRUE` (the same rows pas
 never null) the policy is checked on the rows found, and only the search's own ACL predicate
 can pick that index.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-21
 """
 
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
