@@ -195,3 +195,49 @@ class SearchOut(msgspec.Struct):
     mode: str
     hits: list[HitOut]
     timings_ms: dict[str, float]
+    cache: str = "computed"
+
+
+class AnswerIn(Strict):
+    collection: str
+    query: str = ""
+    mode: str = "hybrid"
+    k: int | None = None
+    filter: dict[str, Any] | None = None
+    principals: list[str] | None = None
+    vector: list[float] | None = None
+    weights: WeightsIn | None = None
+    rrf_k: float | None = None
+    candidates: int | None = None
+    ef_search: int | None = None
+    boosts: BoostsIn | None = None
+    per_document: bool = False
+    context_tokens: int | None = None
+    stream: bool = False
+
+
+class SourceOut(msgspec.Struct):
+    number: int
+    document_id: str
+    chunk_ids: list[int]
+    title: str
+    source: str | None
+    heading_path: list[str]
+    text: str
+    score: float
+    section: bool
+
+
+class AnswerOut(msgspec.Struct):
+    collection: str
+    mode: str
+    question: str
+    answer: str
+    cited: list[int]
+    citations: list[SourceOut]
+    sources: list[SourceOut]
+    model: str | None
+    extractive: bool
+    usage: dict[str, int] | None
+    timings_ms: dict[str, float]
+    cache: str

@@ -1,0 +1,109 @@
+"""The context of an answer: the best hits as numbered passages within a token budget.
+
+A hit whose parent section is small enough is replaced by the whole section, which gives the
+model the surrounding sentences; hits from one section, or whose text another passage already
+holds, share that passage's number instead of repeating it. Tokens are counted with the
+embedding model's tokenizer: an estimate for the chat model, which has its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.ingest.chunk import Tokenizer
+from app.search.engine import Hit
+
+MIN_PASSAGE_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class Section:
+    """The parent section of one hit."""
+
+    ordinal: int
+    heading_path: list[str]
+    text: str
+    tokens: int
+
+
+@dataclass
+class Passage:
+    """One numbered piece of the context, covering one or more hits."""
+
+    number: int
+    document_id: str
+    title: str
+    source: str | None
+    heading_path: list[str]
+    text: str
+    tokens: int
+    score: float
+    chunk_ids: list[int] = field(default_factory=list)
+    section: bool = False
+
+
+def assemble(
+    hits: list[Hit],
+    sections: dict[int, Section],
+    tokenizer: Tokenizer,
+    *,
+    budget: int,
+    parent_tokens: int,
+) -> list[Passage]:
+    """Numbered passages from the hits, best first, within `budget` tokens in total."""
+    passages: list[Passage] = []
+    by_key: dict[tuple[str, object], Passage] = {}
+    remaining = budget
+    for hit in hits:
+        section = sections.get(hit.chunk_id)
+        use_section = section is not None and section.tokens <= min(parent_tokens, remaining)
+        key = (hit.document_id, section.ordinal if use_section and section else hit.chunk_id)
+        shared = by_key.get(key) or _holding(passages, hit.text)
+        if shared is not None:
+            shared.chunk_ids.append(hit.chunk_id)
+            continue
+        passage = _passage(hit, section if use_section else None, tokenizer, remaining)
+        if passage is None:
+            continue
+        passage.number = len(passages) + 1
+        passages.append(passage)
+        by_key[key] = passage
+        remaining -= passage.tokens
+        if remaining < MIN_PASSAGE_TOKENS:
+            break
+    return passages
+
+
+def _holding(passages: list[Passage], text: str) -> Passage | None:
+    """A passage that already contains this text (overlapping or duplicate chunks)."""
+    needle = " ".join(text.split())
+    return next((p for p in passages if needle in " ".join(p.text.split())), None)
+
+
+def _passage(
+    hit: Hit, section: Section | None, tokenizer: Tokenizer, remaining: int
+) -> Passage | None:
+    text = section.text if section else hit.text
+    tokens = section.tokens if section else tokenizer.count(text)
+    if tokens > remaining:
+        if remaining < MIN_PASSAGE_TOKENS:
+            return None
+        text, tokens = _cut(text, tokenizer, remaining), remaining
+    return Passage(
+        number=0,
+        document_id=hit.document_id,
+        title=hit.title,
+        source=hit.source,
+        heading_path=section.heading_path if section else hit.heading_path,
+        text=text,
+        tokens=tokens,
+        score=hit.score,
+        chunk_ids=[hit.chunk_id],
+        section=section is not None,
+    )
+
+
+def _cut(text: str, tokenizer: Tokenizer, tokens: int) -> str:
+    """The first `tokens` tokens of `text`, ending on a token boundary."""
+    spans = tokenizer.spans(text)
+    return text[: spans[tokens - 1][1]] + " …" if len(spans) > tokens else text
