@@ -3,7 +3,8 @@
 Such an update changes what a search returns (filters, ACL, boosts) without touching chunks.
 Logging it with `op = 'U'`, one row per chunk of the document, makes the collection's latest
 change-log position advance on every write that can change a search result, which is what
-keys the in-process result cache.
+keys the in-process result cache. The reader role may read that position too, so a search
+transaction that already switched roles can still check it.
 
 Revision ID: 0003
 Revises: 0002
@@ -20,9 +21,11 @@ depends_on = None
 UPGRADE = """
 ALTER TABLE change_log DROP CONSTRAINT change_log_op_check;
 ALTER TABLE change_log ADD CONSTRAINT change_log_op_check CHECK (op IN ('I', 'D', 'U'));
+GRANT SELECT ON change_log TO hybrid_reader;
 """
 
 DOWNGRADE = """
+REVOKE SELECT ON change_log FROM hybrid_reader;
 DELETE FROM change_log WHERE op = 'U';
 ALTER TABLE change_log DROP CONSTRAINT change_log_op_check;
 ALTER TABLE change_log ADD CONSTRAINT change_log_op_check CHECK (op IN ('I', 'D'));

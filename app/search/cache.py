@@ -5,7 +5,9 @@ change-log position, and every field of the request (query, mode, filters, boost
 k, offset, options). Every write that can change a result appends to the change log, so the
 position read at the start of a search retires older entries at once; the TTL bounds how long
 an entry lives in any case. Reading the position is one indexed query per search, which is what
-keeps the cache correct when several service instances write to one database.
+keeps the cache correct when several service instances write to one database. While another
+transaction is writing, results are computed but not stored: its log position, taken before
+it commits, could be lower than one already seen.
 
 Identical requests that arrive while the first is running wait for its result instead of
 running again (single flight), cached or not.
@@ -107,21 +109,34 @@ def cached_search(
 ) -> CachedSearch:
     """`search()` through the cache, in the caller's transaction (read the position first)."""
 
-    def compute() -> SearchResult:
-        return search(conn, collection_name, request, settings=settings, embeddings=embeddings)
-
     position = conn.execute(query("cache.sql", "collection_position"), {"name": collection_name})
     row = position.mappings().first()
-    if row is None:
-        return CachedSearch(compute(), "computed")  # raises NotFound
+    if row is None:  # unknown collection: let the search say so
+        return CachedSearch(_run(conn, collection_name, request, settings, embeddings), "computed")
     model = embeddings.embedder.model_id if embeddings else None
     key = (row["collection_id"], collection_name, row["position"], request_key(request, model))
     if cache.enabled and (hit := cache.get(key)) is not None:
         return CachedSearch(_without_timings(hit), "cached")
+
+    def compute() -> SearchResult:
+        result = _run(conn, collection_name, request, settings, embeddings)
+        # Stored before the flight ends, so that no caller finds neither the flight nor the entry.
+        if cache.enabled and row["settled"]:
+            cache.put(key, result)
+        return result
+
     result, shared = cache.flights.run(key, compute)
-    if cache.enabled and row["settled"] and not shared:
-        cache.put(key, result)
     return CachedSearch(_without_timings(result) if shared else result, _origin(shared))
+
+
+def _run(
+    conn: Connection,
+    collection_name: str,
+    request: SearchRequest,
+    settings: SearchSettings,
+    embeddings: QueryEmbeddings | None,
+) -> SearchResult:
+    return search(conn, collection_name, request, settings=settings, embeddings=embeddings)
 
 
 def request_key(request: SearchRequest, model: str | None) -> str:
