@@ -604,24 +604,28 @@ def ask_command(settings: Settings, /, question: str, collection: str, **options
                 conn, collection, request, services.answer_readers, context_tokens=context_tokens
             )
         for event in generate.events(prepared, services.chat_models):
-            _print_event(event, as_json)
+            if as_json:
+                click.echo(json.dumps({"event": event.kind, **event.data}, default=str))
+            elif event.kind == "delta":
+                click.echo(event.data["text"], nl=False)
+            elif event.kind == "done":
+                _print_done(event.data, prepared)
 
 
-def _print_event(event: generate.Event, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"event": event.kind, **event.data}, default=str))
-    elif event.kind == "delta":
-        click.echo(event.data["text"], nl=False)
-    elif event.kind == "done":
-        click.echo()
-        _print_done(event.data)
-
-
-def _print_done(done: dict[str, Any]) -> None:
+def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
+    click.echo("\n")
+    for passage in prepared.passages:
+        mark = "*" if passage.number in done["cited"] else " "
+        where = " › ".join([passage.title or passage.document_id, *passage.heading_path])
+        console.print(
+            f"{mark}[{passage.number}] {where} ({passage.document_id})",
+            highlight=False,
+            markup=False,
+        )
     timings = done["timings_ms"]
     first = f", first token {timings['first_token']:.0f} ms" if "first_token" in timings else ""
     console.print(
-        f"\n{done['model'] or ('extractive' if done['extractive'] else 'no model')}; "
+        f"{done['model'] or ('extractive' if done['extractive'] else 'no model')}; "
         f"cited {done['cited'] or 'nothing'}{first}, total {timings['generation']:.0f} ms",
         highlight=False,
         markup=False,
