@@ -34,8 +34,7 @@ class Services:
         self._embeddings: QueryEmbeddings | None = None
         self._lock = threading.Lock()
         self.search_cache = SearchCache(settings.cache)
-        api_key = settings.answer.api_key or settings.embedding.openai_api_key
-        self.chat_models = ChatModels(settings.answer, api_key) if settings.answer.models else None
+        self.chat_models = _chat_models(settings)
 
     @classmethod
     def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:
@@ -90,3 +89,11 @@ class Services:
         self.engine.dispose()
         if self.started_embedded if stop_embedded is None else stop_embedded:
             embedded.stop(self.settings.database.data_dir)
+
+
+def _chat_models(settings: Settings) -> ChatModels | None:
+    """The answer models in fallback order; None means extractive answers."""
+    if not settings.answer.models:
+        return None
+    api_key = settings.answer.api_key or settings.embedding.openai_api_key
+    return ChatModels(settings.answer, api_key, settings.embedding.openai_base_url)

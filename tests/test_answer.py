@@ -17,7 +17,9 @@ from litestar.testing import TestClient
 from app.answer.generate import NO_MODEL, NO_SOURCES
 from app.answer.prompt import NOT_IN_CONTEXT
 from app.api.app import create_app
+from app.errors import ConfigError
 from app.service import Services
+from app.settings import load_settings
 from tests.conftest import make_settings
 from tests.openai_server import DEFAULT_ANSWER, OpenAIServer
 from tests.test_api import Client, problem
@@ -416,3 +418,19 @@ def test_ask_without_a_model_is_extractive_and_bad_input_fails_clearly(
     assert run.code == 0 and "extractive" in run.text
     bad = hybrid(cli_env(services), "ask", "cats", "-c", "pets", "--context-tokens", "3")
     assert bad.failed_with("context_tokens", "64")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("HYBRID_ANSWER_MODELS", "gpt@ftp://host"),
+        ("HYBRID_ANSWER_MODELS", "@http://host/v1"),
+        ("HYBRID_ANSWER_TIMEOUT", "0"),
+        ("HYBRID_ANSWER_CONTEXT_TOKENS", "10"),
+        ("HYBRID_CACHE_RESULTS_TTL", "0"),
+        ("HYBRID_CACHE_RESULTS", "-1"),
+    ],
+)
+def test_bad_answer_and_cache_settings_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({variable: value})

@@ -36,12 +36,12 @@ class ChatModel:
         return f"{self.model}@{self.base_url}" if self.base_url else self.model
 
 
-def parse_models(entries: tuple[str, ...]) -> list[ChatModel]:
+def parse_models(entries: tuple[str, ...], default_url: str | None = None) -> list[ChatModel]:
     """`model` or `model@base_url` entries, as validated by the settings."""
     models = []
     for entry in entries:
         model, _, base_url = entry.partition("@")
-        models.append(ChatModel(model.strip(), base_url.strip() or None))
+        models.append(ChatModel(model.strip(), base_url.strip() or default_url))
     return models
 
 
@@ -103,9 +103,11 @@ _FAILURES = (openai.OpenAIError, httpx.HTTPError, ValueError, KeyError, TypeErro
 class ChatModels:
     """The configured models in fallback order, each with its client and breaker."""
 
-    def __init__(self, settings: AnswerSettings, api_key: str | None) -> None:
+    def __init__(
+        self, settings: AnswerSettings, api_key: str | None, base_url: str | None = None
+    ) -> None:
         self.settings = settings
-        self.models = parse_models(settings.models)
+        self.models = parse_models(settings.models, base_url)
         self.breakers = {
             m.name: CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
             for m in self.models
