@@ -6,6 +6,7 @@ model, access control, and a 4xx naming the field for every bad request."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,10 +15,13 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from app.answer.context import Section, assemble
 from app.answer.generate import NO_MODEL, NO_SOURCES
-from app.answer.prompt import NOT_IN_CONTEXT
+from app.answer.prompt import NOT_IN_CONTEXT, cited
+from app.answer.providers import CircuitBreaker
 from app.api.app import create_app
 from app.errors import ConfigError
+from app.search.engine import Hit
 from app.service import Services
 from app.settings import load_settings
 from tests.conftest import make_settings
@@ -434,3 +438,66 @@ def test_ask_without_a_model_is_extractive_and_bad_input_fails_clearly(
 def test_bad_answer_and_cache_settings_are_refused(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         load_settings({variable: value})
+
+
+# --- the parts on their own ------------------------------------------------------------------
+
+
+class Words:
+    """A tokenizer that counts words, so budgets can be checked by eye."""
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def hit(chunk_id: int, document: str, text: str) -> Hit:
+    return Hit(chunk_id, document, text, document.title(), None, {}, [], 1.0 / chunk_id, "")
+
+
+def test_assemble_numbers_merges_and_cuts_at_the_budget() -> None:
+    hits = [
+        hit(1, "a", "one two three"),
+        hit(2, "a", "four five"),  # same small section as 1: shares its number
+        hit(3, "b", "two three"),  # a copy of what passage 1 holds: left out
+        hit(4, "c", " ".join(f"w{i}" for i in range(30))),
+        hit(5, "d", "nothing left for this one"),
+    ]
+    section = Section(0, ["A"], "one two three four five", 5)
+    passages = assemble(hits, {1: section, 2: section}, Words(), budget=24, parent_tokens=10)
+    assert [(p.number, p.chunk_ids, p.section) for p in passages] == [
+        (1, [1, 2], True),
+        (2, [4], False),
+    ]
+    assert passages[1].text == " ".join(f"w{i}" for i in range(19)) + " …"
+    assert sum(p.tokens for p in passages) == 24
+
+
+def test_a_large_section_is_not_used() -> None:
+    section = Section(0, [], "x " * 50, 50)
+    (passage,) = assemble([hit(1, "a", "x y")], {1: section}, Words(), budget=100, parent_tokens=10)
+    assert passage.text == "x y" and not passage.section
+
+
+def test_circuit_breaker_states() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failures=2, cooldown_s=10, clock=lambda: now[0])
+    breaker.failed()
+    assert breaker.allow()
+    breaker.failed()
+    assert not breaker.allow() and breaker.remaining_s() == 10
+    now[0] = 10.0
+    assert breaker.allow()  # half-open: one trial
+    assert not breaker.allow()
+    breaker.failed()
+    assert not breaker.allow()
+    now[0] = 20.0
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.allow() and breaker.allow()
+
+
+def test_citations_are_read_from_brackets() -> None:
+    assert cited("a [2] b [1, 3] c [2][7] [x] [0]", count=3) == [2, 1, 3]

@@ -1,8 +1,9 @@
 """The context of an answer: the best hits as numbered passages within a token budget.
 
 A hit whose parent section is small enough is replaced by the whole section, which gives the
-model the surrounding sentences; hits from one section, or whose text another passage already
-holds, share that passage's number instead of repeating it. Tokens are counted with the
+model the surrounding sentences; hits from one section, or whose text a passage of their
+document already holds, share that passage's number instead of repeating it, and a hit whose
+text a passage of another document holds (a copy) is left out. Tokens are counted with the
 embedding model's tokenizer: an estimate for the chat model, which has its own.
 """
 
@@ -52,25 +53,28 @@ def assemble(
 ) -> list[Passage]:
     """Numbered passages from the hits, best first, within `budget` tokens in total."""
     passages: list[Passage] = []
-    by_key: dict[tuple[str, object], Passage] = {}
+    by_key: dict[tuple[str, str, int], Passage] = {}
     remaining = budget
     for hit in hits:
         section = sections.get(hit.chunk_id)
-        use_section = section is not None and section.tokens <= min(parent_tokens, remaining)
-        key = (hit.document_id, section.ordinal if use_section and section else hit.chunk_id)
-        shared = by_key.get(key) or _holding(passages, hit.text)
+        keys = [(hit.document_id, "chunk", hit.chunk_id)]
+        if section is not None:
+            keys.append((hit.document_id, "section", section.ordinal))
+        shared = next((by_key[k] for k in keys if k in by_key), None)
+        shared = shared or _holding(passages, hit.text)
         if shared is not None:
-            shared.chunk_ids.append(hit.chunk_id)
+            # A copy of the text in another document adds nothing; it is left out.
+            if shared.document_id == hit.document_id:
+                shared.chunk_ids.append(hit.chunk_id)
             continue
-        passage = _passage(hit, section if use_section else None, tokenizer, remaining)
+        fits = section is not None and section.tokens <= min(parent_tokens, remaining)
+        passage = _passage(hit, section if fits else None, tokenizer, remaining)
         if passage is None:
             continue
         passage.number = len(passages) + 1
         passages.append(passage)
-        by_key[key] = passage
+        by_key[keys[-1] if fits else keys[0]] = passage
         remaining -= passage.tokens
-        if remaining < MIN_PASSAGE_TOKENS:
-            break
     return passages
 
 

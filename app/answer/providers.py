@@ -141,6 +141,7 @@ class ChatModels:
                 breaker.failed()
                 reasons.append(f"{model.name}: empty answer")
                 continue
+            breaker.succeeded()  # it answers; a failure from here on counts anew
             yield Chunk(model=model.name)
             yield from self._rest(model, breaker, first, chunks)
             return
@@ -159,7 +160,6 @@ class ChatModels:
         except _FAILURES as exc:
             breaker.failed()
             raise UpstreamError(f"{model.name} failed mid-answer: {_reason(exc)}") from exc
-        breaker.succeeded()
 
     def _open(
         self, model: ChatModel, messages: list[ChatCompletionMessageParam]
@@ -176,11 +176,13 @@ class ChatModels:
 
 
 def _chunks(stream: Any) -> Iterator[Chunk]:
-    for event in stream:
-        usage = _usage(event.usage) if event.usage else None
-        text = "".join((choice.delta.content or "") for choice in event.choices)
-        if text or usage:
-            yield Chunk(text=text, usage=usage)
+    # Closing the stream (also when the client goes away mid-answer) frees the connection.
+    with stream:
+        for event in stream:
+            usage = _usage(event.usage) if event.usage else None
+            text = "".join((choice.delta.content or "") for choice in event.choices)
+            if text or usage:
+                yield Chunk(text=text, usage=usage)
 
 
 def _usage(usage: Any) -> dict[str, int]:
