@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Response, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import Connection
 
@@ -23,7 +24,19 @@ from app.errors import HybridError
 from app.service import Services
 
 
-@post("/v1/answer", sync_to_thread=True, status_code=200, tags=["answer"])
+@post(
+    "/v1/answer",
+    sync_to_thread=True,
+    status_code=200,
+    tags=["answer"],
+    responses={
+        200: ResponseSpec(
+            data_container=AnswerOut,
+            description="The answer; with `stream: true`, server-sent events "
+            "(`sources`, `delta`..., `done` or `error`) carrying the same data",
+        )
+    },
+)
 def answer_post(data: AnswerIn, conn: Connection, services: Services) -> Response[Any]:
     """Answer a question from the collection, citing the chunks it used as [n].
 
