@@ -1,5 +1,9 @@
 """The context of an answer: the best hits as numbered passages within a token budget.
 
+The parent sections are read after the search in its transaction, with the same ACL
+predicate as the search (and row-level security when the search ran), so a section can only
+come from a document the caller may see.
+
 A hit whose parent section is small enough is replaced by the whole section, which gives the
 model the surrounding sentences; hits from one section, or whose text a passage of their
 document already holds, share that passage's number instead of repeating it, and a hit whose
@@ -11,8 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy import Connection
+
+from app import collections
+from app.db.queries import query
 from app.ingest.chunk import Tokenizer
-from app.search.engine import Hit
+from app.search.engine import Hit, SearchResult
+from app.search.request import PUBLIC
 
 MIN_PASSAGE_TOKENS = 16
 
@@ -41,6 +50,28 @@ class Passage:
     score: float
     chunk_ids: list[int] = field(default_factory=list)
     section: bool = False
+
+
+def read_sections(
+    conn: Connection, result: SearchResult, principals: list[str] | None
+) -> dict[int, Section]:
+    """The parent section of each hit, by chunk id; only of documents the principals may see."""
+    if not result.hits:
+        return {}
+    rows = conn.execute(
+        query("answer.sql", "chunk_sections"),
+        {
+            "collection_id": collections.get(conn, result.collection).id,
+            "chunk_ids": [h.chunk_id for h in result.hits],
+            "principals": sorted({*(principals or []), PUBLIC}),
+        },
+    ).mappings()
+    return {
+        r["chunk_id"]: Section(
+            r["section_ordinal"], list(r["heading_path"]), r["text"], int(r["section_tokens"])
+        )
+        for r in rows
+    }
 
 
 def assemble(

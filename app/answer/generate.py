@@ -17,15 +17,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from app import collections
 from app.answer import prompt
-from app.answer.context import Passage, Section, assemble
+from app.answer.context import Passage, assemble, read_sections
 from app.answer.providers import ChatModels, Chunk
-from app.db.queries import query
 from app.errors import Invalid
 from app.ingest.chunk import Tokenizer
 from app.search.cache import SearchCache, cached_search
-from app.search.engine import QueryEmbeddings, SearchResult
+from app.search.engine import QueryEmbeddings
 from app.search.request import SearchRequest
 from app.settings import AnswerSettings, SearchSettings
 
@@ -100,7 +98,7 @@ def prepare(
     )
     started = time.perf_counter()
     result = outcome.result
-    sections = _sections(conn, result, request)
+    sections = read_sections(conn, result, request.principals)
     passages = assemble(
         result.hits,
         sections,
@@ -131,33 +129,6 @@ def _budget(asked: int | None, default: int) -> int:
             field="context_tokens",
         )
     return asked
-
-
-def _sections(conn: Connection, result: SearchResult, request: SearchRequest) -> dict[int, Section]:
-    if not result.hits:
-        return {}
-    rows = conn.execute(
-        query("answer.sql", "chunk_sections"),
-        {
-            "collection_id": _collection_id(conn, result.collection),
-            "chunk_ids": [h.chunk_id for h in result.hits],
-            "principals": _principals(request),
-        },
-    ).mappings()
-    return {
-        r["chunk_id"]: Section(
-            r["section_ordinal"], list(r["heading_path"]), r["text"], int(r["section_tokens"])
-        )
-        for r in rows
-    }
-
-
-def _collection_id(conn: Connection, name: str) -> int:
-    return collections.get(conn, name).id
-
-
-def _principals(request: SearchRequest) -> list[str]:
-    return sorted({*(request.principals or []), "*"})
 
 
 def events(prepared: Prepared, chat: ChatModels | None) -> Iterator[Event]:
