@@ -142,12 +142,12 @@ class WeightsIn(Strict):
     vector: float | None = None
 
 
-class SearchIn(Strict):
+class Retrieval(Strict):
+    """What searches and answers share: which chunks to retrieve, and for whom."""
+
     collection: str
     query: str = ""
     mode: str = "hybrid"
-    k: int = 10
-    offset: int = 0
     filter: dict[str, Any] | None = None
     principals: list[str] | None = None
     vector: list[float] | None = None
@@ -157,6 +157,11 @@ class SearchIn(Strict):
     ef_search: int | None = None
     boosts: BoostsIn | None = None
     per_document: bool = False
+
+
+class SearchIn(Retrieval):
+    k: int = 10
+    offset: int = 0
     explain: bool = False
     highlight: bool = True
 
@@ -198,20 +203,8 @@ class SearchOut(msgspec.Struct):
     cache: str = "computed"
 
 
-class AnswerIn(Strict):
-    collection: str
-    query: str = ""
-    mode: str = "hybrid"
+class AnswerIn(Retrieval):
     k: int | None = None
-    filter: dict[str, Any] | None = None
-    principals: list[str] | None = None
-    vector: list[float] | None = None
-    weights: WeightsIn | None = None
-    rrf_k: float | None = None
-    candidates: int | None = None
-    ef_search: int | None = None
-    boosts: BoostsIn | None = None
-    per_document: bool = False
     context_tokens: int | None = None
     stream: bool = False
 
