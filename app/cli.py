@@ -616,9 +616,8 @@ def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
     click.echo("\n")
     for passage in prepared.passages:
         mark = "*" if passage.number in done["cited"] else " "
-        where = " › ".join([passage.title or passage.document_id, *passage.heading_path])
         console.print(
-            f"{mark}[{passage.number}] {where} ({passage.document_id})",
+            f"{mark}[{passage.number}] {passage.label} ({passage.document_id})",
             highlight=False,
             markup=False,
         )

@@ -51,6 +51,13 @@ class Passage:
     chunk_ids: list[int] = field(default_factory=list)
     section: bool = False
 
+    @property
+    def label(self) -> str:
+        """The title, then the headings (a first heading equal to the title is not repeated)."""
+        title = self.title or self.document_id
+        headings = self.heading_path[1:] if self.heading_path[:1] == [title] else self.heading_path
+        return " › ".join([title, *headings])
+
 
 def read_sections(
     conn: Connection, result: SearchResult, principals: list[str] | None

@@ -36,9 +36,8 @@ def render(passages: list[Passage]) -> str:
 
 
 def _source(p: Passage) -> str:
-    where = " › ".join([p.title or p.document_id, *p.heading_path])
     origin = f" ({p.source})" if p.source else ""
-    return f"[{p.number}] {where}{origin}\n<<<\n{p.text}\n>>>"
+    return f"[{p.number}] {p.label}{origin}\n<<<\n{p.text}\n>>>"
 
 
 def cited(answer: str, count: int) -> list[int]:
