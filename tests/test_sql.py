@@ -43,6 +43,8 @@ EXPECTED = {
     ("collections.sql", "list_collections"): {"name"},
     ("collections.sql", "text_config_exists"): {"text_config"},
     ("collections.sql", "delete_collection"): {"name"},
+    ("cache.sql", "collection_position"): {"name"},
+    ("answer.sql", "chunk_sections"): {"collection_id", "chunk_ids", "principals"},
 }  # fmt: skip
 
 
