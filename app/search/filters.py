@@ -149,9 +149,15 @@ class _Field:
             nested: Any = value
             for key in reversed(self.keys):
                 nested = {key: nested}
-            contained = f"d.metadata @> CAST({c.bind(json.dumps(nested))} AS jsonb)"
+            # Row-level security lets only leakproof operators use an index, and jsonb's are
+            # not: the documents holding the value come from the metadata index through
+            # `documents_containing` (containment follows from equality), checked exactly here.
+            containing = (
+                "d.id IN (SELECT documents_containing(:collection_id, "
+                f"CAST({c.bind(json.dumps(nested))} AS jsonb)))"
+            )
             equal = f"{self.json} = CAST({c.bind(json.dumps(value))} AS jsonb)"
-            return f"coalesce({contained} AND {equal}, false)"
+            return f"({containing} AND coalesce({equal}, false))"
         if value is None:
             return f"({self.column} IS NULL)"
         typed = _column_value(self, value, path)
