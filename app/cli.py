@@ -24,6 +24,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from app import PROJECT_ROOT, collections, documents
+from app.answer import generate
 from app.db import embedded, migrate
 from app.errors import HybridError, Invalid, Unavailable
 from app.eval import report as eval_report
@@ -41,6 +42,7 @@ from app.search.request import (
     RecencyBoost,
     SearchRequest,
 )
+from app.search.rerank import Reranking
 from app.service import Services
 from app.settings import Settings, load_settings
 
@@ -482,31 +484,56 @@ def documents_purge(settings: Settings, collection: str) -> None:
 # --- search and eval --------------------------------------------------------------------------
 
 
+def search_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `search` and `ask` share: collection, mode, k, filter, principals, boosts,
+    rerank depth."""
+    options = [
+        collection_option,
+        click.option(
+            "--mode",
+            type=click.Choice(MODES),
+            help=f"Legs to run (default: {RERANK_MODE} when a cross-encoder is loaded, "
+            "else hybrid).",
+        ),
+        click.option("-k", "k", default=10, show_default=True, help="Hits to return."),
+        click.option(
+            "--filter", "filter_json", help='JSON filter, e.g. \'{"metadata.lang": "en"}\'.'
+        ),
+        click.option(
+            "--principal", "principals", multiple=True, help="Caller principal (repeatable)."
+        ),
+        click.option("--keyword-weight", type=float, help="RRF weight of the keyword leg."),
+        click.option("--vector-weight", type=float, help="RRF weight of the vector leg."),
+        click.option("--recency-half-life", type=float, help="Recency boost: half-life in days."),
+        click.option("--recency-floor", type=float, default=0.5, show_default=True),
+        click.option(
+            "--recency-field",
+            type=click.Choice(RECENCY_FIELDS),
+            default="published_at",
+            show_default=True,
+        ),
+        click.option(
+            "--popularity-weight", type=float, help="Popularity boost: weight of log(1+pop)."
+        ),
+        click.option("--popularity-max", type=float, default=1.5, show_default=True),
+        click.option(
+            "--per-document", is_flag=True, help="At most one hit (the best chunk) per document."
+        ),
+        click.option(
+            "--rerank-depth",
+            type=int,
+            help=f"Fused hits the cross-encoder rescores ({RERANK_MODE}).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command("search")
 @click.argument("query")
-@collection_option
-@click.option(
-    "--mode",
-    type=click.Choice(MODES),
-    help=f"Legs to run (default: {RERANK_MODE} when a cross-encoder is loaded, else hybrid).",
-)
-@click.option("-k", "k", default=10, show_default=True, help="Hits to return.")
+@search_options
 @click.option("--offset", default=0, show_default=True, help="Hits to skip (pagination).")
-@click.option("--filter", "filter_json", help='JSON filter, e.g. \'{"metadata.lang": "en"}\'.')
-@click.option("--principal", "principals", multiple=True, help="Caller principal (repeatable).")
-@click.option("--keyword-weight", type=float, help="RRF weight of the keyword leg.")
-@click.option("--vector-weight", type=float, help="RRF weight of the vector leg.")
-@click.option("--recency-half-life", type=float, help="Recency boost: half-life in days.")
-@click.option("--recency-floor", type=float, default=0.5, show_default=True)
-@click.option(
-    "--recency-field", type=click.Choice(RECENCY_FIELDS), default="published_at", show_default=True
-)
-@click.option("--popularity-weight", type=float, help="Popularity boost: weight of log(1+pop).")
-@click.option("--popularity-max", type=float, default=1.5, show_default=True)
-@click.option("--per-document", is_flag=True, help="At most one hit (the best chunk) per document.")
-@click.option(
-    "--rerank-depth", type=int, help=f"Fused hits the cross-encoder rescores ({RERANK_MODE})."
-)
 @click.option("--explain", is_flag=True, help="Show each leg's rank and the boosts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")
 @pass_settings
@@ -530,6 +557,10 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
         )
         return
     _print_hits(result, explain=request.explain)
+    _say_if_not_reranked(reranking)
+
+
+def _say_if_not_reranked(reranking: Reranking | None) -> None:
     if reranking and not reranking.available:
         console.print(
             f"not reranked: {reranking.detail} (see HYBRID_RERANK_MODEL)", highlight=False
@@ -598,6 +629,52 @@ def _explain_cells(explain: dict[str, Any]) -> list[str]:
 
 def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.command("ask")
+@click.argument("question")
+@search_options
+@click.option("--context-tokens", type=int, help="Token budget of the context (default setting).")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON lines.")
+@pass_settings
+def ask_command(settings: Settings, /, question: str, collection: str, **options: Any) -> None:
+    """Answer a question from a collection, citing its sources as [n] (streamed)."""
+    as_json, context_tokens = options.pop("as_json"), options.pop("context_tokens")
+    request = _search_request(question, options)
+    may_rerank = request.mode in (None, RERANK_MODE)
+    with opened(settings) as services:
+        readers = services.answer_readers(rerank=may_rerank)
+        with services.engine.begin() as conn:
+            prepared = generate.prepare(
+                conn, collection, request, readers, context_tokens=context_tokens
+            )
+        for event in generate.events(prepared, services.chat_models):
+            if as_json:
+                click.echo(json.dumps({"event": event.kind, **event.data}, default=str))
+            elif event.kind == "delta":
+                click.echo(event.data["text"], nl=False)
+            elif event.kind == "done":
+                _print_done(event.data, prepared)
+                _say_if_not_reranked(readers.reranking)
+
+
+def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
+    click.echo("\n")
+    for passage in prepared.passages:
+        mark = "*" if passage.number in done["cited"] else " "
+        console.print(
+            f"{mark}[{passage.number}] {passage.label} ({passage.document_id})",
+            highlight=False,
+            markup=False,
+        )
+    timings = done["timings_ms"]
+    first = f", first token {timings['first_token']:.0f} ms" if "first_token" in timings else ""
+    console.print(
+        f"{done['model'] or ('extractive' if done['extractive'] else 'no model')}; "
+        f"cited {done['cited'] or 'nothing'}{first}, total {timings['generation']:.0f} ms",
+        highlight=False,
+        markup=False,
+    )
 
 
 @cli.command("eval")

@@ -11,18 +11,21 @@ import threading
 
 from sqlalchemy import Engine
 
+from app.answer.generate import Readers
+from app.answer.providers import ChatModels
 from app.db import embedded, migrate
 from app.db.engine import make_engine, resolve_database_url
 from app.ingest.chunk import Tokenizer, bundled_tokenizer
 from app.ingest.embed import Embedder, create_embedder
 from app.ingest.pipeline import Ingestor
+from app.search.cache import SearchCache
 from app.search.engine import QueryEmbeddings
 from app.search.rerank import Reranking, load_reranker
 from app.settings import Settings
 
 
 class Services:
-    """The long-lived objects of one process: settings, engine, embedder, tokenizer."""
+    """The long-lived objects of one process: settings, engine, embedder, tokenizer, caches."""
 
     def __init__(self, settings: Settings, engine: Engine, *, started_embedded: bool = False):
         self.settings = settings
@@ -33,6 +36,8 @@ class Services:
         self._reranking: Reranking | None = None
         self._lock = threading.Lock()
         self._rerank_lock = threading.Lock()
+        self.search_cache = SearchCache(settings.cache)
+        self.chat_models = _chat_models(settings)
 
     @classmethod
     def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:
@@ -56,8 +61,20 @@ class Services:
         embedder = self.embedder
         with self._lock:
             if self._embeddings is None:
-                self._embeddings = QueryEmbeddings(embedder)
+                self._embeddings = QueryEmbeddings(embedder, self.settings.cache.query_embeddings)
             return self._embeddings
+
+    def answer_readers(self, *, rerank: bool = True) -> Readers:
+        """What answers read with: the search settings, caches and tokenizer of this process,
+        and (with `rerank`, loading it on first use) the cross-encoder."""
+        return Readers(
+            search=self.settings.search,
+            answer=self.settings.answer,
+            embeddings=self.embeddings,
+            cache=self.search_cache,
+            tokenizer=self.tokenizer,
+            reranking=self.reranking if rerank else None,
+        )
 
     @property
     def model_loaded(self) -> bool:
@@ -90,3 +107,11 @@ class Services:
         self.engine.dispose()
         if self.started_embedded if stop_embedded is None else stop_embedded:
             embedded.stop(self.settings.database.data_dir)
+
+
+def _chat_models(settings: Settings) -> ChatModels | None:
+    """The answer models in fallback order; None means extractive answers."""
+    if not settings.answer.models:
+        return None
+    api_key = settings.answer.api_key or settings.embedding.openai_api_key
+    return ChatModels(settings.answer, api_key, settings.embedding.openai_base_url)

@@ -126,6 +126,12 @@ class SearchSettings:
     max_candidates: int = setting(
         "HYBRID_SEARCH_MAX_CANDIDATES", 1000, "Largest per-leg candidate depth a request may ask"
     )
+    keyword_budget: int = setting(
+        "HYBRID_SEARCH_KEYWORD_BUDGET",
+        5_000,
+        "Keyword candidates come from the rarest query lexemes while their chunk counts add up "
+        "to at most this (see Search)",
+    )
     ef_search: int = setting(
         "HYBRID_SEARCH_EF_SEARCH", 100, "Default HNSW `ef_search` (per request: `ef_search`)"
     )
@@ -187,6 +193,65 @@ class RerankSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    query_embeddings: int = setting(
+        "HYBRID_CACHE_EMBEDDINGS", 1024, "Query vectors kept in process (LRU entries)"
+    )
+    results: int = setting(
+        "HYBRID_CACHE_RESULTS", 1024, "Search results kept in process (LRU entries; 0 = off)"
+    )
+    results_ttl_s: float = setting(
+        "HYBRID_CACHE_RESULTS_TTL",
+        30.0,
+        "Seconds a cached search result lives (any write to its collection ends it sooner)",
+    )
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    models: tuple[str, ...] = setting(
+        "HYBRID_ANSWER_MODELS",
+        (),
+        "Comma-separated chat models tried in order, each `model` or `model@base_url` "
+        "(empty = extractive answers)",
+    )
+    api_key: str | None = setting(
+        "HYBRID_ANSWER_API_KEY", None, "API key for the chat endpoints (default `OPENAI_API_KEY`)"
+    )
+    timeout_s: float = setting(
+        "HYBRID_ANSWER_TIMEOUT", 30.0, "Seconds before one chat call times out"
+    )
+    max_retries: int = setting(
+        "HYBRID_ANSWER_MAX_RETRIES",
+        2,
+        "Retries per model (exponential backoff with jitter) on 429, 5xx and timeouts",
+    )
+    breaker_failures: int = setting(
+        "HYBRID_ANSWER_BREAKER_FAILURES",
+        3,
+        "Consecutive failed calls after which a model is skipped for the cool-down",
+    )
+    breaker_cooldown_s: float = setting(
+        "HYBRID_ANSWER_BREAKER_COOLDOWN", 30.0, "Seconds a failing model is skipped"
+    )
+    k: int = setting(
+        "HYBRID_ANSWER_K", 8, "Hits searched for an answer's context (per request: `k`)"
+    )
+    context_tokens: int = setting(
+        "HYBRID_ANSWER_CONTEXT_TOKENS", 2000, "Token budget of the numbered context passages"
+    )
+    parent_tokens: int = setting(
+        "HYBRID_ANSWER_PARENT_TOKENS",
+        400,
+        "A hit's whole parent section replaces it when the section has at most this many tokens",
+    )
+    max_tokens: int = setting(
+        "HYBRID_ANSWER_MAX_TOKENS", 512, "Most tokens the model may answer with"
+    )
+    temperature: float = setting("HYBRID_ANSWER_TEMPERATURE", 0.0, "Sampling temperature")
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     environment: Environment = setting(
         "HYBRID_ENV", "development", "`development` or `production` (stricter checks)"
@@ -205,6 +270,8 @@ class Settings:
     ingest: IngestSettings
     search: SearchSettings
     rerank: RerankSettings
+    cache: CacheSettings
+    answer: AnswerSettings
     server: ServerSettings
 
 
@@ -215,6 +282,8 @@ SECTIONS: dict[str, type[Any]] = {
     "ingest": IngestSettings,
     "search": SearchSettings,
     "rerank": RerankSettings,
+    "cache": CacheSettings,
+    "answer": AnswerSettings,
     "server": ServerSettings,
 }
 
@@ -291,6 +360,8 @@ def _validate(s: Settings) -> None:
     _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
     _validate_search(s.search)
     _validate_rerank(s.rerank)
+    _validate_cache(s.cache)
+    _validate_answer(s.answer)
     if s.embedding.provider == "openai" and s.server.environment == "production":
         _require(bool(s.embedding.openai_api_key), "OPENAI_API_KEY is required in production")
     if s.server.environment == "production":
@@ -311,6 +382,7 @@ def _validate_search(s: SearchSettings) -> None:
         s.max_candidates >= s.max_window,
         "HYBRID_SEARCH_MAX_CANDIDATES must be at least HYBRID_SEARCH_MAX_WINDOW",
     )
+    _require(s.keyword_budget >= 1, "HYBRID_SEARCH_KEYWORD_BUDGET must be positive")
     _require(1 <= s.ef_search <= 1000, "HYBRID_SEARCH_EF_SEARCH must be between 1 and 1000")
     _require(s.exact_threshold >= 0, "HYBRID_SEARCH_EXACT_THRESHOLD must not be negative")
     _require(s.max_scan_tuples >= 1, "HYBRID_SEARCH_MAX_SCAN_TUPLES must be positive")
@@ -332,6 +404,30 @@ def _validate_rerank(s: RerankSettings) -> None:
     _require(s.batch_size >= 1, "HYBRID_RERANK_BATCH_SIZE must be at least 1")
     _require(s.budget_ms > 0, "HYBRID_RERANK_BUDGET_MS must be positive")
     _require(s.threads >= 0, "HYBRID_RERANK_THREADS must not be negative")
+
+
+def _validate_cache(s: CacheSettings) -> None:
+    _require(s.query_embeddings >= 1, "HYBRID_CACHE_EMBEDDINGS must be at least 1")
+    _require(s.results >= 0, "HYBRID_CACHE_RESULTS must not be negative")
+    _require(s.results_ttl_s > 0, "HYBRID_CACHE_RESULTS_TTL must be positive")
+
+
+def _validate_answer(s: AnswerSettings) -> None:
+    for entry in s.models:
+        model, at, base_url = entry.partition("@")
+        _require(
+            bool(model.strip()) and (not at or base_url.startswith(("http://", "https://"))),
+            f"HYBRID_ANSWER_MODELS: expected `model` or `model@http(s)://host/v1`, got {entry!r}",
+        )
+    _require(s.timeout_s > 0, "HYBRID_ANSWER_TIMEOUT must be positive")
+    _require(s.max_retries >= 0, "HYBRID_ANSWER_MAX_RETRIES must not be negative")
+    _require(s.breaker_failures >= 1, "HYBRID_ANSWER_BREAKER_FAILURES must be at least 1")
+    _require(s.breaker_cooldown_s >= 0, "HYBRID_ANSWER_BREAKER_COOLDOWN must not be negative")
+    _require(1 <= s.k <= 100, "HYBRID_ANSWER_K must be between 1 and 100")
+    _require(s.context_tokens >= 64, "HYBRID_ANSWER_CONTEXT_TOKENS must be at least 64")
+    _require(s.parent_tokens >= 0, "HYBRID_ANSWER_PARENT_TOKENS must not be negative")
+    _require(s.max_tokens >= 1, "HYBRID_ANSWER_MAX_TOKENS must be at least 1")
+    _require(0 <= s.temperature <= 2, "HYBRID_ANSWER_TEMPERATURE must be between 0 and 2")
 
 
 def _require(condition: bool, message: str) -> None:

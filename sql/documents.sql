@@ -31,16 +31,24 @@ WHERE collection_id = :collection_id
 ORDER BY ordinal;
 
 -- name: update_document_fields
--- Metadata, ACL, dates and popularity change without touching chunks or embeddings.
-UPDATE documents
-SET metadata = CAST(:metadata AS jsonb),
-    acl = CAST(:acl AS text[]),
-    popularity = :popularity,
-    published_at = :published_at,
-    source = :source,
-    updated_at = now()
-WHERE collection_id = :collection_id
-  AND id = :document_id;
+-- Metadata, ACL, dates and popularity change without touching chunks or embeddings. The change
+-- log records it ('U' per chunk), since filters, ACL and boosts see the new values at once.
+WITH doc AS (
+    UPDATE documents
+    SET metadata = CAST(:metadata AS jsonb),
+        acl = CAST(:acl AS text[]),
+        popularity = :popularity,
+        published_at = :published_at,
+        source = :source,
+        updated_at = now()
+    WHERE collection_id = :collection_id
+      AND id = :document_id
+    RETURNING collection_id, id
+)
+INSERT INTO change_log (collection_id, chunk_id, op)
+SELECT c.collection_id, c.id, 'U'
+FROM chunks c JOIN doc ON c.collection_id = doc.collection_id AND c.document_id = doc.id
+ORDER BY c.id;
 
 -- name: soft_delete_document
 -- The row stays as a tombstone until purge; its chunks and sections go now, so that every

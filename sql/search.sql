@@ -9,8 +9,10 @@
 -- Run first in the search's own transaction: the reader role (row-level security applies),
 -- the principals it may see, and the HNSW search parameters. Plans are always made for the
 -- actual values: a generic plan cannot skip a leg that is switched off or see the collection.
+-- No parallel workers: starting them costs more than any one search's scan.
 SELECT set_config('role', 'hybrid_reader', true),
        set_config('plan_cache_mode', 'force_custom_plan', true),
+       set_config('max_parallel_workers_per_gather', '0', true),
        set_config('hybrid.principals', CAST(CAST(:principals AS text[]) AS text), true),
        set_config('hnsw.ef_search', :ef_search, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
@@ -20,14 +22,19 @@ SELECT set_config('role', 'hybrid_reader', true),
 WITH
 -- The query's lexemes that occur in the collection, with how often the query repeats each
 -- (BM25's query term frequency), rarest first and bounded, so that a query of thousands of
--- words is still one small OR query.
+-- words is still one small OR query. Each is quoted as a tsquery literal, so that no input can
+-- be an operator.
 query_lexemes AS MATERIALIZED (
-    SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf
-    FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
-    JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
-    WHERE t.chunks > 0 AND :keyword_depth > 0
-    ORDER BY t.chunks, t.lexeme
-    LIMIT :max_terms
+    SELECT lexeme, df, qtf, quoted,
+           row_number() OVER (ORDER BY df, lexeme) AS n,
+           sum(df) OVER (ORDER BY df, lexeme) AS running_df
+    FROM (SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf,
+                 '''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || '''' AS quoted
+          FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
+          JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
+          WHERE t.chunks > 0 AND :keyword_depth > 0
+          ORDER BY t.chunks, t.lexeme
+          LIMIT :max_terms) AS kept
 ),
 corpus AS MATERIALIZED (
     SELECT CAST(chunks AS float8) AS n, CAST(total_length AS float8) / greatest(chunks, 1) AS avgdl
@@ -39,32 +46,38 @@ query_weights AS MATERIALIZED (
     SELECT q.lexeme, q.qtf * ln(1 + (c.n - q.df + 0.5) / (q.df + 0.5)) AS weight
     FROM query_lexemes q, corpus c
 ),
--- OR of the lexemes, each quoted as a tsquery literal (so no input can be an operator).
+-- `tsq` (all the lexemes, OR) is what highlights mark. `candidates` picks the chunks to score:
+-- the rarest lexeme and the next rarest ones while their document frequencies add up to at
+-- most the budget; when even the rarest is in more than four budgets' worth of chunks, the
+-- chunks with both of the two rarest. Every candidate is then scored with all the lexemes:
+-- only chunks that have nothing but common lexemes (each worth little, having a low idf) are
+-- never scored.
 keyword_query AS MATERIALIZED (
-    SELECT CAST(string_agg('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''',
-                           ' | ') AS tsquery) AS tsq,
-           array_agg(lexeme) AS lexemes
+    SELECT CAST(string_agg(quoted, ' | ') AS tsquery) AS tsq,
+           array_agg(lexeme) AS lexemes,
+           CAST(CASE WHEN min(df) > 4 * :keyword_budget AND count(*) > 1
+                     THEN string_agg(quoted, ' & ') FILTER (WHERE n <= 2)
+                     ELSE string_agg(quoted, ' | ') FILTER (WHERE running_df <= :keyword_budget
+                                                                  OR n = 1)
+                END AS tsquery) AS candidates
     FROM query_lexemes
 ),
-keyword_matches AS (
+-- The candidate chunks come from the GIN index alone.
+keyword_candidates AS MATERIALIZED (
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM chunks c
-    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
     WHERE c.collection_id = :collection_id
-      AND c.tsv @@ (SELECT tsq FROM keyword_query)
-      AND d.deleted_at IS NULL
-      AND d.acl && CAST(:principals AS text[])
-      AND /* filter */ TRUE
+      AND c.tsv @@ (SELECT candidates FROM keyword_query)
 ),
 -- Exact BM25: term frequencies come from the stored tsvector, cut down to the query's
--- lexemes before unnesting (mark them with weight B, keep only B).
-keyword_scored AS (
+-- lexemes before unnesting (mark them with weight B, keep only B). Best first.
+keyword_scored AS MATERIALIZED (
     SELECT m.id, m.document_id,
            sum(w.weight * t.tf * (CAST(:k1 AS float8) + 1)
                / (t.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
                                                + CAST(:b AS float8) * m.length / c.avgdl)))
              AS score
-    FROM keyword_matches m
+    FROM keyword_candidates m
     CROSS JOIN corpus c
     CROSS JOIN LATERAL (
         SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
@@ -73,6 +86,20 @@ keyword_scored AS (
     ) AS t
     JOIN query_weights w ON w.lexeme = t.lexeme
     GROUP BY m.id, m.document_id, m.length
+    ORDER BY score DESC, m.id
+),
+-- In score order, each candidate's document is checked (deletion, ACL, filters) through its
+-- primary key until enough have passed: an open search checks about as many as it keeps.
+keyword_visible AS (
+    SELECT s.id, s.document_id, s.score
+    FROM keyword_scored s
+    WHERE coalesce((SELECT true
+                    FROM documents d
+                    WHERE d.collection_id = :collection_id AND d.id = s.document_id
+                      AND d.deleted_at IS NULL
+                      AND d.acl && CAST(:principals AS text[])
+                      AND /* filter */ TRUE), false)
+    LIMIT :keyword_fetch
 ),
 -- With one hit per document, each document keeps its best chunk.
 keyword_ranked AS (
@@ -80,26 +107,25 @@ keyword_ranked AS (
            CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END AS key,
            row_number() OVER (ORDER BY score DESC, id) AS rank
     FROM (SELECT DISTINCT ON (CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END) *
-          FROM keyword_scored
+          FROM keyword_visible
           ORDER BY CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END, score DESC, id) AS best
     ORDER BY score DESC, id
     LIMIT :keyword_depth
 ),
--- Filtered or restricted searches first count the chunks they may see, up to a threshold:
--- below it an exact scan is cheaper and finds everything; above it the HNSW index is used.
-allowed AS MATERIALIZED (
-    SELECT c.id
-    FROM chunks c
-    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
-    WHERE c.collection_id = :collection_id
-      AND CAST(:restricted AS boolean) AND :vector_depth > 0
-      AND d.deleted_at IS NULL
-      AND d.acl && CAST(:principals AS text[])
-      AND /* filter */ TRUE
-    LIMIT :exact_threshold + 1
-),
+-- A filtered or restricted search first adds up the chunks of the documents it may see,
+-- stopping at the threshold: at or below it an exact scan is cheap and finds everything;
+-- above it the HNSW index is used.
 vector_plan AS MATERIALIZED (
-    SELECT CASE WHEN CAST(:restricted AS boolean) THEN (SELECT count(*) FROM allowed) <= :exact_threshold
+    SELECT CASE WHEN CAST(:restricted AS boolean)
+                THEN NOT EXISTS (
+                    SELECT 1
+                    FROM (SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
+                          FROM documents d
+                          WHERE d.collection_id = :collection_id AND :vector_depth > 0
+                            AND d.deleted_at IS NULL
+                            AND d.acl && CAST(:principals AS text[])
+                            AND /* filter */ TRUE) AS visible
+                    WHERE visible.running > :exact_threshold)
                 ELSE coalesce((SELECT n FROM corpus), 0) <= :exact_threshold
            END AS exact
 ),
@@ -109,7 +135,6 @@ vector_exact AS (
     JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
     WHERE c.collection_id = :collection_id
       AND :vector_depth > 0 AND (SELECT exact FROM vector_plan)
-      AND (NOT CAST(:restricted AS boolean) OR c.id IN (SELECT id FROM allowed))
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
@@ -118,16 +143,19 @@ vector_exact AS (
     LIMIT :vector_fetch
 ),
 -- pgvector's iterative scan (relaxed order) keeps reading the graph until enough rows pass the
--- ACL and the filters; the outer ORDER BY restores the exact distance order.
+-- ACL and the filters, checked per row as a subquery so that the index always leads; the
+-- outer ORDER BY restores the exact distance order.
 vector_ann AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM chunks c
-    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
     WHERE c.collection_id = :collection_id
       AND :vector_depth > 0 AND NOT (SELECT exact FROM vector_plan)
-      AND d.deleted_at IS NULL
-      AND d.acl && CAST(:principals AS text[])
-      AND /* filter */ TRUE
+      AND coalesce((SELECT true
+                    FROM documents d
+                    WHERE d.collection_id = :collection_id AND d.id = c.document_id
+                      AND d.deleted_at IS NULL
+                      AND d.acl && CAST(:principals AS text[])
+                      AND /* filter */ TRUE), false)
     ORDER BY c.embedding <=> CAST(:query_vector AS vector)
     LIMIT :vector_fetch
 ),
@@ -143,7 +171,7 @@ vector_ranked AS (
 ),
 -- Weighted reciprocal rank fusion; with one hit per document, the chunk shown is the one from
 -- the leg that ranked the document higher.
-fused AS (
+fused AS MATERIALIZED (
     SELECT CASE WHEN v.rank IS NULL OR k.rank <= v.rank THEN k.id ELSE v.id END AS id,
            coalesce(k.document_id, v.document_id) AS document_id,
            k.rank AS keyword_rank, k.score AS keyword_score,
@@ -170,7 +198,15 @@ boosted AS (
                            CAST(:popularity_max AS float8))
            END AS popularity_boost
     FROM fused f
-    JOIN documents d ON d.collection_id = :collection_id AND d.id = f.document_id
+    -- One primary-key lookup per fused row ("OFFSET 0" keeps it a lookup, never a scan of
+    -- the collection's documents).
+    CROSS JOIN LATERAL (
+        SELECT d.external_id, d.title, d.source, d.metadata, d.popularity,
+               d.created_at, d.updated_at, d.published_at
+        FROM documents d
+        WHERE d.collection_id = :collection_id AND d.id = f.document_id
+        OFFSET 0
+    ) AS d
     CROSS JOIN LATERAL (
         SELECT extract(epoch FROM now() - CASE CAST(:recency_field AS text)
                                               WHEN 'created_at' THEN d.created_at

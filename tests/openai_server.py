@@ -1,9 +1,11 @@
 """A real OpenAI-compatible HTTP server on loopback, for tests of the provider clients.
 
 It listens on 127.0.0.1 on an ephemeral port in a background thread and answers through a route
-table (`ROUTES`, path -> handler), so other endpoints can be added next to `/v1/embeddings`.
-Embeddings are deterministic: each vector is derived from a hash of its input text. Tests script
-faults for the next requests (`fail(429, "hang", ...)`) and read what was received in `requests`.
+table (`ROUTES`, path -> handler): `/v1/embeddings` and `/v1/chat/completions` (streamed as
+server-sent events when asked, word by word). Embeddings are deterministic: each vector is
+derived from a hash of its input text; chat answers are scripted (`say(...)`) or a fixed
+sentence citing [1]. Tests script faults for the next requests (`fail(429, "hang", ...)`), or
+take the server down (`down = 500`), and read what was received in `requests`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-Fault = int | Literal["hang", "malformed", "wrong_dim", "nan", "reversed"]
+Fault = (
+    int | Literal["hang", "malformed", "wrong_dim", "nan", "reversed", "malformed_stream", "stall"]
+)
+DEFAULT_ANSWER = "The sources answer this [1]."
 
 # (type, message) of the errors a test can inject, as OpenAI words them.
 ERRORS = {
@@ -39,6 +45,8 @@ class Reply:
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
+    # A streamed body: each item is written and flushed in turn; None stalls until shutdown.
+    events: list[bytes | None] | None = None
 
     def encoded(self) -> bytes:
         return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
@@ -59,10 +67,15 @@ Route = Callable[["OpenAIServer", Call], Reply]
 class OpenAIServer:
     """Loopback OpenAI-compatible server; use as a context manager."""
 
-    def __init__(self, dimension: int = 384, hang_s: float = 10.0) -> None:
+    def __init__(
+        self, dimension: int = 384, hang_s: float = 10.0, token_delay_s: float = 0.0
+    ) -> None:
         self.dimension = dimension
         self.hang_s = hang_s
+        self.token_delay_s = token_delay_s
+        self.down: int | None = None
         self.requests: list[Call] = []
+        self._answers: deque[str] = deque()
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -81,6 +94,19 @@ class OpenAIServer:
     def embedding_inputs(self) -> list[list[str]]:
         """The texts of each embeddings request, in the order received."""
         return [_texts(c.body) for c in self.requests if c.path == "/v1/embeddings"]
+
+    @property
+    def chat_calls(self) -> list[Call]:
+        return [c for c in self.requests if c.path == "/v1/chat/completions"]
+
+    def say(self, *answers: str) -> None:
+        """The next chat completions answer these texts, one each."""
+        with self._lock:
+            self._answers.extend(answers)
+
+    def next_answer(self) -> str:
+        with self._lock:
+            return self._answers.popleft() if self._answers else DEFAULT_ANSWER
 
     def fail(self, *faults: Fault) -> None:
         """Apply these faults, one each, to the next requests."""
@@ -117,7 +143,8 @@ class OpenAIServer:
 
     def _record(self, path: str, body: dict[str, Any]) -> Call:
         with self._lock:
-            call = Call(path, body, self._faults.popleft() if self._faults else None)
+            fault = self.down or (self._faults.popleft() if self._faults else None)
+            call = Call(path, body, fault)
             self.requests.append(call)
         return call
 
@@ -145,7 +172,28 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self._send(self.server.app.handle(self.path, self.rfile.read(length)))
+        reply = self.server.app.handle(self.path, self.rfile.read(length))
+        if reply.events is None:
+            self._send(reply)
+        else:
+            self._stream(reply.events)
+
+    def _stream(self, events: list[bytes | None]) -> None:
+        app = self.server.app
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for event in events:
+                if event is None:
+                    app._stop.wait(app.hang_s)
+                    continue
+                self.wfile.write(event)
+                self.wfile.flush()
+                if app.token_delay_s:
+                    time.sleep(app.token_delay_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, reply: Reply) -> None:
         payload = reply.encoded()
@@ -209,4 +257,68 @@ def _texts(body: dict[str, Any]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-ROUTES: dict[str, Route] = {"/v1/embeddings": embeddings}
+def chat_completions(server: OpenAIServer, call: Call) -> Reply:
+    """POST /v1/chat/completions: the next scripted answer, whole or streamed word by word.
+
+    Route faults: "malformed_stream" (an event that is not JSON) and "stall" (the first word,
+    then silence past any timeout).
+    """
+    answer = server.next_answer()
+    model = call.body.get("model", "")
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in call.body["messages"])
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(answer.split()),
+        "total_tokens": prompt_tokens + len(answer.split()),
+    }
+    if not call.body.get("stream"):
+        message = {"role": "assistant", "content": answer}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return Reply(200, _completion("chat.completion", model, [choice], usage))
+    return Reply(200, None, events=_chat_events(answer, model, usage, call.fault))
+
+
+def _chat_events(
+    answer: str, model: str, usage: dict[str, int], fault: Fault | None
+) -> list[bytes | None]:
+    words = answer.split(" ")
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    chunks = [
+        _completion("chat.completion.chunk", model, [_delta(piece)], None) for piece in pieces
+    ]
+    events: list[bytes | None] = [_sse(chunk) for chunk in chunks]
+    if fault == "malformed_stream":
+        events = [b'data: {"id": "broken", "choices": [\n\n']
+    elif fault == "stall":
+        events = [*events[:1], None]
+    else:
+        events.append(_sse(_completion("chat.completion.chunk", model, [], usage)))
+        events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _delta(text: str) -> dict[str, Any]:
+    return {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}
+
+
+def _completion(
+    kind: str, model: str, choices: list[dict[str, Any]], usage: dict[str, int] | None
+) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-loopback",
+        "object": kind,
+        "created": 0,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+ROUTES: dict[str, Route] = {
+    "/v1/embeddings": embeddings,
+    "/v1/chat/completions": chat_completions,
+}

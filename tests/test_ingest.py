@@ -102,6 +102,9 @@ def test_metadata_only_change_does_not_reembed(services: Services) -> None:
     assert rows(services, "SELECT id FROM chunks") == chunk_ids
     assert scalar(services, "SELECT metadata FROM documents") == {"lang": "en", "team": "x"}
     assert scalar(services, "SELECT version FROM documents") == 1
+    # Logged, so that cached search results of the collection are retired.
+    updated = rows(services, "SELECT chunk_id AS id FROM change_log WHERE op = 'U'")
+    assert updated == chunk_ids
 
 
 def test_acl_defaults_and_is_kept_when_a_reingest_gives_none(services: Services) -> None:

@@ -6,10 +6,12 @@ model at all."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +26,9 @@ from litestar.testing import TestClient
 
 from app.api.app import create_app
 from app.errors import ConfigError
-from app.search.rerank import CrossEncoderReranker, load_reranker, local_model_path
+from app.search.cache import CachedSearch, cached_search
+from app.search.request import SearchRequest
+from app.search.rerank import CrossEncoderReranker, Reranking, load_reranker, local_model_path
 from app.service import Services
 from app.settings import RerankSettings
 from tests.conftest import make_settings
@@ -70,12 +74,15 @@ def rerank_services(
 @pytest.fixture
 def rr(rerank_services: Services, services: Services) -> Iterator[Client]:
     """A client whose service has the tiny cross-encoder, over collection `kb`
-    (emptied after the test by the `services` fixture)."""
+    (emptied after the test by the `services` fixture, which restarts the ids: so the result
+    cache is emptied too)."""
+    rerank_services.search_cache.clear()
     with TestClient(app=create_app(rerank_services)) as client:
         assert client.post("/v1/collections", json={"name": "kb"}).status_code == 201
         docs = [{"id": i, "title": t, "text": x, "acl": a} for i, t, x, a in ANIMALS]
         assert ingest(client, *docs).status_code == 201
         yield client
+    rerank_services.search_cache.clear()
 
 
 def search(client: Client, **body: Any) -> dict[str, Any]:
@@ -506,3 +513,156 @@ def test_onnx_backends_score_like_torch_and_reuse_their_export(
     stamps = [p.stat().st_mtime_ns for p in exports]
     assert load_reranker(settings, tmp_path).available
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.onnx"))] == stamps
+
+
+# -- result cache ------------------------------------------------------------------------------
+
+
+def without_timings(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("timings_ms", "cache")}
+
+
+def test_a_cached_reranked_result_is_the_computed_one(rr: Client) -> None:
+    computed = search(rr, k=5, explain=True)
+    cached = search(rr, k=5, explain=True)
+    assert (computed["cache"], cached["cache"]) == ("computed", "cached")
+    assert cached["reranked"] is True and cached["rerank"]["complete"] is True
+    assert all("rerank_score" in h for h in cached["hits"])
+    assert without_timings(cached) == without_timings(computed)
+    assert computed["timings_ms"]["rerank"] > 0
+    assert cached["timings_ms"]["rerank"] == 0.0
+
+
+def test_a_partly_reranked_result_is_not_kept(
+    rr: Client, rerank_services: Services, slow_scorer: list[int], rerank_settings: Any
+) -> None:
+    apply(rerank_services, batch_size=2, budget_ms=200.0)
+    reranker_of(rerank_services).seconds_per_pair = None
+    first = search(rr, k=7, rerank_depth=7)
+    assert first["rerank"]["complete"] is False and first["cache"] == "computed"
+    scored = sum(slow_scorer)
+    again = search(rr, k=7, rerank_depth=7)
+    assert again["cache"] == "computed"  # computed again, not served from the cache
+    assert sum(slow_scorer) > scored
+
+
+def test_a_partly_reranked_result_is_shared_with_concurrent_callers(
+    rr: Client, rerank_services: Services, slow_scorer: list[int], rerank_settings: Any
+) -> None:
+    apply(rerank_services, batch_size=2, budget_ms=200.0)
+    reranker_of(rerank_services).seconds_per_pair = None
+    cache = rerank_services.search_cache
+    request = SearchRequest(query="cats", k=7, rerank_depth=7)
+    callers, start = 4, threading.Barrier(4)
+    outcomes: list[CachedSearch] = []
+
+    def run() -> CachedSearch:
+        with rerank_services.engine.begin() as conn:
+            return cached_search(
+                conn,
+                "kb",
+                request,
+                settings=rerank_services.settings.search,
+                embeddings=rerank_services.embeddings,
+                cache=cache,
+                reranking=rerank_services.reranking,
+            )
+
+    def call() -> None:
+        start.wait()
+        outcomes.append(run())
+
+    before = cache.flights.computations
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cache.flights.computations - before == 1
+    assert sorted(o.origin for o in outcomes) == ["computed"] + ["shared"] * (callers - 1)
+    assert all(o.result.rerank and not o.result.rerank.complete for o in outcomes)
+    assert run().origin == "computed"  # shared while it ran, not kept
+
+
+def test_the_cache_key_holds_the_cross_encoder(
+    rr: Client, rerank_services: Services, rerank_settings: Any
+) -> None:
+    cache = rerank_services.search_cache
+    loaded = rerank_services.reranking
+    reranker = reranker_of(rerank_services)
+    other_model = Reranking(
+        copy.copy(reranker), loaded.detail, loaded.settings
+    )  # the same scores under another model name
+    assert other_model.reranker is not None
+    other_model.reranker.model_id = "another/cross-encoder"
+    missing = Reranking(None, "not on this machine", loaded.settings)
+
+    def run(reranking: Reranking | None) -> CachedSearch:
+        with rerank_services.engine.begin() as conn:
+            return cached_search(
+                conn,
+                "kb",
+                SearchRequest(query="cats", k=5),  # no mode: it depends on the cross-encoder
+                settings=rerank_services.settings.search,
+                embeddings=rerank_services.embeddings,
+                cache=cache,
+                reranking=reranking,
+            )
+
+    first = run(loaded)
+    assert (first.origin, first.result.mode, first.result.reranked) == (
+        "computed",
+        "hybrid+rerank",
+        True,
+    )
+    assert run(loaded).origin == "cached"
+    plain = run(missing)
+    assert (plain.origin, plain.result.mode, plain.result.rerank) == ("computed", "hybrid", None)
+    assert run(None).origin == "cached"  # no cross-encoder either way
+    renamed = run(other_model)
+    assert renamed.origin == "computed" and renamed.result.rerank is not None
+    assert renamed.result.rerank.model == "another/cross-encoder"
+    apply(rerank_services, backend="onnx")  # the key changes with the backend too
+    assert run(loaded).origin == "computed"
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+def test_an_answer_can_be_reranked(rr: Client) -> None:
+    body = {"collection": "kb", "query": "cats", "mode": "hybrid+rerank", "rerank_depth": 5}
+    response = rr.post("/v1/answer", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["mode"] == "hybrid+rerank" and answer["sources"]
+    assert answer["timings_ms"]["rerank"] > 0
+    assert answer["cache"] == "computed"
+    again = rr.post("/v1/answer", json=body).json()
+    assert again["cache"] == "cached" and again["sources"] == answer["sources"]
+    plain = rr.post("/v1/answer", json={**body, "mode": "hybrid", "rerank_depth": None}).json()
+    assert plain["mode"] == "hybrid" and "rerank" not in plain["timings_ms"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"rerank_depth": 0}, "rerank_depth"),
+        ({"rerank_depth": "ten"}, "rerank_depth"),
+        ({"rerank_depth": 5, "mode": "vector"}, "rerank_depth"),
+        ({"mode": "rerank"}, "mode"),
+    ],
+)
+def test_bad_rerank_answers_are_400_naming_the_field(
+    rr: Client, body: dict[str, Any], field: str
+) -> None:
+    response = rr.post("/v1/answer", json={"collection": "kb", "query": "cats", **body})
+    assert problem(response, 400)["field"] == field
+
+
+def test_cli_ask_reranks(rr_env: dict[str, str]) -> None:
+    args = ("ask", "cats", "-c", "kb", "--mode", "hybrid+rerank", "--rerank-depth", "3", "--json")
+    run = hybrid(rr_env, *args)
+    assert run.code == 0, run.text
+    events = [json.loads(line) for line in run.out.splitlines()]
+    assert events[0]["event"] == "sources" and events[0]["mode"] == "hybrid+rerank"
+    assert "rerank" in events[-1]["timings_ms"]

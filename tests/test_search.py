@@ -117,6 +117,40 @@ def test_bm25_parameters_come_from_the_collection(corpus: Services) -> None:
         assert h.explain["keyword"]["bm25"] == pytest.approx(expected[h.chunk_id], abs=1e-6)
 
 
+def run_with_budget(services: Services, budget: int, **fields: Any) -> SearchResult:
+    settings = replace(services.settings.search, keyword_budget=budget)
+    with services.engine.begin() as conn:
+        return search(conn, "kb", SearchRequest(**fields), settings=settings, embeddings=None)
+
+
+def test_keyword_budget_takes_candidates_from_the_rarest_lexemes(corpus: Services) -> None:
+    # "fli" is in one chunk, "cat" in three: within a budget of one chunk, only the chunk with
+    # "fly" is a candidate; it is still scored with every query lexeme.
+    narrow = run_with_budget(corpus, 1, query="cats fly", mode="keyword", explain=True)
+    expected = reference_bm25(corpus, "cats fly", k1=1.2, b=0.75)
+    assert ids(narrow) == ["birds"]
+    hit = narrow.hits[0]
+    assert hit.explain is not None
+    assert hit.explain["keyword"]["bm25"] == pytest.approx(expected[hit.chunk_id], abs=1e-6)
+    wide = run_with_budget(corpus, 4, query="cats fly", mode="keyword")
+    assert set(ids(wide)) == {"cats", "dogs", "pets", "birds"}
+
+
+def test_keyword_budget_falls_back_to_both_rarest_lexemes(services: Services) -> None:
+    docs = (
+        [doc(f"both{i}", "Alpha and beta.") for i in range(5)]
+        + [doc(f"alpha{i}", "Alpha and gamma.") for i in range(3)]
+        + [doc(f"beta{i}", "Beta and delta.") for i in range(3)]
+    )
+    services.ingestor.ingest("kb", docs, create=True)
+    # Each lexeme is in 8 chunks, more than four budgets of one: chunks with both are scored.
+    narrow = run_with_budget(services, 1, query="alpha beta", mode="keyword", k=20)
+    assert sorted(ids(narrow)) == [f"both{i}" for i in range(5)]
+    wide = run_with_budget(services, 16, query="alpha beta", mode="keyword", k=20)
+    assert len(wide.hits) == 11
+    assert ids(wide)[:5] == ids(narrow)
+
+
 def recomputed_stats(services: Services) -> tuple[list[Any], list[Any]]:
     corpus = rows(
         services,

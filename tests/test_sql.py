@@ -32,9 +32,10 @@ EXPECTED = {
     },
     ("search.sql", "prepare"): {"principals", "ef_search", "max_scan_tuples"},
     ("search.sql", "search"): {
-        "collection_id", "text_config", "query_text", "max_terms", "k1", "b", "principals",
-        "restricted", "query_vector", "keyword_depth", "vector_depth", "vector_fetch",
-        "exact_threshold", "per_document", "keyword_weight", "vector_weight", "rrf_k",
+        "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
+        "principals", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
+        "vector_depth", "vector_fetch", "exact_threshold", "per_document", "keyword_weight",
+        "vector_weight", "rrf_k",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
         "popularity_max", "limit", "offset", "highlight", "headline_options",
     },
@@ -42,6 +43,8 @@ EXPECTED = {
     ("collections.sql", "list_collections"): {"name"},
     ("collections.sql", "text_config_exists"): {"text_config"},
     ("collections.sql", "delete_collection"): {"name"},
+    ("cache.sql", "collection_position"): {"name"},
+    ("answer.sql", "chunk_sections"): {"collection_id", "chunk_ids", "principals"},
 }  # fmt: skip
 
 

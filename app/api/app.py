@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from app.api import deps, problems
+from app.api.routes.answer import answer_post
 from app.api.routes.collections import CollectionController
 from app.api.routes.documents import DocumentController
 from app.api.routes.health import health, ready
@@ -32,6 +33,7 @@ def create_app(services: Services, *, load_model: bool = True) -> Litestar:
             DocumentController,
             search_post,
             search_get,
+            answer_post,
         ]
     )
     _configure_state(config, services, load_model)

@@ -60,6 +60,8 @@ def _client_problem(status: int, message: str, key: str | None) -> ProblemDetail
         return problem(400, "Invalid request", "body: expected a JSON document, got none", "body")
     field = _field_from_message(message) or key
     title = "Invalid request" if status == 400 else HTTPStatus(status).phrase
+    if field and field not in message:
+        message = f"{field}: {message}"
     return problem(status, title, message, field or None)
 
 

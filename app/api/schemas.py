@@ -143,12 +143,12 @@ class WeightsIn(Strict):
     vector: float | None = None
 
 
-class SearchIn(Strict):
+class Retrieval(Strict):
+    """What searches and answers share: which chunks to retrieve, and for whom."""
+
     collection: str
     query: str = ""
     mode: str | None = None
-    k: int = 10
-    offset: int = 0
     filter: dict[str, Any] | None = None
     principals: list[str] | None = None
     vector: list[float] | None = None
@@ -158,9 +158,14 @@ class SearchIn(Strict):
     ef_search: int | None = None
     boosts: BoostsIn | None = None
     per_document: bool = False
+    rerank_depth: int | None = None
+
+
+class SearchIn(Retrieval):
+    k: int = 10
+    offset: int = 0
     explain: bool = False
     highlight: bool = True
-    rerank_depth: int | None = None
 
 
 class LegOut(msgspec.Struct, omit_defaults=True):
@@ -209,3 +214,37 @@ class SearchOut(msgspec.Struct):
     timings_ms: dict[str, float]
     reranked: bool = False
     rerank: RerankOut | None = None
+    cache: str = "computed"
+
+
+class AnswerIn(Retrieval):
+    k: int | None = None
+    context_tokens: int | None = None
+    stream: bool = False
+
+
+class SourceOut(msgspec.Struct):
+    number: int
+    document_id: str
+    chunk_ids: list[int]
+    title: str
+    source: str | None
+    heading_path: list[str]
+    text: str
+    score: float
+    section: bool
+
+
+class AnswerOut(msgspec.Struct):
+    collection: str
+    mode: str
+    question: str
+    answer: str
+    cited: list[int]
+    citations: list[SourceOut]
+    sources: list[SourceOut]
+    model: str | None
+    extractive: bool
+    usage: dict[str, int] | None
+    timings_ms: dict[str, float]
+    cache: str

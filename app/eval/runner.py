@@ -95,7 +95,7 @@ def evaluate(
     progress: bool = True,
 ) -> EvalReport:
     dataset = read_dataset(folder)
-    collection = f"eval-{_collection_suffix(dataset.name)}"
+    collection = collection_name(dataset.name)
     documents = ingest(services, dataset, collection, progress=progress)
     embeddings = QueryEmbeddings(services.embedder, size=len(dataset.queries) + 1)
     embed_ms = _embed_all(embeddings, dataset, progress=progress)
@@ -185,6 +185,7 @@ def score_query(ranked: Sequence[str], qrels: dict[str, int]) -> dict[str, float
     }
 
 
-def _collection_suffix(name: str) -> str:
-    cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name.lower())
-    return cleaned.strip("-_")[:55] or "dataset"
+def collection_name(dataset_name: str) -> str:
+    """The collection a dataset is evaluated in: `eval-<folder name, cleaned>`."""
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in dataset_name.lower())
+    return "eval-" + (cleaned.strip("-_")[:55] or "dataset")

@@ -35,7 +35,7 @@ HEADLINE_OPTIONS = (
     'ShortWord=3, MaxFragments=2, FragmentDelimiter=" … "'
 )
 SNIPPET_WORDS = 40
-# Per-document collapsing reads this many more vector candidates, as documents have chunks.
+# Per-document collapsing reads this many more chunks per leg, as documents have chunks.
 PER_DOCUMENT_FETCH = 3
 
 
@@ -182,7 +182,8 @@ def _parameters(
 ) -> dict[str, Any]:
     keyword_depth = plan.candidates if plan.uses_keyword else 0
     vector_depth = plan.candidates if plan.uses_vector else 0
-    fetch = vector_depth * (PER_DOCUMENT_FETCH if plan.per_document else 1)
+    # Per-document collapsing reads more chunks than documents it keeps.
+    fetch = PER_DOCUMENT_FETCH if plan.per_document else 1
     recency, popularity = plan.recency, plan.popularity
     limit, offset = plan.fetch
     return {
@@ -191,6 +192,7 @@ def _parameters(
         "text_config": collection.text_config,
         "query_text": plan.query,
         "max_terms": settings.max_terms,
+        "keyword_budget": settings.keyword_budget,
         "k1": plan.k1,
         "b": plan.b,
         "principals": plan.principals,
@@ -198,7 +200,8 @@ def _parameters(
         "query_vector": vector,
         "keyword_depth": keyword_depth,
         "vector_depth": vector_depth,
-        "vector_fetch": fetch,
+        "keyword_fetch": keyword_depth * fetch,
+        "vector_fetch": vector_depth * fetch,
         "exact_threshold": settings.exact_threshold,
         "per_document": plan.per_document,
         "keyword_weight": plan.keyword_weight,

@@ -144,7 +144,20 @@ class _Field:
         if self.type == "json":
             if value is None:
                 return f"coalesce(jsonb_typeof({self.json}) = 'null', false)"
-            return f"coalesce({self.json} = CAST({c.bind(json.dumps(value))} AS jsonb), false)"
+            # Containment implies nothing more than equality here, but lets the metadata
+            # GIN index find the documents.
+            nested: Any = value
+            for key in reversed(self.keys):
+                nested = {key: nested}
+            # Row-level security lets only leakproof operators use an index, and jsonb's are
+            # not: the documents holding the value come from the metadata index through
+            # `documents_containing` (containment follows from equality), checked exactly here.
+            containing = (
+                "d.id IN (SELECT documents_containing(:collection_id, "
+                f"CAST({c.bind(json.dumps(nested))} AS jsonb)))"
+            )
+            equal = f"{self.json} = CAST({c.bind(json.dumps(value))} AS jsonb)"
+            return f"({containing} AND coalesce({equal}, false))"
         if value is None:
             return f"({self.column} IS NULL)"
         typed = _column_value(self, value, path)

@@ -156,6 +156,21 @@ class Reranking:
             log.info("reranking disabled", reason=self.detail)
 
     @property
+    def identity(self) -> dict[str, object] | None:
+        """What a reranked result depends on besides the request: the model, its backend and
+        the settings that shape its scores and the default depth (None: no cross-encoder)."""
+        if self.reranker is None:
+            return None
+        scoring = self.reranker.settings
+        return {
+            "model": self.reranker.model_id,
+            "backend": scoring.backend,
+            "passage_tokens": scoring.passage_tokens,
+            "query_tokens": scoring.query_tokens,
+            "depth": self.settings.depth,
+        }
+
+    @property
     def policy(self) -> RerankPolicy:
         return RerankPolicy(
             available=self.available,

@@ -10,7 +10,8 @@ from litestar.params import Parameter
 from sqlalchemy import Connection
 
 from app.api.schemas import ExplainOut, HitOut, RerankOut, SearchIn, SearchOut
-from app.search.engine import SearchResult, search
+from app.search.cache import cached_search
+from app.search.engine import SearchResult
 from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
 from app.service import Services
 
@@ -77,18 +78,19 @@ def to_request(data: SearchIn) -> SearchRequest:
 def _run(
     conn: Connection, services: Services, collection: str, request: SearchRequest
 ) -> SearchOut:
-    result = search(
+    outcome = cached_search(
         conn,
         collection,
         request,
         settings=services.settings.search,
         embeddings=services.embeddings,
         reranking=services.reranking,
+        cache=services.search_cache,
     )
-    return to_out(result)
+    return to_out(outcome.result, cache=outcome.origin)
 
 
-def to_out(result: SearchResult) -> SearchOut:
+def to_out(result: SearchResult, *, cache: str = "computed") -> SearchOut:
     hits = [
         HitOut(
             chunk_id=h.chunk_id,
@@ -120,4 +122,5 @@ def to_out(result: SearchResult) -> SearchOut:
         )
         if report
         else None,
+        cache=cache,
     )

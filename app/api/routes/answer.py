@@ -1,0 +1,92 @@
+"""Grounded answers: `POST /v1/answer`, as one JSON body or streamed as server-sent events.
+
+The search and the context are read inside the request's transaction before anything is sent,
+so a bad request or an unknown collection is still a plain 4xx problem; only generation
+streams. Events: `sources`, then `delta` (repeated), then `done`, or `error` if the model fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+from litestar import Response, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from sqlalchemy import Connection
+
+from app.answer import generate
+from app.answer.generate import Prepared
+from app.api.routes.search import to_request
+from app.api.schemas import AnswerIn, AnswerOut, SearchIn, SourceOut
+from app.errors import HybridError
+from app.service import Services
+
+
+@post(
+    "/v1/answer",
+    sync_to_thread=True,
+    status_code=200,
+    tags=["answer"],
+    responses={
+        200: ResponseSpec(
+            data_container=AnswerOut,
+            description="The answer; with `stream: true`, server-sent events "
+            "(`sources`, `delta`..., `done` or `error`) carrying the same data",
+        )
+    },
+)
+def answer_post(data: AnswerIn, conn: Connection, services: Services) -> Response[Any]:
+    """Answer a question from the collection, citing the chunks it used as [n].
+
+    With `"stream": true` the response is `text/event-stream`; otherwise an `AnswerOut` body.
+    """
+    prepared = prepare(conn, services, data)
+    if data.stream:
+        return ServerSentEvent(_messages(prepared, services))
+    result = generate.answer(prepared, services.chat_models)
+    return Response(to_out(result))
+
+
+def prepare(conn: Connection, services: Services, data: AnswerIn) -> Prepared:
+    fields = msgspec.structs.asdict(data)
+    context_tokens = fields.pop("context_tokens")
+    del fields["stream"]
+    fields["k"] = services.settings.answer.k if data.k is None else data.k
+    request = to_request(SearchIn(**fields))
+    return generate.prepare(
+        conn, data.collection, request, services.answer_readers(), context_tokens=context_tokens
+    )
+
+
+def _messages(prepared: Prepared, services: Services) -> Iterator[ServerSentEventMessage]:
+    try:
+        for event in generate.events(prepared, services.chat_models):
+            yield ServerSentEventMessage(event=event.kind, data=_json(event.data))
+    except HybridError as exc:
+        problem = {"status": exc.status, "title": exc.title, "detail": exc.message}
+        yield ServerSentEventMessage(event="error", data=_json(problem))
+
+
+def _json(data: dict[str, Any]) -> str:
+    return msgspec.json.encode(data).decode()
+
+
+def to_out(result: generate.Answer) -> AnswerOut:
+    prepared, done = result.prepared, result.done
+    sources = [msgspec.convert(generate.source_data(p), SourceOut) for p in prepared.passages]
+    return AnswerOut(
+        collection=prepared.collection,
+        mode=prepared.mode,
+        question=prepared.question,
+        answer=result.text,
+        cited=done["cited"],
+        citations=[sources[n - 1] for n in done["cited"]],
+        sources=sources,
+        model=done["model"],
+        extractive=done["extractive"],
+        usage=done["usage"],
+        timings_ms=done["timings_ms"],
+        cache=done["cache"],
+    )
