@@ -128,7 +128,7 @@ class SearchSettings:
     )
     keyword_budget: int = setting(
         "HYBRID_SEARCH_KEYWORD_BUDGET",
-        5_000,
+        2_500,
         "Keyword candidates come from the rarest query lexemes while their chunk counts add up "
         "to at most this (see Search)",
     )
@@ -137,8 +137,9 @@ class SearchSettings:
     )
     exact_threshold: int = setting(
         "HYBRID_SEARCH_EXACT_THRESHOLD",
-        10_000,
-        "Visible chunks at or below which the vector leg scans exactly instead of using HNSW",
+        3_000,
+        "Visible chunks at or below which both legs read them directly: every keyword match "
+        "scored, exact vector scan (see Search)",
     )
     max_scan_tuples: int = setting(
         "HYBRID_SEARCH_MAX_SCAN_TUPLES",

@@ -62,12 +62,42 @@ keyword_query AS MATERIALIZED (
                 END AS tsquery) AS candidates
     FROM query_lexemes
 ),
--- The candidate chunks come from the GIN index alone.
+-- A filtered or restricted search first adds up the chunks of the documents it may see,
+-- stopping past the threshold. When they are at most that many (or the collection is that
+-- small) both legs read those chunks directly: every keyword match is scored and the vector
+-- leg scans exactly. Otherwise the legs use their indexes.
+visible AS MATERIALIZED (
+    SELECT CASE WHEN CAST(:restricted AS boolean)
+                THEN NOT EXISTS (
+                    SELECT 1
+                    FROM (SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
+                          FROM documents d
+                          WHERE d.collection_id = :collection_id
+                            AND d.deleted_at IS NULL
+                            AND d.acl && CAST(:principals AS text[])
+                            AND /* filter */ TRUE) AS counted
+                    WHERE counted.running > :exact_threshold)
+                ELSE coalesce((SELECT n FROM corpus), 0) <= :exact_threshold
+           END AS small
+),
+-- The candidate chunks: from the GIN index alone within the budget, or, when the search may
+-- see few chunks, every one of those that matches any query lexeme.
 keyword_candidates AS MATERIALIZED (
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM chunks c
     WHERE c.collection_id = :collection_id
+      AND :keyword_depth > 0 AND NOT (SELECT small FROM visible)
       AND c.tsv @@ (SELECT candidates FROM keyword_query)
+    UNION ALL
+    SELECT c.id, c.document_id, c.tsv, c.length
+    FROM chunks c
+    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
+    WHERE c.collection_id = :collection_id
+      AND :keyword_depth > 0 AND (SELECT small FROM visible)
+      AND c.tsv @@ (SELECT tsq FROM keyword_query)
+      AND d.deleted_at IS NULL
+      AND d.acl && CAST(:principals AS text[])
+      AND /* filter */ TRUE
 ),
 -- Exact BM25: term frequencies come from the stored tsvector, cut down to the query's
 -- lexemes before unnesting (mark them with weight B, keep only B). Best first.
@@ -112,29 +142,12 @@ keyword_ranked AS (
     ORDER BY score DESC, id
     LIMIT :keyword_depth
 ),
--- A filtered or restricted search first adds up the chunks of the documents it may see,
--- stopping at the threshold: at or below it an exact scan is cheap and finds everything;
--- above it the HNSW index is used.
-vector_plan AS MATERIALIZED (
-    SELECT CASE WHEN CAST(:restricted AS boolean)
-                THEN NOT EXISTS (
-                    SELECT 1
-                    FROM (SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
-                          FROM documents d
-                          WHERE d.collection_id = :collection_id AND :vector_depth > 0
-                            AND d.deleted_at IS NULL
-                            AND d.acl && CAST(:principals AS text[])
-                            AND /* filter */ TRUE) AS visible
-                    WHERE visible.running > :exact_threshold)
-                ELSE coalesce((SELECT n FROM corpus), 0) <= :exact_threshold
-           END AS exact
-),
 vector_exact AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM chunks c
     JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
     WHERE c.collection_id = :collection_id
-      AND :vector_depth > 0 AND (SELECT exact FROM vector_plan)
+      AND :vector_depth > 0 AND (SELECT small FROM visible)
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
@@ -149,7 +162,7 @@ vector_ann AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM chunks c
     WHERE c.collection_id = :collection_id
-      AND :vector_depth > 0 AND NOT (SELECT exact FROM vector_plan)
+      AND :vector_depth > 0 AND NOT (SELECT small FROM visible)
       AND coalesce((SELECT true
                     FROM documents d
                     WHERE d.collection_id = :collection_id AND d.id = c.document_id

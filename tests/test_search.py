@@ -117,8 +117,12 @@ def test_bm25_parameters_come_from_the_collection(corpus: Services) -> None:
         assert h.explain["keyword"]["bm25"] == pytest.approx(expected[h.chunk_id], abs=1e-6)
 
 
-def run_with_budget(services: Services, budget: int, **fields: Any) -> SearchResult:
-    settings = replace(services.settings.search, keyword_budget=budget)
+def run_with_budget(
+    services: Services, budget: int, exact_threshold: int = 0, **fields: Any
+) -> SearchResult:
+    settings = replace(
+        services.settings.search, keyword_budget=budget, exact_threshold=exact_threshold
+    )
     with services.engine.begin() as conn:
         return search(conn, "kb", SearchRequest(**fields), settings=settings, embeddings=None)
 
@@ -134,6 +138,17 @@ def test_keyword_budget_takes_candidates_from_the_rarest_lexemes(corpus: Service
     assert hit.explain["keyword"]["bm25"] == pytest.approx(expected[hit.chunk_id], abs=1e-6)
     wide = run_with_budget(corpus, 4, query="cats fly", mode="keyword")
     assert set(ids(wide)) == {"cats", "dogs", "pets", "birds"}
+
+
+def test_a_search_that_sees_few_chunks_scores_every_match(corpus: Services) -> None:
+    # At most `exact_threshold` visible chunks: no budget, every chunk with a query lexeme.
+    few = run_with_budget(corpus, 1, exact_threshold=100, query="cats fly", mode="keyword")
+    assert set(ids(few)) == {"cats", "dogs", "pets", "birds"}
+    filtered = run_with_budget(
+        corpus, 1, exact_threshold=100, query="cats fly", mode="keyword",
+        filter={"id": {"in": ["cats", "dogs"]}},
+    )  # fmt: skip
+    assert set(ids(filtered)) == {"cats", "dogs"}
 
 
 def test_keyword_budget_falls_back_to_both_rarest_lexemes(services: Services) -> None:
