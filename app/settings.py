@@ -137,9 +137,10 @@ class SearchSettings:
     )
     exact_threshold: int = setting(
         "HYBRID_SEARCH_EXACT_THRESHOLD",
-        3_000,
-        "Visible chunks at or below which both legs read them directly: every keyword match "
-        "scored, exact vector scan (see Search)",
+        5_000,
+        "Visible chunks at or below which both legs read them directly (every keyword match "
+        "scored, exact vector scan); above 100k chunks it grows with the square root of the "
+        "collection's size (see Search)",
     )
     max_scan_tuples: int = setting(
         "HYBRID_SEARCH_MAX_SCAN_TUPLES",

@@ -63,9 +63,11 @@ keyword_query AS MATERIALIZED (
     FROM query_lexemes
 ),
 -- A filtered or restricted search first adds up the chunks of the documents it may see,
--- stopping past the threshold. When they are at most that many (or the collection is that
--- small) both legs read those chunks directly: every keyword match is scored and the vector
--- leg scans exactly. Otherwise the legs use their indexes.
+-- stopping past a limit. When they are at most that many (or the whole collection is) both
+-- legs read those chunks directly: every keyword match is scored and the vector leg scans
+-- exactly. Otherwise the legs use their indexes. An exact scan costs what it reads, a filtered
+-- HNSW scan about k × (collection / visible), so the limit grows with the square root of the
+-- collection's size: the threshold up to 100k chunks, 3.16 times it at 1M.
 visible AS MATERIALIZED (
     SELECT CASE WHEN CAST(:restricted AS boolean)
                 THEN NOT EXISTS (
@@ -76,9 +78,11 @@ visible AS MATERIALIZED (
                             AND d.deleted_at IS NULL
                             AND d.acl && CAST(:principals AS text[])
                             AND /* filter */ TRUE) AS counted
-                    WHERE counted.running > :exact_threshold)
-                ELSE coalesce((SELECT n FROM corpus), 0) <= :exact_threshold
+                    WHERE counted.running > l.chunks)
+                ELSE l.n <= l.chunks
            END AS small
+    FROM (SELECT c.n, :exact_threshold * sqrt(greatest(c.n, 100000) / 100000) AS chunks
+          FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c) AS l
 ),
 -- The candidate chunks: from the GIN index alone within the budget, or, when the search may
 -- see few chunks, every one of those that matches any query lexeme.
