@@ -85,7 +85,8 @@ visible AS MATERIALIZED (
           FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c) AS l
 ),
 -- The candidate chunks: from the GIN index alone within the budget, or, when the search may
--- see few chunks, every one of those that matches any query lexeme.
+-- see few chunks, every one of those that matches any query lexeme, read document by document
+-- (so a common lexeme never makes the GIN index list the whole collection).
 keyword_candidates AS MATERIALIZED (
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM chunks c
@@ -94,14 +95,19 @@ keyword_candidates AS MATERIALIZED (
       AND c.tsv @@ (SELECT candidates FROM keyword_query)
     UNION ALL
     SELECT c.id, c.document_id, c.tsv, c.length
-    FROM chunks c
-    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
-    WHERE c.collection_id = :collection_id
+    FROM documents d
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.document_id, c.tsv, c.length
+        FROM chunks c
+        WHERE c.collection_id = :collection_id AND c.document_id = d.id
+        OFFSET 0
+    ) AS c
+    WHERE d.collection_id = :collection_id
       AND :keyword_depth > 0 AND (SELECT small FROM visible)
-      AND c.tsv @@ (SELECT tsq FROM keyword_query)
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
+      AND c.tsv @@ (SELECT tsq FROM keyword_query)
 ),
 -- Exact BM25: term frequencies come from the stored tsvector, cut down to the query's
 -- lexemes before unnesting (mark them with weight B, keep only B). Best first.
