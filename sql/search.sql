@@ -67,7 +67,9 @@ keyword_query AS MATERIALIZED (
 -- legs read those chunks directly: every keyword match is scored and the vector leg scans
 -- exactly. Otherwise the legs use their indexes. An exact scan costs what it reads, a filtered
 -- HNSW scan about k × (collection / visible), so the limit grows with the square root of the
--- collection's size: the threshold up to 100k chunks, 3.16 times it at 1M.
+-- collection's size: the threshold up to 100k chunks, 3.16 times it at 1M (`small`). Scoring
+-- a keyword match costs more than a distance, so the keyword leg reads the visible chunks
+-- directly only up to the threshold itself (`few`).
 visible AS MATERIALIZED (
     SELECT CASE WHEN CAST(:restricted AS boolean)
                 THEN NOT EXISTS (
@@ -80,7 +82,19 @@ visible AS MATERIALIZED (
                             AND /* filter */ TRUE) AS counted
                     WHERE counted.running > l.chunks)
                 ELSE l.n <= l.chunks
-           END AS small
+           END AS small,
+           CASE WHEN CAST(:restricted AS boolean)
+                THEN NOT EXISTS (
+                    SELECT 1
+                    FROM (SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
+                          FROM documents d
+                          WHERE d.collection_id = :collection_id
+                            AND d.deleted_at IS NULL
+                            AND d.acl && CAST(:principals AS text[])
+                            AND /* filter */ TRUE) AS counted
+                    WHERE counted.running > :exact_threshold)
+                ELSE l.n <= :exact_threshold
+           END AS few
     FROM (SELECT c.n, :exact_threshold * sqrt(greatest(c.n, 100000) / 100000) AS chunks
           FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c) AS l
 ),
@@ -91,7 +105,7 @@ keyword_candidates AS MATERIALIZED (
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM chunks c
     WHERE c.collection_id = :collection_id
-      AND :keyword_depth > 0 AND NOT (SELECT small FROM visible)
+      AND :keyword_depth > 0 AND NOT (SELECT few FROM visible)
       AND c.tsv @@ (SELECT candidates FROM keyword_query)
     UNION ALL
     SELECT c.id, c.document_id, c.tsv, c.length
@@ -103,7 +117,7 @@ keyword_candidates AS MATERIALIZED (
         OFFSET 0
     ) AS c
     WHERE d.collection_id = :collection_id
-      AND :keyword_depth > 0 AND (SELECT small FROM visible)
+      AND :keyword_depth > 0 AND (SELECT few FROM visible)
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
