@@ -2,7 +2,9 @@
 
 `Services.open()` finds the database (configured or embedded), checks the schema, and builds
 the engine; the embedding model and the cross-encoder load on first use (or eagerly for the
-API server), so that commands that only read the database start fast.
+API server), so that commands that only read the database start fast. The in-process vector
+cache exists only where something starts it (`start_vector_cache`: the API server, or an
+evaluation that asks for the `faiss` backend).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import threading
 
 from sqlalchemy import Engine
 
+from app.ann.cache import VectorCache
 from app.answer.generate import Readers
 from app.answer.providers import ChatModels
 from app.db import embedded, migrate
@@ -38,6 +41,7 @@ class Services:
         self._rerank_lock = threading.Lock()
         self.search_cache = SearchCache(settings.cache)
         self.chat_models = _chat_models(settings)
+        self.vector_cache: VectorCache | None = None
 
     @classmethod
     def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:
@@ -74,7 +78,22 @@ class Services:
             cache=self.search_cache,
             tokenizer=self.tokenizer,
             reranking=self.reranking if rerank else None,
+            vectors=self.vector_cache,
         )
+
+    def open_vector_cache(self) -> VectorCache:
+        """The in-process vector cache, created (not started) on first call."""
+        with self._lock:
+            if self.vector_cache is None:
+                root = self.settings.vectors.directory or self.settings.database.data_dir / "faiss"
+                self.vector_cache = VectorCache(self.engine, self.settings.vectors, root)
+            return self.vector_cache
+
+    def start_vector_cache(self) -> VectorCache:
+        """Load or build every collection's index in the background and follow the log."""
+        cache = self.open_vector_cache()
+        cache.start()
+        return cache
 
     @property
     def model_loaded(self) -> bool:
@@ -103,7 +122,10 @@ class Services:
         return Ingestor(self.engine, self.settings, self.embedder, self.tokenizer)
 
     def close(self, *, stop_embedded: bool | None = None) -> None:
-        """Release connections; stop the embedded server if this process started it."""
+        """Stop the vector cache (writing its snapshots), release connections, and stop the
+        embedded server if this process started it."""
+        if self.vector_cache is not None:
+            self.vector_cache.stop()
         self.engine.dispose()
         if self.started_embedded if stop_embedded is None else stop_embedded:
             embedded.stop(self.settings.database.data_dir)

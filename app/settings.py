@@ -23,6 +23,8 @@ Environment = Literal["development", "production"]
 EmbeddingProvider = Literal["local", "openai"]
 ChunkStrategy = Literal["structure", "recursive", "fixed"]
 RerankBackend = Literal["torch", "onnx", "onnx-int8"]
+VectorBackend = Literal["auto", "faiss", "pgvector", "exact"]
+FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 
 
 def setting(env: str, default: Any, doc: str) -> Any:
@@ -147,6 +149,13 @@ class SearchSettings:
         50_000,
         "HNSW iterative scan budget (`hnsw.max_scan_tuples`)",
     )
+    vector_backend: VectorBackend = setting(
+        "HYBRID_VECTOR_BACKEND",
+        "auto",
+        "Default vector backend: `auto` (the FAISS cache when ready, else pgvector), `faiss`, "
+        "`pgvector` or `exact` (per collection: setting `vector_backend`; per request: "
+        "`vector_backend`)",
+    )
     require_principals: bool = setting(
         "HYBRID_SEARCH_REQUIRE_PRINCIPALS",
         False,
@@ -191,6 +200,57 @@ class RerankSettings:
     )
     threads: int = setting(
         "HYBRID_RERANK_THREADS", 0, "Threads of the ONNX backends (0 = one per physical core)"
+    )
+
+
+@dataclass(frozen=True)
+class VectorCacheSettings:
+    enabled: bool = setting(
+        "HYBRID_FAISS_CACHE",
+        True,
+        "`hybrid serve` keeps an in-process FAISS cache of every collection's vectors",
+    )
+    directory: Path | None = setting(
+        "HYBRID_FAISS_DIR", None, "Where cache snapshots live (unset = `<HYBRID_DATA_DIR>/faiss`)"
+    )
+    index: FaissIndexKind = setting(
+        "HYBRID_FAISS_INDEX",
+        "auto",
+        "FAISS index type: `auto` (`flat` below HYBRID_FAISS_EXACT_BELOW vectors, else "
+        "`hnsw`), `flat`, `hnsw` or `ivf`",
+    )
+    exact_below: int = setting(
+        "HYBRID_FAISS_EXACT_BELOW", 20_000, "Collections with fewer vectors get an exact index"
+    )
+    hnsw_m: int = setting("HYBRID_FAISS_HNSW_M", 32, "HNSW links per vector (M)")
+    hnsw_ef_construction: int = setting(
+        "HYBRID_FAISS_HNSW_EF_CONSTRUCTION", 80, "HNSW build beam width (efConstruction)"
+    )
+    hnsw_ef_search: int = setting(
+        "HYBRID_FAISS_HNSW_EF_SEARCH",
+        128,
+        "HNSW search beam width (efSearch; at least the number of candidates asked)",
+    )
+    ivf_nprobe: int = setting("HYBRID_FAISS_IVF_NPROBE", 32, "IVF lists searched a query")
+    max_candidates: int = setting(
+        "HYBRID_FAISS_MAX_CANDIDATES",
+        2_000,
+        "Most candidates the cache hands to SQL for one filtered search (over-fetch cap)",
+    )
+    rebuild_tombstones: float = setting(
+        "HYBRID_FAISS_REBUILD_TOMBSTONES",
+        0.1,
+        "Share of deleted vectors still in an HNSW index at which it is rebuilt",
+    )
+    poll_s: float = setting(
+        "HYBRID_FAISS_POLL_INTERVAL",
+        5.0,
+        "Seconds between change-log checks when no notification arrives",
+    )
+    snapshot_s: float = setting(
+        "HYBRID_FAISS_SNAPSHOT_INTERVAL",
+        300.0,
+        "Seconds between snapshots of a changed cache (also written after every build)",
     )
 
 
@@ -273,6 +333,7 @@ class Settings:
     search: SearchSettings
     rerank: RerankSettings
     cache: CacheSettings
+    vectors: VectorCacheSettings
     answer: AnswerSettings
     server: ServerSettings
 
@@ -285,6 +346,7 @@ SECTIONS: dict[str, type[Any]] = {
     "search": SearchSettings,
     "rerank": RerankSettings,
     "cache": CacheSettings,
+    "vectors": VectorCacheSettings,
     "answer": AnswerSettings,
     "server": ServerSettings,
 }
@@ -363,6 +425,7 @@ def _validate(s: Settings) -> None:
     _validate_search(s.search)
     _validate_rerank(s.rerank)
     _validate_cache(s.cache)
+    _validate_vectors(s.vectors)
     _validate_answer(s.answer)
     if s.embedding.provider == "openai" and s.server.environment == "production":
         _require(bool(s.embedding.openai_api_key), "OPENAI_API_KEY is required in production")
@@ -412,6 +475,18 @@ def _validate_cache(s: CacheSettings) -> None:
     _require(s.query_embeddings >= 1, "HYBRID_CACHE_EMBEDDINGS must be at least 1")
     _require(s.results >= 0, "HYBRID_CACHE_RESULTS must not be negative")
     _require(s.results_ttl_s > 0, "HYBRID_CACHE_RESULTS_TTL must be positive")
+
+
+def _validate_vectors(s: VectorCacheSettings) -> None:
+    _require(s.exact_below >= 0, "HYBRID_FAISS_EXACT_BELOW must not be negative")
+    _require(2 <= s.hnsw_m <= 256, "HYBRID_FAISS_HNSW_M must be between 2 and 256")
+    _require(s.hnsw_ef_construction >= 1, "HYBRID_FAISS_HNSW_EF_CONSTRUCTION must be at least 1")
+    _require(s.hnsw_ef_search >= 1, "HYBRID_FAISS_HNSW_EF_SEARCH must be at least 1")
+    _require(s.ivf_nprobe >= 1, "HYBRID_FAISS_IVF_NPROBE must be at least 1")
+    _require(s.max_candidates >= 1, "HYBRID_FAISS_MAX_CANDIDATES must be at least 1")
+    _require(0 < s.rebuild_tombstones <= 1, "HYBRID_FAISS_REBUILD_TOMBSTONES must be in (0, 1]")
+    _require(s.poll_s > 0, "HYBRID_FAISS_POLL_INTERVAL must be positive")
+    _require(s.snapshot_s > 0, "HYBRID_FAISS_SNAPSHOT_INTERVAL must be positive")
 
 
 def _validate_answer(s: AnswerSettings) -> None:

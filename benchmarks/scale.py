@@ -492,10 +492,14 @@ def _explain(services: Services, query: str, vector: list[float], k: int) -> str
         conn.execute(
             load("search.sql")["prepare"],
             {"principals": plan.principals, "ef_search": str(plan.ef_search),
-             "max_scan_tuples": str(services.settings.search.max_scan_tuples)},
+             "max_scan_tuples": str(services.settings.search.max_scan_tuples),
+             "collection_id": collection.id, "cache_position": None},
         )  # fmt: skip
         statement = engine.statement(plan.filter.sql)
-        params = engine._parameters(collection, plan, vector, services.settings.search)
+        source = engine.VectorSource("pgvector")
+        params = engine.statement_parameters(
+            collection, plan, vector, source, services.settings.search
+        )
         explain = text("EXPLAIN (ANALYZE, BUFFERS) " + statement.text)
         return "\n".join(row[0] for row in conn.execute(explain, params))
 

@@ -16,7 +16,16 @@ SELECT set_config('role', 'hybrid_reader', true),
        set_config('hybrid.principals', CAST(CAST(:principals AS text[]) AS text), true),
        set_config('hnsw.ef_search', :ef_search, true),
        set_config('hnsw.iterative_scan', 'relaxed_order', true),
-       set_config('hnsw.max_scan_tuples', :max_scan_tuples, true);
+       set_config('hnsw.max_scan_tuples', :max_scan_tuples, true),
+       -- With vector candidates from the in-process cache: whether it has applied every
+       -- vector change this transaction can see (its position is a snapshot; see sql/ann.sql).
+       CASE WHEN CAST(:cache_position AS text) IS NOT NULL
+            THEN NOT EXISTS (
+                SELECT FROM change_log l
+                WHERE l.collection_id = :collection_id AND l.op <> 'U'
+                  AND l.xid >= pg_snapshot_xmin(CAST(:cache_position AS pg_snapshot))
+                  AND NOT pg_visible_in_snapshot(l.xid, CAST(:cache_position AS pg_snapshot)))
+       END AS cache_fresh;
 
 -- name: search
 WITH
@@ -166,17 +175,40 @@ keyword_ranked AS (
     ORDER BY score DESC, id
     LIMIT :keyword_depth
 ),
+-- The vector leg has three sources; exactly one runs, or the cache's and the index's:
+-- an exact scan when the search may see few chunks (or it is asked for), else the candidates
+-- of the in-process cache when the service passes them, else the HNSW index. When the cache's
+-- candidates (all it was asked for) leave fewer visible rows than the leg needs, the HNSW
+-- index runs as well.
 vector_exact AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM chunks c
     JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
     WHERE c.collection_id = :collection_id
-      AND :vector_depth > 0 AND (SELECT small FROM visible)
+      AND :vector_depth > 0 AND ((SELECT small FROM visible) OR CAST(:vector_exact AS boolean))
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
     -- "+ 0" keeps the planner from answering this ORDER BY with the HNSW index.
     ORDER BY (c.embedding <=> CAST(:query_vector AS vector)) + 0, c.id
+    LIMIT :vector_fetch
+),
+-- The cache's candidates, nearest first: each must still exist (a deleted or re-ingested
+-- chunk is gone from the table) and pass the same document checks; distances are recomputed
+-- from the stored vectors. So the cache's freshness changes recall, never correctness.
+vector_cached AS MATERIALIZED (
+    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
+    FROM unnest(CAST(:cached_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
+    JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
+    WHERE :vector_depth > 0 AND NOT (SELECT small FROM visible)
+      AND NOT CAST(:vector_exact AS boolean)
+      AND coalesce((SELECT true
+                    FROM documents d
+                    WHERE d.collection_id = :collection_id AND d.id = c.document_id
+                      AND d.deleted_at IS NULL
+                      AND d.acl && CAST(:principals AS text[])
+                      AND /* filter */ TRUE), false)
+    ORDER BY f.ord
     LIMIT :vector_fetch
 ),
 -- pgvector's iterative scan (relaxed order) keeps reading the graph until enough rows pass the
@@ -187,6 +219,10 @@ vector_ann AS (
     FROM chunks c
     WHERE c.collection_id = :collection_id
       AND :vector_depth > 0 AND NOT (SELECT small FROM visible)
+      AND NOT CAST(:vector_exact AS boolean)
+      AND (CAST(:cached_ids AS bigint[]) IS NULL
+           OR (CAST(:cached_partial AS boolean)
+               AND (SELECT count(*) FROM vector_cached) < :vector_fetch))
       AND coalesce((SELECT true
                     FROM documents d
                     WHERE d.collection_id = :collection_id AND d.id = c.document_id
@@ -201,7 +237,9 @@ vector_ranked AS (
            CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END AS key,
            row_number() OVER (ORDER BY distance, id) AS rank
     FROM (SELECT DISTINCT ON (CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END) *
-          FROM (SELECT * FROM vector_exact UNION ALL SELECT * FROM vector_ann) AS v
+          FROM (SELECT * FROM vector_exact
+                UNION ALL SELECT * FROM vector_cached
+                UNION ALL SELECT * FROM vector_ann) AS v
           ORDER BY CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END, distance, id) AS best
     ORDER BY distance, id
     LIMIT :vector_depth
@@ -262,6 +300,7 @@ SELECT p.id AS chunk_id, p.external_id AS document_id, c.ordinal, c.heading_path
        c.text, p.title, p.source, p.metadata,
        p.score, p.fused_score, p.keyword_rank, p.keyword_score, p.vector_rank,
        p.vector_distance, p.recency_boost, p.popularity_boost,
+       (SELECT count(*) FROM vector_cached) AS cached_visible,
        -- ts_headline costs a few milliseconds a hit: only when asked.
        CASE WHEN CAST(:highlight AS boolean)
             THEN ts_headline(c.text_config, c.text, (SELECT tsq FROM keyword_query),

@@ -19,7 +19,7 @@ from app.db.queries import load
 from app.errors import Invalid, NotFound
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
-from app.search.engine import SearchResult, _parameters, search, statement
+from app.search.engine import SearchResult, VectorSource, search, statement, statement_parameters
 from app.search.request import PopularityBoost, RecencyBoost, SearchRequest, resolve
 from app.service import Services
 from app.settings import SearchSettings
@@ -395,7 +395,8 @@ def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Service
         run_params = _search_params(conn, principals=["user:bob", "*"])
         conn.execute(
             load("search.sql")["prepare"],
-            {"principals": ["user:bob", "*"], "ef_search": "40", "max_scan_tuples": "1000"},
+            {"principals": ["user:bob", "*"], "ef_search": "40", "max_scan_tuples": "1000",
+             "collection_id": run_params["collection_id"], "cache_position": None},
         )
         found = {r["document_id"] for r in conn.execute(text(forgetful), run_params).mappings()}
         visible = conn.execute(text("SELECT count(*) FROM documents")).scalar()
@@ -412,7 +413,8 @@ def test_reader_role_without_principals_sees_nothing(secured: Services) -> None:
 def _search_params(conn: Any, principals: list[str]) -> dict[str, Any]:
     request = SearchRequest(query="quarterly revenue", mode="keyword", principals=principals)
     plan = resolve(request, {}, SearchSettings())
-    return _parameters(collections.get(conn, "kb"), plan, None, SearchSettings())
+    kb = collections.get(conn, "kb")
+    return statement_parameters(kb, plan, None, VectorSource(None), SearchSettings())
 
 
 def test_deleted_documents_never_appear(corpus: Services) -> None:

@@ -30,11 +30,14 @@ EXPECTED = {
     ("collections.sql", "create_collection"): {
         "name", "description", "embedding_model", "embedding_dim", "text_config", "settings",
     },
-    ("search.sql", "prepare"): {"principals", "ef_search", "max_scan_tuples"},
+    ("search.sql", "prepare"): {
+        "principals", "ef_search", "max_scan_tuples", "collection_id", "cache_position",
+    },
     ("search.sql", "search"): {
         "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
         "principals", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
-        "vector_depth", "vector_fetch", "exact_threshold", "per_document", "keyword_weight",
+        "vector_depth", "vector_fetch", "exact_threshold", "vector_exact", "cached_ids",
+        "cached_partial", "per_document", "keyword_weight",
         "vector_weight", "rrf_k",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
         "popularity_max", "limit", "offset", "highlight", "headline_options",
@@ -45,6 +48,10 @@ EXPECTED = {
     ("collections.sql", "delete_collection"): {"name"},
     ("cache.sql", "collection_position"): {"name"},
     ("answer.sql", "chunk_sections"): {"collection_id", "chunk_ids", "principals"},
+    ("ann.sql", "collections"): set(),
+    ("ann.sql", "snapshot"): set(),
+    ("ann.sql", "pending"): {"collection_id", "position"},
+    ("ann.sql", "changes"): {"collection_id", "position"},
 }  # fmt: skip
 
 

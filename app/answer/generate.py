@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from app.ann.cache import VectorCache
 from app.answer import prompt
 from app.answer.context import Passage, assemble, read_sections
 from app.answer.providers import ChatModels, Chunk
@@ -78,6 +79,7 @@ class Readers:
     cache: SearchCache
     tokenizer: Tokenizer
     reranking: Reranking | None = None
+    vectors: VectorCache | None = None
 
 
 def prepare(
@@ -99,6 +101,7 @@ def prepare(
         embeddings=readers.embeddings,
         cache=readers.cache,
         reranking=readers.reranking,
+        vectors=readers.vectors,
     )
     started = time.perf_counter()
     result = outcome.result

@@ -12,31 +12,38 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from app.api import deps, problems
+from app.api.routes.admin import IndexController
 from app.api.routes.answer import answer_post
 from app.api.routes.collections import CollectionController
 from app.api.routes.documents import DocumentController
 from app.api.routes.health import health, ready
+from app.api.routes.metrics import metrics
 from app.api.routes.search import search_get, search_post
 from app.service import Services
 
 API_TITLE = "Hybrid search"
 
 
-def create_app(services: Services, *, load_model: bool = True) -> Litestar:
+def create_app(
+    services: Services, *, load_model: bool = True, vector_cache: bool = True
+) -> Litestar:
     """The API over `services`; the embedding model and the cross-encoder load during start-up
-    unless told not to."""
+    unless told not to, and the vector cache starts loading in the background (when
+    `HYBRID_FAISS_CACHE` is on and unless told not to)."""
     config = AppConfig(
         route_handlers=[
             health,
             ready,
+            metrics,
             CollectionController,
             DocumentController,
             search_post,
             search_get,
             answer_post,
+            IndexController,
         ]
     )
-    _configure_state(config, services, load_model)
+    _configure_state(config, services, load_model, vector_cache)
     _configure_dependencies(config)
     _configure_errors(config)
     _configure_openapi(config)
@@ -44,8 +51,12 @@ def create_app(services: Services, *, load_model: bool = True) -> Litestar:
     return Litestar.from_config(config)
 
 
-def _configure_state(config: AppConfig, services: Services, load_model: bool) -> None:
+def _configure_state(
+    config: AppConfig, services: Services, load_model: bool, vector_cache: bool
+) -> None:
     config.state = State({"services": services})
+    if vector_cache and services.settings.vectors.enabled:
+        config.on_startup.append(services.start_vector_cache)
     if load_model:
         config.on_startup.append(lambda: _load_model(services))
 

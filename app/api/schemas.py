@@ -159,6 +159,7 @@ class Retrieval(Strict):
     boosts: BoostsIn | None = None
     per_document: bool = False
     rerank_depth: int | None = None
+    vector_backend: str | None = None
 
 
 class SearchIn(Retrieval):
@@ -215,6 +216,8 @@ class SearchOut(msgspec.Struct):
     reranked: bool = False
     rerank: RerankOut | None = None
     cache: str = "computed"
+    vector_backend: str | None = None
+    vector_cache_fresh: bool = True
 
 
 class AnswerIn(Retrieval):

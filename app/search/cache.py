@@ -32,6 +32,7 @@ from typing import Generic, TypeVar
 from cachetools import TTLCache
 from sqlalchemy import Connection
 
+from app.ann.cache import VectorCache
 from app.db.queries import query
 from app.search.engine import QueryEmbeddings, SearchResult, search
 from app.search.request import SearchRequest
@@ -114,13 +115,14 @@ def cached_search(
     embeddings: QueryEmbeddings | None,
     cache: SearchCache,
     reranking: Reranking | None = None,
+    vectors: VectorCache | None = None,
 ) -> CachedSearch:
     """`search()` through the cache, in the caller's transaction (read the position first)."""
 
     position = conn.execute(query("cache.sql", "collection_position"), {"name": collection_name})
     row = position.mappings().first()
     if row is None:  # unknown collection: let the search say so
-        result = _run(conn, collection_name, request, settings, embeddings, reranking)
+        result = _run(conn, collection_name, request, settings, embeddings, reranking, vectors)
         return CachedSearch(result, "computed")
     model = embeddings.embedder.model_id if embeddings else None
     reranker = reranking.identity if reranking else None
@@ -134,9 +136,10 @@ def cached_search(
         return CachedSearch(_without_timings(hit), "cached")
 
     def compute() -> SearchResult:
-        result = _run(conn, collection_name, request, settings, embeddings, reranking)
+        result = _run(conn, collection_name, request, settings, embeddings, reranking, vectors)
         # Stored before the flight ends, so that no caller finds neither the flight nor the entry.
-        if cache.enabled and row["settled"] and _complete(result):
+        # A result from a vector cache that lagged behind the log is never stored.
+        if cache.enabled and row["settled"] and result.fresh and _complete(result):
             cache.put(key, result)
         return result
 
@@ -151,6 +154,7 @@ def _run(
     settings: SearchSettings,
     embeddings: QueryEmbeddings | None,
     reranking: Reranking | None,
+    vectors: VectorCache | None,
 ) -> SearchResult:
     return search(
         conn,
@@ -159,6 +163,7 @@ def _run(
         settings=settings,
         embeddings=embeddings,
         reranking=reranking,
+        vectors=vectors,
     )
 
 

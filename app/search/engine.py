@@ -1,9 +1,11 @@
-"""Running a search: validate → embed the query (cached) → the one SQL statement → hits
-→ (in `hybrid+rerank`) the cross-encoder over the top fused hits.
+"""Running a search: validate → embed the query (cached) → (backend `faiss` or `auto`) the
+in-process vector cache's candidate ids → the one SQL statement → hits → (in `hybrid+rerank`)
+the cross-encoder over the top fused hits.
 
 The statement in `sql/search.sql` does both legs, fusion, filters, ACL and boosts. Before it,
 in the same transaction, `prepare` switches to the reader role that row-level security applies
-to, sets the caller's principals for that policy and the HNSW parameters, all `SET LOCAL`.
+to, sets the caller's principals for that policy and the HNSW parameters, all `SET LOCAL`, and
+says whether the vector cache has applied every change this transaction can see.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 from sqlalchemy import Connection, TextClause, text
 
 from app import collections
+from app.ann.cache import Candidates, VectorCache
 from app.collections import Collection
 from app.db.queries import load
-from app.errors import Conflict, Invalid
+from app.errors import Conflict, Invalid, Unavailable
 from app.ingest.embed import Embedder
 from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
 from app.search.rerank import Reranking, RerankReport, rerank
@@ -63,6 +66,10 @@ class SearchResult:
     embed_ms: float
     sql_ms: float
     rerank: RerankReport | None = None
+    # Where vector candidates came from (`faiss`, `pgvector` or `exact`; None without a vector
+    # leg), and False when they came from a cache that had not applied every visible change.
+    vector_backend: str | None = None
+    fresh: bool = True
 
     @property
     def reranked(self) -> bool:
@@ -99,6 +106,7 @@ def search(
     settings: SearchSettings,
     embeddings: QueryEmbeddings | None,
     reranking: Reranking | None = None,
+    vectors: VectorCache | None = None,
 ) -> SearchResult:
     """Run one search inside the caller's transaction (which it leaves in the reader role)."""
     collection = collections.get(conn, collection_name)
@@ -108,7 +116,11 @@ def search(
     started = time.perf_counter()
     vector = _query_vector(plan, collection, embeddings)
     embedded = time.perf_counter()
-    rows = _execute(conn, collection, plan, vector, settings)
+    source = _vector_source(plan, collection, vector, vectors)
+    rows, source, fresh = _execute(conn, collection, plan, vector, source, settings)
+    if source.candidates is not None and source.restriction is not None and vectors:
+        passed = rows[0]["cached_visible"] if rows else 0
+        vectors.observe(source.restriction, source.candidates.asked, passed)
     done = time.perf_counter()
     hits, report = [_hit(row, plan) for row in rows], None
     if plan.rerank_depth and reranking and reranking.reranker:
@@ -120,7 +132,53 @@ def search(
         embed_ms=(embedded - started) * 1000,
         sql_ms=(done - embedded) * 1000,
         rerank=report,
+        vector_backend=source.backend,
+        fresh=fresh,
     )
+
+
+@dataclass(frozen=True)
+class VectorSource:
+    """How the vector leg finds its candidates: the backend, and the cache's ids if any."""
+
+    backend: str | None
+    candidates: Candidates | None = None
+    restriction: Any = None
+
+
+def _vector_source(
+    plan: Plan, collection: Collection, vector: list[float] | None, vectors: VectorCache | None
+) -> VectorSource:
+    if not plan.uses_vector or vector is None:
+        return VectorSource(None)
+    backend = plan.vector_backend
+    if backend in ("pgvector", "exact"):
+        return VectorSource(backend)
+    restriction = (
+        (collection.id, tuple(plan.principals), plan.filter.sql, _canonical(plan.filter.params))
+        if plan.restricted
+        else None
+    )
+    needed = plan.candidates * (PER_DOCUMENT_FETCH if plan.per_document else 1)
+    candidates = (
+        vectors.candidates(collection.id, collection.created_at, vector, needed, restriction)
+        if vectors is not None
+        else None
+    )
+    if candidates is not None:
+        return VectorSource("faiss", candidates, restriction)
+    if backend == "faiss":
+        state = "this process keeps no vector cache" if vectors is None else "it is loading"
+        raise Unavailable(
+            f"vector_backend: the FAISS cache of collection {collection.name!r} cannot serve "
+            f"({state}); ask for vector_backend auto or pgvector",
+            field="vector_backend",
+        )
+    return VectorSource("pgvector")
+
+
+def _canonical(params: dict[str, Any]) -> str:
+    return repr(sorted(params.items()))
 
 
 def _query_vector(
@@ -156,18 +214,35 @@ def _execute(
     collection: Collection,
     plan: Plan,
     vector: list[float] | None,
+    source: VectorSource,
     settings: SearchSettings,
-) -> list[Any]:
-    conn.execute(
-        load("search.sql")["prepare"],
-        {
-            "principals": plan.principals,
-            "ef_search": str(plan.ef_search),
-            "max_scan_tuples": str(settings.max_scan_tuples),
-        },
+) -> tuple[list[Any], VectorSource, bool]:
+    """The hits, the vector source used, and whether it was fresh for this transaction.
+
+    Backend `auto` uses the vector cache only when it has applied every change this
+    transaction can see (so a search always finds what was written before it); `faiss` uses
+    it regardless and says whether it was fresh."""
+    cached = source.candidates
+    prepared = (
+        conn.execute(
+            load("search.sql")["prepare"],
+            {
+                "principals": plan.principals,
+                "ef_search": str(plan.ef_search),
+                "max_scan_tuples": str(settings.max_scan_tuples),
+                "collection_id": collection.id,
+                "cache_position": cached.position if cached else None,
+            },
+        )
+        .mappings()
+        .one()
     )
-    params = _parameters(collection, plan, vector, settings)
-    return list(conn.execute(statement(plan.filter.sql), params).mappings())
+    fresh = prepared["cache_fresh"] is not False
+    if not fresh and plan.vector_backend == "auto":
+        source, fresh = VectorSource("pgvector"), True
+    params = statement_parameters(collection, plan, vector, source, settings)
+    rows = list(conn.execute(statement(plan.filter.sql), params).mappings())
+    return rows, source, fresh
 
 
 @lru_cache(maxsize=256)
@@ -177,8 +252,12 @@ def statement(filter_sql: str) -> TextClause:
     return text(source.replace(FILTER_MARK, f"({filter_sql})"))
 
 
-def _parameters(
-    collection: Collection, plan: Plan, vector: list[float] | None, settings: SearchSettings
+def statement_parameters(
+    collection: Collection,
+    plan: Plan,
+    vector: list[float] | None,
+    source: VectorSource,
+    settings: SearchSettings,
 ) -> dict[str, Any]:
     keyword_depth = plan.candidates if plan.uses_keyword else 0
     vector_depth = plan.candidates if plan.uses_vector else 0
@@ -203,6 +282,9 @@ def _parameters(
         "keyword_fetch": keyword_depth * fetch,
         "vector_fetch": vector_depth * fetch,
         "exact_threshold": settings.exact_threshold,
+        "vector_exact": source.backend == "exact",
+        "cached_ids": source.candidates.ids if source.candidates else None,
+        "cached_partial": source.candidates.partial if source.candidates else False,
         "per_document": plan.per_document,
         "keyword_weight": plan.keyword_weight,
         "vector_weight": plan.vector_weight,

@@ -1,8 +1,9 @@
 """A search request, checked once: every bad value becomes an `Invalid` naming its field.
 
-Per-collection defaults (BM25 k1 and b, RRF k, leg weights, candidate depth) live in the
-collection's `settings`; a request may override the fusion ones. `SearchRequest.resolve()`
-merges the three layers (request, collection, service settings) into the `Plan` the engine runs.
+Per-collection defaults (BM25 k1 and b, RRF k, leg weights, candidate depth, vector backend)
+live in the collection's `settings`; a request may override the fusion ones and the backend.
+`SearchRequest.resolve()` merges the three layers (request, collection, service settings)
+into the `Plan` the engine runs.
 A request that names no mode gets `hybrid+rerank` when a cross-encoder is loaded, else `hybrid`.
 """
 
@@ -14,12 +15,13 @@ from typing import Any, Literal
 
 from app.errors import Invalid, Unavailable
 from app.search.filters import CompiledFilter, compile_filter
-from app.settings import SearchSettings
+from app.settings import SearchSettings, VectorBackend
 
 Mode = Literal["keyword", "vector", "hybrid", "hybrid+rerank"]
 MODES: tuple[Mode, ...] = ("keyword", "vector", "hybrid", "hybrid+rerank")
 RERANK_MODE: Mode = "hybrid+rerank"
 RECENCY_FIELDS = ("published_at", "updated_at", "created_at")
+VECTOR_BACKENDS: tuple[VectorBackend, ...] = ("auto", "faiss", "pgvector", "exact")
 PUBLIC = "*"
 
 # Defaults a collection starts with; `collection.settings` may override each one.
@@ -39,6 +41,8 @@ COLLECTION_RANGES: dict[str, tuple[float, float]] = {
     "vector_weight": (0.0, 100.0),
     "candidates": (1.0, 10_000.0),
 }
+# A collection may also name its vector backend (`vector_backend`), one of VECTOR_BACKENDS.
+BACKEND_SETTING = "vector_backend"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class SearchRequest:
     explain: bool = False
     highlight: bool = True
     rerank_depth: int | None = None
+    vector_backend: str | None = None
 
 
 @dataclass
@@ -116,6 +121,7 @@ class Plan:
     explain: bool
     highlight: bool
     rerank_depth: int = 0
+    vector_backend: VectorBackend = "auto"
 
     @property
     def uses_keyword(self) -> bool:
@@ -142,6 +148,10 @@ def resolve(
 ) -> Plan:
     """Validate the request and fill in collection and service defaults."""
     defaults = collection_defaults(collection_settings)
+    if request.vector_backend is not None:
+        backend = _backend("vector_backend", request.vector_backend)
+    else:
+        backend = collection_settings.get(BACKEND_SETTING, settings.vector_backend)
     query = _query(request.query, settings.max_query_chars)
     mode = _mode(request.mode, rerank.available and bool(query))
     if mode == "keyword" and not query:
@@ -185,26 +195,41 @@ def resolve(
         explain=bool(request.explain),
         highlight=bool(request.highlight),
         rerank_depth=_rerank_depth(request, mode, query, rerank),
+        vector_backend=backend,
     )
 
 
 def collection_defaults(collection_settings: dict[str, Any]) -> dict[str, float]:
-    """The collection's search defaults, validated (stored settings were checked on write)."""
-    return {**COLLECTION_DEFAULTS, **check_collection_settings(collection_settings)}
+    """The collection's numeric search defaults, validated (stored settings were checked on
+    write)."""
+    checked = check_collection_settings(collection_settings)
+    checked.pop(BACKEND_SETTING, None)
+    return {**COLLECTION_DEFAULTS, **checked}
 
 
-def check_collection_settings(values: dict[str, Any], path: str = "settings") -> dict[str, float]:
+def check_collection_settings(values: dict[str, Any], path: str = "settings") -> dict[str, Any]:
     """Validate search defaults given for a collection; unknown keys are refused."""
-    checked = {}
+    checked: dict[str, Any] = {}
     for key, value in values.items():
+        if key == BACKEND_SETTING:
+            checked[key] = _backend(f"{path}.{key}", value)
+            continue
         if key not in COLLECTION_RANGES:
+            known = ", ".join([*COLLECTION_RANGES, BACKEND_SETTING])
             raise Invalid(
-                f"{path}.{key}: unknown setting; expected one of {', '.join(COLLECTION_RANGES)}",
-                field=f"{path}.{key}",
+                f"{path}.{key}: unknown setting; expected one of {known}", field=f"{path}.{key}"
             )
         low, high = COLLECTION_RANGES[key]
         checked[key] = _float_in(f"{path}.{key}", value, low, high)
     return checked
+
+
+def _backend(name: str, value: Any) -> VectorBackend:
+    if value not in VECTOR_BACKENDS:
+        raise Invalid(
+            f"{name}: expected one of {', '.join(VECTOR_BACKENDS)}, got {value!r}", field=name
+        )
+    return value  # type: ignore[no-any-return]
 
 
 def _mode(mode: str | None, can_rerank: bool) -> Mode:

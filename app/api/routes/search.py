@@ -35,6 +35,7 @@ def search_get(
     principal: Annotated[list[str] | None, Parameter(description="Repeatable")] = None,
     explain: bool = False,
     rerank_depth: int | None = None,
+    vector_backend: str | None = None,
 ) -> SearchOut:
     """The same search from a URL: `?collection=docs&q=reset+password&k=5`."""
     request = SearchRequest(
@@ -45,6 +46,7 @@ def search_get(
         principals=principal,
         explain=explain,
         rerank_depth=rerank_depth,
+        vector_backend=vector_backend,
     )
     return _run(conn, services, collection, request)
 
@@ -72,6 +74,7 @@ def to_request(data: SearchIn) -> SearchRequest:
         explain=data.explain,
         highlight=data.highlight,
         rerank_depth=data.rerank_depth,
+        vector_backend=data.vector_backend,
     )
 
 
@@ -86,6 +89,7 @@ def _run(
         embeddings=services.embeddings,
         reranking=services.reranking,
         cache=services.search_cache,
+        vectors=services.vector_cache,
     )
     return to_out(outcome.result, cache=outcome.origin)
 
@@ -123,4 +127,6 @@ def to_out(result: SearchResult, *, cache: str = "computed") -> SearchOut:
         if report
         else None,
         cache=cache,
+        vector_backend=result.vector_backend,
+        vector_cache_fresh=result.fresh,
     )

@@ -1,0 +1,130 @@
+"""Snapshots of a collection's vector index on disk, replaced atomically.
+
+A snapshot is a directory `snapshot-<n>/` holding the FAISS index (`index.faiss`), the
+tombstones (`tombstones.npy`) and `meta.json` (which collection, model and index type, and the
+change-log position the index reflects). The file `CURRENT` names the snapshot to load; it is
+replaced with `os.replace` only after the new directory is complete and synced, so a process
+killed at any moment leaves either the old complete snapshot or the new complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from app.ann.index import KINDS, IndexParams, VectorIndex
+
+FORMAT = 1
+CURRENT = "CURRENT"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a snapshot must match to be loaded: the same collection (a collection dropped and
+    created again under the same id has another creation time), model and dimension."""
+
+    collection_id: int
+    collection_name: str
+    created_at: str
+    model: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    index: VectorIndex
+    identity: Identity
+    position: str
+    saved_at: float
+
+
+def directory(root: Path, collection_id: int) -> Path:
+    return root / f"collection-{collection_id}"
+
+
+def save(root: Path, identity: Identity, index: VectorIndex, position: str) -> Path:
+    """Write a new snapshot and make it current; older ones are removed afterwards."""
+    home = directory(root, identity.collection_id)
+    home.mkdir(parents=True, exist_ok=True)
+    name = f"snapshot-{time.time_ns()}"
+    partial = home / f".{name}.partial"
+    partial.mkdir()
+    index.write(str(partial / "index.faiss"))
+    np.save(partial / "tombstones.npy", index.tombstones)
+    meta = {
+        "format": FORMAT,
+        "identity": asdict(identity),
+        "kind": index.kind,
+        "params": asdict(index.params),
+        "position": position,
+        "vectors": index.size,
+        "saved_at": time.time(),
+    }
+    (partial / "meta.json").write_text(json.dumps(meta, indent=2))
+    for path in partial.iterdir():
+        _fsync(path)
+    _fsync(partial)
+    final = home / name
+    partial.rename(final)
+    pointer = home / f".{CURRENT}.partial"
+    pointer.write_text(name)
+    _fsync(pointer)
+    os.replace(pointer, home / CURRENT)
+    _fsync(home)
+    _remove_all_but(home, name)
+    return final
+
+
+def load(root: Path, identity: Identity) -> Snapshot | None:
+    """The current snapshot if it is complete and belongs to `identity`, else None."""
+    home = directory(root, identity.collection_id)
+    try:
+        name = (home / CURRENT).read_text().strip()
+        meta = json.loads((home / name / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") != FORMAT or meta.get("identity") != asdict(identity):
+        log.info("vector cache snapshot of collection %s is for another collection or model",
+                 identity.collection_id)  # fmt: skip
+        return None
+    kind = meta["kind"]
+    if kind not in KINDS:
+        return None
+    try:
+        faiss_index = faiss.read_index(str(home / name / "index.faiss"))
+        tombstones = np.load(home / name / "tombstones.npy")
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("vector cache snapshot %s unreadable: %s", home / name, exc)
+        return None
+    params = IndexParams(**meta["params"])
+    index = VectorIndex(kind, faiss_index, params, tombstones=tombstones.astype(np.int64))
+    return Snapshot(index, identity, meta["position"], meta["saved_at"])
+
+
+def remove(root: Path, collection_id: int) -> None:
+    shutil.rmtree(directory(root, collection_id), ignore_errors=True)
+
+
+def _remove_all_but(home: Path, keep: str) -> None:
+    for path in home.iterdir():
+        if path.is_dir() and path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

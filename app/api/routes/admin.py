@@ -1,0 +1,49 @@
+"""Admin routes of the vector cache: its status and rebuilds (the CLI's `hybrid index`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get, post
+from sqlalchemy import Connection
+
+from app import collections
+from app.ann.cache import VectorCache
+from app.errors import Unavailable
+from app.service import Services
+
+
+def _cache(services: Services) -> VectorCache:
+    cache = services.vector_cache
+    if cache is None or not cache.started:
+        raise Unavailable(
+            "vector cache: off in this process (HYBRID_FAISS_CACHE=false); searches use pgvector",
+            field="vector_cache",
+        )
+    return cache
+
+
+class IndexController(Controller):
+    path = "/v1/admin/index"
+    tags = ["admin"]
+
+    @get("/", sync_to_thread=True)
+    def index_status(self, services: Services) -> list[dict[str, Any]]:
+        """Every collection's cache: state, index type, vectors, tombstones, lag behind the
+        change log (changes and seconds)."""
+        cache = _cache(services)
+        cache.refresh_lag()
+        return cache.status()
+
+    @post("/{collection:str}/rebuild", sync_to_thread=True, status_code=202)
+    def index_rebuild(
+        self, collection: str, conn: Connection, services: Services, wait: bool = False
+    ) -> Response[dict[str, Any]]:
+        """Build the collection's index again from the table and swap it in when done
+        (`?wait=true` answers only then, with 200)."""
+        cache = _cache(services)
+        found = collections.get(conn, collection)
+        conn.rollback()
+        cache.rebuild(found.id, wait=wait)
+        row = next(r for r in cache.status() if r["collection"] == found.name)
+        return Response(row, status_code=200 if wait else 202)

@@ -1,0 +1,56 @@
+"""Prometheus metrics: the vector cache's size and lag per collection, read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.service import Services
+
+
+class VectorCacheCollector(Collector):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.services.vector_cache
+        labels = ["collection"]
+        ready = GaugeMetricFamily(
+            "hybrid_vector_cache_ready", "1 when the index serves", labels=labels
+        )
+        vectors = GaugeMetricFamily("hybrid_vector_cache_vectors", "Live vectors", labels=labels)
+        tombstones = GaugeMetricFamily(
+            "hybrid_vector_cache_tombstones", "Deleted vectors still in the index", labels=labels
+        )
+        lag_changes = GaugeMetricFamily(
+            "hybrid_vector_cache_lag_changes", "Change-log rows not yet applied", labels=labels
+        )
+        lag_seconds = GaugeMetricFamily(
+            "hybrid_vector_cache_lag_seconds", "Age of the oldest change not applied", labels=labels
+        )
+        head = GaugeMetricFamily(
+            "hybrid_change_log_head", "Latest change-log position of the collection", labels=labels
+        )
+        if cache is not None and cache.started:
+            cache.refresh_lag()
+            for row in cache.status():
+                name = [row["collection"]]
+                ready.add_metric(name, 1.0 if row["status"] == "ready" else 0.0)
+                vectors.add_metric(name, row["vectors"])
+                tombstones.add_metric(name, row["tombstones"])
+                lag_changes.add_metric(name, row["lag_changes"])
+                lag_seconds.add_metric(name, row["lag_seconds"])
+                head.add_metric(name, row["log_head"])
+        yield from (ready, vectors, tombstones, lag_changes, lag_seconds, head)
+
+
+@get("/metrics", sync_to_thread=True, tags=["health"], include_in_schema=False)
+def metrics(services: Services) -> Response[bytes]:
+    """Prometheus text format."""
+    registry = CollectorRegistry()
+    registry.register(VectorCacheCollector(services))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
