@@ -109,6 +109,7 @@ class VectorIndex:
         self._index = index
         self._tombstones: set[int] = set() if tombstones is None else set(tombstones.tolist())
         self._selector: Any = None
+        self._selected: Any = None
         self._lock = RWLock()
 
     @classmethod
@@ -218,10 +219,9 @@ class VectorIndex:
             return None
         if self._selector is None:
             dead = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
-            # The selector keeps a reference to the batch it wraps.
-            batch = faiss.IDSelectorBatch(dead)
-            self._selector = faiss.IDSelectorNot(batch)
-            self._selector.batch = batch
+            # The negation does not own the batch it wraps: both are kept here.
+            self._selected = faiss.IDSelectorBatch(dead)
+            self._selector = faiss.IDSelectorNot(self._selected)
         return self._selector
 
 
@@ -235,8 +235,8 @@ def _new_index(kind: Kind, dim: int, size: int, params: IndexParams) -> Any:
         return faiss.IndexIDMap2(graph)
     lists = max(1, min(65_536, int(4 * math.sqrt(max(size, 1)))))
     quantizer = faiss.IndexFlatIP(dim)
+    # The bindings keep the quantizer alive as long as the index (a reference in the wrapper).
     index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-    index.quantizer_ref = quantizer
     index.nprobe = params.ivf_nprobe
     return index
 

@@ -133,7 +133,8 @@ def read_changes(engine: Engine, collection_id: int, since: str, dim: int) -> Ch
             deleted.append(chunk_id)
     vectors = np.empty((len(inserted), dim), dtype=np.float32)
     for row, vector in enumerate(inserted.values()):
-        vectors[row] = vector
+        # pgvector's loader gives `Vector` objects over binary results, arrays over text ones.
+        vectors[row] = vector.to_numpy() if hasattr(vector, "to_numpy") else vector
     return Changes(
         inserted_ids=np.fromiter(inserted, dtype=np.int64, count=len(inserted)),
         inserted=vectors,

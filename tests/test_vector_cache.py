@@ -1,0 +1,404 @@
+"""The FAISS vector cache: built from the table, caught up from the change log, snapshotted,
+rebuilt; and searches through it that never return a deleted, old or forbidden chunk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from app import documents
+from app.documents import DocumentPatch
+from app.ann.cache import VectorCache
+from app.ann.index import IndexParams, VectorIndex
+from app.ann.snapshot import load as load_snapshot
+from app.errors import Invalid, Unavailable
+from app.ingest.model import SourceDocument
+from app.ingest.pipeline import Ingestor
+from app.search.engine import SearchResult, search
+from app.search.request import SearchRequest
+from app.service import Services
+from tests.test_ingest import doc
+from tests.test_search import RandomEmbedder, query_vector
+
+DOCS = 2000
+
+
+def source_doc(i: int, body: str | None = None, acl: list[str] | None = None) -> SourceDocument:
+    return SourceDocument(
+        external_id=f"d{i}",
+        title="",
+        blocks=doc("", body or f"Document number {i}.").blocks,
+        metadata={"group": "rare" if i % 100 == 7 else "common"},
+        acl=acl if acl is not None else (["team-x"] if i % 100 == 3 else None),
+    )
+
+
+@pytest.fixture
+def ingestor(services: Services) -> Ingestor:
+    return Ingestor(services.engine, services.settings, RandomEmbedder(), services.tokenizer)
+
+
+@pytest.fixture
+def many(services: Services, ingestor: Ingestor) -> Services:
+    """2,000 one-chunk documents with random vectors; 1% in group `rare`, 1% for `team-x`."""
+    ingestor.ingest("many", [source_doc(i) for i in range(DOCS)], create=True)
+    return services
+
+
+@pytest.fixture
+def cache(many: Services, tmp_path: Path) -> VectorCache:
+    """A cache that indexes anything past 500 vectors with HNSW (so deletes are tombstones)."""
+    settings = replace(many.settings.vectors, exact_below=500, poll_s=0.2, snapshot_s=3600)
+    return VectorCache(many.engine, settings, tmp_path / "faiss")
+
+
+def collection_id(services: Services, name: str = "many") -> int:
+    with services.engine.connect() as conn:
+        found = conn.execute(text("SELECT id FROM collections WHERE name = :n"), {"n": name})
+        return int(found.scalar_one())
+
+
+def chunk_ids(services: Services, name: str = "many") -> np.ndarray:
+    with services.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT c.id FROM chunks c JOIN collections k ON k.id = c.collection_id "
+                 "WHERE k.name = :n ORDER BY c.id"), {"n": name}
+        )  # fmt: skip
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+def run(
+    services: Services, cache: VectorCache | None, backend: str, vector: list[float], **fields: Any
+) -> SearchResult:
+    settings = replace(services.settings.search, exact_threshold=0)  # never the exact shortcut
+    request = SearchRequest(vector=vector, mode="vector", vector_backend=backend, **fields)
+    with services.engine.begin() as conn:
+        return search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
+
+
+def chunk_of(result: SearchResult) -> list[int]:
+    return [h.chunk_id for h in result.hits]
+
+
+def vector_of(text_: str) -> list[float]:
+    return RandomEmbedder().embed([text_])[0].tolist()
+
+
+# --- build and search ---------------------------------------------------------------------------
+
+
+def test_build_streams_the_table_and_searches_like_the_exact_scan(
+    many: Services, cache: VectorCache
+) -> None:
+    entry = cache.ensure(collection_id(many))
+    index = entry.current[0] if entry.current else None
+    assert index is not None and index.kind == "hnsw" and index.live == DOCS
+    assert np.array_equal(index.ids(), chunk_ids(many))
+    for seed in range(5):
+        faiss_hits = run(many, cache, "faiss", query_vector(seed), k=10)
+        exact_hits = run(many, cache, "exact", query_vector(seed), k=10)
+        assert faiss_hits.vector_backend == "faiss" and faiss_hits.fresh
+        assert exact_hits.vector_backend == "exact"
+        assert chunk_of(faiss_hits) == chunk_of(exact_hits)
+
+
+def test_index_kind_follows_the_collection_size() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    ids = np.arange(10, 310, dtype=np.int64)
+    assert VectorIndex.build(8, ids, vectors.copy(), IndexParams(exact_below=1000)).kind == "flat"
+    assert VectorIndex.build(8, ids, vectors.copy(), IndexParams(exact_below=100)).kind == "hnsw"
+    ivf = VectorIndex.build(8, ids, vectors.copy(), IndexParams(kind="ivf", ivf_nprobe=1000))
+    assert ivf.kind == "ivf" and np.array_equal(ivf.ids(), ids)
+    # Every kind finds an indexed vector first, and deletes (or tombstones) it.
+    for params in (IndexParams(exact_below=1000), IndexParams(exact_below=100),
+                   IndexParams(kind="ivf", ivf_nprobe=1000)):  # fmt: skip
+        index = VectorIndex.build(8, ids, vectors.copy(), params)
+        assert index.search(vectors[42], 1)[0] == 52
+        index.apply(np.empty(0, np.int64), np.empty((0, 8), np.float32), np.array([52]))
+        assert 52 not in index.search(vectors[42], 5) and index.live == 299
+
+
+def test_a_one_percent_filter_still_returns_k_correct_rows(
+    many: Services, cache: VectorCache
+) -> None:
+    cache.ensure(collection_id(many))
+    rare = {"metadata.group": "rare"}
+    for seed in range(3):
+        found = run(many, cache, "faiss", query_vector(seed), k=10, filter=rare)
+        exact = run(many, cache, "exact", query_vector(seed), k=10, filter=rare)
+        assert len(found.hits) == 10 and all(h.metadata["group"] == "rare" for h in found.hits)
+        assert chunk_of(found) == chunk_of(exact)
+    restricted = run(many, cache, "faiss", query_vector(9), k=10, principals=["team-x"])
+    assert len(restricted.hits) == 10
+    assert chunk_of(restricted) == chunk_of(
+        run(many, cache, "exact", query_vector(9), k=10, principals=["team-x"])
+    )
+
+
+# --- following the change log ---------------------------------------------------------------------
+
+
+def test_catch_up_applies_inserts_and_deletes(
+    many: Services, cache: VectorCache, ingestor: Ingestor
+) -> None:
+    cid = collection_id(many)
+    cache.ensure(cid)
+    ingestor.ingest("many", [source_doc(5000, "A brand new document.")])
+    probe = vector_of("A brand new document.")
+    before = run(many, cache, "faiss", probe, k=3)
+    assert not before.fresh  # the cache has not seen the insert: said so
+    assert run(many, cache, "auto", probe, k=3).vector_backend == "pgvector"
+    assert cache.catch_up(cid) == 1
+    after = run(many, cache, "faiss", probe, k=3)
+    assert after.fresh and after.hits[0].document_id == "d5000"
+    assert run(many, cache, "auto", probe, k=3).vector_backend == "faiss"
+
+    with many.engine.begin() as conn:
+        documents.purge(conn, collection_id(many), "d5000")
+    assert cache.catch_up(cid) == 1
+    entry = cache.entry(cid)
+    assert entry is not None and entry.current is not None
+    assert np.array_equal(entry.current[0].ids(), chunk_ids(many))
+
+
+def test_deleted_reingested_and_forbidden_chunks_never_appear_before_catch_up(
+    many: Services, cache: VectorCache, ingestor: Ingestor
+) -> None:
+    cache.ensure(collection_id(many))
+    target = run(many, cache, "faiss", query_vector(4), k=3).hits
+    deleted, rewritten, locked = target[0], target[1], target[2]
+    old_chunk = rewritten.chunk_id
+    with many.engine.begin() as conn:
+        cid = collection_id(many)
+        documents.soft_delete(conn, cid, deleted.document_id)
+        documents.update(conn, cid, locked.document_id, DocumentPatch(acl=["team-y"]))
+    number = int(rewritten.document_id[1:])
+    ingestor.ingest("many", [source_doc(number, "Rewritten text of this document.")])
+    # The cache still holds all three chunks; the statement's checks drop them.
+    for principals in (None, ["*"], ["team-x"]):
+        hits = run(many, cache, "faiss", query_vector(4), k=20, principals=principals).hits
+        shown = {h.chunk_id for h in hits}
+        assert deleted.chunk_id not in shown and old_chunk not in shown
+        assert locked.chunk_id not in shown
+    allowed = run(many, cache, "faiss", query_vector(4), k=20, principals=["team-y"]).hits
+    assert locked.chunk_id in {h.chunk_id for h in allowed}
+
+
+def test_the_follower_wakes_on_notification(
+    many: Services, cache: VectorCache, ingestor: Ingestor
+) -> None:
+    cid = collection_id(many)
+    cache.ensure(cid)
+    cache.settings = replace(cache.settings, poll_s=30.0)  # only a notification can wake it
+    cache.start()
+    try:
+        ingestor.ingest("many", [source_doc(6000, "Notified document.")])
+        deadline = time.monotonic() + 10
+        probe = vector_of("Notified document.")
+        while time.monotonic() < deadline:
+            result = run(many, cache, "faiss", probe, k=1)
+            if result.fresh:
+                break
+            time.sleep(0.05)
+        assert result.fresh and result.hits[0].document_id == "d6000"
+    finally:
+        cache.stop(save=False)
+
+
+def test_a_new_collection_is_built_in_the_background(
+    services: Services, ingestor: Ingestor, tmp_path: Path
+) -> None:
+    cache = VectorCache(services.engine, replace(services.settings.vectors, poll_s=0.2),
+                        tmp_path / "faiss")  # fmt: skip
+    cache.start()
+    try:
+        assert cache.ready  # no collections yet
+        ingestor.ingest("later", [source_doc(i) for i in range(20)], create=True)
+        cid, expected = collection_id(services, "later"), chunk_ids(services, "later")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            entry = cache.entry(cid)
+            index = entry.current[0] if entry and entry.current else None
+            if index is not None and np.array_equal(index.ids(), expected):
+                break
+            time.sleep(0.05)
+        assert index is not None and np.array_equal(index.ids(), expected)
+    finally:
+        cache.stop(save=False)
+
+
+# --- snapshots and rebuilds -----------------------------------------------------------------------
+
+
+def test_a_restart_loads_the_snapshot_and_replays_only_what_changed(
+    many: Services, cache: VectorCache, ingestor: Ingestor
+) -> None:
+    cid = collection_id(many)
+    cache.ensure(cid)  # builds and saves
+    ingestor.ingest("many", [source_doc(7000 + i, f"Added later {i}.") for i in range(3)])
+    restarted = VectorCache(many.engine, cache.settings, cache.root)
+    entry = restarted.ensure(cid)
+    assert entry.built_in_s == 0  # loaded, not built
+    assert entry.applied == 3  # and caught up with the three inserts only
+    assert entry.current is not None
+    assert np.array_equal(entry.current[0].ids(), chunk_ids(many))
+
+
+def test_a_snapshot_of_another_collection_is_not_loaded(
+    many: Services, cache: VectorCache, ingestor: Ingestor
+) -> None:
+    cid = collection_id(many)
+    cache.ensure(cid)
+    with many.engine.begin() as conn:
+        conn.execute(text("TRUNCATE collections, change_log RESTART IDENTITY CASCADE"))
+    ingestor.ingest("many", [source_doc(i) for i in range(30)], create=True)
+    assert collection_id(many) == cid  # same id, another collection
+    entry = VectorCache(many.engine, cache.settings, cache.root).ensure(cid)
+    assert entry.built_in_s > 0 and entry.current is not None
+    assert entry.current[0].live == 30
+
+
+def test_tombstones_past_the_threshold_rebuild_the_index(
+    many: Services, cache: VectorCache
+) -> None:
+    cid = collection_id(many)
+    cache.ensure(cid)
+    with many.engine.begin() as conn:
+        for i in range(0, 250):
+            documents.purge(conn, cid, f"d{i}")
+    cache.catch_up(cid)
+    entry = cache.entry(cid)
+    assert entry is not None and entry.rebuilding is not None
+    entry.rebuilding.result(timeout=120)
+    assert entry.current is not None
+    index = entry.current[0]
+    assert index.size == index.live == DOCS - 250  # no tombstones left
+    assert np.array_equal(index.ids(), chunk_ids(many))
+
+
+KILLED_REBUILD = textwrap.dedent(
+    """
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+    from app.ann.cache import VectorCache
+    from app.service import Services
+    from app.settings import load_settings
+
+    settings = load_settings()
+    services = Services.open(settings, check_schema=False)
+    vectors = replace(settings.vectors, exact_below=500)
+    cache = VectorCache(services.engine, vectors, Path(sys.argv[1]))
+    cache.ensure(int(sys.argv[2]))
+    print("ready", flush=True)
+    while True:
+        cache.rebuild(int(sys.argv[2]), wait=True)
+    """
+)
+
+
+def test_killing_the_process_mid_rebuild_leaves_a_complete_snapshot(
+    many: Services, cache: VectorCache, ingestor: Ingestor
+) -> None:
+    cid = collection_id(many)
+    cache.ensure(cid)
+    environment = {
+        **os.environ,
+        "DATABASE_URL": many.settings.database.url or "",
+        "HYBRID_DATA_DIR": str(many.settings.database.data_dir),
+    }
+    for delay in (0.05, 0.4, 0.9, 1.7):
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED_REBUILD, str(cache.root), str(cid)],
+            env=environment,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        ingestor.ingest("many", [source_doc(8000 + int(delay * 100), f"Between kills {delay}.")])
+        loaded = load_snapshot(cache.root, cache.entry(cid).identity)  # type: ignore[union-attr]
+        assert loaded is not None  # the old complete snapshot or the new complete one
+        entry = VectorCache(many.engine, cache.settings, cache.root).ensure(cid)
+        assert entry.built_in_s == 0 and entry.current is not None
+        assert np.array_equal(entry.current[0].ids(), chunk_ids(many))  # converged
+
+
+def test_concurrent_searches_during_rebuild_and_catch_up(
+    many: Services, cache: VectorCache, ingestor: Ingestor
+) -> None:
+    cid = collection_id(many)
+    cache.ensure(cid)
+    gone: set[int] = set()
+    gone_lock = threading.Lock()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher(seed: int) -> None:
+        while not stop.is_set():
+            with gone_lock:
+                deleted_before = set(gone)
+            try:
+                hits = run(many, cache, "faiss", query_vector(seed), k=20).hits
+            except BaseException as exc:  # noqa: BLE001 - any error fails the test
+                errors.append(exc)
+                return
+            leaked = deleted_before & {h.chunk_id for h in hits}
+            if leaked:
+                errors.append(AssertionError(f"deleted chunks served: {leaked}"))
+                return
+
+    threads = [threading.Thread(target=searcher, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(4):
+            rebuild = cache.rebuild(cid)
+            victims = [h for h in run(many, cache, "exact", query_vector(round_ % 3), k=5).hits]
+            with many.engine.begin() as conn:
+                for hit in victims:
+                    documents.purge(conn, cid, hit.document_id)
+            with gone_lock:
+                gone.update(h.chunk_id for h in victims)
+            ingestor.ingest("many", [source_doc(9000 + round_, f"Concurrent {round_}.")])
+            cache.catch_up(cid)
+            assert rebuild.rebuilding is not None
+            rebuild.rebuilding.result(timeout=120)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[0]
+    cache.catch_up(cid)
+    entry = cache.entry(cid)
+    assert entry is not None and entry.current is not None
+    assert np.array_equal(entry.current[0].ids(), chunk_ids(many))
+
+
+# --- backends ---------------------------------------------------------------------------------------
+
+
+def test_backend_faiss_without_a_ready_cache_is_refused(many: Services) -> None:
+    with pytest.raises(Unavailable, match="vector_backend"):
+        run(many, None, "faiss", query_vector(1), k=5)
+    assert run(many, None, "auto", query_vector(1), k=5).vector_backend == "pgvector"
+
+
+def test_an_unknown_backend_is_refused(many: Services, cache: VectorCache) -> None:
+    with pytest.raises(Invalid, match="vector_backend: expected one of auto, faiss"):
+        run(many, cache, "annoy", query_vector(1), k=5)
