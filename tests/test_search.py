@@ -395,8 +395,13 @@ def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Service
         run_params = _search_params(conn, principals=["user:bob", "*"])
         conn.execute(
             load("search.sql")["prepare"],
-            {"principals": ["user:bob", "*"], "ef_search": "40", "max_scan_tuples": "1000",
-             "collection_id": run_params["collection_id"], "cache_position": None},
+            {
+                "principals": ["user:bob", "*"],
+                "ef_search": "40",
+                "max_scan_tuples": "1000",
+                "collection_id": run_params["collection_id"],
+                "cache_position": None,
+            },
         )
         found = {r["document_id"] for r in conn.execute(text(forgetful), run_params).mappings()}
         visible = conn.execute(text("SELECT count(*) FROM documents")).scalar()

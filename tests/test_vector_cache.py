@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import text
 
 from app import documents
-from app.documents import DocumentPatch
 from app.ann.cache import VectorCache
 from app.ann.index import IndexParams, VectorIndex
 from app.ann.snapshot import load as load_snapshot
+from app.documents import DocumentPatch
 from app.errors import Invalid, Unavailable
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
@@ -47,7 +47,10 @@ def source_doc(i: int, body: str | None = None, acl: list[str] | None = None) ->
 
 @pytest.fixture
 def ingestor(services: Services) -> Ingestor:
-    return Ingestor(services.engine, services.settings, RandomEmbedder(), services.tokenizer)
+    settings = replace(
+        services.settings, ingest=replace(services.settings.ingest, batch_documents=500)
+    )
+    return Ingestor(services.engine, settings, RandomEmbedder(), services.tokenizer)
 
 
 @pytest.fixture
@@ -355,7 +358,7 @@ def test_concurrent_searches_during_rebuild_and_catch_up(
                 deleted_before = set(gone)
             try:
                 hits = run(many, cache, "faiss", query_vector(seed), k=20).hits
-            except BaseException as exc:  # noqa: BLE001 - any error fails the test
+            except BaseException as exc:
                 errors.append(exc)
                 return
             leaked = deleted_before & {h.chunk_id for h in hits}
@@ -390,7 +393,7 @@ def test_concurrent_searches_during_rebuild_and_catch_up(
     assert np.array_equal(entry.current[0].ids(), chunk_ids(many))
 
 
-# --- backends ---------------------------------------------------------------------------------------
+# --- backends ------------------------------------------------------------------------------------
 
 
 def test_backend_faiss_without_a_ready_cache_is_refused(many: Services) -> None:

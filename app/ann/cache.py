@@ -60,6 +60,7 @@ OUTGROWN = 2.0
 FIRST_PASS_RATE = 0.25
 PASS_RATE_WEIGHT = 0.5
 PASS_RATES_KEPT = 4096
+WAIT_SLICE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,11 @@ class VectorCache:
             return
         self.started = True
         self._sync_collections()
-        self._follower = threading.Thread(target=self._follow, name="vector-cache-follow")
+        # Listening before the thread starts: no change committed after `start()` is missed.
+        listening = self._listen()
+        self._follower = threading.Thread(
+            target=self._follow, args=(listening,), name="vector-cache-follow"
+        )
         self._follower.daemon = True
         self._follower.start()
 
@@ -372,15 +377,18 @@ class VectorCache:
         outgrown = index.kind == "flat" and index.live >= OUTGROWN * max(self.params.exact_below, 1)
         return outgrown and choose_kind(self.params, index.live) != "flat"
 
-    def _follow(self) -> None:
-        """Wake on notifications (or every poll interval) and catch every index up."""
+    def _follow(self, conn: psycopg.Connection[Any] | None) -> None:
+        """Wake on notifications (or every poll interval) and catch every index up. After
+        each (re)connection, one full round covers what changed while nobody listened."""
         while not self._stop.is_set():
             try:
-                with self._listen() as conn:
+                with conn or self._listen() as listening:
+                    conn = None
+                    self._round(None)
                     while not self._stop.is_set():
-                        woken = self._wait(conn)
-                        self._round(woken)
+                        self._round(self._wait(listening))
             except Exception:
+                conn = None
                 log.exception("vector cache follower lost its connection; retrying")
                 self._stop.wait(self.settings.poll_s)
 
@@ -391,10 +399,16 @@ class VectorCache:
         return conn
 
     def _wait(self, conn: psycopg.Connection[Any]) -> set[int] | None:
-        """Collection ids notified within the poll interval; None when it passed quietly."""
+        """Collection ids notified within the poll interval; None when it passed quietly.
+        Waits in short slices so that `stop()` is never kept waiting."""
         woken: set[int] = set()
-        for note in conn.notifies(timeout=self.settings.poll_s, stop_after=1):
-            woken.update(int(part) for part in note.payload.split(",") if part)
+        deadline = time.monotonic() + self.settings.poll_s
+        while not woken and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for note in conn.notifies(timeout=min(left, WAIT_SLICE_S), stop_after=1):
+                woken.update(int(part) for part in note.payload.split(",") if part)
         # Gather what else arrived meanwhile without waiting again.
         for note in conn.notifies(timeout=0.01):
             woken.update(int(part) for part in note.payload.split(",") if part)
