@@ -38,6 +38,7 @@ from app.search.request import (
     MODES,
     RECENCY_FIELDS,
     RERANK_MODE,
+    VECTOR_BACKENDS,
     PopularityBoost,
     RecencyBoost,
     SearchRequest,
@@ -524,6 +525,12 @@ def search_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=int,
             help=f"Fused hits the cross-encoder rescores ({RERANK_MODE}).",
         ),
+        click.option(
+            "--vector-backend",
+            type=click.Choice(VECTOR_BACKENDS),
+            help="Vector leg: the FAISS cache (loaded or built in this process first), pgvector "
+            "or an exact scan (default HYBRID_VECTOR_BACKEND).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -541,16 +548,19 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
     """Search a collection and print the hits as a table."""
     as_json = options.pop("as_json")
     request = _search_request(query, options)
-    with opened(settings) as services, services.engine.begin() as conn:
+    with opened(settings) as services:
+        _load_vector_cache(services, collection, request.vector_backend)
         reranking = services.reranking if request.mode in (None, RERANK_MODE) else None
-        result = search(
-            conn,
-            collection,
-            request,
-            settings=settings.search,
-            embeddings=services.embeddings,
-            reranking=reranking,
-        )
+        with services.engine.begin() as conn:
+            result = search(
+                conn,
+                collection,
+                request,
+                settings=settings.search,
+                embeddings=services.embeddings,
+                reranking=reranking,
+                vectors=services.vector_cache,
+            )
     if as_json:
         click.echo(
             json.dumps({**asdict(result), "reranked": result.reranked}, indent=2, default=str)
@@ -558,6 +568,16 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
         return
     _print_hits(result, explain=request.explain)
     _say_if_not_reranked(reranking)
+
+
+def _load_vector_cache(services: Services, collection: str, backend: str | None) -> None:
+    """A CLI process keeps no vector cache: asking for `faiss` loads the collection's
+    snapshot (or builds the index) first."""
+    if backend != "faiss":
+        return
+    with services.engine.connect() as conn:
+        found = collections.get(conn, collection)
+    services.open_vector_cache().ensure(found.id)
 
 
 def _say_if_not_reranked(reranking: Reranking | None) -> None:
@@ -643,6 +663,7 @@ def ask_command(settings: Settings, /, question: str, collection: str, **options
     request = _search_request(question, options)
     may_rerank = request.mode in (None, RERANK_MODE)
     with opened(settings) as services:
+        _load_vector_cache(services, collection, request.vector_backend)
         readers = services.answer_readers(rerank=may_rerank)
         with services.engine.begin() as conn:
             prepared = generate.prepare(
@@ -692,9 +713,21 @@ def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
     help="Where the JSON report and PNG chart go.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option(
+    "--vector-backend",
+    type=click.Choice(VECTOR_BACKENDS),
+    help="Vector leg for every query (`faiss`: the index is loaded or built first; default "
+    "HYBRID_VECTOR_BACKEND, for which this process keeps no cache).",
+)
 @pass_settings
 def eval_command(
-    settings: Settings, folder: Path, modes: str, k: int, out_dir: Path, progress: bool
+    settings: Settings,
+    folder: Path,
+    modes: str,
+    k: int,
+    out_dir: Path,
+    progress: bool,
+    vector_backend: str | None,
 ) -> None:
     """Evaluate search on a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv)."""
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
@@ -704,7 +737,9 @@ def eval_command(
     with opened(settings) as services:
         if RERANK_MODE in chosen and not services.reranking.available:
             raise Unavailable(f"--modes {RERANK_MODE}: {services.reranking.policy.unavailable}")
-        result = runner.evaluate(services, folder, modes=chosen, k=k, progress=progress)
+        result = runner.evaluate(
+            services, folder, modes=chosen, k=k, progress=progress, vector_backend=vector_backend
+        )
     json_path, png_path = eval_report.write(result, out_dir)
     table = _table("mode", "nDCG@10", "R@100", "MRR@10", "hit@5", "p50 ms", "p95 ms")
     for m in result.modes:
@@ -726,6 +761,56 @@ def eval_command(
                 highlight=False,
             )
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+# --- vector cache -----------------------------------------------------------------------------
+
+
+@cli.group("index")
+def index_group() -> None:
+    """The FAISS vector cache's snapshots: status and rebuilds. A running server keeps its own
+    cache in memory (see `GET /v1/admin/index`); these commands work on the snapshots it
+    loads at start-up."""
+
+
+@index_group.command("status")
+@pass_settings
+def index_status(settings: Settings) -> None:
+    """Each collection's snapshot: index type, vectors, and how far the log has moved on."""
+    with opened(settings) as services:
+        cache = services.open_vector_cache()
+        rows = cache.snapshot_status()
+    table = _table("collection", "snapshot", "vectors", "tombstones", "saved", "behind")
+    for row in rows:
+        table.add_row(
+            row["collection"], row["kind"] or "none", str(row["vectors"]),
+            str(row["tombstones"]), row["saved"], f"{row['lag_changes']} changes",
+        )  # fmt: skip
+    console.print(table)
+
+
+@index_group.command("rebuild")
+@click.argument("names", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every collection.")
+@pass_settings
+def index_rebuild(settings: Settings, names: tuple[str, ...], every: bool) -> None:
+    """Build collections' indexes from the table and write fresh snapshots."""
+    if not names and not every:
+        raise Invalid("give collection names or --all")
+    with opened(settings) as services:
+        with services.engine.connect() as conn:
+            found = (
+                collections.list_all(conn) if every else [collections.get(conn, n) for n in names]
+            )
+        cache = services.open_vector_cache()
+        for collection in found:
+            entry = cache.rebuild(collection.id, wait=True, progress=True)
+            index = entry.current[0] if entry.current else None
+            console.print(
+                f"{collection.name}: {index.kind if index else 'no'} index of "
+                f"{index.live if index else 0} vectors in {entry.built_in_s:.1f} s",
+                highlight=False,
+            )
 
 
 # --- helpers ----------------------------------------------------------------------------------

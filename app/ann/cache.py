@@ -31,6 +31,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ import numpy as np
 import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
+from tqdm import tqdm
 
 from app.ann import snapshot, source
 from app.ann.index import IndexParams, VectorIndex, choose_kind
@@ -221,16 +223,18 @@ class VectorCache:
             self._load_or_build(entry)
         return entry
 
-    def rebuild(self, collection_id: int, *, wait: bool = False) -> Entry:
+    def rebuild(self, collection_id: int, *, wait: bool = False, progress: bool = False) -> Entry:
         """Build the index again from the table and swap it in (in the background unless
-        `wait`)."""
+        `wait`; with `progress`, a progress bar on the terminal)."""
         self._sync_collections(build=False)
         entry = self.entry(collection_id)
         if entry is None:
             raise KeyError(collection_id)
-        future = self._schedule_rebuild(entry)
+        future = self._schedule_rebuild(entry, progress)
         if wait:
             future.result()
+            if entry.status == "failed":
+                raise RuntimeError(f"rebuild failed: {entry.detail}")
         return entry
 
     def _sync_collections(self, *, build: bool = True) -> None:
@@ -284,23 +288,31 @@ class VectorCache:
             self._save(entry)
         entry.status, entry.detail = "ready", self._describe(entry)
 
-    def _build(self, entry: Entry) -> tuple[VectorIndex, str]:
+    def _build(self, entry: Entry, show_progress: bool = False) -> tuple[VectorIndex, str]:
+        """Read every vector (one step a vector) and index it (another): progress goes to
+        `entry.progress`, the log every 100k steps, and with `show_progress` a bar."""
         identity = entry.identity
         expected = self._chunk_count(identity.collection_id)
         started = time.perf_counter()
+        bar = tqdm(total=2 * expected, desc=f"index {identity.collection_name}",
+                   unit="step", disable=not show_progress)  # fmt: skip
         done = 0
 
         def advance(rows: int) -> None:
             nonlocal done
             done += rows
+            bar.update(rows)
             entry.progress = (done, 2 * expected)
             if expected >= 100_000 and done % 100_000 < rows:
                 log.info("vector cache of %s: %d of %d steps", identity.collection_name, done,
                          2 * expected)  # fmt: skip
 
         entry.detail = f"building from {expected} chunks"
-        read = source.read_all(self.engine, identity.collection_id, identity.dim, expected, advance)
-        index = VectorIndex.build(identity.dim, read.ids, read.vectors, self.params, advance)
+        with bar:
+            read = source.read_all(
+                self.engine, identity.collection_id, identity.dim, expected, advance
+            )
+            index = VectorIndex.build(identity.dim, read.ids, read.vectors, self.params, advance)
         entry.built_in_s = time.perf_counter() - started
         log.info(
             "vector cache of collection %s built: %s index of %d vectors in %.1f s",
@@ -311,15 +323,16 @@ class VectorCache:
         )
         return index, read.position
 
-    def _schedule_rebuild(self, entry: Entry) -> Future[None]:
+    def _schedule_rebuild(self, entry: Entry, show_progress: bool = False) -> Future[None]:
         with entry.lock:
             if entry.rebuilding is not None and not entry.rebuilding.done():
                 return entry.rebuilding
-            entry.rebuilding = self._builder.submit(self._guarded, entry, self._rebuild)
+            work = partial(self._rebuild, show_progress=show_progress)
+            entry.rebuilding = self._builder.submit(self._guarded, entry, work)
             return entry.rebuilding
 
-    def _rebuild(self, entry: Entry) -> None:
-        index, position = self._build(entry)
+    def _rebuild(self, entry: Entry, show_progress: bool = False) -> None:
+        index, position = self._build(entry, show_progress)
         with entry.lock:
             # Catch the new index up to now and swap it in, so no change falls between.
             entry.current = (index, position)
@@ -387,9 +400,14 @@ class VectorCache:
                     self._round(None)
                     while not self._stop.is_set():
                         self._round(self._wait(listening))
+            except psycopg.OperationalError as exc:
+                conn = None
+                log.warning("vector cache follower lost its connection (%s); retrying",
+                            str(exc).splitlines()[0])  # fmt: skip
+                self._stop.wait(self.settings.poll_s)
             except Exception:
                 conn = None
-                log.exception("vector cache follower lost its connection; retrying")
+                log.exception("vector cache follower failed; retrying")
                 self._stop.wait(self.settings.poll_s)
 
     def _listen(self) -> psycopg.Connection[Any]:
@@ -454,6 +472,30 @@ class VectorCache:
                 waiting = source.pending(self.engine, entry.identity.collection_id,
                                          entry.current[1])  # fmt: skip
                 entry.lag = Lag.of(waiting)  # fmt: skip
+
+    def snapshot_status(self) -> list[dict[str, Any]]:
+        """One row per collection about its snapshot on disk (for processes without a running
+        cache): index type, vectors, tombstones, when saved, changes since."""
+        self._sync_collections(build=False)
+        rows = []
+        for entry in self.entries():
+            found = snapshot.read_meta(self.root, entry.identity)
+            meta = found[1] if found else None
+            waiting = source.pending(self.engine, entry.identity.collection_id,
+                                     meta["position"]) if meta else None  # fmt: skip
+            rows.append(
+                {
+                    "collection": entry.identity.collection_name,
+                    "kind": meta["kind"] if meta else None,
+                    "vectors": meta["vectors"] - meta.get("tombstones", 0) if meta else 0,
+                    "tombstones": meta.get("tombstones", 0) if meta else 0,
+                    "saved": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(meta["saved_at"]))
+                    if meta
+                    else "never",
+                    "lag_changes": waiting.changes if waiting else None,
+                }
+            )
+        return rows
 
     def status(self) -> list[dict[str, Any]]:
         """One row per collection: state, index type and size, tombstones, lag."""

@@ -16,6 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -68,6 +69,7 @@ def save(root: Path, identity: Identity, index: VectorIndex, position: str) -> P
         "params": asdict(index.params),
         "position": position,
         "vectors": index.size,
+        "tombstones": index.size - index.live,
         "saved_at": time.time(),
     }
     (partial / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -85,8 +87,8 @@ def save(root: Path, identity: Identity, index: VectorIndex, position: str) -> P
     return final
 
 
-def load(root: Path, identity: Identity) -> Snapshot | None:
-    """The current snapshot if it is complete and belongs to `identity`, else None."""
+def read_meta(root: Path, identity: Identity) -> tuple[Path, dict[str, Any]] | None:
+    """The current snapshot's directory and description, if it belongs to `identity`."""
     home = directory(root, identity.collection_id)
     try:
         name = (home / CURRENT).read_text().strip()
@@ -97,14 +99,23 @@ def load(root: Path, identity: Identity) -> Snapshot | None:
         log.info("vector cache snapshot of collection %s is for another collection or model",
                  identity.collection_id)  # fmt: skip
         return None
-    kind = meta["kind"]
-    if kind not in KINDS:
+    if meta.get("kind") not in KINDS:
         return None
+    return home / name, meta
+
+
+def load(root: Path, identity: Identity) -> Snapshot | None:
+    """The current snapshot if it is complete and belongs to `identity`, else None."""
+    found = read_meta(root, identity)
+    if found is None:
+        return None
+    path, meta = found
+    kind = meta["kind"]
     try:
-        faiss_index = faiss.read_index(str(home / name / "index.faiss"))
-        tombstones = np.load(home / name / "tombstones.npy")
+        faiss_index = faiss.read_index(str(path / "index.faiss"))
+        tombstones = np.load(path / "tombstones.npy")
     except (OSError, RuntimeError, ValueError) as exc:
-        log.warning("vector cache snapshot %s unreadable: %s", home / name, exc)
+        log.warning("vector cache snapshot %s unreadable: %s", path, exc)
         return None
     params = IndexParams(**meta["params"])
     index = VectorIndex(kind, faiss_index, params, tombstones=tombstones.astype(np.int64))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from app import collections
 from app.eval import metrics
 from app.ingest import load
 from app.search.engine import QueryEmbeddings, search
@@ -50,6 +51,7 @@ class EvalReport:
     k: int
     embed_p50_ms: float
     modes: list[ModeResult] = field(default_factory=list)
+    vector_backend: str = "auto"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -93,10 +95,17 @@ def evaluate(
     modes: Sequence[str],
     k: int = 100,
     progress: bool = True,
+    vector_backend: str | None = None,
 ) -> EvalReport:
+    """Ingest the set, then run every query in every mode. With `vector_backend` `faiss`, the
+    collection's FAISS index is loaded or built in this process first."""
     dataset = read_dataset(folder)
     collection = collection_name(dataset.name)
     documents = ingest(services, dataset, collection, progress=progress)
+    if vector_backend in ("faiss", "auto"):
+        with services.engine.connect() as conn:
+            collection_id = collections.get(conn, collection).id
+        services.open_vector_cache().ensure(collection_id)
     embeddings = QueryEmbeddings(services.embedder, size=len(dataset.queries) + 1)
     embed_ms = _embed_all(embeddings, dataset, progress=progress)
     report = EvalReport(
@@ -106,9 +115,12 @@ def evaluate(
         queries=len(dataset.queries),
         k=k,
         embed_p50_ms=metrics.percentile(embed_ms, 50),
+        vector_backend=vector_backend or services.settings.search.vector_backend,
     )
     for mode in modes:
-        report.modes.append(_run_mode(services, dataset, collection, mode, k, embeddings, progress))
+        report.modes.append(
+            _run_mode(services, dataset, collection, mode, k, embeddings, progress, vector_backend)
+        )
     return report
 
 
@@ -141,12 +153,20 @@ def _run_mode(
     k: int,
     embeddings: QueryEmbeddings,
     progress: bool,
+    vector_backend: str | None,
 ) -> ModeResult:
     scores: dict[str, list[float]] = defaultdict(list)
     latencies = []
     incomplete = 0
     for query_id, text in tqdm(dataset.queries.items(), desc=mode, disable=not progress):
-        request = SearchRequest(query=text, mode=mode, k=k, per_document=True, highlight=False)
+        request = SearchRequest(
+            query=text,
+            mode=mode,
+            k=k,
+            per_document=True,
+            highlight=False,
+            vector_backend=vector_backend,
+        )
         started = time.perf_counter()
         with services.engine.begin() as conn:
             result = search(
@@ -156,6 +176,7 @@ def _run_mode(
                 settings=services.settings.search,
                 embeddings=embeddings,
                 reranking=services.reranking if mode == RERANK_MODE else None,
+                vectors=services.vector_cache,
             )
         latencies.append((time.perf_counter() - started) * 1000)
         incomplete += bool(result.rerank and not result.rerank.complete)

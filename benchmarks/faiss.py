@@ -1,0 +1,308 @@
+"""The FAISS vector cache against pgvector HNSW and the exact scan, in one run.
+
+    python benchmarks/faiss.py --data-dir bench-data/scale [--queries 100] [--kinds flat,hnsw,ivf]
+
+Runs on a collection made by benchmarks/scale.py (same data directory; 100k chunks in
+`bench-data/scale`, 1M in a directory grown with `--sizes 100000,1000000`). Reports:
+
+- build: reading every vector with binary COPY, then building each index type (time, size of
+  the index as FAISS writes it); `hnsw` is built by the product's cache (`ensure`), which also
+  writes its snapshot;
+- the vector leg alone, top 10 for the corpus's real queries: FAISS (flat, HNSW at several
+  efSearch, IVF at several nprobe) and pgvector HNSW (several ef_search) as recall@10 against
+  the exact top 10, with p50/p95 latency;
+- the whole search call (validation, the SQL statement, building hits), `vector` and `hybrid`
+  modes, with the cache (`faiss`), `pgvector`, and `exact`, unrestricted and with a
+  1%-selective filter;
+- catch-up: time from a committed ingest of one document to its chunk being returned by the
+  cache (the follower thread woken by the change log's notification).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import scale
+from sqlalchemy import text
+
+from app import collections, documents
+from app.ann.cache import VectorCache
+from app.ann.index import IndexParams, VectorIndex
+from app.ann.source import read_all
+from app.db import embedded
+from app.ingest.model import Block, SourceDocument
+from app.search import engine
+from app.search.request import SearchRequest
+from app.service import Services
+from app.settings import load_settings
+
+K = 10
+
+
+def main() -> None:
+    args = _arguments()
+    url = args.database_url or embedded.start(args.data_dir)[0]
+    settings = load_settings(
+        {**os.environ, "DATABASE_URL": url, "HYBRID_DATA_DIR": str(args.data_dir),
+         "HYBRID_FAISS_DIR": str(args.data_dir / "faiss")}
+    )  # fmt: skip
+    services = Services.open(settings)
+    results: dict[str, Any] = {}
+    try:
+        with services.engine.connect() as conn:
+            collection = collections.get(conn, scale.COLLECTION)
+        queries, vectors, _ = scale._queries(services, args)
+        queries, vectors = queries[: args.queries], vectors[: args.queries]
+        scale._machine(args, [])
+        print(f"collection: {collection.chunks} chunks\n", flush=True)
+        results["chunks"] = collection.chunks
+        cache = VectorCache(services.engine, settings.vectors, settings.vectors.directory)
+        services.vector_cache = cache
+        results["build"], truth, indexes = _build(services, cache, collection, vectors, args)
+        results["leg"] = _leg(services, collection, vectors, truth, indexes, args)
+        results["search"] = _searches(services, cache, queries, vectors, args)
+        results["catch_up"] = _catch_up(services, cache, collection, args)
+    finally:
+        services.close()
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("bench-data/scale"))
+    parser.add_argument("--database-url", help="Use this server instead of the embedded one")
+    parser.add_argument("--corpus", type=Path, default=Path("../shared/data/scifact"))
+    parser.add_argument("--queries", type=int, default=100, help="Queries per measurement")
+    parser.add_argument("--exact-queries", type=int, default=20, help="Queries for exact scans")
+    parser.add_argument("--kinds", default="flat,hnsw,ivf", help="FAISS index types to build")
+    parser.add_argument("--catch-up", type=int, default=30, help="Ingests timed for catch-up")
+    parser.add_argument("--out", type=Path, default=Path("bench-data/faiss-results.json"))
+    args = parser.parse_args()
+    args.kinds = args.kinds.split(",")
+    args.base, args.k = 2_000, K
+    return args
+
+
+def _build(
+    services: Services,
+    cache: VectorCache,
+    collection: collections.Collection,
+    vectors: list[list[float]],
+    args: argparse.Namespace,
+) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, VectorIndex]]:
+    started = time.perf_counter()
+    everything = read_all(
+        services.engine, collection.id, collection.embedding_dim, collection.chunks
+    )
+    read_s = time.perf_counter() - started
+    rows = [{"step": "read (binary COPY)", "seconds": read_s,
+             "rate": len(everything.ids) / read_s, "bytes": everything.vectors.nbytes}]  # fmt: skip
+    print(f"read {len(everything.ids)} vectors with binary COPY in {read_s:.1f} s", flush=True)
+    indexes: dict[str, VectorIndex] = {}
+    for kind in args.kinds:
+        started = time.perf_counter()
+        if kind == "hnsw":
+            entry = cache.ensure(collection.id)
+            assert entry.current is not None
+            index = entry.current[0]
+        else:
+            params = IndexParams(kind=kind, ivf_nprobe=32)  # type: ignore[arg-type]
+            index = VectorIndex.build(
+                collection.embedding_dim, everything.ids, everything.vectors.copy(), params
+            )
+        seconds = time.perf_counter() - started
+        size = int(faiss.serialize_index(index.faiss_index).nbytes)
+        indexes[kind] = index
+        rows.append({"step": f"build {kind}", "seconds": seconds, "bytes": size})
+        print(f"built {kind} in {seconds:.1f} s ({size / 2**20:.0f} MiB)", flush=True)
+    # Ground truth: the exact top 10 by cosine over every vector.
+    unit = everything.vectors / np.linalg.norm(everything.vectors, axis=1, keepdims=True)
+    truth = []
+    for vector in vectors:
+        scores = unit @ np.asarray(vector, dtype=np.float32)
+        top = np.argpartition(-scores, K)[:K]
+        truth.append(everything.ids[top[np.argsort(-scores[top])]])
+    return rows, np.array(truth), indexes
+
+
+def _leg(
+    services: Services,
+    collection: collections.Collection,
+    vectors: list[list[float]],
+    truth: np.ndarray,
+    indexes: dict[str, VectorIndex],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    rows = []
+    print("\nvector leg alone, top 10 | recall@10 | p50 ms | p95 ms", flush=True)
+    settings: list[tuple[str, VectorIndex, IndexParams]] = []
+    for kind, index in indexes.items():
+        if kind == "hnsw":
+            settings += [(f"faiss hnsw ef={ef}", index, IndexParams(hnsw_ef_search=ef))
+                         for ef in (16, 32, 64, 128)]  # fmt: skip
+        elif kind == "ivf":
+            settings += [(f"faiss ivf nprobe={n}", index, IndexParams(ivf_nprobe=n))
+                         for n in (8, 16, 32, 64)]  # fmt: skip
+        else:
+            settings.append(("faiss flat (exact)", index, IndexParams()))
+    for name, index, params in settings:
+        index.params = replace(
+            index.params, hnsw_ef_search=params.hnsw_ef_search, ivf_nprobe=params.ivf_nprobe
+        )
+        times, found = [], []
+        for warm_up in (True, False):
+            for vector in vectors[:5] if warm_up else vectors:
+                started = time.perf_counter()
+                ids = index.search(np.asarray(vector, dtype=np.float32), K)
+                if not warm_up:
+                    times.append((time.perf_counter() - started) * 1000)
+                    found.append(ids)
+        rows.append(_leg_row(name, times, found, truth))
+    for ef in (40, 100, 200):
+        times, found = _pgvector_leg(
+            services, collection, vectors, f"SET LOCAL hnsw.ef_search = {ef}"
+        )
+        rows.append(_leg_row(f"pgvector hnsw ef_search={ef}", times, found, truth))
+    exact = vectors[: args.exact_queries]
+    times, found = _pgvector_leg(services, collection, exact, "SET LOCAL enable_indexscan = off")
+    rows.append(_leg_row("pgvector exact scan", times, found, truth[: len(exact)]))
+    return rows
+
+
+def _pgvector_leg(
+    services: Services, collection: collections.Collection, vectors: list[list[float]], setting: str
+) -> tuple[list[float], list[np.ndarray]]:
+    statement = text(
+        "SELECT id FROM chunks WHERE collection_id = :c "
+        "ORDER BY embedding <=> CAST(:v AS vector) LIMIT :k"
+    )
+    times, found = [], []
+    for warm_up in (True, False):
+        for vector in vectors[:5] if warm_up else vectors:
+            started = time.perf_counter()
+            with services.engine.begin() as conn:
+                conn.execute(text(setting))
+                ids = (
+                    conn.execute(statement, {"c": collection.id, "v": vector, "k": K})
+                    .scalars()
+                    .all()
+                )
+            if not warm_up:
+                times.append((time.perf_counter() - started) * 1000)
+                found.append(np.array(ids))
+    return times, found
+
+
+def _leg_row(
+    name: str, times: list[float], found: list[np.ndarray], truth: np.ndarray
+) -> dict[str, Any]:
+    recall = statistics.mean(
+        len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth, strict=False)
+    )
+    row = {"leg": name, "recall@10": recall, **_summary(times)}
+    print(f"{name} | {recall:.3f} | {row['p50']:.2f} | {row['p95']:.2f}", flush=True)
+    return row
+
+
+def _searches(
+    services: Services,
+    cache: VectorCache,
+    queries: list[str],
+    vectors: list[list[float]],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """The whole search call through the product, per backend."""
+    rows = []
+    print("\nwhole search call | p50 ms | p95 ms | hits", flush=True)
+    restrictions = {
+        "none": scale.RESTRICTIONS["none"],
+        "filter 1%": scale.RESTRICTIONS["filter 1%"],
+    }
+    for mode in ("vector", "hybrid"):
+        for restriction, fields in restrictions.items():
+            for backend in ("faiss", "pgvector", "exact"):
+                count = args.exact_queries if backend == "exact" else len(queries)
+                times, hits = [], []
+                for warm_up in (True, False):
+                    for query, vector in zip(
+                        queries[:5] if warm_up else queries[:count], vectors, strict=False
+                    ):
+                        request = SearchRequest(
+                            query=query, vector=vector, k=K, mode=mode, highlight=False,
+                            vector_backend=backend, **fields,
+                        )  # fmt: skip
+                        started = time.perf_counter()
+                        with services.engine.begin() as conn:
+                            result = engine.search(conn, scale.COLLECTION, request,
+                                                   settings=services.settings.search,
+                                                   embeddings=None, vectors=cache)  # fmt: skip
+                        if not warm_up:
+                            times.append((time.perf_counter() - started) * 1000)
+                            hits.append(len(result.hits))
+                row = {"mode": mode, "restriction": restriction, "backend": backend,
+                       "hits": statistics.mean(hits), **_summary(times)}  # fmt: skip
+                rows.append(row)
+                print(f"{mode} {restriction} {backend} | {row['p50']:.1f} | {row['p95']:.1f} | "
+                      f"{row['hits']:.1f}", flush=True)  # fmt: skip
+    return rows
+
+
+def _catch_up(
+    services: Services,
+    cache: VectorCache,
+    collection: collections.Collection,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Commit one document at a time; time until the cache returns its chunk."""
+    cache.start()
+    delays = []
+    rng = np.random.default_rng(7)
+    try:
+        for i in range(args.catch_up):
+            body = f"Catch-up probe {i} {rng.integers(1 << 30)}."
+            vector = services.embedder.embed([body])[0].tolist()
+            # Its own vector is its nearest neighbour once the cache has it.
+            before = cache.candidates(collection.id, collection.created_at, vector, 1, None)
+            assert before is not None
+            doc = SourceDocument(f"catch-up-{i}", "", [Block(body)], acl=["team-0"])
+            services.ingestor.ingest(scale.COLLECTION, [doc])
+            committed = time.perf_counter()
+            while True:
+                found = cache.candidates(collection.id, collection.created_at, vector, 1, None)
+                if found is not None and found.ids != before.ids:
+                    break
+                time.sleep(0.0005)
+            delays.append((time.perf_counter() - committed) * 1000)
+    finally:
+        with services.engine.begin() as conn:
+            for i in range(args.catch_up):
+                with contextlib.suppress(Exception):
+                    documents.purge(conn, collection.id, f"catch-up-{i}")
+    row = _summary(delays)
+    print(f"\ncatch-up, commit to searchable through the cache: p50 {row['p50']:.1f} ms, "
+          f"p95 {row['p95']:.1f} ms ({len(delays)} ingests)", flush=True)  # fmt: skip
+    return row
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "n": len(ordered),
+    }
+
+
+if __name__ == "__main__":
+    main()
