@@ -48,7 +48,7 @@ class VectorCacheCollector(Collector):
         yield from (ready, vectors, tombstones, lag_changes, lag_seconds, head)
 
 
-@get("/metrics", sync_to_thread=True, tags=["health"], include_in_schema=False)
+@get("/metrics", sync_to_thread=True, tags=["health"])
 def metrics(services: Services) -> Response[bytes]:
     """Prometheus text format."""
     registry = CollectorRegistry()
