@@ -335,7 +335,7 @@ def test_killing_the_process_mid_rebuild_leaves_a_complete_snapshot(
         child.send_signal(signal.SIGKILL)
         child.wait()
         ingestor.ingest("many", [source_doc(8000 + int(delay * 100), f"Between kills {delay}.")])
-        loaded = load_snapshot(cache.root, cache.entry(cid).identity)  # type: ignore[union-attr]
+        loaded = load_snapshot(cache.root, cache.entry(cid).identity, cache.params)  # type: ignore[union-attr]
         assert loaded is not None  # the old complete snapshot or the new complete one
         entry = VectorCache(many.engine, cache.settings, cache.root).ensure(cid)
         assert entry.built_in_s == 0 and entry.current is not None

@@ -271,7 +271,7 @@ class VectorCache:
                 entry.status, entry.detail = "failed", f"{type(exc).__name__}: {exc}"
 
     def _load_or_build(self, entry: Entry) -> None:
-        loaded = snapshot.load(self.root, entry.identity)
+        loaded = snapshot.load(self.root, entry.identity, self.params)
         if loaded is not None:
             entry.current = (loaded.index, loaded.position)
             entry.saved_position, entry.saved_at = loaded.position, loaded.saved_at
@@ -285,8 +285,9 @@ class VectorCache:
             index, position = self._build(entry)
             entry.current = (index, position)
             self._catch_up(entry)
-            self._save(entry)
         entry.status, entry.detail = "ready", self._describe(entry)
+        if loaded is None:
+            self._save(entry)
 
     def _build(self, entry: Entry, show_progress: bool = False) -> tuple[VectorIndex, str]:
         """Read every vector (one step a vector) and index it (another): progress goes to
@@ -460,7 +461,12 @@ class VectorCache:
             if only_if_changed and position == entry.saved_position:
                 entry.saved_at = time.time()
                 return
-            snapshot.save(self.root, entry.identity, index, position)
+            try:
+                snapshot.save(self.root, entry.identity, index, position)
+            except OSError as exc:  # the index in memory is fine; the next save tries again
+                log.warning("vector cache snapshot of %s not written: %s",
+                            entry.identity.collection_name, exc)  # fmt: skip
+                return
             entry.saved_position, entry.saved_at = position, time.time()
 
     # -- reports ---------------------------------------------------------------------------

@@ -195,6 +195,9 @@ class VectorIndex:
 
     def search(self, vector: Vectors, k: int) -> Ids:
         """The ids of the `k` nearest live vectors, nearest first."""
+        # One query gains nothing from OpenMP threads, and on a busy machine their hand-offs
+        # cost milliseconds. The setting is per calling thread: builds keep every core.
+        faiss.omp_set_num_threads(1)
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         faiss.normalize_L2(query)
         with self._lock.read():

@@ -9,6 +9,7 @@ killed at any moment leaves either the old complete snapshot or the new complete
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from app.ann.index import KINDS, IndexParams, VectorIndex
 
 FORMAT = 1
 CURRENT = "CURRENT"
+# The settings an index is built with; search-time ones (efSearch, nprobe) apply when loaded.
+BUILD_SETTINGS = ("kind", "exact_below", "hnsw_m", "hnsw_ef_construction")
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +107,18 @@ def read_meta(root: Path, identity: Identity) -> tuple[Path, dict[str, Any]] | N
     return home / name, meta
 
 
-def load(root: Path, identity: Identity) -> Snapshot | None:
-    """The current snapshot if it is complete and belongs to `identity`, else None."""
+def load(root: Path, identity: Identity, params: IndexParams) -> Snapshot | None:
+    """The current snapshot if it is complete, belongs to `identity` and was built with
+    `params` (other index settings mean a rebuild), else None."""
     found = read_meta(root, identity)
     if found is None:
         return None
     path, meta = found
+    built_with = {name: meta["params"].get(name) for name in BUILD_SETTINGS}
+    if built_with != {name: getattr(params, name) for name in BUILD_SETTINGS}:
+        log.info("vector cache snapshot of collection %s was built with other settings",
+                 identity.collection_id)  # fmt: skip
+        return None
     kind = meta["kind"]
     try:
         faiss_index = faiss.read_index(str(path / "index.faiss"))
@@ -117,7 +126,6 @@ def load(root: Path, identity: Identity) -> Snapshot | None:
     except (OSError, RuntimeError, ValueError) as exc:
         log.warning("vector cache snapshot %s unreadable: %s", path, exc)
         return None
-    params = IndexParams(**meta["params"])
     index = VectorIndex(kind, faiss_index, params, tombstones=tombstones.astype(np.int64))
     return Snapshot(index, identity, meta["position"], meta["saved_at"])
 
@@ -127,9 +135,14 @@ def remove(root: Path, collection_id: int) -> None:
 
 
 def _remove_all_but(home: Path, keep: str) -> None:
+    """Older snapshots, and partial ones left by a killed process an hour ago or more (a
+    younger one may be another process's save in progress)."""
     for path in home.iterdir():
-        if path.is_dir() and path.name != keep:
-            shutil.rmtree(path, ignore_errors=True)
+        if not path.is_dir() or path.name == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if not path.name.endswith(".partial") or time.time() - path.stat().st_mtime > 3600:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:
