@@ -1,6 +1,6 @@
 """The FAISS vector cache against pgvector HNSW and the exact scan, in one run.
 
-    python benchmarks/vector_cache.py --data-dir bench-data/scale [--queries 100] [--kinds flat,hnsw,ivf]
+    python benchmarks/vector_cache.py --data-dir bench-data/scale [--queries 100] [--kinds K,...]
 
 Runs on a collection made by benchmarks/scale.py (same data directory; 100k chunks in
 `bench-data/scale`, 1M in a directory grown with `--sizes 100000,1000000`). Reports:
