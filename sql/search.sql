@@ -197,7 +197,8 @@ vector_exact AS (
 -- chunk is gone from the table) and pass the same document checks; distances are recomputed
 -- from the stored vectors. So the cache's freshness changes recall, never correctness.
 vector_cached AS MATERIALIZED (
-    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
+    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance,
+           f.ord
     FROM unnest(CAST(:cached_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
     JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
     WHERE :vector_depth > 0 AND NOT (SELECT small FROM visible)
@@ -238,7 +239,7 @@ vector_ranked AS (
            row_number() OVER (ORDER BY distance, id) AS rank
     FROM (SELECT DISTINCT ON (CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END) *
           FROM (SELECT * FROM vector_exact
-                UNION ALL SELECT * FROM vector_cached
+                UNION ALL SELECT id, document_id, distance FROM vector_cached
                 UNION ALL SELECT * FROM vector_ann) AS v
           ORDER BY CASE WHEN CAST(:per_document AS boolean) THEN document_id ELSE id END, distance, id) AS best
     ORDER BY distance, id
@@ -300,7 +301,9 @@ SELECT p.id AS chunk_id, p.external_id AS document_id, c.ordinal, c.heading_path
        c.text, p.title, p.source, p.metadata,
        p.score, p.fused_score, p.keyword_rank, p.keyword_score, p.vector_rank,
        p.vector_distance, p.recency_boost, p.popularity_boost,
+       -- How many of the cache's candidates passed, and how far down its list that took.
        (SELECT count(*) FROM vector_cached) AS cached_visible,
+       (SELECT max(ord) FROM vector_cached) AS cached_examined,
        -- ts_headline costs a few milliseconds a hit: only when asked.
        CASE WHEN CAST(:highlight AS boolean)
             THEN ts_headline(c.text_config, c.text, (SELECT tsq FROM keyword_query),

@@ -119,8 +119,7 @@ def search(
     source = _vector_source(plan, collection, vector, vectors)
     rows, source, fresh = _execute(conn, collection, plan, vector, source, settings)
     if source.candidates is not None and source.restriction is not None and vectors:
-        passed = rows[0]["cached_visible"] if rows else 0
-        vectors.observe(source.restriction, source.candidates.asked, passed)
+        _observe(vectors, source, rows)
     done = time.perf_counter()
     hits, report = [_hit(row, plan) for row in rows], None
     if plan.rerank_depth and reranking and reranking.reranker:
@@ -144,6 +143,7 @@ class VectorSource:
     backend: str | None
     candidates: Candidates | None = None
     restriction: Any = None
+    needed: int = 0
 
 
 def _vector_source(
@@ -166,7 +166,7 @@ def _vector_source(
         else None
     )
     if candidates is not None:
-        return VectorSource("faiss", candidates, restriction)
+        return VectorSource("faiss", candidates, restriction, needed)
     if backend == "faiss":
         state = "this process keeps no vector cache" if vectors is None else "it is loading"
         raise Unavailable(
@@ -175,6 +175,17 @@ def _vector_source(
             field="vector_backend",
         )
     return VectorSource("pgvector")
+
+
+def _observe(vectors: VectorCache, source: VectorSource, rows: list[Any]) -> None:
+    """Tell the cache what share of its candidates passed: the leg stops reading them once it
+    has enough, so the share is of those read up to the last one kept."""
+    assert source.candidates is not None
+    passed = rows[0]["cached_visible"] if rows else 0
+    examined = (rows[0]["cached_examined"] if rows else None) or len(source.candidates.ids)
+    if passed < source.needed:
+        examined = len(source.candidates.ids)
+    vectors.observe(source.restriction, examined, passed)
 
 
 def _canonical(params: dict[str, Any]) -> str:

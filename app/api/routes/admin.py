@@ -35,14 +35,14 @@ class IndexController(Controller):
         cache.refresh_lag()
         return cache.status()
 
-    @post("/{collection:str}/rebuild", sync_to_thread=True, status_code=202)
+    @post("/{name:str}/rebuild", sync_to_thread=True, status_code=202)
     def index_rebuild(
-        self, collection: str, conn: Connection, services: Services, wait: bool = False
+        self, name: str, conn: Connection, services: Services, wait: bool = False
     ) -> Response[dict[str, Any]]:
         """Build the collection's index again from the table and swap it in when done
         (`?wait=true` answers only then, with 200)."""
         cache = _cache(services)
-        found = collections.get(conn, collection)
+        found = collections.get(conn, name)
         conn.rollback()
         cache.rebuild(found.id, wait=wait)
         row = next(r for r in cache.status() if r["collection"] == found.name)
