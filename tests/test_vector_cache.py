@@ -405,3 +405,35 @@ def test_backend_faiss_without_a_ready_cache_is_refused(many: Services) -> None:
 def test_an_unknown_backend_is_refused(many: Services, cache: VectorCache) -> None:
     with pytest.raises(Invalid, match="vector_backend: expected one of auto, faiss"):
         run(many, cache, "annoy", query_vector(1), k=5)
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+def test_admin_routes_metrics_and_ready_report_the_cache(
+    client: Any, services: Services, ingestor: Ingestor
+) -> None:
+    ingestor.ingest("small", [source_doc(i) for i in range(30)], create=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = {r["collection"]: r for r in client.get("/v1/admin/index").json()}
+        if rows.get("small", {}).get("status") == "ready" and rows["small"]["vectors"] == 30:
+            break
+        time.sleep(0.1)
+    assert rows["small"]["kind"] == "flat" and rows["small"]["lag_changes"] == 0
+
+    rebuilt = client.post("/v1/admin/index/small/rebuild?wait=true")
+    assert rebuilt.status_code == 200 and rebuilt.json()["vectors"] == 30
+    assert client.post("/v1/admin/index/missing/rebuild").status_code == 404
+
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'hybrid_vector_cache_vectors{collection="small"} 30.0' in metrics.text
+    assert 'hybrid_vector_cache_lag_changes{collection="small"}' in metrics.text
+    check = client.get("/ready").json()["checks"]["vector_cache"]
+    assert check["ok"] and "small: flat index of 30 vectors" in check["detail"]
+
+    refused = client.post(
+        "/v1/search", json={"collection": "small", "query": "x", "vector_backend": "annoy"}
+    )
+    assert refused.status_code == 400 and refused.json()["field"] == "vector_backend"
