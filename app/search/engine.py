@@ -116,7 +116,7 @@ def search(
     started = time.perf_counter()
     vector = _query_vector(plan, collection, embeddings)
     embedded = time.perf_counter()
-    source = _vector_source(plan, collection, vector, vectors)
+    source = _vector_source(plan, collection, vector, vectors, settings)
     rows, source, fresh = _execute(conn, collection, plan, vector, source, settings)
     if source.candidates is not None and source.restriction is not None and vectors:
         _observe(vectors, source, rows)
@@ -147,7 +147,11 @@ class VectorSource:
 
 
 def _vector_source(
-    plan: Plan, collection: Collection, vector: list[float] | None, vectors: VectorCache | None
+    plan: Plan,
+    collection: Collection,
+    vector: list[float] | None,
+    vectors: VectorCache | None,
+    settings: SearchSettings,
 ) -> VectorSource:
     if not plan.uses_vector or vector is None:
         return VectorSource(None)
@@ -161,7 +165,14 @@ def _vector_source(
     )
     needed = plan.candidates * (PER_DOCUMENT_FETCH if plan.per_document else 1)
     candidates = (
-        vectors.candidates(collection.id, collection.created_at, vector, needed, restriction)
+        vectors.candidates(
+            collection.id,
+            collection.created_at,
+            vector,
+            needed,
+            restriction,
+            exact_below=settings.exact_threshold,
+        )
         if vectors is not None
         else None
     )
@@ -181,6 +192,8 @@ def _observe(vectors: VectorCache, source: VectorSource, rows: list[Any]) -> Non
     """Tell the cache what share of its candidates passed: the leg stops reading them once it
     has enough, so the share is of those read up to the last one kept."""
     assert source.candidates is not None
+    if not source.candidates.ids:
+        return  # nothing was asked: the statement scanned the few visible chunks exactly
     passed = rows[0]["cached_visible"] if rows else 0
     examined = (rows[0]["cached_examined"] if rows else None) or len(source.candidates.ids)
     if passed < source.needed:
