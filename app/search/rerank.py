@@ -84,19 +84,33 @@ class CrossEncoderReranker:
         self.score("query", batch, budget_s=float("inf"))
 
     def score(self, query: str, passages: Sequence[str], *, budget_s: float) -> list[float]:
-        """Scores of the longest prefix of `passages` that fits in the budget (fused order)."""
+        """Scores of the longest prefix of `passages` that fits in the budget (fused order).
+        Time spent waiting for the model while other searches use it counts too."""
         deadline = time.perf_counter() + budget_s
-        with self._lock:
+        if not self._acquire(deadline):
+            return []
+        try:
             query = self.truncate(query, self.settings.query_tokens)
             pairs = [(query, self.truncate(p, self.settings.passage_tokens)) for p in passages]
+        finally:
+            self._lock.release()
         scores: list[float] = []
-        while len(scores) < len(pairs):
-            size = self._batch_fitting(deadline - time.perf_counter())
-            if size < 1:
-                break
-            batch = pairs[len(scores) : len(scores) + size]
-            scores.extend(self._score_batch(batch))
+        while len(scores) < len(pairs) and self._acquire(deadline):
+            try:
+                size = self._batch_fitting(deadline - time.perf_counter())
+                if size < 1:
+                    break
+                scores.extend(self._score_batch(pairs[len(scores) : len(scores) + size]))
+            finally:
+                self._lock.release()
         return scores
+
+    def _acquire(self, deadline: float) -> bool:
+        """The model, if it comes free before the deadline."""
+        remaining = deadline - time.perf_counter()
+        if remaining == float("inf"):
+            return self._lock.acquire()
+        return self._lock.acquire(timeout=max(0.0, remaining))
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """`text` cut after its first `max_tokens` tokens (of the model's own tokenizer).
@@ -119,12 +133,12 @@ class CrossEncoderReranker:
         return int(min(self.settings.batch_size, remaining_s / self.seconds_per_pair))
 
     def _score_batch(self, batch: Sequence[tuple[str, str]]) -> list[float]:
-        # One model call at a time: the tokenizer (a Rust object that each call reconfigures)
-        # is not thread-safe, and on a few cores concurrent calls only slow each other down.
-        with self._lock:
-            started = time.perf_counter()
-            scores = self._score(batch)
-            per_pair = (time.perf_counter() - started) / len(batch)
+        # Called holding the lock. One model call at a time: the tokenizer (a Rust object that
+        # each call reconfigures) is not thread-safe, and on a few cores concurrent calls only
+        # slow each other down.
+        started = time.perf_counter()
+        scores = self._score(batch)
+        per_pair = (time.perf_counter() - started) / len(batch)
         previous = self.seconds_per_pair
         self.seconds_per_pair = (
             per_pair
