@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from sqlalchemy import text
 
-from app.api.schemas import Check, Readiness
+from app.api.schemas import AnswerCheck, Check, ModelCheck, Readiness
 from app.db import migrate
 from app.service import Services
 
@@ -20,8 +20,9 @@ def health() -> dict[str, str]:
 def ready(services: Services) -> Response[Readiness]:
     """Database reachable, schema at head, embedding model loaded; 503 until all hold.
 
-    The cross-encoder is reported too, but it is optional: without it searches keep the
-    fused order, so the service is ready all the same."""
+    The cross-encoder and the answer models are reported too, but they are optional: without
+    the one searches keep the fused order, without the others answers are extractive, so the
+    service is ready all the same."""
     checks = {
         "database": _database(services),
         "schema": _schema(services),
@@ -30,6 +31,7 @@ def ready(services: Services) -> Response[Readiness]:
             detail=services.settings.embedding.model if services.model_loaded else "loading",
         ),
         "reranker": _reranker(services),
+        "answer": _answer(services),
     }
     is_ready = all(c.ok for c in checks.values() if c.required)
     return Response(Readiness(ready=is_ready, checks=checks), status_code=200 if is_ready else 503)
@@ -42,6 +44,33 @@ def _reranker(services: Services) -> Check:
     if status.available:
         return Check(ok=True, detail=status.detail, required=False)
     return Check(ok=False, detail=status.policy.unavailable, required=False)
+
+
+def _answer(services: Services) -> AnswerCheck:
+    """Each answer model in fallback order with its circuit breaker; `ok` when at least one
+    may be called now (otherwise answers are extractive)."""
+    chat = services.chat_models
+    if chat is None:
+        detail = "extractive answers: no answer model is configured (HYBRID_ANSWER_MODELS)"
+        return AnswerCheck(ok=False, detail=detail, required=False)
+    models = [
+        ModelCheck(
+            name=model.name,
+            breaker=breaker.state,
+            failures=breaker.consecutive,
+            retry_in_s=round(breaker.remaining_s(), 1),
+        )
+        for model, breaker in chat.breakers_in_order()
+    ]
+    callable_ = [m.name for m in models if m.breaker != "open"]
+    detail = (
+        f"{len(callable_)} of {len(models)} models callable, first {callable_[0]}"
+        if callable_
+        else "extractive answers: every answer model's circuit breaker is open"
+    )
+    return AnswerCheck(
+        ok=bool(callable_), detail=detail, required=False, extractive=not callable_, models=models
+    )
 
 
 def _database(services: Services) -> Check:
