@@ -251,12 +251,18 @@ def test_a_model_failing_mid_answer_is_a_502_without_streaming(
 # --- providers: retries, fallback, timeouts, malformed answers, circuit breaker ---------------
 
 
-def test_rate_limit_is_retried_on_the_same_model(services: Services, server: OpenAIServer) -> None:
-    server.fail(429)
-    with answering(services, **models(server, HYBRID_ANSWER_MAX_RETRIES="1")) as client:
+@pytest.mark.parametrize("fault", [429, 500, 503])
+def test_rate_limits_and_server_errors_are_retried_with_exponential_backoff(
+    services: Services, server: OpenAIServer, fault: int
+) -> None:
+    server.fail(fault, fault)
+    with answering(services, **models(server, HYBRID_ANSWER_MAX_RETRIES="2")) as client:
         body = ask(client)
-    assert body["answer"] == DEFAULT_ANSWER
-    assert len(server.chat_calls) == 2
+    assert body["answer"] == DEFAULT_ANSWER and body["degraded"] is None
+    times = [call.at for call in server.chat_calls]
+    assert len(times) == 3
+    first, second = times[1] - times[0], times[2] - times[1]
+    assert 0.3 < first < second  # about 0.5 s, then about 1 s (less up to 25% jitter)
 
 
 @pytest.mark.parametrize("fault", [500, 503, "hang", "malformed", "malformed_stream"])
