@@ -102,7 +102,7 @@ def _prepare(services: Services, corpus: Path) -> list[str]:
     print(f"machine: {os.cpu_count()} cores, {memory:.1f} GiB, {platform.machine()}, ", end="")
     print(f"load average {load_1m:.1f} at start")
     print(f"corpus: {corpus.name}, {len(docs)} documents, {report.chunks} chunks, ", end="")
-    print(f"{len(queries)} queries; hybrid mode, k = {services.settings.answer.k}\n")
+    print(f"{len(queries)} queries; answers k = {services.settings.answer.k}\n")
     return queries
 
 
@@ -174,7 +174,7 @@ def _complete(prepared: generate.Prepared) -> float:
 
 def _cache(services: Services, queries: list[str], repeats: int) -> None:
     runs = [_cache_run(services, queries) for _ in range(repeats)]
-    print("### Search through the result cache (ms, including the change-log position read)\n")
+    print("### Search through the result cache (ms; hybrid, with the change-log position read)\n")
     _table(runs, ["cold miss", "miss, embedding cached", "hit"])
 
 
@@ -213,7 +213,7 @@ def _cached(
 
 
 def _coalescing(services: Services, queries: list[str], repeats: int, n: int) -> None:
-    print(f"### {n} concurrent identical searches (ms; cold query embedding)\n")
+    print(f"### {n} concurrent identical searches (ms; hybrid, cold query embedding)\n")
     print("| path | computations | p50 | p95 | max (= wall) |\n|---|---|---|---|---|")
     for name, run in (("single flight", _flight_run), ("independent", _independent_run)):
         results = [run(services, queries[i % len(queries)], n) for i in range(repeats)]
