@@ -304,6 +304,26 @@ def test_waiting_for_a_busy_model_counts_against_the_budget(rerank_services: Ser
     assert 0.15 < waited < 0.6
 
 
+def test_an_inflated_cost_estimate_does_not_stop_reranking_for_good(
+    rerank_services: Services,
+) -> None:
+    reranker = reranker_of(rerank_services)
+    saved = reranker.seconds_per_pair
+    passages = [f"{t}\n{x}" for _, t, x, _ in ANIMALS]
+    try:
+        reranker.seconds_per_pair = 100.0  # one call was very slow (a load spike)
+        first = reranker.score("cats", passages, budget_s=2.0)
+        assert len(first) >= 1  # the first pair is scored all the same...
+        assert reranker.seconds_per_pair < 60  # ...and the estimate comes down
+        for _ in range(20):
+            if len(reranker.score("cats", passages, budget_s=2.0)) == len(passages):
+                break
+        else:
+            pytest.fail("reranking never recovered from the inflated estimate")
+    finally:
+        reranker.seconds_per_pair = saved
+
+
 def test_the_batch_that_fits_shrinks_with_the_time_left(rerank_services: Services) -> None:
     reranker = reranker_of(rerank_services)
     saved = reranker.seconds_per_pair
@@ -313,7 +333,9 @@ def test_the_batch_that_fits_shrinks_with_the_time_left(rerank_services: Service
         assert reranker._batch_fitting(10.0) == batch
         assert reranker._batch_fitting(0.035) == 3
         assert reranker._batch_fitting(0.005) == 0
+        assert reranker._batch_fitting(0.005, first=True) == 1
         assert reranker._batch_fitting(-1.0) == 0
+        assert reranker._batch_fitting(-1.0, first=True) == 0
     finally:
         reranker.seconds_per_pair = saved
 
