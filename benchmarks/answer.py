@@ -124,8 +124,12 @@ def _stages(
         f"passages {rerank.passage_tokens} tokens, time budget {rerank.budget_ms:.0f} ms)\n"
     )
     _table(runs, ["embed", "sql", "rerank", "context", "first_token", "generation", "total"])
-    complete = [s["complete"] for run in runs for s in run]
-    print(f"rerank complete (every candidate scored) in {sum(complete):g} of {len(complete)}\n")
+    scored = [s["scored"] for run in runs for s in run]
+    complete = sum(s["scored"] >= s["depth"] for run in runs for s in run)
+    print(
+        f"candidates scored per answer: median {statistics.median(scored):g}; every candidate "
+        f"scored (`complete`) in {complete} of {len(scored)} answers\n"
+    )
 
 
 def _with_answer_model(settings: Settings, base_url: str, rerank_model: Path) -> Settings:
@@ -161,12 +165,17 @@ def _stage_run(
             prepared = generate.prepare(conn, COLLECTION, SearchRequest(query=question), readers)
         done = generate.answer(prepared, chat).done["timings_ms"]
         total = (time.perf_counter() - started) * 1000
-        samples.append({"rerank": 0.0, **done, "total": total, "complete": _complete(prepared)})
+        report = prepared.rerank
+        samples.append(
+            {
+                "rerank": 0.0,
+                **done,
+                "total": total,
+                "scored": report.scored if report else 0,
+                "depth": report.depth if report else 0,
+            }
+        )
     return samples
-
-
-def _complete(prepared: generate.Prepared) -> float:
-    return float(prepared.rerank is not None and prepared.rerank.complete)
 
 
 # --- 2. cache --------------------------------------------------------------------------------

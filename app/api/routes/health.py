@@ -62,14 +62,14 @@ def _answer(services: Services) -> AnswerCheck:
         )
         for model, breaker in chat.breakers_in_order()
     ]
-    callable_ = [m.name for m in models if m.breaker != "open"]
+    usable = [m.name for m in models if m.breaker != "open"]
     detail = (
-        f"{len(callable_)} of {len(models)} models callable, first {callable_[0]}"
-        if callable_
+        f"{len(usable)} of {len(models)} models callable, first {usable[0]}"
+        if usable
         else "extractive answers: every answer model's circuit breaker is open"
     )
     return AnswerCheck(
-        ok=bool(callable_), detail=detail, required=False, extractive=not callable_, models=models
+        ok=bool(usable), detail=detail, required=False, extractive=not usable, models=models
     )
 
 
