@@ -312,9 +312,8 @@ def test_an_inflated_cost_estimate_does_not_stop_reranking_for_good(
     passages = [f"{t}\n{x}" for _, t, x, _ in ANIMALS]
     try:
         reranker.seconds_per_pair = 100.0  # one call was very slow (a load spike)
-        first = reranker.score("cats", passages, budget_s=2.0)
-        assert len(first) >= 1  # the first pair is scored all the same...
-        assert reranker.seconds_per_pair < 60  # ...and the estimate comes down
+        assert reranker.score("cats", passages, budget_s=2.0) == []  # the budget holds...
+        assert reranker.seconds_per_pair == 50.0  # ...and the estimate is doubted
         for _ in range(20):
             if len(reranker.score("cats", passages, budget_s=2.0)) == len(passages):
                 break
@@ -333,9 +332,7 @@ def test_the_batch_that_fits_shrinks_with_the_time_left(rerank_services: Service
         assert reranker._batch_fitting(10.0) == batch
         assert reranker._batch_fitting(0.035) == 3
         assert reranker._batch_fitting(0.005) == 0
-        assert reranker._batch_fitting(0.005, first=True) == 1
         assert reranker._batch_fitting(-1.0) == 0
-        assert reranker._batch_fitting(-1.0, first=True) == 0
     finally:
         reranker.seconds_per_pair = saved
 

@@ -8,9 +8,9 @@ refused with that explanation.
 
 Candidates are scored in fused order, in batches. Before each batch the stage predicts, from
 the measured cost per pair, how many pairs still fit in the budget; when none do it stops, the
-scored prefix is ordered by the cross-encoder and the rest follow in fused order. The first
-pair is scored whenever any time is left, which keeps the estimate current: a search overruns
-its budget by at most one pair.
+scored prefix is ordered by the cross-encoder and the rest follow in fused order. A search
+that had time left but could score nothing halves the estimate, so that a single slow call
+cannot stop reranking for good.
 """
 
 from __future__ import annotations
@@ -99,8 +99,11 @@ class CrossEncoderReranker:
         scores: list[float] = []
         while len(scores) < len(pairs) and self._acquire(deadline):
             try:
-                size = self._batch_fitting(deadline - time.perf_counter(), first=not scores)
+                remaining = deadline - time.perf_counter()
+                size = self._batch_fitting(remaining)
                 if size < 1:
+                    if not scores and remaining > 0:
+                        self._doubt_estimate()
                     break
                 scores.extend(self._score_batch(pairs[len(scores) : len(scores) + size]))
             finally:
@@ -127,16 +130,19 @@ class CrossEncoderReranker:
         offsets = encoded["offset_mapping"]
         return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
-    def _batch_fitting(self, remaining_s: float, *, first: bool = False) -> int:
+    def _batch_fitting(self, remaining_s: float) -> int:
         if remaining_s <= 0:
             return 0
         if self.seconds_per_pair is None:
             return self.settings.batch_size
-        fitting = int(min(self.settings.batch_size, remaining_s / self.seconds_per_pair))
-        # A search's first pair is scored whenever time is left: otherwise one slow call (a
-        # load spike) could inflate the estimate past the budget, and with nothing scored
-        # again it would never come down: no search would be reranked until a restart.
-        return max(fitting, 1) if first else fitting
+        return int(min(self.settings.batch_size, remaining_s / self.seconds_per_pair))
+
+    def _doubt_estimate(self) -> None:
+        """Halve the cost estimate when a search with time left could score nothing: one slow
+        call (a load spike) must not keep every later search from reranking, and so from
+        measuring the cost again. A few searches later one pair fits and is measured."""
+        if self.seconds_per_pair is not None:
+            self.seconds_per_pair *= 0.5
 
     def _score_batch(self, batch: Sequence[tuple[str, str]]) -> list[float]:
         # Called holding the lock. One model call at a time: the tokenizer (a Rust object that
