@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+from structlog.testing import capture_logs
 
 from app.answer.context import Section, assemble
 from app.answer.generate import MODELS_DOWN, NO_MODEL, NO_SOURCES
@@ -283,7 +284,7 @@ def test_every_model_failing_gives_an_extractive_answer_naming_each_failure(
     services: Services, server: OpenAIServer, backup: OpenAIServer
 ) -> None:
     server.down, backup.down = 500, 429
-    with answering(services, **models(server, backup)) as client:
+    with answering(services, **models(server, backup)) as client, capture_logs() as logs:
         body = ask(client)
     assert body["extractive"] is True and body["model"] is None
     assert body["answer"].startswith(MODELS_DOWN)
@@ -292,6 +293,8 @@ def test_every_model_failing_gives_an_extractive_answer_naming_each_failure(
     reason = body["degraded"]
     assert "m1@" in reason and "HTTP 500" in reason
     assert "m2@" in reason and "HTTP 429" in reason
+    warnings = [e for e in logs if e["log_level"] == "warning" and "extractively" in e["event"]]
+    assert [e["reason"] for e in warnings] == [reason]
 
 
 def test_open_breakers_give_an_extractive_answer_without_calling(

@@ -161,7 +161,8 @@ def _budget(asked: int | None, default: int) -> int:
 
 
 def events(prepared: Prepared, chat: ChatModels | None) -> Iterator[Event]:
-    """Sources, then the answer's deltas, then `done`; provider errors propagate."""
+    """Sources, then the answer's deltas, then `done`; a model failing mid-answer raises
+    `UpstreamError` after the deltas it sent."""
     started = time.perf_counter()
     yield Event("sources", sources_data(prepared))
     generated = _generate(prepared, chat)
