@@ -27,7 +27,13 @@ from app.api.app import create_app
 from app.errors import ConfigError
 from app.search.cache import CachedSearch, cached_search
 from app.search.request import SearchRequest
-from app.search.rerank import CrossEncoderReranker, Reranking, load_reranker, local_model_path
+from app.search.rerank import (
+    DOUBT_AFTER_S,
+    CrossEncoderReranker,
+    Reranking,
+    load_reranker,
+    local_model_path,
+)
 from app.service import Services
 from app.settings import RerankSettings
 from tests.conftest import make_settings
@@ -312,10 +318,14 @@ def test_an_inflated_cost_estimate_does_not_stop_reranking_for_good(
     passages = [f"{t}\n{x}" for _, t, x, _ in ANIMALS]
     try:
         reranker.seconds_per_pair = 100.0  # one call was very slow (a load spike)
+        reranker._measured_at = time.perf_counter() - DOUBT_AFTER_S
         assert reranker.score("cats", passages, budget_s=2.0) == []  # the budget holds...
-        assert reranker.seconds_per_pair == 50.0  # ...and the estimate is doubted
+        assert reranker.seconds_per_pair == 50.0  # ...and the estimate is doubted,
+        assert reranker.score("cats", passages, budget_s=2.0) == []
+        assert reranker.seconds_per_pair == 50.0  # but not again before DOUBT_AFTER_S
         for _ in range(20):
-            if len(reranker.score("cats", passages, budget_s=2.0)) == len(passages):
+            reranker._measured_at -= DOUBT_AFTER_S  # as if searches kept coming for a while
+            if reranker.score("cats", passages, budget_s=2.0):  # reranked again
                 break
         else:
             pytest.fail("reranking never recovered from the inflated estimate")

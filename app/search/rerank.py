@@ -8,9 +8,10 @@ refused with that explanation.
 
 Candidates are scored in fused order, in batches. Before each batch the stage predicts, from
 the measured cost per pair, how many pairs still fit in the budget; when none do it stops, the
-scored prefix is ordered by the cross-encoder and the rest follow in fused order. A search
-that had time left but could score nothing halves the estimate, so that a single slow call
-cannot stop reranking for good.
+scored prefix is ordered by the cross-encoder and the rest follow in fused order. The budget
+holds as far as the estimate predicts: a batch that turns out slower than predicted (a load
+spike) overruns it. A search that had time left but could score nothing halves an estimate
+older than `DOUBT_AFTER_S`, so that a single slow call cannot stop reranking for good.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ HOW_TO_PROVIDE = (
 )
 # Weight of the latest batch in the running cost per pair.
 COST_SMOOTHING = 0.5
+# How old the cost estimate must be before a search that could score nothing may halve it.
+DOUBT_AFTER_S = 10.0
 WARM_UP_PAIRS = 4
 
 Scores = npt.NDArray[np.float32]
@@ -75,6 +78,7 @@ class CrossEncoderReranker:
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
         self.seconds_per_pair: float | None = None
+        self._measured_at = float("-inf")
 
     def warm_up(self) -> None:
         """Score a few full-length pairs twice: the first call pays the one-time costs, the
@@ -138,11 +142,14 @@ class CrossEncoderReranker:
         return int(min(self.settings.batch_size, remaining_s / self.seconds_per_pair))
 
     def _doubt_estimate(self) -> None:
-        """Halve the cost estimate when a search with time left could score nothing: one slow
-        call (a load spike) must not keep every later search from reranking, and so from
-        measuring the cost again. A few searches later one pair fits and is measured."""
-        if self.seconds_per_pair is not None:
+        """Halve the cost estimate, at most once every `DOUBT_AFTER_S`, when a search with time
+        left could score nothing: one slow call (a load spike) must not keep every later search
+        from reranking, and so from measuring the cost again. Under lasting overload only the
+        rare search that tries one pair again can overrun its budget."""
+        now = time.perf_counter()
+        if self.seconds_per_pair is not None and now - self._measured_at >= DOUBT_AFTER_S:
             self.seconds_per_pair *= 0.5
+            self._measured_at = now
 
     def _score_batch(self, batch: Sequence[tuple[str, str]]) -> list[float]:
         # Called holding the lock. One model call at a time: the tokenizer (a Rust object that
@@ -152,6 +159,7 @@ class CrossEncoderReranker:
         scores = self._score(batch)
         per_pair = (time.perf_counter() - started) / len(batch)
         previous = self.seconds_per_pair
+        self._measured_at = time.perf_counter()
         self.seconds_per_pair = (
             per_pair
             if previous is None
