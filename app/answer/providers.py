@@ -5,7 +5,8 @@ Each configured model gets its own client with the per-call timeout and the clie
 `Retry-After`). A model whose call still fails counts a failure on its breaker; after
 `HYBRID_ANSWER_BREAKER_FAILURES` in a row it is skipped for `HYBRID_ANSWER_BREAKER_COOLDOWN`
 seconds, then tried once more. The next model takes over as long as nothing has been streamed;
-once text has gone out, a failure ends the answer with an error.
+once text has gone out, a failure ends the answer with an error. When no model can answer,
+`NoModelAnswered` names each model and why; the answer then falls back to quoting the passages.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ class ChatModel:
 
     @property
     def name(self) -> str:
-        return f"{self.model}@{self.base_url}" if self.base_url else self.model
+        """How logs, errors and `/ready` name it: credentials in the URL are left out."""
+        if not self.base_url:
+            return self.model
+        url = httpx.URL(self.base_url).copy_with(username=None, password=None)
+        return f"{self.model}@{url}"
 
 
 def parse_models(entries: tuple[str, ...], default_url: str | None = None) -> list[ChatModel]:
@@ -87,14 +92,32 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self.cooldown_s - (self.clock() - self.opened_at))
 
+    @property
+    def state(self) -> str:
+        """`closed` (calls go through), `open` (skipped) or `half-open` (the next call, or the
+        one under way, is the trial)."""
+        if self.opened_at is None:
+            return "closed"
+        return "open" if self.remaining_s() > 0 else "half-open"
+
+
+class NoModelAnswered(Unavailable):
+    """Every configured model failed or was skipped by its open circuit breaker."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("no answer model could answer: " + "; ".join(reasons))
+        self.reasons = reasons
+
 
 @dataclass
 class Chunk:
-    """What a streamed completion yields: the model that answers, text, or usage."""
+    """What a streamed completion yields: the model that answers, text, or usage; `degraded`
+    says why an extractive answer stands in for the models'."""
 
     model: str | None = None
     text: str = ""
     usage: dict[str, int] | None = None
+    degraded: str | None = None
 
 
 _FAILURES = (openai.OpenAIError, httpx.HTTPError, ValueError, KeyError, TypeError)
@@ -122,6 +145,9 @@ class ChatModels:
             max_retries=self.settings.max_retries,
         )
 
+    def breakers_in_order(self) -> list[tuple[ChatModel, CircuitBreaker]]:
+        return [(m, self.breakers[m.name]) for m in self.models]
+
     def stream(self, messages: list[ChatCompletionMessageParam]) -> Iterator[Chunk]:
         """The first model that answers streams its completion; the others are fallbacks."""
         reasons = []
@@ -137,6 +163,9 @@ class ChatModels:
                 breaker.failed()
                 reasons.append(f"{model.name}: {_reason(exc)}")
                 continue
+            except BaseException:
+                breaker.failed()  # a half-open breaker must not wait for a trial that ended
+                raise
             if first is None:
                 breaker.failed()
                 reasons.append(f"{model.name}: empty answer")
@@ -145,7 +174,7 @@ class ChatModels:
             yield Chunk(model=model.name)
             yield from self._rest(model, breaker, first, chunks)
             return
-        raise Unavailable("no answer model could answer: " + "; ".join(reasons))
+        raise NoModelAnswered(reasons)
 
     def _rest(
         self,

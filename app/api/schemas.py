@@ -117,6 +117,18 @@ class Check(msgspec.Struct):
     required: bool = True
 
 
+class ModelCheck(msgspec.Struct):
+    name: str
+    breaker: str
+    failures: int
+    retry_in_s: float
+
+
+class AnswerCheck(Check):
+    extractive: bool = True
+    models: list[ModelCheck] = []
+
+
 class Readiness(msgspec.Struct):
     ready: bool
     checks: dict[str, Check]
@@ -246,8 +258,11 @@ class AnswerOut(msgspec.Struct):
     cited: list[int]
     citations: list[SourceOut]
     sources: list[SourceOut]
+    reranked: bool
+    rerank: RerankOut | None
     model: str | None
     extractive: bool
+    degraded: str | None
     usage: dict[str, int] | None
     timings_ms: dict[str, float]
     cache: str

@@ -8,7 +8,10 @@ refused with that explanation.
 
 Candidates are scored in fused order, in batches. Before each batch the stage predicts, from
 the measured cost per pair, how many pairs still fit in the budget; when none do it stops, the
-scored prefix is ordered by the cross-encoder and the rest follow in fused order.
+scored prefix is ordered by the cross-encoder and the rest follow in fused order. The budget
+holds as far as the estimate predicts: a batch that turns out slower than predicted (a load
+spike) overruns it. A search that had time left but could score nothing halves an estimate
+older than `DOUBT_AFTER_S`, so that a single slow call cannot stop reranking for good.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ HOW_TO_PROVIDE = (
 )
 # Weight of the latest batch in the running cost per pair.
 COST_SMOOTHING = 0.5
+# How old the cost estimate must be before a search that could score nothing may halve it.
+DOUBT_AFTER_S = 10.0
 WARM_UP_PAIRS = 4
 
 Scores = npt.NDArray[np.float32]
@@ -73,6 +78,7 @@ class CrossEncoderReranker:
         self._tokenizer = tokenizer
         self._lock = threading.Lock()
         self.seconds_per_pair: float | None = None
+        self._measured_at = float("-inf")
 
     def warm_up(self) -> None:
         """Score a few full-length pairs twice: the first call pays the one-time costs, the
@@ -84,19 +90,36 @@ class CrossEncoderReranker:
         self.score("query", batch, budget_s=float("inf"))
 
     def score(self, query: str, passages: Sequence[str], *, budget_s: float) -> list[float]:
-        """Scores of the longest prefix of `passages` that fits in the budget (fused order)."""
+        """Scores of the longest prefix of `passages` that fits in the budget (fused order).
+        Time spent waiting for the model while other searches use it counts too."""
         deadline = time.perf_counter() + budget_s
-        with self._lock:
+        if not self._acquire(deadline):
+            return []
+        try:
             query = self.truncate(query, self.settings.query_tokens)
             pairs = [(query, self.truncate(p, self.settings.passage_tokens)) for p in passages]
+        finally:
+            self._lock.release()
         scores: list[float] = []
-        while len(scores) < len(pairs):
-            size = self._batch_fitting(deadline - time.perf_counter())
-            if size < 1:
-                break
-            batch = pairs[len(scores) : len(scores) + size]
-            scores.extend(self._score_batch(batch))
+        while len(scores) < len(pairs) and self._acquire(deadline):
+            try:
+                remaining = deadline - time.perf_counter()
+                size = self._batch_fitting(remaining)
+                if size < 1:
+                    if not scores and remaining > 0:
+                        self._doubt_estimate()
+                    break
+                scores.extend(self._score_batch(pairs[len(scores) : len(scores) + size]))
+            finally:
+                self._lock.release()
         return scores
+
+    def _acquire(self, deadline: float) -> bool:
+        """The model, if it comes free before the deadline."""
+        remaining = deadline - time.perf_counter()
+        if remaining == float("inf"):
+            return self._lock.acquire()
+        return self._lock.acquire(timeout=max(0.0, remaining))
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """`text` cut after its first `max_tokens` tokens (of the model's own tokenizer).
@@ -118,14 +141,25 @@ class CrossEncoderReranker:
             return self.settings.batch_size
         return int(min(self.settings.batch_size, remaining_s / self.seconds_per_pair))
 
+    def _doubt_estimate(self) -> None:
+        """Halve the cost estimate, at most once every `DOUBT_AFTER_S`, when a search with time
+        left could score nothing: one slow call (a load spike) must not keep every later search
+        from reranking, and so from measuring the cost again. Under lasting overload only the
+        rare search that tries one pair again can overrun its budget."""
+        now = time.perf_counter()
+        if self.seconds_per_pair is not None and now - self._measured_at >= DOUBT_AFTER_S:
+            self.seconds_per_pair *= 0.5
+            self._measured_at = now
+
     def _score_batch(self, batch: Sequence[tuple[str, str]]) -> list[float]:
-        # One model call at a time: the tokenizer (a Rust object that each call reconfigures)
-        # is not thread-safe, and on a few cores concurrent calls only slow each other down.
-        with self._lock:
-            started = time.perf_counter()
-            scores = self._score(batch)
-            per_pair = (time.perf_counter() - started) / len(batch)
+        # Called holding the lock. One model call at a time: the tokenizer (a Rust object that
+        # each call reconfigures) is not thread-safe, and on a few cores concurrent calls only
+        # slow each other down.
+        started = time.perf_counter()
+        scores = self._score(batch)
+        per_pair = (time.perf_counter() - started) / len(batch)
         previous = self.seconds_per_pair
+        self._measured_at = time.perf_counter()
         self.seconds_per_pair = (
             per_pair
             if previous is None

@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from app.answer import generate
 from app.answer.generate import Prepared
 from app.api.routes.search import to_request
-from app.api.schemas import AnswerIn, AnswerOut, SearchIn, SourceOut
+from app.api.schemas import AnswerIn, AnswerOut, RerankOut, SearchIn, SourceOut
 from app.errors import HybridError
 from app.service import Services
 
@@ -75,7 +75,8 @@ def _json(data: dict[str, Any]) -> str:
 
 def to_out(result: generate.Answer) -> AnswerOut:
     prepared, done = result.prepared, result.done
-    sources = [msgspec.convert(generate.source_data(p), SourceOut) for p in prepared.passages]
+    data = generate.sources_data(prepared)
+    sources = [msgspec.convert(s, SourceOut) for s in data["sources"]]
     return AnswerOut(
         collection=prepared.collection,
         mode=prepared.mode,
@@ -84,8 +85,11 @@ def to_out(result: generate.Answer) -> AnswerOut:
         cited=done["cited"],
         citations=[sources[n - 1] for n in done["cited"]],
         sources=sources,
+        reranked=prepared.reranked,
+        rerank=msgspec.convert(data["rerank"], RerankOut) if data["rerank"] else None,
         model=done["model"],
         extractive=done["extractive"],
+        degraded=done["degraded"],
         usage=done["usage"],
         timings_ms=done["timings_ms"],
         cache=done["cache"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from sqlalchemy import text
 
-from app.api.schemas import Check, Readiness
+from app.api.schemas import AnswerCheck, Check, ModelCheck, Readiness
 from app.db import migrate
 from app.service import Services
 
@@ -20,10 +20,10 @@ def health() -> dict[str, str]:
 def ready(services: Services) -> Response[Readiness]:
     """Database reachable, schema at head, embedding model loaded; 503 until all hold.
 
-    The cross-encoder is reported too, but it is optional: without it searches keep the
-    fused order, so the service is ready all the same. So is the vector cache (loading,
-    ready, its lag behind the change log), unless `HYBRID_VECTOR_BACKEND=faiss` makes
-    searches depend on it."""
+    The cross-encoder and the answer models are reported too, but they are optional: without
+    the one searches keep the fused order, without the others answers are extractive, so the
+    service is ready all the same. So is the vector cache (loading, ready, its lag behind the
+    change log), unless `HYBRID_VECTOR_BACKEND=faiss` makes searches depend on it."""
     checks = {
         "database": _database(services),
         "schema": _schema(services),
@@ -33,6 +33,7 @@ def ready(services: Services) -> Response[Readiness]:
         ),
         "reranker": _reranker(services),
         "vector_cache": _vector_cache(services),
+        "answer": _answer(services),
     }
     is_ready = all(c.ok for c in checks.values() if c.required)
     return Response(Readiness(ready=is_ready, checks=checks), status_code=200 if is_ready else 503)
@@ -70,6 +71,33 @@ def _vector_cache(services: Services) -> Check:
     detail = "; ".join(parts) if parts else "no collections"
     return Check(ok=cache.ready, detail=detail if cache.ready else f"loading: {detail}",
                  required=required)  # fmt: skip
+
+
+def _answer(services: Services) -> AnswerCheck:
+    """Each answer model in fallback order with its circuit breaker; `ok` when at least one
+    may be called now (otherwise answers are extractive)."""
+    chat = services.chat_models
+    if chat is None:
+        detail = "extractive answers: no answer model is configured (HYBRID_ANSWER_MODELS)"
+        return AnswerCheck(ok=False, detail=detail, required=False)
+    models = [
+        ModelCheck(
+            name=model.name,
+            breaker=breaker.state,
+            failures=breaker.consecutive,
+            retry_in_s=round(breaker.remaining_s(), 1),
+        )
+        for model, breaker in chat.breakers_in_order()
+    ]
+    usable = [m.name for m in models if m.breaker != "open"]
+    detail = (
+        f"{len(usable)} of {len(models)} models callable, first {usable[0]}"
+        if usable
+        else "extractive answers: every answer model's circuit breaker is open"
+    )
+    return AnswerCheck(
+        ok=bool(usable), detail=detail, required=False, extractive=not usable, models=models
+    )
 
 
 def _database(services: Services) -> Check:
