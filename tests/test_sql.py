@@ -45,6 +45,10 @@ EXPECTED = {
     ("collections.sql", "delete_collection"): {"name"},
     ("cache.sql", "collection_position"): {"name"},
     ("answer.sql", "chunk_sections"): {"collection_id", "chunk_ids", "principals"},
+    ("indexes.sql", "vector_index_state"): {"collection_id"},
+    ("indexes.sql", "vector_index_ddl"): {"collection_id"},
+    ("indexes.sql", "drop_invalid_vector_index_ddl"): {"collection_id"},
+    ("indexes.sql", "set_build_memory"): {"memory"},
 }  # fmt: skip
 
 
