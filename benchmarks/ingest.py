@@ -15,6 +15,8 @@
    INSERTs into such a collection. Median chunks/s over the repeats, and the server's CPU
    seconds (all its processes, parallel index build workers included), which a machine
    shared with other work disturbs less than the wall clock.
+3. Recall@10 of the vector indexes of the last repeat against an exact scan, for the first
+   `--queries` queries of the set: a graph built after the load and one grown row by row.
 
 It runs against a throwaway embedded PostgreSQL (or --database-url) and prints Markdown.
 """
@@ -22,6 +24,7 @@ It runs against a throwaway embedded PostgreSQL (or --database-url) and prints M
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -53,7 +56,7 @@ def main() -> None:
         docs = docs[: args.limit] if args.limit else docs
         _machine(len(docs), args.corpus)
         prepared = _stored(services, docs) if args.store_only else _end_to_end(services, docs)
-        _store_only(services, prepared, args.repeats)
+        _store_only(services, prepared, args.repeats, _queries(args.corpus, args.queries))
     finally:
         services.close()
         if not args.database_url:
@@ -68,7 +71,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="Only the first N documents")
     parser.add_argument("--database-url", help="Use this server instead of a throwaway one")
     parser.add_argument("--store-only", action="store_true", help="Skip the end-to-end run")
+    parser.add_argument("--queries", type=int, default=100, help="Queries of the recall check")
     return parser.parse_args()
+
+
+def _queries(corpus: Path, count: int) -> list[str]:
+    with (corpus / "queries.jsonl").open() as lines:
+        return [json.loads(line)["text"] for line, _ in zip(lines, range(count), strict=False)]
 
 
 def _machine(documents: int, corpus: Path) -> None:
@@ -98,7 +107,9 @@ def _stored(services: Services, docs: list[SourceDocument]) -> list[PreparedDocu
     return services.ingestor.prepare(docs)
 
 
-def _store_only(services: Services, prepared: list[PreparedDocument], repeats: int) -> None:
+def _store_only(
+    services: Services, prepared: list[PreparedDocument], repeats: int, queries: list[str]
+) -> None:
     chunks = sum(len(p.chunks) for p in prepared)
     batch = services.settings.ingest.batch_documents
     paths = {
@@ -107,10 +118,16 @@ def _store_only(services: Services, prepared: list[PreparedDocument], repeats: i
         "row-by-row INSERT into an indexed collection (baseline)": (_insert_rows, True),
     }
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    loaded: dict[str, int] = {}
     for run in range(repeats):
         for number, (name, (write, indexed)) in enumerate(paths.items()):
             collection = f"bench-store-{run}-{number}"
-            timings[name].append(_timed(services, collection, prepared, batch, write, indexed))
+            seconds, cpu, loaded[name] = _timed(
+                services, collection, prepared, batch, write, indexed
+            )
+            timings[name].append((seconds, cpu))
+            if run < repeats - 1:
+                _drop(services, loaded[name])
     print(
         f"| store step: {chunks} chunks, {batch} documents a batch, median of {repeats} "
         "| chunks/s | server CPU s | chunks per server CPU s |"
@@ -123,6 +140,40 @@ def _store_only(services: Services, prepared: list[PreparedDocument], repeats: i
         print(f"| {name} | {chunks / seconds[name]:,.0f} | {cpu:.2f} | {per_cpu} |")
     product, baseline = list(seconds.values())[:2]
     print(f"| ratio, product path / COPY into an indexed collection | {baseline / product:.1f}x |")
+    _recall(services, loaded, queries)
+    for collection_id in loaded.values():
+        _drop(services, collection_id)
+
+
+def _recall(services: Services, loaded: dict[str, int], queries: list[str]) -> None:
+    """Recall@10 of each collection's HNSW index against an exact scan of the same rows (the
+    product's ef_search): a graph built after the load against one grown row by row."""
+    vectors = services.embedder.embed(queries)
+    print(f"\n| HNSW recall@10 against an exact scan, {len(queries)} queries | recall@10 |")
+    print("|---|---|")
+    for name, collection_id in loaded.items():
+        found = [_overlap(services, collection_id, v.tolist()) for v in vectors]
+        print(f"| {name.split(' (')[0]} | {statistics.mean(found):.3f} |")
+
+
+def _overlap(services: Services, collection_id: int, vector: list[float]) -> float:
+    params = {"c": collection_id, "q": str(vector)}
+    with services.engine.begin() as conn:
+        conn.execute(
+            text("SELECT set_config('hnsw.ef_search', :e, true)"),
+            {"e": str(services.settings.search.ef_search)},
+        )
+        exact = set(conn.execute(text(NEAREST.replace("{order}", "+ 0")), params).scalars())
+        # With sorting switched off the planner answers ORDER BY distance with the index.
+        conn.execute(text("SET LOCAL enable_sort = off"))
+        ann = set(conn.execute(text(NEAREST.replace("{order}", "")), params).scalars())
+    return len(exact & ann) / len(exact)
+
+
+NEAREST = (
+    "SELECT id FROM chunks WHERE collection_id = :c "
+    "ORDER BY (embedding <=> CAST(:q AS vector)) {order} LIMIT 10"
+)
 
 
 def _timed(
@@ -132,9 +183,9 @@ def _timed(
     batch: int,
     write: Any,
     indexed: bool,
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
     """Wall seconds and server CPU seconds of writing `prepared` into a new collection, the
-    deferred index build included."""
+    deferred index build included; and the collection's id."""
     collection = services.ingestor.collection(name, create=True)
     memory = services.settings.ingest.index_memory
     if indexed:
@@ -146,10 +197,12 @@ def _timed(
             with services.engine.begin() as conn:
                 write(conn, collection, prepared[start : start + batch])
     seconds = time.perf_counter() - started
-    cpu = server_cpu_seconds(services) - cpu
+    return seconds, server_cpu_seconds(services) - cpu, collection.id
+
+
+def _drop(services: Services, collection_id: int) -> None:
     with services.engine.begin() as conn:
-        conn.execute(text("DELETE FROM collections WHERE id = :id"), {"id": collection.id})
-    return seconds, cpu
+        conn.execute(text("DELETE FROM collections WHERE id = :id"), {"id": collection_id})
 
 
 def _settle(services: Services) -> None:
