@@ -1,7 +1,7 @@
 """One HNSW index per collection, so that a bulk load can build its collection's index once.
 
 Inserting a vector into an HNSW graph is a search of the graph (ef_construction = 64) per
-row; building the graph from a loaded table is several times cheaper. With one index over
+row; building the graph from a loaded table costs about half. With one index over
 every collection, a load could not drop and rebuild it without taking vector search away
 from all the others. Partial indexes (`WHERE collection_id = <id>`) give each collection its
 own graph: a load into a collection that has none writes its chunks first and builds the

@@ -1,7 +1,7 @@
 """Each collection's HNSW index: built once after a bulk load, maintained row by row after.
 
 Inserting rows into an HNSW graph costs a graph search per row; building the graph from the
-loaded rows costs several times less (pgvector's advice for initial loads). Every collection
+loaded rows costs about half as much (pgvector's advice for initial loads). Every collection
 has an index of its own (a partial index, see migration 0005), so an ingest into a collection
 that has none yet writes every batch without it and then builds it, while other collections
 keep theirs. Until it is built, searches of that collection scan its vectors exactly: slower,
