@@ -9,6 +9,7 @@ naming the variable, never later in the middle of a request.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -18,6 +19,8 @@ import platformdirs
 from dotenv import dotenv_values
 
 from app.errors import ConfigError
+
+MEMORY_PATTERN = re.compile(r"[1-9][0-9]*(kB|MB|GB|TB)?")
 
 Environment = Literal["development", "production"]
 EmbeddingProvider = Literal["local", "openai"]
@@ -110,6 +113,12 @@ class IngestSettings:
     )
     max_request_documents: int = setting(
         "HYBRID_MAX_REQUEST_DOCUMENTS", 1000, "Most JSON documents accepted in one API request"
+    )
+    index_memory: str = setting(
+        "HYBRID_INGEST_INDEX_MEMORY",
+        "1GB",
+        "`maintenance_work_mem` of a collection's vector index build after a bulk load (the "
+        "graph should fit: about 2 kB a chunk at 384 dimensions)",
     )
 
 
@@ -422,6 +431,11 @@ def _validate(s: Settings) -> None:
     )
     _require(s.ingest.batch_documents >= 1, "HYBRID_INGEST_BATCH must be at least 1")
     _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
+    _require(
+        MEMORY_PATTERN.fullmatch(s.ingest.index_memory) is not None,
+        f"HYBRID_INGEST_INDEX_MEMORY: expected a PostgreSQL memory size such as 512MB or 2GB, "
+        f"got {s.ingest.index_memory!r}",
+    )
     _validate_search(s.search)
     _validate_rerank(s.rerank)
     _validate_cache(s.cache)

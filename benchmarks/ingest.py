@@ -1,12 +1,22 @@
 """Ingest throughput: the whole write path, and the store step alone.
 
-    python benchmarks/ingest.py ../shared/data/scifact [--repeats 3] [--limit N]
+    python benchmarks/ingest.py ../shared/data/scifact [--repeats 3] [--limit N] [--store-only]
 
 1. End to end: the BEIR corpus goes through the normal write path (load → chunk → embed with
    the bundled model → store) into a fresh collection: documents/s, chunks/s, peak memory.
+   `--store-only` skips it (the vectors are then computed, or read from the embedding cache of
+   the server given with --database-url, before any timing starts).
 2. Store step alone: the same chunks with their vectors already computed are written again
-   into fresh collections, through COPY (the product's path) and, as a baseline in the same
-   run, through row-by-row INSERTs; median chunks/s over the repeats.
+   into fresh collections, batch by batch as `hybrid ingest` writes them, and timed until the
+   collection is searchable with every index: through COPY into a new collection, whose
+   vector index is built once after the load (the product's path); as baselines in the same
+   run, through COPY into a collection whose vector index exists already (every row inserted
+   into the HNSW graph, as any later ingest into the collection does), and through row-by-row
+   INSERTs into such a collection. Median chunks/s over the repeats, and the server's CPU
+   seconds (all its processes, parallel index build workers included), which a machine
+   shared with other work disturbs less than the wall clock.
+3. Recall@10 of the vector indexes of the last repeat against an exact scan, for the first
+   `--queries` queries of the set: a graph built after the load and one grown row by row.
 
 It runs against a throwaway embedded PostgreSQL (or --database-url) and prints Markdown.
 """
@@ -14,6 +24,7 @@ It runs against a throwaway embedded PostgreSQL (or --database-url) and prints M
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -27,7 +38,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.db import embedded
-from app.ingest import load
+from app.ingest import load, vector_index
 from app.ingest.model import SourceDocument, chunk_context
 from app.ingest.store import PreparedDocument, write_documents
 from app.service import Services
@@ -44,8 +55,8 @@ def main() -> None:
         docs = load.load_path(args.corpus / "corpus.jsonl", max_bytes=1 << 31, max_chars=1 << 30)
         docs = docs[: args.limit] if args.limit else docs
         _machine(len(docs), args.corpus)
-        prepared = _end_to_end(services, docs)
-        _store_only(services, prepared, args.repeats)
+        prepared = _stored(services, docs) if args.store_only else _end_to_end(services, docs)
+        _store_only(services, prepared, args.repeats, _queries(args.corpus, args.queries))
     finally:
         services.close()
         if not args.database_url:
@@ -59,7 +70,14 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="Store-step runs (median)")
     parser.add_argument("--limit", type=int, default=0, help="Only the first N documents")
     parser.add_argument("--database-url", help="Use this server instead of a throwaway one")
+    parser.add_argument("--store-only", action="store_true", help="Skip the end-to-end run")
+    parser.add_argument("--queries", type=int, default=100, help="Queries of the recall check")
     return parser.parse_args()
+
+
+def _queries(corpus: Path, count: int) -> list[str]:
+    with (corpus / "queries.jsonl").open() as lines:
+        return [json.loads(line)["text"] for line, _ in zip(lines, range(count), strict=False)]
 
 
 def _machine(documents: int, corpus: Path) -> None:
@@ -89,38 +107,129 @@ def _stored(services: Services, docs: list[SourceDocument]) -> list[PreparedDocu
     return services.ingestor.prepare(docs)
 
 
-def _store_only(services: Services, prepared: list[PreparedDocument], repeats: int) -> None:
+def _store_only(
+    services: Services, prepared: list[PreparedDocument], repeats: int, queries: list[str]
+) -> None:
     chunks = sum(len(p.chunks) for p in prepared)
     batch = services.settings.ingest.batch_documents
-    copy_rates, insert_rates = [], []
+    paths = {
+        "COPY, vector index built after the load (product path)": (write_documents, False),
+        "COPY into an indexed collection (baseline)": (write_documents, True),
+        "row-by-row INSERT into an indexed collection (baseline)": (_insert_rows, True),
+    }
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    loaded: dict[str, int] = {}
     for run in range(repeats):
-        copy_rates.append(
-            chunks / _timed(services, f"bench-copy-{run}", prepared, batch, write_documents)
-        )
-        insert_rates.append(
-            chunks / _timed(services, f"bench-insert-{run}", prepared, batch, _insert_rows)
-        )
-    copy, insert = statistics.median(copy_rates), statistics.median(insert_rates)
-    heading = f"store step: {chunks} chunks, {batch} documents a batch"
-    print(f"| {heading} | chunks/s, median of {repeats} |")
+        for number, (name, (write, indexed)) in enumerate(paths.items()):
+            collection = f"bench-store-{run}-{number}"
+            seconds, cpu, loaded[name] = _timed(
+                services, collection, prepared, batch, write, indexed
+            )
+            timings[name].append((seconds, cpu))
+            if run < repeats - 1:
+                _drop(services, loaded[name])
+    print(
+        f"| store step: {chunks} chunks, {batch} documents a batch, median of {repeats} "
+        "| chunks/s | server CPU s | chunks per server CPU s |"
+    )
+    print("|---|---|---|---|")
+    seconds = {name: statistics.median(t for t, _ in runs) for name, runs in timings.items()}
+    for name, runs in timings.items():
+        cpu = statistics.median(c for _, c in runs)
+        per_cpu = f"{chunks / cpu:,.0f}" if cpu else "n/a"
+        print(f"| {name} | {chunks / seconds[name]:,.0f} | {cpu:.2f} | {per_cpu} |")
+    product, baseline = list(seconds.values())[:2]
+    print(f"| ratio, product path / COPY into an indexed collection | {baseline / product:.1f}x |")
+    _recall(services, loaded, queries)
+    for collection_id in loaded.values():
+        _drop(services, collection_id)
+
+
+def _recall(services: Services, loaded: dict[str, int], queries: list[str]) -> None:
+    """Recall@10 of each collection's HNSW index against an exact scan of the same rows (the
+    product's ef_search): a graph built after the load against one grown row by row."""
+    vectors = services.embedder.embed(queries)
+    print(f"\n| HNSW recall@10 against an exact scan, {len(queries)} queries | recall@10 |")
     print("|---|---|")
-    print(f"| binary COPY (product path) | {copy:,.0f} |")
-    print(f"| row-by-row INSERT (baseline) | {insert:,.0f} |")
-    print(f"| ratio | {copy / insert:.1f}x |")
+    for name, collection_id in loaded.items():
+        found = [_overlap(services, collection_id, v.tolist()) for v in vectors]
+        print(f"| {name.split(' (')[0]} | {statistics.mean(found):.3f} |")
+
+
+def _overlap(services: Services, collection_id: int, vector: list[float]) -> float:
+    params = {"c": collection_id, "q": str(vector)}
+    with services.engine.begin() as conn:
+        conn.execute(
+            text("SELECT set_config('hnsw.ef_search', :e, true)"),
+            {"e": str(services.settings.search.ef_search)},
+        )
+        exact = set(conn.execute(text(NEAREST.replace("{order}", "+ 0")), params).scalars())
+        # With sorting switched off the planner answers ORDER BY distance with the index.
+        conn.execute(text("SET LOCAL enable_sort = off"))
+        ann = set(conn.execute(text(NEAREST.replace("{order}", "")), params).scalars())
+    return len(exact & ann) / len(exact)
+
+
+NEAREST = (
+    "SELECT id FROM chunks WHERE collection_id = :c "
+    "ORDER BY (embedding <=> CAST(:q AS vector)) {order} LIMIT 10"
+)
 
 
 def _timed(
-    services: Services, name: str, prepared: list[PreparedDocument], batch: int, write: Any
-) -> float:
+    services: Services,
+    name: str,
+    prepared: list[PreparedDocument],
+    batch: int,
+    write: Any,
+    indexed: bool,
+) -> tuple[float, float, int]:
+    """Wall seconds and server CPU seconds of writing `prepared` into a new collection, the
+    deferred index build included; and the collection's id."""
     collection = services.ingestor.collection(name, create=True)
-    started = time.perf_counter()
-    for start in range(0, len(prepared), batch):
-        with services.engine.begin() as conn:
-            write(conn, collection, prepared[start : start + batch])
+    memory = services.settings.ingest.index_memory
+    if indexed:
+        vector_index.build(services.engine, collection.id, memory)
+    _settle(services)
+    started, cpu = time.perf_counter(), server_cpu_seconds(services)
+    with vector_index.deferred(services.engine, collection.id, memory):
+        for start in range(0, len(prepared), batch):
+            with services.engine.begin() as conn:
+                write(conn, collection, prepared[start : start + batch])
     seconds = time.perf_counter() - started
+    return seconds, server_cpu_seconds(services) - cpu, collection.id
+
+
+def _drop(services: Services, collection_id: int) -> None:
     with services.engine.begin() as conn:
-        conn.execute(text("DELETE FROM collections WHERE id = :id"), {"id": collection.id})
-    return seconds
+        conn.execute(text("DELETE FROM collections WHERE id = :id"), {"id": collection_id})
+
+
+def _settle(services: Services) -> None:
+    """Start each run from the same state: the dead rows of earlier runs vacuumed."""
+    with services.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(text("VACUUM chunks, sections, documents, term_stats, corpus_stats"))
+
+
+def server_cpu_seconds(services: Services) -> float:
+    """CPU seconds used so far by the server's processes (the postmaster and its children),
+    read from /proc when the server runs on this machine; 0 when it does not."""
+    with services.engine.connect() as conn:
+        directory = conn.execute(text("SHOW data_directory")).scalar_one()
+    pid_file = Path(directory) / "postmaster.pid"
+    if not pid_file.exists():
+        return 0.0
+    postmaster = pid_file.read_text().split()[0]
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if postmaster in (fields[1], stat.parent.name):
+            ticks += sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _insert_rows(conn: Any, collection: Any, docs: list[PreparedDocument]) -> None:

@@ -64,11 +64,7 @@ GROUPS, TEAMS = 100, 10
 BATCH_DOCUMENTS = 2_500
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 WORD = re.compile(r"[a-z][a-z0-9-]+")
-INDEXES = {
-    "chunks_tsv_idx": "CREATE INDEX chunks_tsv_idx ON chunks USING gin (tsv)",
-    "chunks_embedding_idx": "CREATE INDEX chunks_embedding_idx ON chunks "
-    "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)",
-}
+GIN_INDEX = "CREATE INDEX chunks_tsv_idx ON chunks USING gin (tsv)"
 RESTRICTIONS: dict[str, dict[str, Any]] = {
     "none": {"principals": [f"team-{t}" for t in range(TEAMS)]},
     "acl 10%": {"principals": ["team-7"]},
@@ -179,13 +175,14 @@ def _grow(services: Services, corpus: Corpus, size: int) -> None:
         have = conn.execute(
             text("SELECT count(*) FROM chunks WHERE collection_id = :c"), {"c": collection.id}
         ).scalar_one()
-        built = _indexes_present(conn)
+        indexes = _indexes(conn, collection.id)
+        built = _indexes_present(conn, indexes)
     if have >= size and built:
         print(f"## {size:,} chunks: already loaded\n", flush=True)
         return
     print(f"## {size:,} chunks: loading {size - have:,} ...", flush=True)
     with services.engine.begin() as conn:
-        for name in INDEXES:
+        for name in indexes:
             conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
     started = time.perf_counter()
     first = have // CHUNKS_PER_DOCUMENT
@@ -198,7 +195,7 @@ def _grow(services: Services, corpus: Corpus, size: int) -> None:
         rate = (done - have) / (time.perf_counter() - started)
         print(f"  {done:>9,} chunks  {rate:,.0f} chunks/s", end="\r", flush=True)
     print(f"\n  loaded in {time.perf_counter() - started:.0f} s", flush=True)
-    for name, ddl in INDEXES.items():
+    for name, ddl in indexes.items():
         started = time.perf_counter()
         with services.engine.begin() as conn:
             conn.execute(text("SET LOCAL maintenance_work_mem = '8GB'"))
@@ -217,8 +214,9 @@ def _prewarm(services: Services) -> None:
     started = time.perf_counter()
     with services.engine.begin() as conn:
         conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
-        for relation in ("documents", "chunks", "chunks_tsv_idx", "chunks_embedding_idx",
-                         "documents_pkey", "chunks_pkey", "term_stats"):  # fmt: skip
+        indexes = list(_indexes(conn, _collection(services, conn).id))
+        for relation in ("documents", "chunks", *indexes, "documents_pkey", "chunks_pkey",
+                         "term_stats"):  # fmt: skip
             conn.execute(text("SELECT pg_prewarm(:r)"), {"r": relation})
     print(f"  prewarmed in {time.perf_counter() - started:.0f} s\n", flush=True)
 
@@ -230,12 +228,20 @@ def _collection(services: Services, conn: Connection) -> collections.Collection:
     )  # fmt: skip
 
 
-def _indexes_present(conn: Connection) -> bool:
+def _indexes(conn: Connection, collection_id: int) -> dict[str, str]:
+    """The indexes a load drops and builds again: GIN, and the collection's HNSW index."""
+    name, ddl = conn.execute(
+        text("SELECT vector_index_name(:c), vector_index_ddl(:c, false)"), {"c": collection_id}
+    ).one()
+    return {"chunks_tsv_idx": GIN_INDEX, name: ddl}
+
+
+def _indexes_present(conn: Connection, indexes: dict[str, str]) -> bool:
     found = conn.execute(
         text("SELECT count(*) FROM pg_indexes WHERE indexname = ANY(:names)"),
-        {"names": list(INDEXES)},
+        {"names": list(indexes)},
     ).scalar_one()
-    return bool(found == len(INDEXES))
+    return bool(found == len(indexes))
 
 
 def _copy(conn: Connection, collection_id: int, corpus: Corpus, start: int, end: int) -> None:

@@ -63,6 +63,24 @@ def services(session_services: Services) -> Iterator[Services]:
     yield session_services
     with session_services.engine.begin() as conn:
         conn.execute(text("TRUNCATE collections, change_log RESTART IDENTITY CASCADE"))
+        conn.execute(text(DROP_VECTOR_INDEXES))
+
+
+# TRUNCATE skips the trigger that drops a deleted collection's vector index, and the ids start
+# again from 1: without this, the next test's collection would find an index already built.
+DROP_VECTOR_INDEXES = """
+DO $$
+DECLARE
+    index_name text;
+BEGIN
+    FOR index_name IN
+        SELECT indexname FROM pg_indexes
+        WHERE tablename = 'chunks' AND indexname ~ '^chunks_embedding_[0-9]+$'
+    LOOP
+        EXECUTE format('DROP INDEX %I', index_name);
+    END LOOP;
+END $$
+"""
 
 
 @pytest.fixture

@@ -44,10 +44,39 @@ def test_upgrade_downgrade_upgrade(scratch_url: str, data_dir: Path) -> None:
     assert migrate.current_revision(engine) is None
     migrate.upgrade(engine, settings)
     assert tables(engine) == TABLES
-    with engine.connect() as conn:
-        indexes = {r[0] for r in conn.execute(text("SELECT indexname FROM pg_indexes"))}
-    assert {"chunks_tsv_idx", "chunks_embedding_idx", "documents_acl_idx"} <= indexes
+    assert {"chunks_tsv_idx", "documents_acl_idx"} <= indexes(engine)
     engine.dispose()
+
+
+def test_collections_get_their_own_vector_index(scratch_url: str, data_dir: Path) -> None:
+    """Before 0005 one HNSW index covers every collection; from 0005 each has its own."""
+    settings = make_settings(scratch_url, data_dir)
+    engine = make_engine(scratch_url)
+    migrate.upgrade(engine, settings, "0004")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO collections (name, embedding_model, embedding_dim) "
+                "VALUES ('a', 'm', 384), ('b', 'm', 384)"
+            )
+        )
+    assert "chunks_embedding_idx" in indexes(engine)
+    migrate.upgrade(engine, settings)
+    assert {"chunks_embedding_1", "chunks_embedding_2"} <= indexes(engine)
+    assert "chunks_embedding_idx" not in indexes(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM collections WHERE name = 'a'"))
+    assert "chunks_embedding_1" not in indexes(engine)
+    migrate.downgrade(engine, "0004")
+    found = indexes(engine)
+    assert "chunks_embedding_idx" in found
+    assert not any(name.startswith("chunks_embedding_") and name[-1].isdigit() for name in found)
+    engine.dispose()
+
+
+def indexes(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {r[0] for r in conn.execute(text("SELECT indexname FROM pg_indexes"))}
 
 
 def test_start_up_refuses_an_old_schema_without_auto_migrate(

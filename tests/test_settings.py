@@ -43,6 +43,7 @@ def test_values_are_converted_by_type() -> None:
         ({"HYBRID_AUTO_MIGRATE": "perhaps"}, "HYBRID_AUTO_MIGRATE: expected bool"),
         ({"HYBRID_CHUNK_TOKENS": "8"}, "HYBRID_CHUNK_TOKENS must be at least 16"),
         ({"HYBRID_CHUNK_OVERLAP": "150"}, "HYBRID_CHUNK_OVERLAP"),
+        ({"HYBRID_INGEST_INDEX_MEMORY": "1G; RESET ALL"}, "HYBRID_INGEST_INDEX_MEMORY: expected"),
         ({"HYBRID_ENV": "production"}, "DATABASE_URL is required in production"),
         (
             {

@@ -52,6 +52,10 @@ EXPECTED = {
     ("ann.sql", "snapshot"): set(),
     ("ann.sql", "pending"): {"collection_id", "position"},
     ("ann.sql", "changes"): {"collection_id", "position"},
+    ("indexes.sql", "vector_index_state"): {"collection_id"},
+    ("indexes.sql", "vector_index_ddl"): {"collection_id"},
+    ("indexes.sql", "drop_invalid_vector_index_ddl"): {"collection_id"},
+    ("indexes.sql", "set_build_memory"): {"memory"},
 }  # fmt: skip
 
 

@@ -10,14 +10,14 @@ Every statement that appends to the log notifies the channel `hybrid_change_log`
 collections it touched (delivered at commit, never for a rolled-back write).
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-21
 """
 
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

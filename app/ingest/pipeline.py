@@ -25,6 +25,7 @@ from app import collections
 from app.collections import Collection
 from app.db.queries import query
 from app.errors import Invalid
+from app.ingest import vector_index
 from app.ingest.chunk import Tokenizer, chunk_document
 from app.ingest.embed import Embedder
 from app.ingest.model import SourceDocument, embedding_text
@@ -99,7 +100,8 @@ class Ingestor:
         report = IngestReport()
         collection = self.collection(collection_name, create=create)
         bar = tqdm(total=total, unit="doc", disable=not progress, dynamic_ncols=True)
-        with bar:
+        memory = self.settings.ingest.index_memory
+        with bar, vector_index.deferred(self.engine, collection.id, memory):
             for batch in _batched(documents, self.settings.ingest.batch_documents):
                 self._ingest_batch(collection, _last_wins(batch), defaults or Defaults(), report)
                 bar.update(len(batch))

@@ -1,0 +1,68 @@
+"""Each collection's HNSW index: built once after a bulk load, maintained row by row after.
+
+Inserting rows into an HNSW graph costs a graph search per row; building the graph from the
+loaded rows costs about half as much (pgvector's advice for initial loads). Every collection
+has an index of its own (a partial index, see migration 0005), so an ingest into a collection
+that has none yet writes every batch without it and then builds it, while other collections
+keep theirs. Until it is built, searches of that collection scan its vectors exactly: slower,
+never wrong.
+
+The build runs `CREATE INDEX CONCURRENTLY`, which lets other collections go on writing; an
+interrupted build leaves an invalid index behind, which the next build replaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine
+
+from app.db.queries import query
+
+
+@contextmanager
+def deferred(engine: Engine, collection_id: int, memory: str) -> Iterator[bool]:
+    """Around a load into the collection: when it has no valid index, the load writes without
+    one and the index is built when the load has succeeded. Yields whether that is the case."""
+    with engine.connect() as conn:
+        bulk = not is_built(conn, collection_id)
+    yield bulk
+    if bulk:
+        build(engine, collection_id, memory)
+
+
+def is_built(conn: Connection, collection_id: int) -> bool:
+    """Whether the collection has a valid vector index (new rows then go into it one by one)."""
+    return _state(conn, collection_id) is True
+
+
+def build(engine: Engine, collection_id: int, memory: str) -> None:
+    """Build the collection's index if it has no valid one; `memory` is the build's
+    maintenance_work_mem (the graph should fit in it)."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        state = _state(conn, collection_id)
+        if state is True:
+            return
+        if state is False:
+            conn.exec_driver_sql(_ddl(conn, "drop_invalid_vector_index_ddl", collection_id))
+        conn.execute(query("indexes.sql", "set_build_memory"), {"memory": memory})
+        try:
+            conn.exec_driver_sql(_ddl(conn, "vector_index_ddl", collection_id))
+        finally:
+            conn.exec_driver_sql("RESET maintenance_work_mem")
+
+
+def _ddl(conn: Connection, name: str, collection_id: int) -> str:
+    return str(
+        conn.execute(query("indexes.sql", name), {"collection_id": collection_id}).scalar_one()
+    )
+
+
+def _state(conn: Connection, collection_id: int) -> bool | None:
+    """True: a valid index; False: an invalid one (an interrupted build); None: none."""
+    row = conn.execute(
+        query("indexes.sql", "vector_index_state"), {"collection_id": collection_id}
+    ).first()
+    return None if row is None else bool(row.valid)

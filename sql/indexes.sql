@@ -1,0 +1,19 @@
+-- Each collection's HNSW index (a partial index, see migration 0005 and
+-- app/ingest/vector_index.py). The DDL comes from the database's own definition, so that the
+-- index is defined once; the collection id is a bigint, never text from a request.
+
+-- name: vector_index_state
+-- One row when the collection has an index: valid, or left invalid by an interrupted build.
+SELECT i.indisvalid AS valid
+FROM pg_index i
+WHERE i.indexrelid = to_regclass(vector_index_name(:collection_id));
+
+-- name: vector_index_ddl
+SELECT vector_index_ddl(:collection_id, true);
+
+-- name: drop_invalid_vector_index_ddl
+SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', vector_index_name(:collection_id));
+
+-- name: set_build_memory
+-- For this session only (the build runs on a connection of its own, in autocommit mode).
+SELECT set_config('maintenance_work_mem', :memory, false);
