@@ -33,6 +33,7 @@ EXPECTED = {
     ("search.sql", "prepare"): {"principals", "ef_search", "max_scan_tuples"},
     ("search.sql", "search"): {
         "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
+        "title_weight",
         "principals", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
         "vector_depth", "vector_fetch", "exact_threshold", "per_document", "keyword_weight",
         "vector_weight", "rrf_k",

@@ -26,6 +26,7 @@ PUBLIC = "*"
 COLLECTION_DEFAULTS: dict[str, float] = {
     "bm25_k1": 1.2,
     "bm25_b": 0.75,
+    "bm25_title_weight": 1.5,
     "rrf_k": 60.0,
     "keyword_weight": 1.0,
     "vector_weight": 1.0,
@@ -34,6 +35,7 @@ COLLECTION_DEFAULTS: dict[str, float] = {
 COLLECTION_RANGES: dict[str, tuple[float, float]] = {
     "bm25_k1": (0.0, 10.0),
     "bm25_b": (0.0, 1.0),
+    "bm25_title_weight": (0.0, 10.0),
     "rrf_k": (0.0, 10_000.0),
     "keyword_weight": (0.0, 100.0),
     "vector_weight": (0.0, 100.0),
@@ -110,6 +112,7 @@ class Plan:
     ef_search: int
     k1: float
     b: float
+    title_weight: float
     recency: RecencyBoost | None
     popularity: PopularityBoost | None
     per_document: bool
@@ -179,6 +182,7 @@ def resolve(
         ef_search=_int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000),
         k1=defaults["bm25_k1"],
         b=defaults["bm25_b"],
+        title_weight=defaults["bm25_title_weight"],
         recency=_recency(request.recency),
         popularity=_popularity(request.popularity),
         per_document=bool(request.per_document),
