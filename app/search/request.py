@@ -27,7 +27,7 @@ COLLECTION_DEFAULTS: dict[str, float] = {
     "bm25_k1": 1.2,
     "bm25_b": 0.75,
     "bm25_title_weight": 1.5,
-    "rrf_k": 60.0,
+    "rrf_k": 10.0,
     "keyword_weight": 1.0,
     "vector_weight": 1.0,
     "candidates": 100.0,
