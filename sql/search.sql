@@ -50,9 +50,12 @@ corpus AS MATERIALIZED (
     FROM corpus_stats
     WHERE collection_id = :collection_id
 ),
--- Lucene's BM25 idf (never negative), times the query term frequency.
+-- Lucene's BM25 idf (never negative), times the query term frequency; and the lexeme as a
+-- tsquery that matches only weight A (title and headings), written ':' || 'A' so that it is
+-- not read as a bind parameter.
 query_weights AS MATERIALIZED (
-    SELECT q.lexeme, q.qtf * ln(1 + (c.n - q.df + 0.5) / (q.df + 0.5)) AS weight
+    SELECT q.lexeme, q.qtf * ln(1 + (c.n - q.df + 0.5) / (q.df + 0.5)) AS weight,
+           CAST(q.quoted || ':' || 'A' AS tsquery) AS in_title
     FROM query_lexemes q, corpus c
 ),
 -- `tsq` (all the lexemes, OR) is what highlights mark. `candidates` picks the chunks to score:
@@ -133,11 +136,14 @@ keyword_candidates AS MATERIALIZED (
       AND c.tsv @@ (SELECT tsq FROM keyword_query)
 ),
 -- Exact BM25: term frequencies come from the stored tsvector, cut down to the query's
--- lexemes before unnesting (mark them with weight B, keep only B). Best first.
+-- lexemes before unnesting (mark them with weight B, keep only B). As in BM25F, a lexeme that
+-- is also in the title or headings (weight A) gets `title_weight` - 1 more: a title names what
+-- the whole document is about. That test is a lookup in the tsvector (`@@` on one weighted
+-- lexeme), not another pass over it. Best first.
 keyword_scored AS MATERIALIZED (
     SELECT m.id, m.document_id,
-           sum(w.weight * t.tf * (CAST(:k1 AS float8) + 1)
-               / (t.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
+           sum(w.weight * f.tf * (CAST(:k1 AS float8) + 1)
+               / (f.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
                                                + CAST(:b AS float8) * m.length / c.avgdl)))
              AS score
     FROM keyword_candidates m
@@ -148,6 +154,10 @@ keyword_scored AS MATERIALIZED (
                               '{b}')) AS u
     ) AS t
     JOIN query_weights w ON w.lexeme = t.lexeme
+    CROSS JOIN LATERAL (
+        SELECT t.tf + (CAST(:title_weight AS float8) - 1) * CAST(m.tsv @@ w.in_title AS integer)
+                 AS tf
+    ) AS f
     GROUP BY m.id, m.document_id, m.length
     ORDER BY score DESC, m.id
 ),

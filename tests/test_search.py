@@ -20,7 +20,13 @@ from app.errors import Invalid, NotFound
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
 from app.search.engine import SearchResult, VectorSource, search, statement, statement_parameters
-from app.search.request import PopularityBoost, RecencyBoost, SearchRequest, resolve
+from app.search.request import (
+    COLLECTION_DEFAULTS,
+    PopularityBoost,
+    RecencyBoost,
+    SearchRequest,
+    resolve,
+)
 from app.service import Services
 from app.settings import SearchSettings
 from tests.test_ingest import doc, rows, scalar
@@ -60,15 +66,20 @@ def corpus(services: Services) -> Services:
 # --- BM25 ---------------------------------------------------------------------------------------
 
 
-def reference_bm25(services: Services, query: str, k1: float, b: float) -> dict[int, float]:
-    """BM25 in Python over the lexemes PostgreSQL stored, with query term frequency."""
-    tf: dict[int, dict[str, int]] = {}
-    for chunk_id, lexeme, count in rows(
-        services,
-        "SELECT c.id, u.lexeme, coalesce(array_length(u.positions, 1), 1) "
-        "FROM chunks c, unnest(c.tsv) u",
+def reference_bm25(
+    services: Services, query: str, k1: float, b: float, title_weight: float = 1.5
+) -> dict[int, float]:
+    """BM25 in Python over the lexemes PostgreSQL stored, with query term frequency; a lexeme
+    that is also in the title or headings (weight A) gets `title_weight` - 1 more in its term
+    frequency, the length counts every occurrence once."""
+    tf: dict[int, dict[str, float]] = {}
+    lengths: dict[int, int] = Counter()
+    for chunk_id, lexeme, positions, weights in rows(
+        services, "SELECT c.id, u.lexeme, u.positions, u.weights FROM chunks c, unnest(c.tsv) u"
     ):
-        tf.setdefault(chunk_id, {})[lexeme] = count
+        count, in_title = len(positions) or 1, "A" in weights
+        tf.setdefault(chunk_id, {})[lexeme] = count + (title_weight - 1) * in_title
+        lengths[chunk_id] += count
     query_tf = dict(
         rows(
             services,
@@ -78,7 +89,6 @@ def reference_bm25(services: Services, query: str, k1: float, b: float) -> dict[
         )
     )
     n = len(tf)
-    lengths = {c: sum(v.values()) for c, v in tf.items()}
     avgdl = sum(lengths.values()) / n
     df = Counter(lexeme for v in tf.values() for lexeme in v)
     scores = {}
@@ -108,10 +118,13 @@ def test_sql_bm25_agrees_with_the_python_reference(corpus: Services, query: str)
 def test_bm25_parameters_come_from_the_collection(corpus: Services) -> None:
     with corpus.engine.begin() as conn:
         conn.execute(
-            text("""UPDATE collections SET settings = '{"bm25_k1": 2.0, "bm25_b": 0.3}'""")
+            text(
+                "UPDATE collections SET settings = "
+                """'{"bm25_k1": 2.0, "bm25_b": 0.3, "bm25_title_weight": 3.5}'"""
+            )
         )
     result = run(corpus, query="cats dogs", mode="keyword", explain=True)
-    expected = reference_bm25(corpus, "cats dogs", k1=2.0, b=0.3)
+    expected = reference_bm25(corpus, "cats dogs", k1=2.0, b=0.3, title_weight=3.5)
     for h in result.hits:
         assert h.explain is not None
         assert h.explain["keyword"]["bm25"] == pytest.approx(expected[h.chunk_id], abs=1e-6)
@@ -326,7 +339,7 @@ def test_fusion_is_weighted_rrf_of_the_two_legs(corpus: Services) -> None:
     query = "cats and dogs"
     keyword = [h.chunk_id for h in run(corpus, query=query, mode="keyword", k=50).hits]
     vector = [h.chunk_id for h in run(corpus, query=query, mode="vector", k=50).hits]
-    weights, k = {"keyword": 0.7, "vector": 1.3}, 60
+    weights, k = {"keyword": 0.7, "vector": 1.3}, COLLECTION_DEFAULTS["rrf_k"]
     expected: Counter[int] = Counter()
     for leg, ranked in (("keyword", keyword), ("vector", vector)):
         for rank, chunk in enumerate(ranked, start=1):

@@ -35,6 +35,7 @@ EXPECTED = {
     },
     ("search.sql", "search"): {
         "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
+        "title_weight",
         "principals", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
         "vector_depth", "vector_fetch", "exact_threshold", "vector_exact", "cached_ids",
         "cached_partial", "per_document", "keyword_weight",

@@ -298,6 +298,7 @@ def statement_parameters(
         "keyword_budget": settings.keyword_budget,
         "k1": plan.k1,
         "b": plan.b,
+        "title_weight": plan.title_weight,
         "principals": plan.principals,
         "restricted": plan.restricted,
         "query_vector": vector,

@@ -28,7 +28,8 @@ PUBLIC = "*"
 COLLECTION_DEFAULTS: dict[str, float] = {
     "bm25_k1": 1.2,
     "bm25_b": 0.75,
-    "rrf_k": 60.0,
+    "bm25_title_weight": 1.5,
+    "rrf_k": 10.0,
     "keyword_weight": 1.0,
     "vector_weight": 1.0,
     "candidates": 100.0,
@@ -36,6 +37,7 @@ COLLECTION_DEFAULTS: dict[str, float] = {
 COLLECTION_RANGES: dict[str, tuple[float, float]] = {
     "bm25_k1": (0.0, 10.0),
     "bm25_b": (0.0, 1.0),
+    "bm25_title_weight": (0.0, 10.0),
     "rrf_k": (0.0, 10_000.0),
     "keyword_weight": (0.0, 100.0),
     "vector_weight": (0.0, 100.0),
@@ -115,6 +117,7 @@ class Plan:
     ef_search: int
     k1: float
     b: float
+    title_weight: float
     recency: RecencyBoost | None
     popularity: PopularityBoost | None
     per_document: bool
@@ -189,6 +192,7 @@ def resolve(
         ef_search=_int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000),
         k1=defaults["bm25_k1"],
         b=defaults["bm25_b"],
+        title_weight=defaults["bm25_title_weight"],
         recency=_recency(request.recency),
         popularity=_popularity(request.popularity),
         per_document=bool(request.per_document),
