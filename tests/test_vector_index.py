@@ -14,7 +14,7 @@ from app import collections
 from app.db.queries import load
 from app.ingest import vector_index
 from app.ingest.pipeline import Ingestor
-from app.search.engine import _parameters, statement
+from app.search.engine import VectorSource, statement, statement_parameters
 from app.search.request import SearchRequest, resolve
 from app.service import Services
 from tests.test_ingest import doc, scalar
@@ -132,10 +132,16 @@ def vector_search(
     vector = services.embeddings(query)
     with services.engine.begin() as conn:
         found = collections.get(conn, collection)
-        params = _parameters(found, plan, vector, settings)
+        params = statement_parameters(found, plan, vector, VectorSource("pgvector"), settings)
         conn.execute(
             load("search.sql")["prepare"],
-            {"principals": plan.principals, "ef_search": "40", "max_scan_tuples": "1000"},
+            {
+                "principals": plan.principals,
+                "ef_search": "40",
+                "max_scan_tuples": "1000",
+                "collection_id": found.id,
+                "cache_position": None,
+            },
         )
         conn.execute(text("SET LOCAL enable_seqscan = off"))
         conn.execute(text("SET LOCAL enable_sort = off"))
