@@ -331,11 +331,14 @@ class VectorCache:
 
     def _schedule_rebuild(self, entry: Entry, show_progress: bool = False) -> Future[None]:
         with entry.lock:
-            if entry.rebuilding is not None and not entry.rebuilding.done():
-                return entry.rebuilding
+            return self._start_rebuild(entry, show_progress)
+
+    def _start_rebuild(self, entry: Entry, show_progress: bool = False) -> Future[None]:
+        """Under the entry's lock: the rebuild under way, or a new one on the builder."""
+        if entry.rebuilding is None or entry.rebuilding.done():
             work = partial(self._rebuild, show_progress=show_progress)
             entry.rebuilding = self._builder.submit(self._guarded, entry, work)
-            return entry.rebuilding
+        return entry.rebuilding
 
     def _rebuild(self, entry: Entry, show_progress: bool = False) -> None:
         index, position = self._build(entry, show_progress)
@@ -377,8 +380,7 @@ class VectorCache:
         if not waiting.changes:
             return 0
         if waiting.changes > max(CATCH_UP_MIN, CATCH_UP_SHARE * index.size):
-            if entry.rebuilding is None or entry.rebuilding.done():
-                entry.rebuilding = self._builder.submit(self._guarded, entry, self._rebuild)
+            self._start_rebuild(entry)
             return 0
         changes = source.read_changes(self.engine, identity.collection_id, position, identity.dim)
         index.apply(changes.inserted_ids, changes.inserted, changes.deleted_ids)
@@ -386,8 +388,8 @@ class VectorCache:
         entry.applied += changes.count
         entry.lag = Lag(0, 0.0, waiting.head, time.time())
         entry.detail = self._describe(entry)
-        if self._needs_rebuild(index) and (entry.rebuilding is None or entry.rebuilding.done()):
-            entry.rebuilding = self._builder.submit(self._guarded, entry, self._rebuild)
+        if self._needs_rebuild(index):
+            self._start_rebuild(entry)
         return changes.count
 
     def _needs_rebuild(self, index: VectorIndex) -> bool:

@@ -8,7 +8,8 @@ its position.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,23 +162,16 @@ def pending(engine: Engine, collection_id: int, since: str) -> Pending:
     return Pending(int(row.changes), float(row.seconds), int(row.head))
 
 
-class _snapshot_transaction:
+@contextmanager
+def _snapshot_transaction(engine: Engine) -> Iterator[tuple[Connection, str]]:
     """A REPEATABLE READ, read-only transaction and the snapshot it reads in."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def __enter__(self) -> tuple[Connection, str]:
-        self.conn = self.engine.connect().execution_options(
+    with (
+        engine.connect().execution_options(
             isolation_level="REPEATABLE READ", postgresql_readonly=True
-        )
-        self.conn.begin()
-        position = self.conn.execute(query("ann.sql", "snapshot")).scalar_one()
-        return self.conn, position
-
-    def __exit__(self, *exc: object) -> None:
-        self.conn.rollback()
-        self.conn.close()
+        ) as conn,
+        conn.begin(),
+    ):
+        yield conn, conn.execute(query("ann.sql", "snapshot")).scalar_one()
 
 
 def _record_type(dim: int) -> np.dtype[Any]:
