@@ -62,8 +62,14 @@ def many(services: Services, ingestor: Ingestor) -> Services:
 
 @pytest.fixture
 def cache(many: Services, tmp_path: Path) -> VectorCache:
-    """A cache that indexes anything past 500 vectors with HNSW (so deletes are tombstones)."""
-    settings = replace(many.settings.vectors, exact_below=500, poll_s=0.2, snapshot_s=3600)
+    """A cache that indexes anything past 500 vectors with HNSW (so deletes are tombstones).
+
+    Random 384-dimensional vectors are the hardest case for HNSW, so the search list covers the
+    whole collection: the graph is then searched exhaustively and results can be compared with the
+    exact scan's, row for row."""
+    settings = replace(
+        many.settings.vectors, exact_below=500, hnsw_ef_search=DOCS, poll_s=0.2, snapshot_s=3600
+    )
     return VectorCache(many.engine, settings, tmp_path / "faiss")
 
 
