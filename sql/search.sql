@@ -82,33 +82,35 @@ keyword_query AS MATERIALIZED (
 -- collection's size: the threshold up to 100k chunks, 3.16 times it at 1M (`small`). Scoring
 -- a keyword match costs more than a distance, so the keyword leg reads the visible chunks
 -- directly only up to the threshold itself (`few`).
+-- The running sum is one scan for both limits: a materialized CTE is computed only as far as
+-- it is read, and each reader continues from the rows already computed. Neither reader runs
+-- for an open search. Every document it counts has a chunk, so the larger limit plus one
+-- rows always reach past it: the LIMIT tells the planner that the scan stops early.
+visible_limits AS MATERIALIZED (
+    SELECT c.n, :exact_threshold * sqrt(greatest(c.n, 100000) / 100000) AS chunks
+    FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c
+),
+visible_running AS MATERIALIZED (
+    SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
+    FROM documents d
+    WHERE d.collection_id = :collection_id
+      AND d.deleted_at IS NULL
+      AND d.chunk_count > 0
+      AND d.acl && CAST(:principals AS text[])
+      AND /* filter */ TRUE
+    LIMIT (SELECT CAST(ceil(chunks) AS bigint) + 1 FROM visible_limits)
+),
 visible AS MATERIALIZED (
     SELECT CASE WHEN CAST(:restricted AS boolean)
-                THEN NOT EXISTS (
-                    SELECT 1
-                    FROM (SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
-                          FROM documents d
-                          WHERE d.collection_id = :collection_id
-                            AND d.deleted_at IS NULL
-                            AND d.acl && CAST(:principals AS text[])
-                            AND /* filter */ TRUE) AS counted
-                    WHERE counted.running > l.chunks)
+                THEN NOT EXISTS (SELECT FROM visible_running r WHERE r.running > l.chunks)
                 ELSE l.n <= l.chunks
            END AS small,
            CASE WHEN CAST(:restricted AS boolean)
-                THEN NOT EXISTS (
-                    SELECT 1
-                    FROM (SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
-                          FROM documents d
-                          WHERE d.collection_id = :collection_id
-                            AND d.deleted_at IS NULL
-                            AND d.acl && CAST(:principals AS text[])
-                            AND /* filter */ TRUE) AS counted
-                    WHERE counted.running > :exact_threshold)
+                THEN NOT EXISTS (SELECT FROM visible_running r
+                                 WHERE r.running > :exact_threshold)
                 ELSE l.n <= :exact_threshold
            END AS few
-    FROM (SELECT c.n, :exact_threshold * sqrt(greatest(c.n, 100000) / 100000) AS chunks
-          FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c) AS l
+    FROM visible_limits l
 ),
 -- The candidate chunks: from the GIN index alone within the budget, or, when the search may
 -- see few chunks, every one of those that matches any query lexeme, read document by document
