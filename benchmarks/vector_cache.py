@@ -47,6 +47,9 @@ from app.service import Services
 from app.settings import load_settings
 
 K = 10
+RECALL = 0.95  # the recall@10 at which the two HNSW implementations are compared
+FAISS_EF = (16, 32, 64, 128, 256, 512, 1000)
+PGVECTOR_EF = (40, 100, 200, 400, 1000)
 
 
 def main() -> None:
@@ -67,7 +70,10 @@ def main() -> None:
         services.vector_cache = cache
         results["build"], truth, indexes = _build(services, cache, collection, vectors, args)
         results["leg"] = _leg(services, collection, vectors, truth, indexes, args)
-        results["search"] = _searches(services, cache, queries, vectors, args)
+        results["equal_recall"] = _equal_recall(results["leg"])
+        results["search"] = _searches(
+            services, cache, queries, vectors, args, results["equal_recall"]
+        )
         results["catch_up"] = _catch_up(services, cache, collection, args)
     finally:
         services.close()
@@ -148,7 +154,7 @@ def _leg(
     for kind, index in indexes.items():
         if kind == "hnsw":
             settings += [(f"faiss hnsw ef={ef}", index, IndexParams(hnsw_ef_search=ef))
-                         for ef in (16, 32, 64, 128)]  # fmt: skip
+                         for ef in FAISS_EF]  # fmt: skip
         elif kind == "ivf":
             settings += [(f"faiss ivf nprobe={n}", index, IndexParams(ivf_nprobe=n))
                          for n in (8, 16, 32, 64)]  # fmt: skip
@@ -167,7 +173,7 @@ def _leg(
                     times.append((time.perf_counter() - started) * 1000)
                     found.append(ids)
         rows.append(_leg_row(name, times, found, truth))
-    for ef in (40, 100, 200):
+    for ef in PGVECTOR_EF:
         times, found = _pgvector_leg(
             services, collection, vectors, f"SET LOCAL hnsw.ef_search = {ef}"
         )
@@ -176,6 +182,28 @@ def _leg(
     times, found = _pgvector_leg(services, collection, exact, "SET LOCAL enable_indexscan = off")
     rows.append(_leg_row("pgvector exact scan", times, found, truth[: len(exact)]))
     return rows
+
+
+def _equal_recall(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cheapest FAISS HNSW and pgvector HNSW settings that reach RECALL, side by side."""
+    chosen: dict[str, Any] = {}
+    for name, prefix in (("faiss", "faiss hnsw ef="), ("pgvector", "pgvector hnsw ef_search=")):
+        reaching = [r for r in rows if r["leg"].startswith(prefix) and r["recall@10"] >= RECALL]
+        if reaching:
+            best = min(reaching, key=lambda r: r["p50"])
+            chosen[name] = {**best, "ef_search": int(best["leg"].removeprefix(prefix))}
+    print(f"\nvector leg at recall@10 >= {RECALL}:", flush=True)
+    for name in ("faiss", "pgvector"):
+        row = chosen.get(name)
+        line = (f"{row['leg']} recall {row['recall@10']:.3f} p50 {row['p50']:.2f} "
+                f"p95 {row['p95']:.2f} ms") if row else "never reached"  # fmt: skip
+        print(f"  {name}: {line}", flush=True)
+    if "faiss" in chosen and "pgvector" in chosen:
+        for q in ("p50", "p95"):
+            chosen[f"speed-up {q}"] = chosen["pgvector"][q] / chosen["faiss"][q]
+        print(f"  FAISS leg faster by {chosen['speed-up p50']:.1f}x (p50), "
+              f"{chosen['speed-up p95']:.1f}x (p95)", flush=True)  # fmt: skip
+    return chosen
 
 
 def _pgvector_leg(
@@ -219,40 +247,67 @@ def _searches(
     queries: list[str],
     vectors: list[list[float]],
     args: argparse.Namespace,
+    equal_recall: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """The whole search call through the product, per backend."""
+    """The whole search call through the product, per backend: with the default settings, and
+    with each HNSW at the `ef_search` that reached RECALL in the leg alone."""
     rows = []
     print("\nwhole search call | p50 ms | p95 ms | hits", flush=True)
     restrictions = {
         "none": scale.RESTRICTIONS["none"],
         "filter 1%": scale.RESTRICTIONS["filter 1%"],
     }
-    for mode in ("vector", "hybrid"):
-        for restriction, fields in restrictions.items():
-            for backend in ("faiss", "pgvector", "exact"):
-                count = args.exact_queries if backend == "exact" else len(queries)
-                times, hits = [], []
-                for warm_up in (True, False):
-                    for query, vector in zip(
-                        queries[:5] if warm_up else queries[:count], vectors, strict=False
-                    ):
-                        request = SearchRequest(
-                            query=query, vector=vector, k=K, mode=mode, highlight=False,
-                            vector_backend=backend, **fields,
-                        )  # fmt: skip
-                        started = time.perf_counter()
-                        with services.engine.begin() as conn:
-                            result = engine.search(conn, scale.COLLECTION, request,
-                                                   settings=services.settings.search,
-                                                   embeddings=None, vectors=cache)  # fmt: skip
-                        if not warm_up:
-                            times.append((time.perf_counter() - started) * 1000)
-                            hits.append(len(result.hits))
-                row = {"mode": mode, "restriction": restriction, "backend": backend,
-                       "hits": statistics.mean(hits), **_summary(times)}  # fmt: skip
-                rows.append(row)
-                print(f"{mode} {restriction} {backend} | {row['p50']:.1f} | {row['p95']:.1f} | "
-                      f"{row['hits']:.1f}", flush=True)  # fmt: skip
+    runs: list[tuple[str, str, str, int | None]] = [
+        (mode, restriction, backend, None)
+        for mode in ("vector", "hybrid")
+        for restriction in restrictions
+        for backend in ("faiss", "pgvector", "exact")
+    ]
+    if "faiss" in equal_recall and "pgvector" in equal_recall:
+        runs += [(mode, "none", backend, equal_recall[backend]["ef_search"])
+                 for mode in ("vector", "hybrid") for backend in ("faiss", "pgvector")]  # fmt: skip
+    exact_ids: dict[tuple[str, str], list[list[int]]] = {}
+    for mode, restriction, backend, ef_search in runs:
+        count = args.exact_queries if backend == "exact" else len(queries)
+        times, hits, found = [], [], []
+        for warm_up in (True, False):
+            for query, vector in zip(
+                queries[:5] if warm_up else queries[:count], vectors, strict=False
+            ):
+                request = SearchRequest(
+                    query=query, vector=vector, k=K, mode=mode, highlight=False,
+                    vector_backend=backend, ef_search=ef_search, **restrictions[restriction],
+                )  # fmt: skip
+                started = time.perf_counter()
+                with services.engine.begin() as conn:
+                    result = engine.search(conn, scale.COLLECTION, request,
+                                           settings=services.settings.search,
+                                           embeddings=None, vectors=cache)  # fmt: skip
+                if not warm_up:
+                    times.append((time.perf_counter() - started) * 1000)
+                    hits.append(len(result.hits))
+                    found.append([h.chunk_id for h in result.hits])
+        if backend == "exact":
+            exact_ids[mode, restriction] = found
+        # The exact backend runs after the others of its mode and restriction: recall of the
+        # others is filled in once it has.
+        row = {"mode": mode, "restriction": restriction, "backend": backend,
+               "ef_search": ef_search, "hits": statistics.mean(hits), "found": found,
+               **_summary(times)}  # fmt: skip
+        rows.append(row)
+        label = f"{mode} {restriction} {backend}" + (f" ef={ef_search}" if ef_search else "")
+        print(f"{label} | {row['p50']:.1f} | {row['p95']:.1f} | {row['hits']:.1f}", flush=True)
+    print("\nrecall@10 of each whole search against the exact backend's results:", flush=True)
+    for row in rows:
+        truth = exact_ids.get((row["mode"], row["restriction"]))
+        found = row.pop("found")
+        if truth:
+            row["recall@10"] = statistics.mean(
+                len(set(f) & set(t)) / max(len(t), 1) for f, t in zip(found, truth, strict=False)
+            )
+            label = f"{row['mode']} {row['restriction']} {row['backend']}"
+            ef = f" ef={row['ef_search']}" if row["ef_search"] else ""
+            print(f"  {label}{ef}: {row['recall@10']:.3f}", flush=True)
     return rows
 
 

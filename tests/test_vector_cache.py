@@ -443,3 +443,25 @@ def test_admin_routes_metrics_and_ready_report_the_cache(
         "/v1/search", json={"collection": "small", "query": "x", "vector_backend": "annoy"}
     )
     assert refused.status_code == 400 and refused.json()["field"] == "vector_backend"
+
+
+def test_a_requests_ef_search_sets_the_hnsw_search_list(
+    many: Services, cache: VectorCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = cache.ensure(collection_id(many))
+    assert entry.current is not None
+    index = entry.current[0]
+    assert index._search_params(10, None).efSearch == DOCS  # the cache's setting
+    assert index._search_params(10, 300).efSearch == 300
+    assert index._search_params(50, 20).efSearch == 50  # never below the candidates asked
+    asked: list[int | None] = []
+    search_index = index.search
+
+    def spy(vector: Any, k: int, ef_search: int | None = None) -> Any:
+        asked.append(ef_search)
+        return search_index(vector, k, ef_search)
+
+    monkeypatch.setattr(index, "search", spy)
+    run(many, cache, "faiss", query_vector(1), k=10)
+    run(many, cache, "faiss", query_vector(1), k=10, ef_search=300)
+    assert asked == [None, 300]

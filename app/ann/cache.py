@@ -181,12 +181,14 @@ class VectorCache:
         needed: int,
         restriction: Hashable | None,
         exact_below: float = 0,
+        ef_search: int | None = None,
     ) -> Candidates | None:
         """The nearest ids for a vector leg that keeps `needed` rows, over-fetching for a
         restricted search by the share of candidates such searches saw pass; None when the
         collection's index is not ready. When that share says the search sees no more
         vectors than the statement scans exactly (`exact_below`, the exact-scan threshold,
-        grown with the square root of the size past 100k as in search.sql), no ids at all."""
+        grown with the square root of the size past 100k as in search.sql), no ids at all.
+        `ef_search` overrides the HNSW search list length of the index's settings."""
         entry = self.entry(collection_id)
         if entry is None or entry.current is None or entry.identity.created_at != _iso(created_at):
             return None
@@ -197,7 +199,7 @@ class VectorCache:
             if rate * index.live <= exact_below * math.sqrt(max(index.live, 100_000) / 100_000):
                 return Candidates([], position, partial=True, asked=0)
             asked = min(max(needed, math.ceil(needed / rate * 1.2)), self.settings.max_candidates)
-        ids = index.search(np.asarray(vector, dtype=np.float32), asked)
+        ids = index.search(np.asarray(vector, dtype=np.float32), asked, ef_search)
         return Candidates(ids.tolist(), position, partial=len(ids) >= asked, asked=asked)
 
     def observe(self, restriction: Hashable, asked: int, passed: int) -> None:

@@ -193,8 +193,9 @@ class VectorIndex:
         else:
             self._index.remove_ids(faiss.IDSelectorBatch(ids))
 
-    def search(self, vector: Vectors, k: int) -> Ids:
-        """The ids of the `k` nearest live vectors, nearest first."""
+    def search(self, vector: Vectors, k: int, ef_search: int | None = None) -> Ids:
+        """The ids of the `k` nearest live vectors, nearest first (an HNSW index searches with
+        `ef_search` when given, else with its own setting)."""
         # One query gains nothing from OpenMP threads, and on a busy machine their hand-offs
         # cost milliseconds. The setting is per calling thread: builds keep every core.
         faiss.omp_set_num_threads(1)
@@ -204,15 +205,14 @@ class VectorIndex:
             k = min(k, self.live)
             if k <= 0:
                 return np.empty(0, dtype=np.int64)
-            _, found = self._index.search(query, k, params=self._search_params(k))
+            _, found = self._index.search(query, k, params=self._search_params(k, ef_search))
         ids: Ids = found[0]
         return ids[ids >= 0]
 
-    def _search_params(self, k: int) -> Any:
+    def _search_params(self, k: int, ef_search: int | None) -> Any:
         if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(
-                efSearch=max(self.params.hnsw_ef_search, k), sel=self._tombstone_selector()
-            )
+            ef = self.params.hnsw_ef_search if ef_search is None else ef_search
+            return faiss.SearchParametersHNSW(efSearch=max(ef, k), sel=self._tombstone_selector())
         if self.kind == "ivf":
             return faiss.SearchParametersIVF(nprobe=self.params.ivf_nprobe)
         return None

@@ -115,6 +115,8 @@ class Plan:
     rrf_k: float
     candidates: int
     ef_search: int
+    # The request's own ef_search, if any: the FAISS cache otherwise keeps its setting.
+    requested_ef_search: int | None
     k1: float
     b: float
     title_weight: float
@@ -190,6 +192,7 @@ def resolve(
         rrf_k=_float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
         candidates=max(candidates, offset + k),
         ef_search=_int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000),
+        requested_ef_search=request.ef_search,
         k1=defaults["bm25_k1"],
         b=defaults["bm25_b"],
         title_weight=defaults["bm25_title_weight"],
