@@ -237,7 +237,7 @@ class VectorCacheSettings:
     )
     hnsw_ef_search: int = setting(
         "HYBRID_FAISS_HNSW_EF_SEARCH",
-        128,
+        512,
         "HNSW search beam width (efSearch; at least the number of candidates asked)",
     )
     ivf_nprobe: int = setting("HYBRID_FAISS_IVF_NPROBE", 32, "IVF lists searched a query")

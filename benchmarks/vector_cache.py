@@ -66,6 +66,7 @@ def main() -> None:
             collection = collections.get(conn, scale.COLLECTION)
         queries, vectors, embed_ms = scale._queries(services, args)
         scale._machine(args, embed_ms)
+        scale._prewarm(services)  # a serving database is warm, as in scale.py
         cache = VectorCache(services.engine, settings.vectors, settings.vectors.directory)
         services.vector_cache = cache
         results["build"], truth, indexes = _build(services, cache, collection, vectors, args)
@@ -160,6 +161,7 @@ def _leg(
                          for n in (8, 16, 32, 64)]  # fmt: skip
         else:
             settings.append(("faiss flat (exact)", index, IndexParams()))
+    product = {kind: index.params for kind, index in indexes.items()}
     for name, index, params in settings:
         index.params = replace(
             index.params, hnsw_ef_search=params.hnsw_ef_search, ivf_nprobe=params.ivf_nprobe
@@ -173,6 +175,8 @@ def _leg(
                     times.append((time.perf_counter() - started) * 1000)
                     found.append(ids)
         rows.append(_leg_row(name, times, found, truth))
+    for kind, index in indexes.items():  # back to the product's settings
+        index.params = product[kind]
     for ef in PGVECTOR_EF:
         times, found = _pgvector_leg(
             services, collection, vectors, f"SET LOCAL hnsw.ef_search = {ef}"
@@ -185,14 +189,20 @@ def _leg(
 
 
 def _equal_recall(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cheapest FAISS HNSW and pgvector HNSW settings that reach RECALL, side by side."""
-    chosen: dict[str, Any] = {}
-    for name, prefix in (("faiss", "faiss hnsw ef="), ("pgvector", "pgvector hnsw ef_search=")):
-        reaching = [r for r in rows if r["leg"].startswith(prefix) and r["recall@10"] >= RECALL]
+    """The cheapest FAISS HNSW and pgvector HNSW settings that reach RECALL, side by side; when
+    pgvector's index never reaches it, the recall of its best setting is the bar instead."""
+    prefixes = {"faiss": "faiss hnsw ef=", "pgvector": "pgvector hnsw ef_search="}
+    pgvector = [r for r in rows if r["leg"].startswith(prefixes["pgvector"])]
+    if not pgvector:
+        return {}
+    bar = min(RECALL, max(r["recall@10"] for r in pgvector))
+    chosen: dict[str, Any] = {"recall bar": bar}
+    for name, prefix in prefixes.items():
+        reaching = [r for r in rows if r["leg"].startswith(prefix) and r["recall@10"] >= bar]
         if reaching:
             best = min(reaching, key=lambda r: r["p50"])
             chosen[name] = {**best, "ef_search": int(best["leg"].removeprefix(prefix))}
-    print(f"\nvector leg at recall@10 >= {RECALL}:", flush=True)
+    print(f"\nvector leg at recall@10 >= {bar:.3f}:", flush=True)
     for name in ("faiss", "pgvector"):
         row = chosen.get(name)
         line = (f"{row['leg']} recall {row['recall@10']:.3f} p50 {row['p50']:.2f} "

@@ -83,9 +83,12 @@ keyword_query AS MATERIALIZED (
 -- a keyword match costs more than a distance, so the keyword leg reads the visible chunks
 -- directly only up to the threshold itself (`few`).
 -- The running sum is one scan for both limits: a materialized CTE is computed only as far as
--- it is read, and each reader continues from the rows already computed. Neither reader runs
--- for an open search. Every document it counts has a chunk, so the larger limit plus one
--- rows always reach past it: the LIMIT tells the planner that the scan stops early.
+-- it is read, and each reader continues from the rows already computed. A leg that is off
+-- never reads its limit, and an open search reads neither. Every document it counts has a
+-- chunk, so the larger limit plus one rows always reach past it: the LIMIT tells the planner
+-- that the scan stops early. With the in-process vector cache, `visible_large` can say that
+-- the cache has seen the restriction pass far more chunks than the vector leg's limit (a
+-- choice of method, never of rows), and the vector leg then skips the count.
 visible_limits AS MATERIALIZED (
     SELECT c.n, :exact_threshold * sqrt(greatest(c.n, 100000) / 100000) AS chunks
     FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c
@@ -100,12 +103,16 @@ visible_running AS MATERIALIZED (
       AND /* filter */ TRUE
     LIMIT (SELECT CAST(ceil(chunks) AS bigint) + 1 FROM visible_limits)
 ),
-visible AS MATERIALIZED (
-    SELECT CASE WHEN CAST(:restricted AS boolean)
+visible_small AS MATERIALIZED (
+    SELECT CASE WHEN CAST(:visible_large AS boolean) THEN false
+                WHEN CAST(:restricted AS boolean)
                 THEN NOT EXISTS (SELECT FROM visible_running r WHERE r.running > l.chunks)
                 ELSE l.n <= l.chunks
-           END AS small,
-           CASE WHEN CAST(:restricted AS boolean)
+           END AS small
+    FROM visible_limits l
+),
+visible_few AS MATERIALIZED (
+    SELECT CASE WHEN CAST(:restricted AS boolean)
                 THEN NOT EXISTS (SELECT FROM visible_running r
                                  WHERE r.running > :exact_threshold)
                 ELSE l.n <= :exact_threshold
@@ -119,7 +126,7 @@ keyword_candidates AS MATERIALIZED (
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM chunks c
     WHERE c.collection_id = :collection_id
-      AND :keyword_depth > 0 AND NOT (SELECT few FROM visible)
+      AND :keyword_depth > 0 AND NOT (SELECT few FROM visible_few)
       AND c.tsv @@ (SELECT candidates FROM keyword_query)
     UNION ALL
     SELECT c.id, c.document_id, c.tsv, c.length
@@ -131,7 +138,7 @@ keyword_candidates AS MATERIALIZED (
         OFFSET 0
     ) AS c
     WHERE d.collection_id = :collection_id
-      AND :keyword_depth > 0 AND (SELECT few FROM visible)
+      AND :keyword_depth > 0 AND (SELECT few FROM visible_few)
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
@@ -197,7 +204,7 @@ vector_exact AS (
     FROM chunks c
     JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
     WHERE c.collection_id = :collection_id
-      AND :vector_depth > 0 AND ((SELECT small FROM visible) OR CAST(:vector_exact AS boolean))
+      AND :vector_depth > 0 AND ((SELECT small FROM visible_small) OR CAST(:vector_exact AS boolean))
       AND d.deleted_at IS NULL
       AND d.acl && CAST(:principals AS text[])
       AND /* filter */ TRUE
@@ -213,7 +220,7 @@ vector_cached AS MATERIALIZED (
            f.ord
     FROM unnest(CAST(:cached_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
     JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
-    WHERE :vector_depth > 0 AND NOT (SELECT small FROM visible)
+    WHERE :vector_depth > 0 AND NOT (SELECT small FROM visible_small)
       AND NOT CAST(:vector_exact AS boolean)
       AND coalesce((SELECT true
                     FROM documents d
@@ -231,7 +238,7 @@ vector_ann AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM chunks c
     WHERE c.collection_id = :collection_id
-      AND :vector_depth > 0 AND NOT (SELECT small FROM visible)
+      AND :vector_depth > 0 AND NOT (SELECT small FROM visible_small)
       AND NOT CAST(:vector_exact AS boolean)
       AND (CAST(:cached_ids AS bigint[]) IS NULL
            OR (CAST(:cached_partial AS boolean)

@@ -48,7 +48,7 @@ class IndexParams:
     exact_below: int = 20_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 512
     ivf_nprobe: int = 32
 
 
