@@ -48,7 +48,7 @@ from app.settings import load_settings
 
 K = 10
 RECALL = 0.95  # the recall@10 at which the two HNSW implementations are compared
-FAISS_EF = (16, 32, 64, 128, 256, 512, 1000)
+FAISS_EF = (16, 32, 64, 128, 256, 384, 512, 768, 1000)
 PGVECTOR_EF = (40, 100, 200, 400, 1000)
 
 
