@@ -501,7 +501,7 @@ def _explain(services: Services, query: str, vector: list[float], k: int) -> str
              "max_scan_tuples": str(services.settings.search.max_scan_tuples),
              "collection_id": collection.id, "cache_position": None},
         )  # fmt: skip
-        statement = engine.statement(plan.filter.sql)
+        statement = engine.statement(plan.filter)
         source = engine.VectorSource("pgvector")
         params = engine.statement_parameters(
             collection, plan, vector, source, services.settings.search

@@ -1,9 +1,11 @@
 -- The read path's one statement: keyword leg (BM25) + vector leg (HNSW or exact) + weighted
 -- reciprocal rank fusion + bounded boosts, with the ACL and the filters inside each leg.
 --
--- `/* filter */ TRUE` marks where the compiled filter predicate over `d` goes (see
--- app/search/filters.py: whitelisted columns, values as bind parameters). A leg whose depth is 0
--- is switched off by a constant condition, so the planner never runs it.
+-- `/* filter */ TRUE` marks where the compiled filter predicate over `d` goes in a scan of the
+-- documents, `/* filter check */ TRUE` where it checks one document already found (the same
+-- condition without what only helps an index find documents; see app/search/filters.py:
+-- whitelisted columns, values as bind parameters). A leg whose depth is 0 is switched off by a
+-- constant condition, so the planner never runs it.
 
 -- name: prepare
 -- Run first in the search's own transaction: the reader role (row-level security applies),
@@ -94,7 +96,7 @@ visible_limits AS MATERIALIZED (
     FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c
 ),
 visible_running AS MATERIALIZED (
-    SELECT sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
+    SELECT d.id, sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
     FROM documents d
     WHERE d.collection_id = :collection_id
       AND d.deleted_at IS NULL
@@ -119,29 +121,66 @@ visible_few AS MATERIALIZED (
            END AS few
     FROM visible_limits l
 ),
+-- The documents the search may see, for the legs that read them all (only when they are
+-- few). A restricted search that found them small has every one in its count already;
+-- otherwise they are read again, with the same checks.
+visible_documents AS (
+    SELECT r.id
+    FROM visible_running r
+    WHERE CAST(:restricted AS boolean) AND (SELECT small FROM visible_small)
+    UNION ALL
+    SELECT d.id
+    FROM documents d
+    WHERE NOT (CAST(:restricted AS boolean) AND (SELECT small FROM visible_small))
+      AND d.collection_id = :collection_id
+      AND d.deleted_at IS NULL
+      AND d.acl && CAST(:principals AS text[])
+      AND /* filter */ TRUE
+),
 -- The candidate chunks: from the GIN index alone within the budget, or, when the search may
 -- see few chunks, every one of those that matches any query lexeme, read document by document
--- (so a common lexeme never makes the GIN index list the whole collection).
-keyword_candidates AS MATERIALIZED (
+-- (so a common lexeme never makes the GIN index list the whole collection). A restricted
+-- search whose budget candidates leave fewer visible chunks than the leg needs, while its
+-- visible chunks are not many (`small`), reads those directly too: the budget is a guess
+-- about the whole collection, and a selective filter can leave it short.
+keyword_budget_candidates AS MATERIALIZED (
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM chunks c
     WHERE c.collection_id = :collection_id
       AND :keyword_depth > 0 AND NOT (SELECT few FROM visible_few)
       AND c.tsv @@ (SELECT candidates FROM keyword_query)
+),
+keyword_budget_short AS MATERIALIZED (
+    SELECT CAST(:restricted AS boolean) AND (SELECT small FROM visible_small)
+           AND (SELECT count(*)
+                -- A scalar subquery per candidate (a lookup by primary key): never a join
+                -- that could scan the collection's documents.
+                FROM (SELECT
+                      FROM keyword_budget_candidates b
+                      WHERE coalesce((SELECT true
+                                      FROM documents d
+                                      WHERE d.collection_id = :collection_id
+                                        AND d.id = b.document_id
+                                        AND d.deleted_at IS NULL
+                                        AND d.acl && CAST(:principals AS text[])
+                                        AND /* filter check */ TRUE), false)
+                      LIMIT :keyword_fetch) AS passing) < :keyword_fetch AS short
+),
+keyword_candidates AS MATERIALIZED (
+    SELECT b.id, b.document_id, b.tsv, b.length
+    FROM keyword_budget_candidates b
+    WHERE NOT (SELECT short FROM keyword_budget_short)
     UNION ALL
     SELECT c.id, c.document_id, c.tsv, c.length
-    FROM documents d
+    FROM visible_documents d
     CROSS JOIN LATERAL (
         SELECT c.id, c.document_id, c.tsv, c.length
         FROM chunks c
         WHERE c.collection_id = :collection_id AND c.document_id = d.id
         OFFSET 0
     ) AS c
-    WHERE d.collection_id = :collection_id
-      AND :keyword_depth > 0 AND (SELECT few FROM visible_few)
-      AND d.deleted_at IS NULL
-      AND d.acl && CAST(:principals AS text[])
-      AND /* filter */ TRUE
+    WHERE :keyword_depth > 0
+      AND ((SELECT few FROM visible_few) OR (SELECT short FROM keyword_budget_short))
       AND c.tsv @@ (SELECT tsq FROM keyword_query)
 ),
 -- Exact BM25: term frequencies come from the stored tsvector, cut down to the query's
@@ -180,7 +219,7 @@ keyword_visible AS (
                     WHERE d.collection_id = :collection_id AND d.id = s.document_id
                       AND d.deleted_at IS NULL
                       AND d.acl && CAST(:principals AS text[])
-                      AND /* filter */ TRUE), false)
+                      AND /* filter check */ TRUE), false)
     LIMIT :keyword_fetch
 ),
 -- With one hit per document, each document keeps its best chunk.
@@ -201,13 +240,15 @@ keyword_ranked AS (
 -- index runs as well.
 vector_exact AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
-    FROM chunks c
-    JOIN documents d ON d.collection_id = c.collection_id AND d.id = c.document_id
-    WHERE c.collection_id = :collection_id
-      AND :vector_depth > 0 AND ((SELECT small FROM visible_small) OR CAST(:vector_exact AS boolean))
-      AND d.deleted_at IS NULL
-      AND d.acl && CAST(:principals AS text[])
-      AND /* filter */ TRUE
+    FROM visible_documents d
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.document_id, c.embedding
+        FROM chunks c
+        WHERE c.collection_id = :collection_id AND c.document_id = d.id
+        OFFSET 0
+    ) AS c
+    WHERE :vector_depth > 0
+      AND ((SELECT small FROM visible_small) OR CAST(:vector_exact AS boolean))
     -- "+ 0" keeps the planner from answering this ORDER BY with the HNSW index.
     ORDER BY (c.embedding <=> CAST(:query_vector AS vector)) + 0, c.id
     LIMIT :vector_fetch
@@ -227,7 +268,7 @@ vector_cached AS MATERIALIZED (
                     WHERE d.collection_id = :collection_id AND d.id = c.document_id
                       AND d.deleted_at IS NULL
                       AND d.acl && CAST(:principals AS text[])
-                      AND /* filter */ TRUE), false)
+                      AND /* filter check */ TRUE), false)
     ORDER BY f.ord
     LIMIT :vector_fetch
 ),
@@ -248,7 +289,7 @@ vector_ann AS (
                     WHERE d.collection_id = :collection_id AND d.id = c.document_id
                       AND d.deleted_at IS NULL
                       AND d.acl && CAST(:principals AS text[])
-                      AND /* filter */ TRUE), false)
+                      AND /* filter check */ TRUE), false)
     ORDER BY c.embedding <=> CAST(:query_vector AS vector)
     LIMIT :vector_fetch
 ),

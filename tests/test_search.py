@@ -20,6 +20,7 @@ from app.errors import Invalid, NotFound
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
 from app.search.engine import SearchResult, VectorSource, search, statement, statement_parameters
+from app.search.filters import CompiledFilter, compile_filter
 from app.search.request import (
     COLLECTION_DEFAULTS,
     PopularityBoost,
@@ -312,6 +313,29 @@ def test_a_one_percent_filter_still_returns_k_rows(many: Services, threshold: in
     assert all(h.metadata["group"] == "rare" for h in result.hits)
 
 
+def test_a_metadata_filter_finds_documents_by_index_and_checks_one_exactly() -> None:
+    compiled = compile_filter({"metadata.group": "rare", "or": [{"title": "a"}, {"title": "b"}]})
+    # Scans of the documents find them through the metadata index; a document already found
+    # is checked by the condition alone, not by listing every document with the value again.
+    assert "documents_containing" in compiled.sql
+    assert "documents_containing" not in compiled.check_sql
+    assert "d.title" in compiled.check_sql and compiled.check_sql.count(":f_") == 3
+    assert set(compiled.params) == {"f_0", "f_1", "f_2", "f_3"}
+
+
+@pytest.mark.parametrize("threshold", [0, 100_000])
+def test_a_metadata_filter_ranks_the_same_in_each_leg(many: Services, threshold: int) -> None:
+    """The keyword leg checks each candidate's document; the visible set is read once."""
+    settings = replace(many.settings.search, exact_threshold=threshold)
+    request = SearchRequest(query="document number", mode="hybrid", vector=query_vector(4),
+                            k=10, filter={"metadata.group": "rare"}, explain=True)  # fmt: skip
+    with many.engine.begin() as conn:
+        result = search(conn, "many", request, settings=settings, embeddings=None)
+    assert len(result.hits) == 10
+    assert all(h.metadata["group"] == "rare" for h in result.hits)
+    assert all(h.explain and h.explain["keyword"] for h in result.hits)
+
+
 def test_hnsw_and_exact_scan_agree_on_a_small_filtered_set(many: Services) -> None:
     found = []
     for threshold in (0, 100_000):
@@ -403,7 +427,9 @@ def test_no_filter_widens_the_acl(secured: Services, trick: dict[str, Any]) -> N
 
 
 def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Services) -> None:
-    forgetful = statement("TRUE").text.replace("d.acl && CAST(:principals AS text[])", "TRUE")
+    forgetful = statement(CompiledFilter()).text.replace(
+        "d.acl && CAST(:principals AS text[])", "TRUE"
+    )
     assert "acl &&" not in forgetful
     with secured.engine.begin() as conn:
         run_params = _search_params(conn, principals=["user:bob", "*"])

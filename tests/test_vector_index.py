@@ -145,7 +145,7 @@ def vector_search(
         )
         conn.execute(text("SET LOCAL enable_seqscan = off"))
         conn.execute(text("SET LOCAL enable_sort = off"))
-        search = statement(plan.filter.sql)
+        search = statement(plan.filter)
         explained = conn.execute(text("EXPLAIN " + search.text), params).scalars()
         hits = [r["document_id"] for r in conn.execute(search, params).mappings()]
     return "\n".join(explained), hits

@@ -27,11 +27,13 @@ from app.collections import Collection
 from app.db.queries import load
 from app.errors import Conflict, Invalid, Unavailable
 from app.ingest.embed import Embedder
+from app.search.filters import CompiledFilter
 from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
 from app.search.rerank import Reranking, RerankReport, rerank
 from app.settings import SearchSettings
 
 FILTER_MARK = "/* filter */ TRUE"
+FILTER_CHECK_MARK = "/* filter check */ TRUE"
 MARK_START, MARK_END = "\ue000", "\ue001"
 HEADLINE_OPTIONS = (
     f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=40, MinWords=15, "
@@ -266,14 +268,19 @@ def _execute(
     if not fresh and plan.vector_backend == "auto":
         source, fresh = VectorSource("pgvector"), True
     params = statement_parameters(collection, plan, vector, source, settings)
-    rows = list(conn.execute(statement(plan.filter.sql), params).mappings())
+    rows = list(conn.execute(statement(plan.filter), params).mappings())
     return rows, source, fresh
 
 
-@lru_cache(maxsize=256)
-def statement(filter_sql: str) -> TextClause:
+def statement(compiled: CompiledFilter) -> TextClause:
     """The search statement with a compiled filter predicate in each leg."""
+    return _statement(compiled.sql, compiled.check_sql)
+
+
+@lru_cache(maxsize=256)
+def _statement(filter_sql: str, check_sql: str) -> TextClause:
     source = load("search.sql")["search"].text
+    source = source.replace(FILTER_CHECK_MARK, f"({check_sql})")
     return text(source.replace(FILTER_MARK, f"({filter_sql})"))
 
 

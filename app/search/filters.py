@@ -44,10 +44,15 @@ METADATA_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 @dataclass
 class CompiledFilter:
-    """A SQL predicate over `d` (documents) and its bind parameters."""
+    """A SQL predicate over `d` (documents) and its bind parameters.
+
+    `sql` is for scans of the documents: it may add conditions that only help an index find
+    them. `check_sql` is the same condition without those, for checking one document already
+    found (where such a helper would run again for every row)."""
 
     sql: str = "TRUE"
     params: dict[str, Any] = field(default_factory=dict)
+    check_sql: str = "TRUE"
 
     @property
     def empty(self) -> bool:
@@ -58,15 +63,18 @@ def compile_filter(spec: Any, *, path: str = "filter") -> CompiledFilter:
     """Compile a filter object; raise `Invalid` naming the offending path."""
     if spec is None or spec == {}:
         return CompiledFilter()
-    compiler = _Compiler()
+    compiler = _Compiler(index_helpers=True)
     sql = compiler.node(spec, path, depth=1)
-    return CompiledFilter(sql=sql, params=compiler.params)
+    # The same walk binds the same parameters in the same order: only the text differs.
+    check_sql = _Compiler(index_helpers=False).node(spec, path, depth=1)
+    return CompiledFilter(sql=sql, params=compiler.params, check_sql=check_sql)
 
 
 class _Compiler:
-    def __init__(self) -> None:
+    def __init__(self, *, index_helpers: bool) -> None:
         self.params: dict[str, Any] = {}
         self.conditions = 0
+        self.index_helpers = index_helpers
 
     def node(self, spec: Any, path: str, depth: int) -> str:
         if depth > MAX_DEPTH:
@@ -157,6 +165,8 @@ class _Field:
                 f"CAST({c.bind(json.dumps(nested))} AS jsonb)))"
             )
             equal = f"{self.json} = CAST({c.bind(json.dumps(value))} AS jsonb)"
+            if not c.index_helpers:
+                return f"coalesce({equal}, false)"
             return f"({containing} AND coalesce({equal}, false))"
         if value is None:
             return f"({self.column} IS NULL)"
