@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from app import documents
+from app import collections, documents
 from app.ann.cache import VectorCache
 from app.ann.index import IndexParams, VectorIndex
 from app.ann.snapshot import load as load_snapshot
@@ -160,12 +160,10 @@ def test_a_one_percent_filter_still_returns_k_correct_rows(
 def test_a_restriction_seen_to_pass_widely_skips_the_count_and_a_wrong_guess_costs_no_rows(
     many: Services, cache: VectorCache
 ) -> None:
+    with many.engine.connect() as conn:
+        created = collections.get(conn, "many").created_at
     cid = collection_id(many)
     cache.ensure(cid)
-    with many.engine.connect() as conn:
-        created = conn.execute(
-            text("SELECT created_at FROM collections WHERE id = :id"), {"id": cid}
-        ).scalar_one()
     vector = query_vector(3)
     wide, narrow = ("wide",), ("narrow",)
     first = cache.candidates(cid, created, vector, 10, wide, exact_below=100)
