@@ -88,9 +88,7 @@ keyword_query AS MATERIALIZED (
 -- it is read, and each reader continues from the rows already computed. A leg that is off
 -- never reads its limit, and an open search reads neither. Every document it counts has a
 -- chunk, so the larger limit plus one rows always reach past it: the LIMIT tells the planner
--- that the scan stops early. With the in-process vector cache, `visible_large` can say that
--- the cache has seen the restriction pass far more chunks than the vector leg's limit (a
--- choice of method, never of rows), and the vector leg then skips the count.
+-- that the scan stops early.
 visible_limits AS MATERIALIZED (
     SELECT c.n, :exact_threshold * sqrt(greatest(c.n, 100000) / 100000) AS chunks
     FROM (SELECT coalesce((SELECT n FROM corpus), 0) AS n) AS c
@@ -106,8 +104,7 @@ visible_running AS MATERIALIZED (
     LIMIT (SELECT CAST(ceil(chunks) AS bigint) + 1 FROM visible_limits)
 ),
 visible_small AS MATERIALIZED (
-    SELECT CASE WHEN CAST(:visible_large AS boolean) THEN false
-                WHEN CAST(:restricted AS boolean)
+    SELECT CASE WHEN CAST(:restricted AS boolean)
                 THEN NOT EXISTS (SELECT FROM visible_running r WHERE r.running > l.chunks)
                 ELSE l.n <= l.chunks
            END AS small
@@ -150,8 +147,10 @@ keyword_budget_candidates AS MATERIALIZED (
       AND :keyword_depth > 0 AND NOT (SELECT few FROM visible_few)
       AND c.tsv @@ (SELECT candidates FROM keyword_query)
 ),
+-- The budget's own count comes first: the visible chunks are counted up to the larger limit
+-- only when the budget falls short.
 keyword_budget_short AS MATERIALIZED (
-    SELECT CAST(:restricted AS boolean) AND (SELECT small FROM visible_small)
+    SELECT CAST(:restricted AS boolean)
            AND (SELECT count(*)
                 -- A scalar subquery per candidate (a lookup by primary key): never a join
                 -- that could scan the collection's documents.
@@ -164,7 +163,8 @@ keyword_budget_short AS MATERIALIZED (
                                         AND d.deleted_at IS NULL
                                         AND d.acl && CAST(:principals AS text[])
                                         AND /* filter check */ TRUE), false)
-                      LIMIT :keyword_fetch) AS passing) < :keyword_fetch AS short
+                      LIMIT :keyword_fetch) AS passing) < :keyword_fetch
+           AND (SELECT small FROM visible_small) AS short
 ),
 keyword_candidates AS MATERIALIZED (
     SELECT b.id, b.document_id, b.tsv, b.length

@@ -321,6 +321,20 @@ def test_a_metadata_filter_finds_documents_by_index_and_checks_one_exactly() -> 
     assert "documents_containing" not in compiled.check_sql
     assert "d.title" in compiled.check_sql and compiled.check_sql.count(":f_") == 3
     assert set(compiled.params) == {"f_0", "f_1", "f_2", "f_3"}
+    # A numeric key also indexes arrays, which containment of a nested object would miss.
+    positional = compile_filter({"metadata.tags.0": "x"})
+    assert "documents_containing" not in positional.sql
+    assert positional.sql == positional.check_sql
+
+
+def test_a_numeric_metadata_key_matches_an_array_element_in_every_leg(corpus: Services) -> None:
+    with corpus.engine.begin() as conn:
+        conn.execute(text("""UPDATE documents SET metadata = '{"tags": ["pets", "home"]}'
+                             WHERE external_id = 'cats'"""))  # fmt: skip
+    for threshold in (0, 100_000):  # the budget path (per-row checks) and the direct read
+        found = run_with_budget(corpus, 2500, exact_threshold=threshold, query="cats",
+                                mode="keyword", filter={"metadata.tags.0": "pets"})  # fmt: skip
+        assert ids(found) == ["cats"]
 
 
 @pytest.mark.parametrize("threshold", [0, 100_000])

@@ -38,7 +38,7 @@ EXPECTED = {
         "title_weight",
         "principals", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
         "vector_depth", "vector_fetch", "exact_threshold", "vector_exact", "cached_ids",
-        "cached_partial", "visible_large", "per_document", "keyword_weight",
+        "cached_partial", "per_document", "keyword_weight",
         "vector_weight", "rrf_k",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
         "popularity_max", "limit", "offset", "highlight", "headline_options",

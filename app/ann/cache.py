@@ -61,9 +61,6 @@ OUTGROWN = 2.0
 # seen, and how fast the estimate follows what is seen.
 FIRST_PASS_RATE = 0.25
 PASS_RATE_WEIGHT = 0.5
-# A restriction seen to pass this many times the exact-scan limit needs no count of its
-# visible chunks before the vector leg: it is far from the limit either way.
-LARGE_MARGIN = 4.0
 PASS_RATES_KEPT = 4096
 WAIT_SLICE_S = 0.25
 
@@ -108,9 +105,6 @@ class Candidates:
     position: str
     partial: bool
     asked: int
-    # Searches with this restriction were seen to pass far more chunks than the exact-scan
-    # limit: the statement need not count them to choose the HNSW path.
-    visible_large: bool = False
 
 
 class VectorCache:
@@ -193,26 +187,20 @@ class VectorCache:
         restricted search by the share of candidates such searches saw pass; None when the
         collection's index is not ready. When that share says the search sees no more
         vectors than the statement scans exactly (`exact_below`, the exact-scan threshold,
-        grown with the square root of the size past 100k as in search.sql), no ids at all;
-        when a share actually seen says it sees far more, `visible_large`.
+        grown with the square root of the size past 100k as in search.sql), no ids at all.
         `ef_search` overrides the HNSW search list length of the index's settings."""
         entry = self.entry(collection_id)
         if entry is None or entry.current is None or entry.identity.created_at != _iso(created_at):
             return None
         index, position = entry.current
-        asked, large = needed, False
+        asked = needed
         if restriction is not None:
-            seen = self._pass_rate(restriction)
-            rate = FIRST_PASS_RATE if seen is None else seen
-            limit = exact_below * math.sqrt(max(index.live, 100_000) / 100_000)
-            if rate * index.live <= limit:
+            rate = self._pass_rate(restriction)
+            if rate * index.live <= exact_below * math.sqrt(max(index.live, 100_000) / 100_000):
                 return Candidates([], position, partial=True, asked=0)
-            large = seen is not None and seen * index.live >= LARGE_MARGIN * limit
             asked = min(max(needed, math.ceil(needed / rate * 1.2)), self.settings.max_candidates)
         ids = index.search(np.asarray(vector, dtype=np.float32), asked, ef_search)
-        return Candidates(
-            ids.tolist(), position, partial=len(ids) >= asked, asked=asked, visible_large=large
-        )
+        return Candidates(ids.tolist(), position, partial=len(ids) >= asked, asked=asked)
 
     def observe(self, restriction: Hashable, asked: int, passed: int) -> None:
         """Record how many of `asked` candidates passed a restricted search's checks."""
@@ -226,10 +214,9 @@ class VectorCache:
             while len(self._pass_rates) > PASS_RATES_KEPT:
                 self._pass_rates.popitem(last=False)
 
-    def _pass_rate(self, restriction: Hashable) -> float | None:
-        """The share of candidates seen to pass searches with this restriction, if any were."""
+    def _pass_rate(self, restriction: Hashable) -> float:
         with self._rates_lock:
-            return self._pass_rates.get(restriction)
+            return self._pass_rates.get(restriction, FIRST_PASS_RATE)
 
     # -- building --------------------------------------------------------------------------
 

@@ -318,7 +318,6 @@ def statement_parameters(
         "vector_exact": source.backend == "exact",
         "cached_ids": source.candidates.ids if source.candidates else None,
         "cached_partial": source.candidates.partial if source.candidates else False,
-        "visible_large": source.candidates.visible_large if source.candidates else False,
         "per_document": plan.per_document,
         "keyword_weight": plan.keyword_weight,
         "vector_weight": plan.vector_weight,

@@ -40,6 +40,7 @@ COLUMNS = {
 OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists", "contains")
 COMPARISONS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 METADATA_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+ARRAY_INDEX = re.compile(r"^-?[0-9]+$")
 
 
 @dataclass
@@ -165,7 +166,9 @@ class _Field:
                 f"CAST({c.bind(json.dumps(nested))} AS jsonb)))"
             )
             equal = f"{self.json} = CAST({c.bind(json.dumps(value))} AS jsonb)"
-            if not c.index_helpers:
+            # A key that is a number also indexes an array (`#>`), which the nested object
+            # above does not contain: no index helper then, so that every path agrees.
+            if not c.index_helpers or any(ARRAY_INDEX.match(key) for key in self.keys):
                 return f"coalesce({equal}, false)"
             return f"({containing} AND coalesce({equal}, false))"
         if value is None:
