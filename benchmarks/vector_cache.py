@@ -41,8 +41,6 @@ from app.ann.index import IndexParams, VectorIndex
 from app.ann.source import read_all
 from app.db import embedded
 from app.ingest.model import Block, SourceDocument
-from app.search import engine
-from app.search.request import SearchRequest
 from app.service import Services
 from app.settings import load_settings
 
@@ -246,7 +244,7 @@ def _leg_row(
     recall = statistics.mean(
         len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth, strict=False)
     )
-    row = {"leg": name, "recall@10": recall, **_summary(times)}
+    row = {"leg": name, "recall@10": recall, **scale._summary(times)}
     print(f"{name} | {recall:.3f} | {row['p50']:.2f} | {row['p95']:.2f}", flush=True)
     return row
 
@@ -279,31 +277,18 @@ def _searches(
     exact_ids: dict[tuple[str, str], list[list[int]]] = {}
     for mode, restriction, backend, ef_search in runs:
         count = args.exact_queries if backend == "exact" else len(queries)
-        times, hits, found = [], [], []
-        for warm_up in (True, False):
-            for query, vector in zip(
-                queries[:5] if warm_up else queries[:count], vectors, strict=False
-            ):
-                request = SearchRequest(
-                    query=query, vector=vector, k=K, mode=mode, highlight=False,
-                    vector_backend=backend, ef_search=ef_search, **restrictions[restriction],
-                )  # fmt: skip
-                started = time.perf_counter()
-                with services.engine.begin() as conn:
-                    result = engine.search(conn, scale.COLLECTION, request,
-                                           settings=services.settings.search,
-                                           embeddings=None, vectors=cache)  # fmt: skip
-                if not warm_up:
-                    times.append((time.perf_counter() - started) * 1000)
-                    hits.append(len(result.hits))
-                    found.append([h.chunk_id for h in result.hits])
+        times, _, hits, found = scale._run(
+            services, services.settings.search, queries[:count], vectors, K, ids=True,
+            cache=cache, mode=mode, vector_backend=backend, ef_search=ef_search,
+            **restrictions[restriction],
+        )  # fmt: skip
         if backend == "exact":
             exact_ids[mode, restriction] = found
         # The exact backend runs after the others of its mode and restriction: recall of the
         # others is filled in once it has.
         row = {"mode": mode, "restriction": restriction, "backend": backend,
                "ef_search": ef_search, "hits": statistics.mean(hits), "found": found,
-               **_summary(times)}  # fmt: skip
+               **scale._summary(times)}  # fmt: skip
         rows.append(row)
         label = f"{mode} {restriction} {backend}" + (f" ef={ef_search}" if ef_search else "")
         print(f"{label} | {row['p50']:.1f} | {row['p95']:.1f} | {row['hits']:.1f}", flush=True)
@@ -352,19 +337,10 @@ def _catch_up(
             for i in range(args.catch_up):
                 with contextlib.suppress(Exception):
                     documents.purge(conn, collection.id, f"catch-up-{i}")
-    row = _summary(delays)
+    row = scale._summary(delays)
     print(f"\ncatch-up, commit to searchable through the cache: p50 {row['p50']:.1f} ms, "
           f"p95 {row['p95']:.1f} ms ({len(delays)} ingests)", flush=True)  # fmt: skip
     return row
-
-
-def _summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {
-        "p50": statistics.median(ordered),
-        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-        "n": len(ordered),
-    }
 
 
 if __name__ == "__main__":
