@@ -174,7 +174,7 @@ def _vector_source(
             needed,
             restriction,
             exact_below=settings.exact_threshold,
-            ef_search=plan.requested_ef_search and plan.ef_search,
+            ef_search=plan.requested_ef_search,
         )
         if vectors is not None
         else None

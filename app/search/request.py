@@ -115,7 +115,7 @@ class Plan:
     rrf_k: float
     candidates: int
     ef_search: int
-    # The request's own ef_search, if any: the FAISS cache otherwise keeps its setting.
+    # `ef_search` when the request gave it: the FAISS cache otherwise keeps its own setting.
     requested_ef_search: int | None
     k1: float
     b: float
@@ -178,6 +178,7 @@ def resolve(
         1,
         settings.max_candidates,
     )
+    ef_search = _int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000)
     return Plan(
         query=query,
         mode=mode,
@@ -191,8 +192,8 @@ def resolve(
         vector_weight=_weight("vector_weight", request.vector_weight, defaults),
         rrf_k=_float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
         candidates=max(candidates, offset + k),
-        ef_search=_int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000),
-        requested_ef_search=request.ef_search,
+        ef_search=ef_search,
+        requested_ef_search=None if request.ef_search is None else ef_search,
         k1=defaults["bm25_k1"],
         b=defaults["bm25_b"],
         title_weight=defaults["bm25_title_weight"],
