@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from psycopg import Connection as PgConnection
 from sqlalchemy import Connection, Engine
 
 from app.ann.index import Ids, Vectors
+from app.db.engine import driver_connection
 from app.db.queries import query
 
 COPY_VECTORS = (
@@ -61,7 +61,7 @@ def read_all(
     with _snapshot_transaction(engine) as (conn, position):
         parts: list[bytes] = []
         size = 0
-        with _driver(conn).cursor().copy(COPY_VECTORS, [collection_id]) as copy:
+        with driver_connection(conn).cursor().copy(COPY_VECTORS, [collection_id]) as copy:
             for block in copy:  # the server sends one message a row
                 parts.append(bytes(block))
                 size += len(block)
@@ -199,9 +199,3 @@ def _grow(ids: Ids, vectors: Vectors, needed: int) -> tuple[Ids, Vectors]:
     grown = np.empty((size, vectors.shape[1]), dtype=np.float32)
     grown[: len(vectors)] = vectors
     return grown_ids, grown
-
-
-def _driver(conn: Connection) -> PgConnection[Any]:
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, PgConnection)
-    return driver

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from pgvector.psycopg import register_vector
-from sqlalchemy import Engine, create_engine, event
+from psycopg import Connection as PgConnection
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from app.db import embedded
@@ -48,3 +49,11 @@ def _register_vector(dbapi_connection: Any, _record: Any) -> None:
         register_vector(dbapi_connection)
     except Exception:
         dbapi_connection.rollback()
+
+
+def driver_connection(conn: Connection) -> PgConnection[Any]:
+    """The psycopg connection under a SQLAlchemy one, inside the same transaction (for COPY
+    and other driver-level calls)."""
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, PgConnection)
+    return driver

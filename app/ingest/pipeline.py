@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from app import collections
 from app.collections import Collection
+from app.db.engine import driver_connection
 from app.db.queries import query
 from app.errors import Invalid
 from app.ingest import vector_index
@@ -234,15 +235,12 @@ class Ingestor:
         return np.stack([found[h] for h in hashes]).astype(np.float32)
 
     def _store_cache(self, model: str, vectors: dict[bytes, np.ndarray]) -> None:
-        with self.engine.begin() as conn:
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            with driver.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO embedding_cache (model, text_hash, embedding) "
-                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    [(model, h, v) for h, v in vectors.items()],
-                )
+        with self.engine.begin() as conn, driver_connection(conn).cursor() as cur:
+            cur.executemany(
+                "INSERT INTO embedding_cache (model, text_hash, embedding) "
+                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                [(model, h, v) for h, v in vectors.items()],
+            )
 
 
 def update_fields(

@@ -18,6 +18,7 @@ from psycopg import Connection as PgConnection
 from sqlalchemy import Connection
 
 from app.collections import Collection
+from app.db.engine import driver_connection
 from app.db.queries import query
 from app.ingest.model import Chunk, Section, chunk_context
 
@@ -61,7 +62,7 @@ def write_documents(
     params = {"collection_id": collection.id, "document_ids": document_ids}
     conn.execute(query("write.sql", "delete_chunks"), params)
     conn.execute(query("write.sql", "delete_sections"), params)
-    pg = _driver(conn)
+    pg = driver_connection(conn)
     config_oid = _regconfig_oid(pg, collection.text_config)
     _copy_sections(pg, collection.id, ids, docs)
     _copy_chunks(pg, collection.id, config_oid, ids, docs)
@@ -128,10 +129,3 @@ def _regconfig_oid(pg: PgConnection[Any], text_config: str) -> int:
     row = pg.execute("SELECT CAST(CAST(%s AS regconfig) AS oid)", [text_config]).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def _driver(conn: Connection) -> PgConnection[Any]:
-    """The psycopg connection under SQLAlchemy, inside the same transaction."""
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, PgConnection)
-    return driver
