@@ -233,11 +233,41 @@ keyword_ranked AS (
     ORDER BY score DESC, id
     LIMIT :keyword_depth
 ),
--- The vector leg has three sources; exactly one runs, or the cache's and the index's:
--- an exact scan when the search may see few chunks (or it is asked for), else the candidates
--- of the in-process cache when the service passes them, else the HNSW index. When the cache's
--- candidates (all it was asked for) leave fewer visible rows than the leg needs, the HNSW
--- index runs as well.
+-- The vector leg has three sources. The in-process cache's candidates come first when the
+-- service passes them; when they leave fewer visible rows than the leg needs (and were all
+-- the cache was asked for), or when there are none, the leg falls back as a search without
+-- the cache does: an exact scan when the search may see few chunks, else the HNSW index.
+-- Only that fallback counts the visible chunks: a cache that delivers costs no count. An exact
+-- scan that is asked for replaces them all.
+--
+-- The cache's candidates, nearest first: each must still exist (a deleted or re-ingested
+-- chunk is gone from the table) and pass the same document checks; distances are recomputed
+-- from the stored vectors. So the cache's freshness changes recall, never correctness.
+vector_cached AS MATERIALIZED (
+    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance,
+           f.ord
+    FROM unnest(CAST(:cached_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
+    JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
+    WHERE :vector_depth > 0 AND NOT CAST(:vector_exact AS boolean)
+      AND coalesce((SELECT true
+                    FROM documents d
+                    WHERE d.collection_id = :collection_id AND d.id = c.document_id
+                      AND d.deleted_at IS NULL
+                      AND d.acl && CAST(:principals AS text[])
+                      AND /* filter check */ TRUE), false)
+    ORDER BY f.ord
+    LIMIT :vector_fetch
+),
+-- Whether the cache left the leg short: it passed no candidates (none asked, or the service
+-- keeps no cache), or passed all it was asked for and too few of them are visible. A cache that
+-- returned fewer than it was asked for returned every vector it holds, so nothing is missing.
+-- The CASEs that read it fix the order: the visible chunks are counted only when it is short.
+vector_short AS MATERIALIZED (
+    SELECT CAST(:cached_ids AS bigint[]) IS NULL
+           OR (CAST(:cached_partial AS boolean)
+               AND (SELECT count(*) FROM vector_cached) < :vector_fetch) AS short
+),
+-- The exact scan reads the chunks of the visible documents.
 vector_exact AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM visible_documents d
@@ -248,28 +278,12 @@ vector_exact AS (
         OFFSET 0
     ) AS c
     WHERE :vector_depth > 0
-      AND ((SELECT small FROM visible_small) OR CAST(:vector_exact AS boolean))
+      AND (CAST(:vector_exact AS boolean)
+           OR CASE WHEN (SELECT short FROM vector_short) THEN (SELECT small FROM visible_small)
+                   ELSE false
+              END)
     -- "+ 0" keeps the planner from answering this ORDER BY with the HNSW index.
     ORDER BY (c.embedding <=> CAST(:query_vector AS vector)) + 0, c.id
-    LIMIT :vector_fetch
-),
--- The cache's candidates, nearest first: each must still exist (a deleted or re-ingested
--- chunk is gone from the table) and pass the same document checks; distances are recomputed
--- from the stored vectors. So the cache's freshness changes recall, never correctness.
-vector_cached AS MATERIALIZED (
-    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance,
-           f.ord
-    FROM unnest(CAST(:cached_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
-    JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
-    WHERE :vector_depth > 0 AND NOT (SELECT small FROM visible_small)
-      AND NOT CAST(:vector_exact AS boolean)
-      AND coalesce((SELECT true
-                    FROM documents d
-                    WHERE d.collection_id = :collection_id AND d.id = c.document_id
-                      AND d.deleted_at IS NULL
-                      AND d.acl && CAST(:principals AS text[])
-                      AND /* filter check */ TRUE), false)
-    ORDER BY f.ord
     LIMIT :vector_fetch
 ),
 -- pgvector's iterative scan (relaxed order) keeps reading the graph until enough rows pass the
@@ -279,11 +293,10 @@ vector_ann AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM chunks c
     WHERE c.collection_id = :collection_id
-      AND :vector_depth > 0 AND NOT (SELECT small FROM visible_small)
-      AND NOT CAST(:vector_exact AS boolean)
-      AND (CAST(:cached_ids AS bigint[]) IS NULL
-           OR (CAST(:cached_partial AS boolean)
-               AND (SELECT count(*) FROM vector_cached) < :vector_fetch))
+      AND :vector_depth > 0 AND NOT CAST(:vector_exact AS boolean)
+      AND CASE WHEN (SELECT short FROM vector_short) THEN NOT (SELECT small FROM visible_small)
+               ELSE false
+          END
       AND coalesce((SELECT true
                     FROM documents d
                     WHERE d.collection_id = :collection_id AND d.id = c.document_id

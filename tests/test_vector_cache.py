@@ -26,9 +26,11 @@ from app.documents import DocumentPatch
 from app.errors import Invalid, Unavailable
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
+from app.search import engine
 from app.search.engine import SearchResult, search
-from app.search.request import SearchRequest
+from app.search.request import SearchRequest, resolve
 from app.service import Services
+from app.settings import SearchSettings
 from tests.test_ingest import doc
 from tests.test_search import RandomEmbedder, query_vector
 
@@ -155,6 +157,73 @@ def test_a_one_percent_filter_still_returns_k_correct_rows(
     assert chunk_of(restricted) == chunk_of(
         run(many, cache, "exact", query_vector(9), k=10, principals=["team-x"])
     )
+
+
+def explain_vector_search(
+    services: Services, cache: VectorCache, request: SearchRequest, settings: SearchSettings
+) -> tuple[Any, list[str]]:
+    """The vector source a search would use, and the search statement's EXPLAIN ANALYZE."""
+    with services.engine.begin() as conn:
+        collection = collections.get(conn, "many")
+        plan = resolve(request, collection.settings, settings)
+        assert request.vector is not None
+        source = engine._vector_source(plan, collection, request.vector, cache, settings)
+        params = engine.statement_parameters(collection, plan, request.vector, source, settings)
+        explained = conn.execute(
+            text("EXPLAIN (ANALYZE, COSTS OFF) " + engine.statement(plan.filter).text), params
+        )
+        return source, list(explained.scalars())
+
+
+def cte_ran(lines: list[str], name: str) -> bool:
+    found = next(i for i, line in enumerate(lines) if line.strip() == f"CTE {name}")
+    return "never executed" not in lines[found + 1]
+
+
+def test_a_narrow_restriction_the_cache_thinks_wide_falls_back_to_the_exact_scan(
+    many: Services, cache: VectorCache
+) -> None:
+    """A pass rate learned from a query's neighbours is not the restriction's share of the
+    collection. When the cache believes a narrow restriction wide, it is asked for too few
+    candidates, and the leg must still find k rows: the statement counts the visible chunks
+    then, and scans them exactly."""
+    cache.ensure(collection_id(many))
+    settings = replace(many.settings.search, exact_threshold=100)  # the 20 rare ones are few
+    request = SearchRequest(
+        vector=query_vector(4), mode="vector", k=10, filter={"metadata.group": "rare"}
+    )
+    source, _ = explain_vector_search(many, cache, request, settings)
+    for _ in range(20):
+        cache.observe(source.restriction, 100, 100)  # as if every candidate had passed
+    source, lines = explain_vector_search(many, cache, request, settings)
+    # It asks for a few more than the leg needs (1.2x), not the 2,000 it would take to find
+    # the 20 rare ones that way.
+    assert source.candidates is not None and source.candidates.asked == 120
+    assert cte_ran(lines, "visible_running")
+    with many.engine.begin() as conn:
+        found = search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
+    exact = run(many, cache, "exact", query_vector(4), k=10, filter={"metadata.group": "rare"})
+    assert found.vector_backend == "faiss" and len(found.hits) == 10
+    assert chunk_of(found) == chunk_of(exact)
+
+
+def test_a_cache_that_delivers_skips_the_visible_chunk_count(
+    many: Services, cache: VectorCache
+) -> None:
+    """Counting the chunks a restricted search may see is the fallback's business: when the
+    cache's candidates leave k visible rows, the statement never runs that count."""
+    cache.ensure(collection_id(many))
+    settings = replace(many.settings.search, exact_threshold=100)
+    common = {"metadata.group": "common"}
+    request = SearchRequest(vector=query_vector(5), mode="vector", k=10, filter=common)
+    source, lines = explain_vector_search(many, cache, request, settings)
+    assert source.candidates is not None and source.candidates.ids
+    assert not cte_ran(lines, "visible_running"), "\n".join(lines)
+    with many.engine.begin() as conn:
+        found = search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
+    assert len(found.hits) == 10 and all(h.metadata["group"] == "common" for h in found.hits)
+    assert chunk_of(found) == chunk_of(run(many, cache, "exact", query_vector(5), k=10,
+                                          filter=common))  # fmt: skip
 
 
 def test_a_restriction_seen_to_pass_rarely_asks_the_cache_for_nothing(
