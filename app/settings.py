@@ -98,7 +98,12 @@ class ChunkSettings:
 @dataclass(frozen=True)
 class IngestSettings:
     batch_documents: int = setting(
-        "HYBRID_INGEST_BATCH", 128, "Documents written per transaction in bulk ingest"
+        "HYBRID_INGEST_BATCH", 512, "Documents written per transaction in bulk ingest"
+    )
+    writers: int = setting(
+        "HYBRID_INGEST_WRITERS",
+        2,
+        "Batches written at once in bulk ingest, each in its own transaction and connection",
     )
     max_upload_bytes: int = setting(
         "HYBRID_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, "Largest accepted upload or file, in bytes"
@@ -113,6 +118,12 @@ class IngestSettings:
     )
     max_request_documents: int = setting(
         "HYBRID_MAX_REQUEST_DOCUMENTS", 1000, "Most JSON documents accepted in one API request"
+    )
+    work_mem: str = setting(
+        "HYBRID_INGEST_WORK_MEM",
+        "64MB",
+        "`work_mem` of each batch's transaction: the BM25 statistics trigger keeps the batch's "
+        "new rows and aggregates their lexemes in it (the server's usual 4MB spills to disk)",
     )
     index_memory: str = setting(
         "HYBRID_INGEST_INDEX_MEMORY",
@@ -430,12 +441,16 @@ def _validate(s: Settings) -> None:
         "HYBRID_CHUNK_OVERLAP must be at least 0 and below half of HYBRID_CHUNK_TOKENS",
     )
     _require(s.ingest.batch_documents >= 1, "HYBRID_INGEST_BATCH must be at least 1")
+    _require(s.ingest.writers >= 1, "HYBRID_INGEST_WRITERS must be at least 1")
     _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
-    _require(
-        MEMORY_PATTERN.fullmatch(s.ingest.index_memory) is not None,
-        f"HYBRID_INGEST_INDEX_MEMORY: expected a PostgreSQL memory size such as 512MB or 2GB, "
-        f"got {s.ingest.index_memory!r}",
-    )
+    for name, value in (
+        ("HYBRID_INGEST_INDEX_MEMORY", s.ingest.index_memory),
+        ("HYBRID_INGEST_WORK_MEM", s.ingest.work_mem),
+    ):
+        _require(
+            MEMORY_PATTERN.fullmatch(value) is not None,
+            f"{name}: expected a PostgreSQL memory size such as 512MB or 2GB, got {value!r}",
+        )
     _validate_search(s.search)
     _validate_rerank(s.rerank)
     _validate_cache(s.cache)

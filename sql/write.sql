@@ -9,6 +9,10 @@ FROM documents
 WHERE collection_id = :collection_id
   AND external_id = ANY(CAST(:external_ids AS text[]));
 
+-- name: set_write_memory
+-- For this transaction only: the statistics trigger's transition table and lexeme aggregate.
+SELECT set_config('work_mem', :memory, true);
+
 -- name: upsert_documents
 -- One row per document of the batch; a re-ingest bumps the version and revives a soft delete.
 -- ACLs travel as JSON arrays because unnest() would flatten a text[][].

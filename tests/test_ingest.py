@@ -294,3 +294,121 @@ def test_collection_of_another_model_is_refused(services: Services) -> None:
 def test_unknown_collection_is_not_found(services: Services) -> None:
     with pytest.raises(NotFound, match="nope"):
         services.ingestor.ingest("nope", [doc("a", "Text.")])
+
+
+# --- several batches written at once ------------------------------------------------------------
+
+
+def concurrent_ingestor(services: Services, batch: int, writers: int) -> Ingestor:
+    """An ingestor with a fast stand-in model, so that writes, not embeddings, set the pace
+    and the writers really overlap."""
+    from dataclasses import replace
+
+    from tests.test_search import RandomEmbedder
+
+    ingest = replace(services.settings.ingest, batch_documents=batch, writers=writers)
+    settings = replace(services.settings, ingest=ingest)
+    return Ingestor(services.engine, settings, RandomEmbedder(), services.tokenizer)
+
+
+def test_the_concurrent_writer_overlaps_batches_but_never_two_of_one_document(
+    services: Services,
+) -> None:
+    import time
+
+    from app.ingest.writers import concurrent_writer
+
+    running: set[str] = set()
+    overlaps: list[set[str]] = []
+    finished: list[int] = []
+    lock = threading.Lock()
+
+    def write(keys: set[str]) -> Any:
+        def run(conn: Any) -> set[str]:
+            with lock:
+                assert not running & keys, "two batches of one document ran together"
+                running.update(keys)
+                overlaps.append(set(running))
+            conn.execute(text("SELECT pg_sleep(0.05)"))
+            time.sleep(0.05)
+            with lock:
+                running.difference_update(keys)
+            return keys
+
+        return run
+
+    batches = [{"a", "b"}, {"c"}, {"a"}, {"d"}, {"e"}, {"d", "f"}]
+    with concurrent_writer(services.engine, 2) as writer:
+        for number, keys in enumerate(batches):
+            writer.submit(keys, write(keys), lambda _, n=number: finished.append(n))
+    assert finished == list(range(len(batches)))  # outcomes in submission order
+    assert any(len(seen) > 2 for seen in overlaps)  # two batches did run at once
+
+
+def test_concurrent_batches_keep_the_bm25_statistics_exact(services: Services) -> None:
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
+    docs = [
+        doc(f"d{i}", " ".join(words[(i * j) % len(words)] for j in range(1, 4 + i % 5)) + ".")
+        for i in range(120)
+    ]
+    report = concurrent_ingestor(services, batch=4, writers=3).ingest("kb", docs, create=True)
+    assert report.count("created") == 120
+    assert [d.external_id for d in report.documents] == [f"d{i}" for i in range(120)]
+    corpus = rows(
+        services,
+        "SELECT s.chunks = (SELECT count(*) FROM chunks) AS chunks_exact, "
+        "s.total_length = (SELECT sum(length) FROM chunks) AS length_exact FROM corpus_stats s",
+    )
+    assert [tuple(r) for r in corpus] == [(True, True)]
+    recount = rows(
+        services,
+        "SELECT l.lexeme, count(*) AS chunks FROM chunks c, "
+        "unnest(tsvector_to_array(c.tsv)) AS l(lexeme) GROUP BY 1 "
+        "EXCEPT SELECT lexeme, chunks FROM term_stats WHERE chunks > 0",
+    )
+    assert recount == []
+    logged = scalar(services, "SELECT count(DISTINCT chunk_id) FROM change_log WHERE op = 'I'")
+    assert logged == scalar(services, "SELECT count(*) FROM chunks")
+
+
+def test_a_document_repeated_in_later_batches_ends_at_its_last_copy(services: Services) -> None:
+    docs = [doc("a", "First copy."), doc("b", "Bee."), doc("a", "Second copy.")]
+    docs += [doc("c", "Sea."), doc("a", "Third copy."), doc("d", "Dee.")]
+    concurrent_ingestor(services, batch=1, writers=2).ingest("kb", docs, create=True)
+    assert chunk_texts(services, "a") == ["Third copy."]
+    assert scalar(services, "SELECT version FROM documents WHERE external_id = 'a'") == 3
+    assert scalar(services, "SELECT count(*) FROM documents") == 4
+
+
+def test_a_failing_batch_among_concurrent_ones_leaves_every_batch_whole(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ingest import store
+
+    original = store._copy_chunks
+
+    def failing_copy(pg: Any, collection_id: int, oid: int, ids: Any, docs: Any) -> None:
+        original(pg, collection_id, oid, ids, docs)
+        if any(d.external_id == "d13" for d in docs):
+            raise RuntimeError("connection lost during COPY")
+
+    monkeypatch.setattr(store, "_copy_chunks", failing_copy)
+    docs = [doc(f"d{i}", f"Document {i} about topic {i % 4}.") for i in range(40)]
+    ingestor = concurrent_ingestor(services, batch=3, writers=2)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        ingestor.ingest("kb", docs, create=True)
+    stored = rows(
+        services,
+        "SELECT d.external_id, count(c.id) AS chunks FROM documents d "
+        "LEFT JOIN chunks c ON c.document_id = d.id GROUP BY 1",
+    )
+    written = {r.external_id for r in stored}
+    # Batches of three: the failing one (d12-d14) is absent, the four before it are written,
+    # and the one after it, in flight when the failure surfaced, is written whole or not at all.
+    before, after = {f"d{i}" for i in range(12)}, {"d15", "d16", "d17"}
+    assert before <= written and written - before in (set(), after)
+    assert all(r.chunks == 1 for r in stored)
+    monkeypatch.setattr(store, "_copy_chunks", original)
+    ingestor.ingest("kb", docs)
+    assert scalar(services, "SELECT count(*) FROM documents") == 40
+    assert scalar(services, "SELECT count(*) FROM chunks") == 40

@@ -9,6 +9,7 @@ from app.db.queries import SQL_DIR, load
 
 EXPECTED = {
     ("write.sql", "existing_documents"): {"collection_id", "external_ids"},
+    ("write.sql", "set_write_memory"): {"memory"},
     ("write.sql", "upsert_documents"): {
         "collection_id", "external_ids", "titles", "sources", "content_hashes", "metadata",
         "acls", "popularity", "published_at", "chunk_counts",

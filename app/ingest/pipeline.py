@@ -3,8 +3,9 @@
 Documents are processed in batches. For each batch the stored versions are read first: an
 unchanged document is skipped (or only its metadata/ACL updated), a new or changed one is
 chunked and embedded outside any transaction, then the whole batch is written in one
-transaction. A failure (provider down, database error, process killed) loses only the batch
-in flight, and every document in it keeps its previous version.
+transaction. Up to `HYBRID_INGEST_WRITERS` batches are written at once while the next one is
+prepared (see writers.py). A failure (provider down, database error, process killed) loses
+only the batches in flight, and every document in them keeps its previous version.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -31,6 +33,7 @@ from app.ingest.chunk import Tokenizer, chunk_document
 from app.ingest.embed import Embedder
 from app.ingest.model import SourceDocument, embedding_text
 from app.ingest.store import PreparedDocument, write_documents
+from app.ingest.writers import concurrent_writer
 from app.settings import Settings
 
 
@@ -75,6 +78,16 @@ class IngestReport:
         }
 
 
+@dataclass
+class PendingBatch:
+    """A batch chunked and embedded, waiting for its transaction."""
+
+    rewrites: list[PreparedDocument] = field(default_factory=list)
+    field_updates: list[tuple[int, PreparedDocument]] = field(default_factory=list)
+    results: list[DocumentResult] = field(default_factory=list)
+    read: int = 0  # input documents the batch covers (repeats included), for the progress bar
+
+
 class Ingestor:
     """Runs the write path with one embedder and tokenizer over any number of calls."""
 
@@ -101,12 +114,26 @@ class Ingestor:
         report = IngestReport()
         collection = self.collection(collection_name, create=create)
         bar = tqdm(total=total, unit="doc", disable=not progress, dynamic_ncols=True)
-        memory = self.settings.ingest.index_memory
-        with bar, vector_index.deferred(self.engine, collection.id, memory):
-            for batch in _batched(documents, self.settings.ingest.batch_documents):
-                self._ingest_batch(collection, _last_wins(batch), defaults or Defaults(), report)
-                bar.update(len(batch))
+        settings = self.settings.ingest
+        with (
+            bar,
+            vector_index.deferred(self.engine, collection.id, settings.index_memory),
+            concurrent_writer(self.engine, settings.writers) as writer,
+        ):
+
+            def written(pending: PendingBatch) -> None:
+                report.documents.extend(pending.results)
+                bar.update(pending.read)
                 bar.set_postfix(chunks=report.chunks, embedded=report.embedded, refresh=False)
+
+            for batch in _batched(documents, settings.batch_documents):
+                unique = _last_wins(batch)
+                keys = [d.external_id for d in unique]
+                # A document still being written by an earlier batch is read once it is.
+                writer.wait(keys)
+                pending = self._prepare_batch(collection, unique, defaults or Defaults(), report)
+                pending.read = len(batch)
+                writer.submit(keys, partial(self._write_batch, collection, pending), written)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -139,38 +166,42 @@ class Ingestor:
             )
         return found
 
-    def _ingest_batch(
+    def _prepare_batch(
         self,
         collection: Collection,
         batch: list[SourceDocument],
         defaults: Defaults,
         report: IngestReport,
-    ) -> None:
+    ) -> PendingBatch:
+        """Classify the batch against what is stored, chunk and embed what must be written."""
         with self.engine.connect() as conn:
             existing = _existing(conn, collection.id, [d.external_id for d in batch])
-        rewrites: list[PreparedDocument] = []
-        field_updates: list[tuple[int, PreparedDocument]] = []
-        results: list[DocumentResult] = []
+        pending = PendingBatch()
         for doc in batch:
             stored = existing.get(doc.external_id)
             prepared = self._resolve(doc, stored, defaults)
             status = _classify(prepared, stored)
             if status == "metadata_updated" and stored is not None:
-                field_updates.append((stored["id"], prepared))
+                pending.field_updates.append((stored["id"], prepared))
             if status in ("created", "updated"):
                 self._chunk(doc, prepared)
-                rewrites.append(prepared)
-            results.append(DocumentResult(doc.external_id, status, _id(stored), 0))
-        self._embed(rewrites, report)
-        with self.engine.begin() as conn:
-            ids = write_documents(conn, collection, rewrites)
-            for document_id, prepared in field_updates:
-                update_fields(conn, collection.id, document_id, prepared)
-        chunk_counts = {p.external_id: len(p.chunks) for p in rewrites}
-        for result in results:
+                pending.rewrites.append(prepared)
+            pending.results.append(DocumentResult(doc.external_id, status, _id(stored), 0))
+        self._embed(pending.rewrites, report)
+        return pending
+
+    def _write_batch(
+        self, collection: Collection, pending: PendingBatch, conn: Connection
+    ) -> PendingBatch:
+        """Write a prepared batch in the caller's transaction (a writer thread's own)."""
+        ids = write_documents(conn, collection, pending.rewrites, self.settings.ingest.work_mem)
+        for document_id, prepared in pending.field_updates:
+            update_fields(conn, collection.id, document_id, prepared)
+        chunk_counts = {p.external_id: len(p.chunks) for p in pending.rewrites}
+        for result in pending.results:
             result.document_id = ids.get(result.external_id, result.document_id)
             result.chunks = chunk_counts.get(result.external_id, 0)
-        report.documents.extend(results)
+        return pending
 
     def _resolve(
         self, doc: SourceDocument, stored: RowMapping | None, defaults: Defaults

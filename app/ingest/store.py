@@ -52,11 +52,17 @@ class PreparedDocument:
 
 
 def write_documents(
-    conn: Connection, collection: Collection, docs: list[PreparedDocument]
+    conn: Connection,
+    collection: Collection,
+    docs: list[PreparedDocument],
+    work_mem: str | None = None,
 ) -> dict[str, int]:
-    """Write the batch inside the caller's transaction; return external id -> document id."""
+    """Write the batch inside the caller's transaction; return external id -> document id.
+    `work_mem` is the transaction's (the BM25 statistics trigger aggregates in it)."""
     if not docs:
         return {}
+    if work_mem is not None:
+        conn.execute(query("write.sql", "set_write_memory"), {"memory": work_mem})
     ids = _upsert(conn, collection.id, docs)
     document_ids = list(ids.values())
     params = {"collection_id": collection.id, "document_ids": document_ids}

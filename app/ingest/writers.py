@@ -1,0 +1,99 @@
+"""Batches written by several transactions at once.
+
+A batch's write is one transaction on its own connection; up to `writers` run at the same
+time, each in a thread of its own, so that PostgreSQL works on two batches with two
+processes (a store step is server-bound: the tsvector, its GIN entries and the BM25
+statistics). The BM25 statistics triggers queue concurrent writers of one collection on its
+`corpus_stats` row, so only the statistics part of each batch is serialised, never deadlocked.
+
+Two batches that touch the same document never run together: a batch waits for every batch
+in flight that shares one of its keys (external ids), so a document repeated later in the
+input still wins, as it does written one batch at a time. Outcomes are delivered in
+submission order. When a write fails, no further batch starts, the ones in flight finish,
+and the first error is raised: every batch is whole or absent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+T = TypeVar("T")
+
+
+@dataclass
+class _InFlight(Generic[T]):
+    keys: frozenset[str]
+    future: Future[T]
+    done: Callable[[T], None]
+
+
+class ConcurrentWriter(Generic[T]):
+    """Runs `write(conn)` jobs in their own transactions, at most `writers` at a time."""
+
+    def __init__(self, engine: Engine, writers: int) -> None:
+        self.engine = engine
+        self.writers = max(writers, 1)
+        self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="hybrid-writer")
+        self._in_flight: deque[_InFlight[T]] = deque()
+
+    def submit(
+        self, keys: Collection[str], write: Callable[[Connection], T], done: Callable[[T], None]
+    ) -> None:
+        """Start `write` once no batch in flight shares a key and a writer is free; `done`
+        gets its result, in submission order, on the submitting thread."""
+        wanted = frozenset(keys)
+        while any(job.keys & wanted for job in self._in_flight):
+            self._finish_oldest()
+        while len(self._in_flight) >= self.writers:
+            self._finish_oldest()
+        future = self._pool.submit(self._transaction, write)
+        self._in_flight.append(_InFlight(wanted, future, done))
+
+    def wait(self, keys: Collection[str] = ()) -> None:
+        """Finish the batches in flight that share a key with `keys` (all of them without)."""
+        wanted = frozenset(keys)
+        while self._in_flight and (not wanted or any(j.keys & wanted for j in self._in_flight)):
+            self._finish_oldest()
+
+    def _transaction(self, write: Callable[[Connection], T]) -> T:
+        with self.engine.begin() as conn:
+            return write(conn)
+
+    def _finish_oldest(self) -> None:
+        job = self._in_flight.popleft()
+        try:
+            result = job.future.result()
+        except BaseException:
+            self._abandon()
+            raise
+        job.done(result)
+
+    def _abandon(self) -> None:
+        """After a failure: let the batches in flight end (each commits or rolls back whole)."""
+        while self._in_flight:
+            job = self._in_flight.popleft()
+            job.future.exception()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+@contextmanager
+def concurrent_writer(engine: Engine, writers: int) -> Iterator[ConcurrentWriter[Any]]:
+    """A writer whose batches have all ended (written, or failed and raised) on exit."""
+    writer: ConcurrentWriter[Any] = ConcurrentWriter(engine, writers)
+    try:
+        yield writer
+        writer.wait()
+    except BaseException:
+        writer._abandon()
+        raise
+    finally:
+        writer.close()
