@@ -130,7 +130,7 @@ class Ingestor:
                 unique = _last_wins(batch)
                 keys = [d.external_id for d in unique]
                 # A document still being written by an earlier batch is read once it is.
-                writer.wait(keys)
+                writer.wait_for(keys)
                 pending = self._prepare_batch(collection, unique, defaults or Defaults(), report)
                 pending.read = len(batch)
                 writer.submit(keys, partial(self._write_batch, collection, pending), written)

@@ -48,18 +48,21 @@ class ConcurrentWriter(Generic[T]):
     ) -> None:
         """Start `write` once no batch in flight shares a key and a writer is free; `done`
         gets its result, in submission order, on the submitting thread."""
-        wanted = frozenset(keys)
-        while any(job.keys & wanted for job in self._in_flight):
-            self._finish_oldest()
+        self.wait_for(keys)
         while len(self._in_flight) >= self.writers:
             self._finish_oldest()
         future = self._pool.submit(self._transaction, write)
-        self._in_flight.append(_InFlight(wanted, future, done))
+        self._in_flight.append(_InFlight(frozenset(keys), future, done))
 
-    def wait(self, keys: Collection[str] = ()) -> None:
-        """Finish the batches in flight that share a key with `keys` (all of them without)."""
+    def wait_for(self, keys: Collection[str]) -> None:
+        """Finish the batches in flight that share a key with `keys` (and those before them)."""
         wanted = frozenset(keys)
-        while self._in_flight and (not wanted or any(j.keys & wanted for j in self._in_flight)):
+        while any(job.keys & wanted for job in self._in_flight):
+            self._finish_oldest()
+
+    def finish(self) -> None:
+        """Finish every batch in flight."""
+        while self._in_flight:
             self._finish_oldest()
 
     def _transaction(self, write: Callable[[Connection], T]) -> T:
@@ -71,11 +74,11 @@ class ConcurrentWriter(Generic[T]):
         try:
             result = job.future.result()
         except BaseException:
-            self._abandon()
+            self.abandon()
             raise
         job.done(result)
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """After a failure: let the batches in flight end (each commits or rolls back whole)."""
         while self._in_flight:
             job = self._in_flight.popleft()
@@ -91,9 +94,9 @@ def concurrent_writer(engine: Engine, writers: int) -> Iterator[ConcurrentWriter
     writer: ConcurrentWriter[Any] = ConcurrentWriter(engine, writers)
     try:
         yield writer
-        writer.wait()
+        writer.finish()
     except BaseException:
-        writer._abandon()
+        writer.abandon()
         raise
     finally:
         writer.close()
