@@ -259,8 +259,8 @@ vector_cached AS MATERIALIZED (
     LIMIT :vector_fetch
 ),
 -- Whether the cache left the leg short: it passed no candidates (none asked, or the service
--- keeps no cache), or passed all it was asked for and too few of them are visible. A cache that
--- returned fewer than it was asked for returned every vector it holds, so nothing is missing.
+-- keeps no cache), or passed fewer than every vector it holds (`cached_partial`) and too few
+-- of them are visible. A cache that returned every vector it holds left nothing out.
 -- The CASEs that read it fix the order: the visible chunks are counted only when it is short.
 vector_short AS MATERIALIZED (
     SELECT CAST(:cached_ids AS bigint[]) IS NULL

@@ -314,38 +314,52 @@ def concurrent_ingestor(services: Services, batch: int, writers: int) -> Ingesto
 def test_the_concurrent_writer_overlaps_batches_but_never_two_of_one_document(
     services: Services,
 ) -> None:
-    import time
-
     from app.ingest.writers import concurrent_writer
 
     running: set[str] = set()
-    overlaps: list[set[str]] = []
     finished: list[int] = []
     lock = threading.Lock()
+    # The first two batches share no document: each waits until the other runs too, so the
+    # test fails (the barrier breaks) unless they really run at once.
+    together = threading.Barrier(2, timeout=30)
 
-    def write(keys: set[str]) -> Any:
-        def run(conn: Any) -> set[str]:
+    def write(number: int, keys: set[str]) -> Any:
+        def run(conn: Any) -> int:
             with lock:
                 assert not running & keys, "two batches of one document ran together"
                 running.update(keys)
-                overlaps.append(set(running))
-            conn.execute(text("SELECT pg_sleep(0.05)"))
-            time.sleep(0.05)
+            if number < 2:
+                together.wait()
+            conn.execute(text("SELECT pg_sleep(0.02)"))
             with lock:
                 running.difference_update(keys)
-            return keys
+            return number
 
         return run
 
     batches = [{"a", "b"}, {"c"}, {"a"}, {"d"}, {"e"}, {"d", "f"}]
     with concurrent_writer(services.engine, 2) as writer:
         for number, keys in enumerate(batches):
-            writer.submit(keys, write(keys), lambda _, n=number: finished.append(n))
+            writer.submit(keys, write(number, keys), finished.append)
     assert finished == list(range(len(batches)))  # outcomes in submission order
-    assert any(len(seen) > 2 for seen in overlaps)  # two batches did run at once
 
 
-def test_concurrent_batches_keep_the_bm25_statistics_exact(services: Services) -> None:
+def test_concurrent_batches_keep_the_bm25_statistics_exact(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ingest import pipeline
+
+    # The first two batches are written at the same time (each waits for the other to start).
+    together = threading.Barrier(2, timeout=30)
+    started = iter(range(10**6))
+    original = pipeline.write_documents
+
+    def write_documents(*args: Any) -> Any:
+        if next(started) < 2:
+            together.wait()
+        return original(*args)
+
+    monkeypatch.setattr(pipeline, "write_documents", write_documents)
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
     docs = [
         doc(f"d{i}", " ".join(words[(i * j) % len(words)] for j in range(1, 4 + i % 5)) + ".")

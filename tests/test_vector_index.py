@@ -46,13 +46,13 @@ def test_bulk_load_writes_without_the_index_and_builds_it_after(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[bool] = []
-    original = Ingestor._ingest_batch
+    original = Ingestor._write_batch
 
-    def watching(self: Ingestor, *args: Any) -> None:
+    def watching(self: Ingestor, *args: Any) -> Any:
         seen.append(built(services, "kb"))
-        original(self, *args)
+        return original(self, *args)
 
-    monkeypatch.setattr(Ingestor, "_ingest_batch", watching)
+    monkeypatch.setattr(Ingestor, "_write_batch", watching)
     services.ingestor.ingest("kb", CORPUS, create=True)
     assert seen == [False, False, False]
     assert built(services, "kb")

@@ -98,8 +98,10 @@ class Entry:
 
 @dataclass(frozen=True)
 class Candidates:
-    """Nearest chunk ids from the cache, the position they reflect, and whether the cache
-    returned as many as were asked (so more might pass the filters)."""
+    """Nearest chunk ids from the cache, the position they reflect, and whether they are
+    partial: fewer than every vector the index holds (so more might pass the filters). An IVF
+    index searches some of its lists, and HNSW skips tombstones, so either may return fewer
+    than were asked and still not all."""
 
     ids: list[int]
     position: str
@@ -200,7 +202,7 @@ class VectorCache:
                 return Candidates([], position, partial=True, asked=0)
             asked = min(max(needed, math.ceil(needed / rate * 1.2)), self.settings.max_candidates)
         ids = index.search(np.asarray(vector, dtype=np.float32), asked, ef_search)
-        return Candidates(ids.tolist(), position, partial=len(ids) >= asked, asked=asked)
+        return Candidates(ids.tolist(), position, partial=len(ids) < index.live, asked=asked)
 
     def observe(self, restriction: Hashable, asked: int, passed: int) -> None:
         """Record how many of `asked` candidates passed a restricted search's checks."""

@@ -108,8 +108,10 @@ class Ingestor:
         create: bool = False,
         total: int | None = None,
         progress: bool = False,
+        writers: int | None = None,
     ) -> IngestReport:
-        """Write `documents` into the collection (created first if `create`)."""
+        """Write `documents` into the collection (created first if `create`), up to `writers`
+        batches at once (default `HYBRID_INGEST_WRITERS`)."""
         started = time.perf_counter()
         report = IngestReport()
         collection = self.collection(collection_name, create=create)
@@ -118,7 +120,7 @@ class Ingestor:
         with (
             bar,
             vector_index.deferred(self.engine, collection.id, settings.index_memory),
-            concurrent_writer(self.engine, settings.writers) as writer,
+            concurrent_writer(self.engine, writers or settings.writers) as writer,
         ):
 
             def written(pending: PendingBatch) -> None:

@@ -3,8 +3,11 @@
 A batch's write is one transaction on its own connection; up to `writers` run at the same
 time, each in a thread of its own, so that PostgreSQL works on two batches with two
 processes (a store step is server-bound: the tsvector, its GIN entries and the BM25
-statistics). The BM25 statistics triggers queue concurrent writers of one collection on its
-`corpus_stats` row, so only the statistics part of each batch is serialised, never deadlocked.
+statistics). One writer writes on the calling thread. The BM25 statistics triggers queue
+concurrent writers of one collection on its `corpus_stats` row, never deadlocking on lexeme
+rows: new documents wait there only for the statistics part of each other's batch, but a
+batch that replaces stored chunks takes that row with its deletes, at its start, so batches of
+re-ingested documents are written one after another.
 
 Two batches that touch the same document never run together: a batch waits for every batch
 in flight that shares one of its keys (external ids), so a document repeated later in the
@@ -40,22 +43,34 @@ class ConcurrentWriter(Generic[T]):
     def __init__(self, engine: Engine, writers: int) -> None:
         self.engine = engine
         self.writers = max(writers, 1)
-        self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="hybrid-writer")
+        # One writer writes on the calling thread: one connection at a time, as ever.
+        self._pool = (
+            ThreadPoolExecutor(self.writers, thread_name_prefix="hybrid-writer")
+            if self.writers > 1
+            else None
+        )
         self._in_flight: deque[_InFlight[T]] = deque()
 
     def submit(
         self, keys: Collection[str], write: Callable[[Connection], T], done: Callable[[T], None]
     ) -> None:
         """Start `write` once no batch in flight shares a key and a writer is free; `done`
-        gets its result, in submission order, on the submitting thread."""
+        gets its result, in submission order, on the submitting thread. Raises the error of a
+        batch that failed meanwhile instead of starting another."""
         self.wait_for(keys)
         while len(self._in_flight) >= self.writers:
             self._finish_oldest()
+        if self._pool is None:
+            done(self._transaction(write))
+            return
         future = self._pool.submit(self._transaction, write)
         self._in_flight.append(_InFlight(frozenset(keys), future, done))
 
     def wait_for(self, keys: Collection[str]) -> None:
-        """Finish the batches in flight that share a key with `keys` (and those before them)."""
+        """Finish the batches in flight that share a key with `keys` (and those before them);
+        raise the error of any batch that has failed."""
+        if any(job.future.done() and job.future.exception() for job in self._in_flight):
+            self.finish()
         wanted = frozenset(keys)
         while any(job.keys & wanted for job in self._in_flight):
             self._finish_oldest()
@@ -85,7 +100,8 @@ class ConcurrentWriter(Generic[T]):
             job.future.exception()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 @contextmanager

@@ -32,6 +32,10 @@ from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
 from app.service import Services
 
+# A request writes its batches one at a time: the service's connection pool serves searches
+# too, and a request holds at most 1,000 documents (two batches).
+REQUEST_WRITERS = 1
+
 ExternalId = Annotated[
     str,
     Parameter(description="The document's external id, percent-encoded ('/' inside is fine)"),
@@ -63,7 +67,9 @@ class DocumentController(Controller):
             )
         docs = [_from_json(i, d, services) for i, d in enumerate(data.documents)]
         defaults = Defaults(metadata=data.metadata, acl=_acl(data.acl))
-        return _response(services.ingestor.ingest(name, docs, defaults=defaults))
+        return _response(
+            services.ingestor.ingest(name, docs, defaults=defaults, writers=REQUEST_WRITERS)
+        )
 
     @post("/files", sync_to_thread=True)
     def upload_files(
@@ -81,7 +87,9 @@ class DocumentController(Controller):
             raise Invalid("id: only allowed when exactly one file is uploaded", field="id")
         docs = [doc for upload in data.files for doc in _load_upload(upload, data.id, services)]
         defaults = Defaults(metadata=_form_metadata(data.metadata), acl=_form_acl(data.acl))
-        return _response(services.ingestor.ingest(name, docs, defaults=defaults))
+        return _response(
+            services.ingestor.ingest(name, docs, defaults=defaults, writers=REQUEST_WRITERS)
+        )
 
     @get("/documents", sync_to_thread=True)
     def list_documents(
