@@ -17,3 +17,9 @@ SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', vector_index_name(:collect
 -- name: set_build_memory
 -- For this session only (the build runs on a connection of its own, in autocommit mode).
 SELECT set_config('maintenance_work_mem', :memory, false);
+
+-- name: analyze_loaded_tables
+-- After a bulk load, before the index build: the planner's statistics describe the tables as
+-- they were before it (a new collection's documents and chunks are not in them), and until
+-- autovacuum catches up it can check a candidate's document through the wrong index.
+ANALYZE documents, sections, chunks, term_stats;

@@ -58,6 +58,7 @@ EXPECTED = {
     ("indexes.sql", "vector_index_ddl"): {"collection_id"},
     ("indexes.sql", "drop_invalid_vector_index_ddl"): {"collection_id"},
     ("indexes.sql", "set_build_memory"): {"memory"},
+    ("indexes.sql", "analyze_loaded_tables"): set(),
 }  # fmt: skip
 
 

@@ -22,7 +22,6 @@ from app import collections, documents
 from app.ann.cache import VectorCache
 from app.ann.index import IndexParams, VectorIndex
 from app.ann.snapshot import load as load_snapshot
-from app.db.queries import load
 from app.documents import DocumentPatch
 from app.errors import Invalid, Unavailable
 from app.ingest.model import SourceDocument
@@ -169,17 +168,7 @@ def explain_vector_search(
         plan = resolve(request, collection.settings, settings)
         assert request.vector is not None
         source = engine._vector_source(plan, collection, request.vector, cache, settings)
-        # The search's own transaction settings (reader role, no parallel workers, HNSW).
-        conn.execute(
-            load("search.sql")["prepare"],
-            {
-                "principals": plan.principals,
-                "ef_search": str(plan.ef_search),
-                "max_scan_tuples": str(settings.max_scan_tuples),
-                "collection_id": collection.id,
-                "cache_position": None,
-            },
-        )
+        engine.prepare(conn, collection, plan, settings, None)  # the search's own settings
         params = engine.statement_parameters(collection, plan, request.vector, source, settings)
         explained = conn.execute(
             text("EXPLAIN (ANALYZE, COSTS OFF) " + engine.statement(plan.filter).text), params
@@ -192,11 +181,14 @@ def cte_ran(lines: list[str], name: str) -> bool:
     return "never executed" not in lines[found + 1]
 
 
-def hnsw_ran(lines: list[str]) -> bool:
-    """Whether pgvector's index scan (the fallback for wide restrictions) read anything."""
-    scans = [line for line in lines if "Index Scan using chunks_embedding" in line]
-    assert scans, "the plan has no HNSW index scan to fall back to"
-    return any("never executed" not in line for line in scans)
+def fallback_ran(lines: list[str], source: str) -> bool:
+    """Whether the vector leg's fallback `exact` (the exact scan) or `ann` (pgvector's index
+    scan) read anything: the node under its gate (a one-time filter on `vector_short`)."""
+    gate = "THEN (NOT " if source == "ann" else "THEN (InitPlan"
+    found = [i for i, line in enumerate(lines) if "One-Time Filter: CASE WHEN" in line]
+    (at,) = [i for i in found if gate in lines[i]]
+    node = next(line for line in lines[at + 1 :] if "->" in line)
+    return "never executed" not in node
 
 
 def test_a_narrow_restriction_the_cache_thinks_wide_falls_back_to_the_exact_scan(
@@ -218,8 +210,9 @@ def test_a_narrow_restriction_the_cache_thinks_wide_falls_back_to_the_exact_scan
     # It asks for a few more than the leg needs (1.2x), not the 2,000 it would take to find
     # the 20 rare ones that way.
     assert source.candidates is not None and source.candidates.asked == 120
-    # It counted, found the rare chunks few and scanned them exactly: pgvector's index never ran.
-    assert cte_ran(lines, "visible_running") and not hnsw_ran(lines)
+    # It counted, found the rare chunks few and scanned them exactly; pgvector's scan never ran.
+    assert cte_ran(lines, "visible_running")
+    assert fallback_ran(lines, "exact") and not fallback_ran(lines, "ann"), "\n".join(lines)
     with many.engine.begin() as conn:
         found = search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
     exact = run(many, cache, "exact", query_vector(4), k=10, filter={"metadata.group": "rare"})
@@ -238,7 +231,8 @@ def test_a_cache_that_delivers_skips_the_visible_chunk_count(
     request = SearchRequest(vector=query_vector(5), mode="vector", k=10, filter=common)
     source, lines = explain_vector_search(many, cache, request, settings)
     assert source.candidates is not None and source.candidates.ids
-    assert not cte_ran(lines, "visible_running") and not hnsw_ran(lines), "\n".join(lines)
+    assert not cte_ran(lines, "visible_running"), "\n".join(lines)
+    assert not fallback_ran(lines, "exact") and not fallback_ran(lines, "ann")
     with many.engine.begin() as conn:
         found = search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
     assert len(found.hits) == 10 and all(h.metadata["group"] == "common" for h in found.hits)

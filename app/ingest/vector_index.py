@@ -24,11 +24,16 @@ from app.db.queries import query
 @contextmanager
 def deferred(engine: Engine, collection_id: int, memory: str) -> Iterator[bool]:
     """Around a load into the collection: when it has no valid index, the load writes without
-    one and the index is built when the load has succeeded. Yields whether that is the case."""
+    one and, when it has succeeded, the tables are analyzed (the planner then knows the new
+    rows at once, not when autovacuum gets to them) and the index is built. Yields whether
+    that is the case."""
     with engine.connect() as conn:
         bulk = not is_built(conn, collection_id)
     yield bulk
     if bulk:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(query("indexes.sql", "analyze_loaded_tables"))
         build(engine, collection_id, memory)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection, RowMapping, TextClause, text
 
 from app import collections
 from app.ann.cache import Candidates, VectorCache
@@ -250,7 +250,26 @@ def _execute(
     transaction can see (so a search always finds what was written before it); `faiss` uses
     it regardless and says whether it was fresh."""
     cached = source.candidates
-    prepared = (
+    prepared = prepare(conn, collection, plan, settings, cached.position if cached else None)
+    fresh = prepared["cache_fresh"] is not False
+    if not fresh and plan.vector_backend == "auto":
+        source, fresh = VectorSource("pgvector"), True
+    params = statement_parameters(collection, plan, vector, source, settings)
+    rows = list(conn.execute(statement(plan.filter), params).mappings())
+    return rows, source, fresh
+
+
+def prepare(
+    conn: Connection,
+    collection: Collection,
+    plan: Plan,
+    settings: SearchSettings,
+    cache_position: str | None,
+) -> RowMapping:
+    """Set the search's transaction up (reader role and principals, no parallel workers, the
+    HNSW search parameters); `cache_fresh` says whether a vector cache at `cache_position`
+    has applied every change the transaction can see (None without one)."""
+    return (
         conn.execute(
             load("search.sql")["prepare"],
             {
@@ -258,18 +277,12 @@ def _execute(
                 "ef_search": str(plan.ef_search),
                 "max_scan_tuples": str(settings.max_scan_tuples),
                 "collection_id": collection.id,
-                "cache_position": cached.position if cached else None,
+                "cache_position": cache_position,
             },
         )
         .mappings()
         .one()
     )
-    fresh = prepared["cache_fresh"] is not False
-    if not fresh and plan.vector_backend == "auto":
-        source, fresh = VectorSource("pgvector"), True
-    params = statement_parameters(collection, plan, vector, source, settings)
-    rows = list(conn.execute(statement(plan.filter), params).mappings())
-    return rows, source, fresh
 
 
 def statement(compiled: CompiledFilter) -> TextClause:
