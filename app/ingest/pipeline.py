@@ -85,7 +85,6 @@ class PendingBatch:
     rewrites: list[PreparedDocument] = field(default_factory=list)
     field_updates: list[tuple[int, PreparedDocument]] = field(default_factory=list)
     results: list[DocumentResult] = field(default_factory=list)
-    read: int = 0  # input documents the batch covers (repeats included), for the progress bar
 
 
 class Ingestor:
@@ -123,9 +122,10 @@ class Ingestor:
             concurrent_writer(self.engine, writers or settings.writers) as writer,
         ):
 
-            def written(pending: PendingBatch) -> None:
+            def written(read: int, pending: PendingBatch) -> None:
+                """`read`: the input documents of the batch (repeats included)."""
                 report.documents.extend(pending.results)
-                bar.update(pending.read)
+                bar.update(read)
                 bar.set_postfix(chunks=report.chunks, embedded=report.embedded, refresh=False)
 
             for batch in _batched(documents, settings.batch_documents):
@@ -134,8 +134,8 @@ class Ingestor:
                 # A document still being written by an earlier batch is read once it is.
                 writer.wait_for(keys)
                 pending = self._prepare_batch(collection, unique, defaults or Defaults(), report)
-                pending.read = len(batch)
-                writer.submit(keys, partial(self._write_batch, collection, pending), written)
+                write = partial(self._write_batch, collection, pending)
+                writer.submit(keys, write, partial(written, len(batch)))
         report.seconds = time.perf_counter() - started
         return report
 
