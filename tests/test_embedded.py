@@ -1,0 +1,84 @@
+"""The embedded server: started once, reused, stopped cleanly; its database's builtin locale
+parses and orders text exactly as the C library's C.UTF-8 does."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app.db import embedded
+
+# Accents, German, Turkish dotted I, Greek final sigma, Cyrillic, CJK, ligatures, emoji,
+# numbers, hyphenated words, e-mail, URL and path tokens.
+MIXED_TEXT = (
+    "Café naïve résumé Straße ÄÖÜ İstanbul ıI ǅemal ΣΊΣΥΦΟΣ σίσυφος Москва ПРИВЕТ "
+    "日本語のテキスト 中文 emoji 😀 ﬁnance Ⅻ ÅNGSTRÖM µ-meter ẞ 1,000.5 -3e10 v1.2.3 "
+    "self-driving co-operation foo@example.com https://example.com/a/b?c=1 /usr/bin"
+)
+
+
+@pytest.fixture
+def libc_url(database_url: str) -> Iterator[str]:
+    """A database on the same server with the C library's C.UTF-8 locale."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS locale_libc")
+        conn.execute(
+            "CREATE DATABASE locale_libc TEMPLATE template0 ENCODING 'UTF8' "
+            "LOCALE_PROVIDER libc LOCALE 'C.UTF-8'"
+        )
+    yield database_url.replace("/hybrid?", "/locale_libc?")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE locale_libc WITH (FORCE)")
+
+
+def test_the_database_uses_the_builtin_locale(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT datlocprovider, datlocale FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+    assert row == ("b", "C.UTF-8")
+
+
+def test_builtin_and_libc_locales_agree_on_text(database_url: str, libc_url: str) -> None:
+    words = MIXED_TEXT.split()
+    statement = """
+        SELECT to_tsvector('english', %(text)s)::text, to_tsvector('simple', %(text)s)::text,
+               lower(%(text)s), upper(%(text)s),
+               (SELECT array_agg(w ORDER BY w) FROM unnest(CAST(%(words)s AS text[])) AS w)
+    """
+    results = []
+    for url in (database_url, libc_url):
+        with psycopg.connect(url) as conn:
+            results.append(conn.execute(statement, {"text": MIXED_TEXT, "words": words}).fetchone())
+    assert results[0] == results[1]
+    assert "'straße':" in results[0][0] and "'москва':" in results[0][1]
+
+
+@pytest.fixture
+def fresh_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="hybrid-embedded-"))
+    yield path
+    embedded.stop(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_start_reuses_the_data_directory_and_stop_is_clean(fresh_dir: Path) -> None:
+    url, started = embedded.start(fresh_dir)
+    assert started
+    assert embedded.start(fresh_dir) == (url, False)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (note text)")
+        conn.execute("INSERT INTO kept VALUES ('still here')")
+    assert embedded.stop(fresh_dir)
+    assert not embedded.status(fresh_dir).running
+    assert not embedded.stop(fresh_dir)
+
+    url, started = embedded.start(fresh_dir)
+    assert started
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("still here",)]
