@@ -105,6 +105,47 @@ def reference_bm25(
     return scores
 
 
+@pytest.mark.parametrize(
+    "vector",
+    [
+        "",
+        "a",
+        "a b c",
+        "a:1 b:2,3,4 c:5A,6B,7C",
+        "'x,y':1,2 'a,,b' c:3 'it''s':4,5 'back\\\\slash,':6",
+        "',':1,2,3 ',,' 'a:1,2':4",
+    ],
+)
+def test_token_count_is_the_number_of_positions(services: Services, vector: str) -> None:
+    """The BM25 length counts a vector's positions, and one for a lexeme without any, even
+    when lexemes hold commas (the count reads the text form)."""
+    [(counted, expected)] = rows(
+        services,
+        "SELECT tsvector_token_count(CAST(:v AS tsvector)), "
+        "(SELECT coalesce(sum(coalesce(array_length(positions, 1), 1)), 0) "
+        " FROM unnest(CAST(:v AS tsvector)))",
+        v=vector,
+    )
+    assert counted == expected
+
+
+def test_stored_lengths_count_the_positions_of_parsed_text(services: Services) -> None:
+    texts = {
+        "p1": "Numbers 1,000 and 3.14, e-mail foo@example.com, URL https://a.example/x,y",
+        "p2": "Self-driving co-operation: the the the cats' café, Straße; 'quoted' \\ text",
+    }
+    services.ingestor.ingest(
+        "kb", [doc(k, v, title="A title, with commas") for k, v in texts.items()], create=True
+    )
+    mismatched = rows(
+        services,
+        "SELECT c.id FROM chunks c WHERE c.length IS DISTINCT FROM "
+        "(SELECT sum(coalesce(array_length(positions, 1), 1)) FROM unnest(c.tsv))",
+    )
+    assert rows(services, "SELECT count(*) FROM chunks") == [(2,)]
+    assert mismatched == []
+
+
 @pytest.mark.parametrize("query", ["cats", "dog dogs walking", "cats and dogs fly", "penguin fly"])
 def test_sql_bm25_agrees_with_the_python_reference(corpus: Services, query: str) -> None:
     result = run(corpus, query=query, mode="keyword", explain=True, k=10)
