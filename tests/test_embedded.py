@@ -1,9 +1,11 @@
-"""The embedded server: started once, reused, stopped cleanly; its database's builtin locale
-parses and orders text exactly as the C library's C.UTF-8 does."""
+"""The embedded server: started once, reused, stopped cleanly, started again in the same
+process; its database's locale (C.UTF-8, lower-casing and comparing inside PostgreSQL) gives
+the tokens and the order of the C library's C.UTF-8 on mixed-script text."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import psycopg
 import pytest
 
 from app.db import embedded
+from tests.test_cli import HYBRID
 
 # Accents, German, Turkish dotted I, Greek final sigma, Cyrillic, CJK, ligatures, emoji,
 # numbers, hyphenated words, e-mail, URL and path tokens.
@@ -36,12 +39,13 @@ def libc_url(database_url: str) -> Iterator[str]:
         conn.execute("DROP DATABASE locale_libc WITH (FORCE)")
 
 
-def test_the_database_uses_the_builtin_locale(database_url: str) -> None:
+def test_the_database_pins_its_locale(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
-            "SELECT datlocprovider, datlocale FROM pg_database WHERE datname = current_database()"
+            "SELECT datlocprovider, datlocale, datcollate, datctype "
+            "FROM pg_database WHERE datname = current_database()"
         ).fetchone()
-    assert row == ("b", "C.UTF-8")
+    assert row == ("b", "C.UTF-8", "C.UTF-8", "C.UTF-8")
 
 
 def test_builtin_and_libc_locales_agree_on_text(database_url: str, libc_url: str) -> None:
@@ -61,6 +65,7 @@ def test_builtin_and_libc_locales_agree_on_text(database_url: str, libc_url: str
 
 @pytest.fixture
 def fresh_dir() -> Iterator[Path]:
+    """A data directory of its own: the session's server is never stopped."""
     path = Path(tempfile.mkdtemp(prefix="hybrid-embedded-"))
     yield path
     embedded.stop(path)
@@ -82,3 +87,22 @@ def test_start_reuses_the_data_directory_and_stop_is_clean(fresh_dir: Path) -> N
     assert started
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT note FROM kept").fetchall() == [("still here",)]
+
+
+def test_start_after_another_process_stopped_the_server(fresh_dir: Path) -> None:
+    embedded.start(fresh_dir)
+    stop = subprocess.run(
+        [str(HYBRID), "db", "stop"],
+        env={"PATH": str(HYBRID.parent), "HYBRID_DATA_DIR": str(fresh_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert stop.returncode == 0, stop.stderr
+    assert not embedded.status(fresh_dir).running
+
+    url, started = embedded.start(fresh_dir)
+    assert started
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -106,3 +106,47 @@ def test_database_urls_are_normalised_to_psycopg() -> None:
     assert sqlalchemy_url("postgres://u:p@h:5/db").startswith("postgresql+psycopg://u:p@h:5/db")
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         sqlalchemy_url("mysql://u@h/db")
+
+
+def test_token_count_is_replaced_in_place(scratch_url: str, data_dir: Path) -> None:
+    """0008 rewrites the BM25 length's counting function, not the lengths it stored."""
+    settings = make_settings(scratch_url, data_dir)
+    engine = make_engine(scratch_url)
+    migrate.upgrade(engine, settings, "0007")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO collections (id, name, embedding_model, embedding_dim) "
+                "OVERRIDING SYSTEM VALUE VALUES (1, 'a', 'm', 384);"
+                "INSERT INTO documents (collection_id, id, external_id, title, content_hash) "
+                "OVERRIDING SYSTEM VALUE VALUES (1, 1, 'd', 'A title, with commas', 'h');"
+                "INSERT INTO sections (collection_id, document_id, ordinal, text) "
+                "VALUES (1, 1, 0, 'x');"
+                "INSERT INTO chunks (collection_id, document_id, ordinal, section_ordinal, "
+                "context, text, token_count, text_config, embedding) "
+                "VALUES (1, 1, 0, 0, 'A title, with commas', "
+                "'Cats, cats and 1,000 dogs: the cat''s toy', 12, 'english', "
+                "CAST(array_fill(0.1, ARRAY[384]) AS vector))"
+            )
+        )
+
+    def language_and_lengths() -> tuple[str, list[tuple[int, int]]]:
+        with engine.connect() as conn:
+            language = conn.execute(
+                text(
+                    "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                    "WHERE p.proname = 'tsvector_token_count'"
+                )
+            ).scalar_one()
+            lengths = conn.execute(
+                text("SELECT length, tsvector_token_count(tsv) FROM chunks")
+            ).all()
+        return language, [tuple(row) for row in lengths]
+
+    language, before = language_and_lengths()
+    assert language == "sql" and before[0][0] == before[0][1] > 0
+    migrate.upgrade(engine, settings)
+    assert language_and_lengths() == ("plpgsql", before)
+    migrate.downgrade(engine, "0007")
+    assert language_and_lengths() == ("sql", before)
+    engine.dispose()
