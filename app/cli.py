@@ -9,12 +9,14 @@ from __future__ import annotations
 import html
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -103,11 +105,19 @@ def serve(settings: Settings, host: str | None, port: int | None, sample: bool) 
     from app.api.app import create_app
 
     host, port = host or settings.server.host, port or settings.server.port
+    # uvicorn shuts down on SIGTERM as on Ctrl+C, then sends the signal to the process again.
+    # Left to its default that kills the process on the spot; as an exit it lets the services
+    # close: the vector cache writes its snapshots, and the embedded server is stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     with opened(settings) as services:
         if sample:
             _ingest_sample(services)
         _print_banner(host, port, sample)
         uvicorn.run(create_app(services), host=host, port=port, log_level="warning")
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _ingest_sample(services: Services) -> None:

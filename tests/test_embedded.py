@@ -5,8 +5,11 @@ the tokens and the order of the C library's C.UTF-8 on mixed-script text."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import psycopg
 import pytest
 
 from app.db import embedded
-from tests.test_cli import HYBRID
+from tests.test_cli import HYBRID, free_port
 
 # Accents, German, Turkish dotted I, Greek final sigma, Cyrillic, CJK, ligatures, emoji,
 # numbers, hyphenated words, e-mail, URL and path tokens.
@@ -106,3 +109,29 @@ def test_start_after_another_process_stopped_the_server(fresh_dir: Path) -> None
     assert started
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_serve_stops_the_server_it_started_on_sigterm(fresh_dir: Path) -> None:
+    """As a process manager stops it: the embedded server does not outlive the service."""
+    port = free_port()
+    env = {"PATH": str(HYBRID.parent), "HYBRID_DATA_DIR": str(fresh_dir), "HYBRID_PORT": str(port)}
+    log = fresh_dir / "serve.log"
+    with log.open("w") as output:
+        service = subprocess.Popen([str(HYBRID), "serve"], env=env, stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert service.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the service did not come up"
+                time.sleep(0.5)
+        assert embedded.status(fresh_dir).running
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        service.kill()
+        service.wait()
+    assert not embedded.status(fresh_dir).running
