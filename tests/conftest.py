@@ -6,8 +6,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from litestar.testing import TestClient
 from sqlalchemy import text
@@ -32,6 +34,18 @@ def data_dir() -> Iterator[Path]:
 def database_url(data_dir: Path) -> str:
     url, _ = embedded.start(data_dir)
     return url
+
+
+@contextmanager
+def scratch_database(database_url: str, name: str, options: str = "") -> Iterator[str]:
+    """A database of its own on the test server (`options` after CREATE DATABASE name), its
+    URL yielded, dropped afterwards: the shared test schema is never touched."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} {options}")
+    yield database_url.replace("/hybrid?", f"/{name}?")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: str) -> Settings:

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from app.db import embedded
-from tests.test_cli import HYBRID, free_port
+from tests.conftest import scratch_database
+from tests.test_cli import HYBRID, free_port, installed
 
 # Accents, German, Turkish dotted I, Greek final sigma, Cyrillic, CJK, ligatures, emoji,
 # numbers, hyphenated words, e-mail, URL and path tokens.
@@ -31,15 +32,9 @@ MIXED_TEXT = (
 @pytest.fixture
 def libc_url(database_url: str) -> Iterator[str]:
     """A database on the same server with the C library's C.UTF-8 locale."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS locale_libc")
-        conn.execute(
-            "CREATE DATABASE locale_libc TEMPLATE template0 ENCODING 'UTF8' "
-            "LOCALE_PROVIDER libc LOCALE 'C.UTF-8'"
-        )
-    yield database_url.replace("/hybrid?", "/locale_libc?")
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE locale_libc WITH (FORCE)")
+    options = "TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER libc LOCALE 'C.UTF-8'"
+    with scratch_database(database_url, "locale_libc", options) as url:
+        yield url
 
 
 def test_the_database_pins_its_locale(database_url: str) -> None:
@@ -94,14 +89,7 @@ def test_start_reuses_the_data_directory_and_stop_is_clean(fresh_dir: Path) -> N
 
 def test_start_after_another_process_stopped_the_server(fresh_dir: Path) -> None:
     embedded.start(fresh_dir)
-    stop = subprocess.run(
-        [str(HYBRID), "db", "stop"],
-        env={"PATH": str(HYBRID.parent), "HYBRID_DATA_DIR": str(fresh_dir)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    stop = installed({"HYBRID_DATA_DIR": str(fresh_dir)}, "db", "stop")
     assert stop.returncode == 0, stop.stderr
     assert not embedded.status(fresh_dir).running
 

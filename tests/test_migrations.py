@@ -6,27 +6,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, inspect, text
 
 from app.db import migrate
 from app.db.engine import make_engine, sqlalchemy_url
 from app.errors import ConfigError
-from tests.conftest import make_settings
+from tests.conftest import make_settings, scratch_database
 
 TABLES = {"collections", "documents", "sections", "chunks", "change_log", "embedding_cache"}
 
 
 @pytest.fixture
 def scratch_url(database_url: str) -> Iterator[str]:
-    """A database of its own, so the shared test schema is never touched."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS migrations_scratch")
-        conn.execute("CREATE DATABASE migrations_scratch")
-    yield database_url.replace("/hybrid?", "/migrations_scratch?")
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE migrations_scratch WITH (FORCE)")
+    with scratch_database(database_url, "migrations_scratch") as url:
+        yield url
 
 
 def tables(engine: Engine) -> set[str]:

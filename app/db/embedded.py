@@ -56,15 +56,11 @@ CLUSTER_SETTINGS = {
     "max_wal_size": "4GB",
 }
 
-# The locale of every kind pinned, not taken from the environment of the first start.
-CREATE_DATABASE = (
-    "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER builtin LOCALE 'C.UTF-8'"
-)
-# Where the C library has no `C.UTF-8` locale: the builtin one, the environment's ctype.
-CREATE_DATABASE_FALLBACK = (
-    "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' "
-    "LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8'"
-)
+CREATE_DATABASE = "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER builtin {}"
+# Every kind of locale pinned, not taken from the environment of the first start; where the C
+# library has no `C.UTF-8`, the builtin one alone (the ctype is then the environment's).
+LOCALE = "LOCALE 'C.UTF-8'"
+LOCALE_FALLBACK = "BUILTIN_LOCALE 'C.UTF-8'"
 
 
 @dataclass(frozen=True)
@@ -107,8 +103,9 @@ def start(data_dir: Path) -> tuple[str, bool]:
         return current.url, False
     pgdata = pgdata_path(data_dir)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    # Stopped by another process meanwhile: this one's handle would take it for running.
-    _forget_handle(pgdata)
+    # The package keeps one handle per data directory for the life of the process; one left
+    # from before a stop (by this process or another) would take the server for running.
+    PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
     server = get_server(pgdata, cleanup_mode=None)
     admin_url = server.get_uri()
     if _configure_new_cluster(admin_url):
@@ -127,14 +124,7 @@ def stop(data_dir: Path) -> bool:
     server = get_server(pgdata, cleanup_mode=None)
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user)
     server.cleanup()  # this process no longer holds the server (the package's list of holders)
-    _forget_handle(pgdata)
     return True
-
-
-def _forget_handle(pgdata: Path) -> None:
-    """The package keeps one handle per data directory for the life of the process, and a
-    handle of a server that has stopped would make a later start in this process a no-op."""
-    PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
 
 
 def _configure_new_cluster(admin_url: str) -> bool:
@@ -158,6 +148,6 @@ def _ensure_database(admin_url: str) -> None:
             return
         name = sql.Identifier(DATABASE)
         try:
-            conn.execute(sql.SQL(CREATE_DATABASE).format(name))
+            conn.execute(sql.SQL(CREATE_DATABASE).format(name, sql.SQL(LOCALE)))
         except psycopg.errors.WrongObjectType:  # "invalid LC_COLLATE locale name"
-            conn.execute(sql.SQL(CREATE_DATABASE_FALLBACK).format(name))
+            conn.execute(sql.SQL(CREATE_DATABASE).format(name, sql.SQL(LOCALE_FALLBACK)))
