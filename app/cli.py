@@ -11,24 +11,30 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import click
+from litestar.concurrency import set_asyncio_executor
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from app import PROJECT_ROOT, collections, documents
+from app.access import keys, local
+from app.access.caller import SCOPES
+from app.access.keys import KeySpec
 from app.answer import generate
-from app.db import embedded, migrate
-from app.errors import HybridError, Invalid, Unavailable
+from app.db import backup, embedded, migrate
+from app.errors import ConfigError, HybridError, Invalid, Unavailable
 from app.eval import report as eval_report
 from app.eval import runner
 from app.ingest import load
@@ -36,6 +42,7 @@ from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
 from app.logs import configure_logging
 from app.search.engine import SearchResult, search
+from app.search.filters import compile_filter
 from app.search.request import (
     MODES,
     RECENCY_FIELDS,
@@ -51,6 +58,9 @@ from app.settings import Settings, load_settings
 
 SAMPLE_DIR = PROJECT_ROOT / "samples"
 SAMPLE_COLLECTION = "sample"
+# After the drain, how long closing the services (vector cache snapshots, connections, the
+# embedded server) may take before the process ends regardless.
+CLOSE_TIMEOUT_S = 60.0
 console = Console()
 errors = Console(stderr=True)
 
@@ -102,21 +112,44 @@ def serve(settings: Settings, host: str | None, port: int | None, sample: bool) 
     """Run the HTTP API (embedded PostgreSQL and bundled model by default)."""
     import uvicorn
 
-    from app.api.app import create_app
+    from app.api.app import create_app, is_loopback
 
     host, port = host or settings.server.host, port or settings.server.port
     # uvicorn shuts down on SIGTERM as on Ctrl+C, then sends the signal to the process again.
     # Left to its default that kills the process on the spot; as an exit it lets the services
     # close: the vector cache writes its snapshots, and the embedded server is stopped.
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    # One thread for every request admitted: an admitted request never queues for a thread.
+    set_asyncio_executor(
+        ThreadPoolExecutor(settings.server.in_flight_limit, thread_name_prefix="request")
+    )
+    loopback = is_loopback(host)
+    if settings.server.auth == "off" and not loopback:
+        raise ConfigError(
+            f"HYBRID_AUTH=off is only allowed on a loopback address; `hybrid serve` would "
+            f"listen on {host}, where anyone who reaches the port could read and delete "
+            "everything"
+        )
     with opened(settings) as services:
         if sample:
             _ingest_sample(services)
-        _print_banner(host, port, sample)
-        uvicorn.run(create_app(services), host=host, port=port, log_level="warning")
+        secret = _local_key(services) if loopback else None
+        _print_banner(host, port, sample, secret, settings.server.auth)
+        uvicorn.run(
+            create_app(services, bind_host=host),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=max(1, round(settings.server.drain_s)),
+        )
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    # The drain is over; closing the services and the threads still in a database wait (each
+    # bounded by the statement and lock timeouts) gets a bound of its own as well.
+    deadline = threading.Timer(CLOSE_TIMEOUT_S, os._exit, (128 + signum,))
+    deadline.daemon = True
+    deadline.start()
     raise SystemExit(128 + signum)
 
 
@@ -126,13 +159,29 @@ def _ingest_sample(services: Services) -> None:
     console.print(f"sample collection {SAMPLE_COLLECTION!r}: {_summary(report)}")
 
 
-def _print_banner(host: str, port: int, sample: bool) -> None:
+def _local_key(services: Services) -> str | None:
+    """The local admin key's secret, when authentication is on (see `app.access.local`)."""
+    if services.settings.server.auth == "off":
+        return None
+    return local.admin_secret(services.settings.database.data_dir, services.transaction)
+
+
+def _print_banner(host: str, port: int, sample: bool, secret: str | None, auth: str) -> None:
     base = f"http://{host}:{port}"
     console.print(f"\nHybrid search is running at [bold]{base}[/bold]")
     console.print(f"  API docs:    {base}/docs")
     console.print(f"  readiness:   curl {base}/ready")
+    if secret is not None:
+        console.print("  local admin key (kept in the data directory; paste this line first):")
+        click.echo(f"    export HYBRID_KEY={secret}")
+    auth_header = ' -H "Authorization: Bearer $HYBRID_KEY"' if auth == "required" else ""
     if sample:
-        console.print(f"  documents:   curl '{base}/v1/collections/{SAMPLE_COLLECTION}/documents'")
+        documents = f"{base}/v1/collections/{SAMPLE_COLLECTION}/documents"
+        console.print(
+            f"  documents:   curl{auth_header} '{documents}'", highlight=False, markup=False
+        )
+    if auth == "off":
+        console.print("  [bold red]HYBRID_AUTH=off[/bold red]: every caller is an admin.")
     console.print("Press Ctrl+C to stop.\n")
 
 
@@ -158,7 +207,7 @@ def migrate_command(settings: Settings, revision: str, downgrade: bool) -> None:
 
 @cli.group()
 def db() -> None:
-    """Manage the embedded PostgreSQL server."""
+    """Manage the embedded PostgreSQL server; back up and restore the database."""
 
 
 @db.command("start")
@@ -213,6 +262,42 @@ def db_psql(settings: Settings, psql_args: tuple[str, ...]) -> None:
     url = settings.database.url or embedded.start(settings.database.data_dir)[0]
     psql = str(embedded.psql_path())
     os.execv(psql, [psql, url, *psql_args])
+
+
+@db.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@pass_settings
+def db_backup(settings: Settings, path: Path) -> None:
+    """Write the whole database to PATH (a pg_dump archive; works with `DATABASE_URL` too)."""
+    with _as_found(settings) as services:
+        size = backup.dump(services.engine, path)
+        name = services.engine.url.database
+    console.print(f"backed up database {name!r} to {escape(str(path))} ({size:,} bytes)")
+
+
+@db.command("restore")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace a database that already holds data.")
+@pass_settings
+def db_restore(settings: Settings, path: Path, force: bool) -> None:
+    """Restore a backup made by `hybrid db backup` into the database, in one transaction."""
+    with _as_found(settings) as services:
+        revision = backup.restore(services.engine, settings, path, force=force)
+        name = services.engine.url.database
+    console.print(
+        f"restored {escape(str(path))} into database {name!r}; schema at revision {revision}"
+    )
+
+
+@contextmanager
+def _as_found(settings: Settings) -> Iterator[Services]:
+    """The services over the database, its schema left as it is (neither checked nor
+    migrated)."""
+    services = Services.open(settings, check_schema=False)
+    try:
+        yield services
+    finally:
+        services.close()
 
 
 def _require_embedded(settings: Settings) -> None:
@@ -294,6 +379,120 @@ def collections_delete(settings: Settings, name: str, yes: bool) -> None:
     console.print(f"deleted collection {name!r}")
 
 
+# --- keys -------------------------------------------------------------------------------------
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """Create, list and revoke API keys (also while `hybrid serve` runs)."""
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.option(
+    "--principal", "principals", multiple=True, help="Principal the key acts as (repeatable)."
+)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(SCOPES),
+    help="What the key may do (repeatable).",
+)
+@click.option(
+    "--collection",
+    "allowed",
+    multiple=True,
+    help="Collection the key may use (repeatable; default every collection).",
+)
+@click.option(
+    "--filter", "filter_json", help="Filter (JSON, as in searches) ANDed into its every read."
+)
+@click.option("--rate", type=click.IntRange(min=1), help="Requests a minute (default no limit).")
+@click.option(
+    "--answer-rate", type=click.IntRange(min=1), help="Answers a minute (default no limit)."
+)
+@click.option(
+    "--expires",
+    "expires_days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Days until the key expires (default never).",
+)
+@click.option("--description", default="", help="Free text shown in listings.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, secret included.")
+@pass_settings
+def keys_create(settings: Settings, /, name: str, **options: Any) -> None:
+    """Create an API key and print its secret, the only time it is shown."""
+    days = options["expires_days"]
+    spec = KeySpec(
+        name=name,
+        scopes=options["scopes"],
+        principals=options["principals"],
+        collections=options["allowed"] or None,
+        filter=_key_filter(options["filter_json"]),
+        rate_per_minute=options["rate"],
+        answer_rate_per_minute=options["answer_rate"],
+        expires_at=datetime.now(UTC) + timedelta(days=days) if days else None,
+        description=options["description"],
+    )
+    with opened(settings) as services, services.transaction() as conn:
+        created = keys.create(conn, spec)
+    if options["as_json"]:
+        click.echo(json.dumps({**created.key.as_json(), "secret": created.secret}))
+        return
+    key = created.key
+    console.print(f"created key {key.name!r}, prefix {key.prefix}", highlight=False, markup=False)
+    console.print("secret (shown only now; store it safely):", highlight=False)
+    click.echo(created.secret)
+
+
+def _key_filter(raw: str | None) -> dict[str, Any] | None:
+    """A key's filter, checked by the search filter language it will be ANDed into."""
+    if raw is None:
+        return None
+    spec = documents.parse_metadata(raw, name="--filter")
+    compile_filter(spec, path="--filter")
+    return spec
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_settings
+def keys_list(settings: Settings, as_json: bool) -> None:
+    """List keys: prefix, name, scopes, principals, last use and state (never secrets)."""
+    with opened(settings) as services, services.engine.connect() as conn:
+        found = keys.list_all(conn)
+    if as_json:
+        click.echo(json.dumps([key.as_json() for key in found]))
+        return
+    table = _table(
+        "prefix", "name", "scopes", "principals", "collections", "last used", "expires", "state"
+    )
+    for key in found:
+        allowed = "all" if key.collections is None else ", ".join(key.collections)
+        table.add_row(
+            key.prefix, escape(key.name), ", ".join(key.scopes), escape(", ".join(key.principals)),
+            escape(allowed), _when(key.last_used_at), _when(key.expires_at), key.state(),
+        )  # fmt: skip
+    console.print(table)
+
+
+@keys_group.command("revoke")
+@click.argument("ident", metavar="NAME|PREFIX")
+@pass_settings
+def keys_revoke(settings: Settings, ident: str) -> None:
+    """Revoke a key, by its prefix or the name of an unrevoked key."""
+    with opened(settings) as services, services.transaction() as conn:
+        key = keys.revoke(conn, ident)
+    console.print(
+        f"revoked key {key.name!r} ({key.prefix}); running servers refuse it within "
+        f"HYBRID_AUTH_CACHE_TTL ({settings.server.auth_cache_ttl_s:g} s)",
+        highlight=False,
+        markup=False,
+    )
+
+
 # --- ingest -----------------------------------------------------------------------------------
 
 
@@ -355,7 +554,10 @@ def _load_all(
 def _load(path: Path, settings: Settings) -> list[SourceDocument]:
     limits = settings.ingest
     return load.load_path(
-        path, max_bytes=limits.max_upload_bytes, max_chars=limits.max_document_chars
+        path,
+        max_bytes=limits.max_upload_bytes,
+        max_chars=limits.max_document_chars,
+        max_pdf_pages=limits.max_pdf_pages,
     )
 
 

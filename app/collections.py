@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from app.db.engine import unbounded
 from app.db.queries import query
 from app.errors import Conflict, Invalid, NotFound
 from app.search.request import check_collection_settings
@@ -112,8 +113,12 @@ def get_with_counts(conn: Connection, name: str) -> Collection:
 
 
 def delete(conn: Connection, name: str) -> None:
-    if conn.execute(query("collections.sql", "delete_collection"), {"name": name}).first() is None:
-        raise NotFound(f"no collection named {name!r}", field="collection")
+    """Delete the collection and everything in it, however long that takes (the statement
+    bound is lifted; lock waits stay bounded)."""
+    with unbounded(conn):
+        found = conn.execute(query("collections.sql", "delete_collection"), {"name": name})
+        if found.first() is None:
+            raise NotFound(f"no collection named {name!r}", field="collection")
 
 
 def check_name(name: str) -> None:

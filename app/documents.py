@@ -1,23 +1,55 @@
 """Stored documents: list, show, change metadata/ACL without re-embedding, delete and purge.
 
 Soft delete hides a document at once (its chunks leave every index through the change log)
-and keeps the rows until purge; a hard purge removes them.
+and keeps the rows until purge; a hard purge removes them. Reads see what their `Visibility`
+allows: the documents whose ACL names one of the reader's principals and that match its
+mandatory filter; anything else does not exist for them (404, and absent from lists and
+counts).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping
+from sqlalchemy import Connection, RowMapping, TextClause, text
 
-from app.db.queries import query
+from app.db.engine import unbounded
+from app.db.queries import load, query
 from app.errors import Invalid, NotFound
 
+# Limits of what is stored in indexed columns (a B-tree entry holds at most about 2.7 kB; a
+# character takes up to 4 bytes).
+MAX_ID_CHARS = 512
+MAX_PRINCIPAL_CHARS = 256
+MAX_ACL_ENTRIES = 1000
+
 MAX_PAGE = 1000
+VISIBLE_MARK = "/* visible */ TRUE"
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """The documents a reader may see: those whose ACL shares one of `principals` (None:
+    every document) and that match `predicate`, a compiled filter over `d` (whitelisted SQL
+    from `app.search.filters`) with its bind `params`."""
+
+    principals: list[str] | None = None
+    predicate: str = "TRUE"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def statement(self, name: str) -> TextClause:
+        source = load("documents.sql")[name].text
+        return text(source.replace(VISIBLE_MARK, f"({self.predicate})"))
+
+    def bind(self, **params: Any) -> dict[str, Any]:
+        return {**self.params, **params, "principals": self.principals}
+
+
+EVERYTHING = Visibility()
 
 
 @dataclass(frozen=True)
@@ -32,31 +64,51 @@ class DocumentPatch:
 
 
 def list_page(
-    conn: Connection, collection_id: int, *, limit: int, offset: int, include_deleted: bool
+    conn: Connection,
+    collection_id: int,
+    *,
+    limit: int,
+    offset: int,
+    include_deleted: bool,
+    visibility: Visibility = EVERYTHING,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid(f"limit: expected 1 to {MAX_PAGE}, got {limit}", field="limit")
     if offset < 0:
         raise Invalid(f"offset: expected 0 or more, got {offset}", field="offset")
     rows = conn.execute(
-        query("documents.sql", "list_documents"),
-        {
-            "collection_id": collection_id,
-            "limit": limit,
-            "offset": offset,
-            "include_deleted": include_deleted,
-        },
+        visibility.statement("list_documents"),
+        visibility.bind(
+            collection_id=collection_id,
+            limit=limit,
+            offset=offset,
+            include_deleted=include_deleted,
+        ),
     ).mappings()
     counts = (
-        conn.execute(query("documents.sql", "count_documents"), {"collection_id": collection_id})
+        conn.execute(
+            visibility.statement("count_documents"), visibility.bind(collection_id=collection_id)
+        )
         .mappings()
         .one()
     )
     return [dict(r) for r in rows], dict(counts)
 
 
-def get(conn: Connection, collection_id: int, external_id: str) -> dict[str, Any]:
-    return dict(_row(conn, collection_id, external_id))
+def get(
+    conn: Connection,
+    collection_id: int,
+    external_id: str,
+    *,
+    include_deleted: bool = True,
+    visibility: Visibility = EVERYTHING,
+) -> dict[str, Any]:
+    """The document, if `visibility` shows it; a soft-deleted one only with
+    `include_deleted`."""
+    row = _row(conn, collection_id, external_id, visibility=visibility)
+    if row["deleted_at"] is not None and not include_deleted:
+        raise NotFound(f"document {external_id!r} is deleted", field="external_id")
+    return dict(row)
 
 
 def chunks_of(conn: Connection, collection_id: int, document_id: int) -> list[dict[str, Any]]:
@@ -71,7 +123,7 @@ def update(
     conn: Connection, collection_id: int, external_id: str, patch: DocumentPatch
 ) -> dict[str, Any]:
     """Apply `patch` to a live document; chunks and embeddings stay as they are."""
-    row = _row(conn, collection_id, external_id)
+    row = _row(conn, collection_id, external_id, lock=True)
     if row["deleted_at"] is not None:
         raise NotFound(f"document {external_id!r} is deleted", field="external_id")
     metadata = (
@@ -116,12 +168,14 @@ def purge(conn: Connection, collection_id: int, external_id: str) -> None:
 
 
 def purge_deleted(conn: Connection, collection_id: int) -> int:
-    """Remove every soft-deleted document of the collection; return how many."""
-    return int(
-        conn.execute(
-            query("documents.sql", "purge_deleted"), {"collection_id": collection_id}
-        ).scalar_one()
-    )
+    """Remove every soft-deleted document of the collection; return how many (however long
+    that takes: the statement bound is lifted, lock waits stay bounded)."""
+    with unbounded(conn):
+        return int(
+            conn.execute(
+                query("documents.sql", "purge_deleted"), {"collection_id": collection_id}
+            ).scalar_one()
+        )
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +208,29 @@ def check_acl(acl: list[str]) -> list[str]:
             f"acl: expected a non-empty list of non-empty principal names, got {acl!r}",
             field="acl",
         )
+    if len(acl) > MAX_ACL_ENTRIES:
+        raise Invalid(
+            f"acl: at most {MAX_ACL_ENTRIES} principals, got {len(acl)}", field="acl"
+        )
+    for principal in acl:
+        if len(principal) > MAX_PRINCIPAL_CHARS or "\x00" in principal:
+            raise Invalid(
+                f"acl: a principal has at most {MAX_PRINCIPAL_CHARS} characters and no NUL, "
+                f"got one of {len(principal)} characters",
+                field="acl",
+            )
     return sorted(set(acl))
+
+
+def check_external_id(external_id: str) -> str:
+    """A document id fits the unique index on (collection, id): at most 512 characters."""
+    if not external_id or len(external_id) > MAX_ID_CHARS or "\x00" in external_id:
+        raise Invalid(
+            f"id: expected 1 to {MAX_ID_CHARS} characters without NUL, got "
+            f"{len(external_id)} characters",
+            field="id",
+        )
+    return external_id
 
 
 def check_popularity(value: float) -> float:
@@ -163,15 +239,21 @@ def check_popularity(value: float) -> float:
     return float(value)
 
 
-def _row(conn: Connection, collection_id: int, external_id: str) -> RowMapping:
-    row = (
-        conn.execute(
-            query("documents.sql", "get_document"),
-            {"collection_id": collection_id, "external_id": external_id},
-        )
-        .mappings()
-        .first()
+def _row(
+    conn: Connection,
+    collection_id: int,
+    external_id: str,
+    *,
+    lock: bool = False,
+    visibility: Visibility = EVERYTHING,
+) -> RowMapping:
+    key = {"collection_id": collection_id, "external_id": external_id}
+    found = (
+        conn.execute(query("documents.sql", "lock_document"), key)
+        if lock
+        else conn.execute(visibility.statement("get_document"), visibility.bind(**key))
     )
+    row = found.mappings().first()
     if row is None:
         raise NotFound(f"no document {external_id!r}", field="external_id")
     return row

@@ -19,6 +19,10 @@ class HybridError(Exception):
         self.message = message
         self.field = field
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the answer (`Retry-After`, `WWW-Authenticate`, ...)."""
+        return {}
+
 
 class ConfigError(HybridError):
     """A setting is missing or invalid; raised at start-up."""
@@ -31,6 +35,39 @@ class Invalid(HybridError):
 
     status = 400
     title = "Invalid input"
+
+
+class Unauthorized(HybridError):
+    """No credential, or one that names no usable key: `reason` is `missing`, `invalid`
+    (malformed, tampered, wrong algorithm), `unknown` (no such key, or a wrong secret: the two
+    are never told apart), `revoked` or `expired`. `prefix` is the key the credential named,
+    if any (for counting denials per key). The API answers with `challenge` as the
+    `WWW-Authenticate` header."""
+
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, message: str, *, reason: str, prefix: str | None = None) -> None:
+        super().__init__(message, field="authorization")
+        self.reason = reason
+        self.prefix = prefix
+
+    @property
+    def challenge(self) -> str:
+        """RFC 6750: no error code when no credential was sent."""
+        realm = 'Bearer realm="hybrid-search"'
+        return realm if self.reason == "missing" else f'{realm}, error="invalid_token"'
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
+class Forbidden(HybridError):
+    """The caller is known but may not do this: a scope it lacks, a collection outside its
+    allow-list, a principal it does not hold."""
+
+    status = 403
+    title = "Forbidden"
 
 
 class NotFound(HybridError):
@@ -55,10 +92,29 @@ class TooLarge(HybridError):
 
 
 class UnsupportedMedia(HybridError):
-    """A file type the loaders cannot read."""
+    """A file type the loaders cannot read, or a request body of a media type its route does
+    not read."""
 
     status = 415
-    title = "Unsupported file type"
+    title = "Unsupported media type"
+
+
+class TooManyRequests(HybridError):
+    """A key spent its rate budget; it may send again after `retry_after` seconds (the API
+    sends it as `Retry-After`)."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(
+        self, message: str, *, retry_after: int, rate_headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.rate_headers = rate_headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return {**self.rate_headers, "Retry-After": str(self.retry_after)}
 
 
 class UpstreamError(HybridError):
@@ -69,7 +125,24 @@ class UpstreamError(HybridError):
 
 
 class Unavailable(HybridError):
-    """A dependency (database, provider) cannot be reached right now; retrying may succeed."""
+    """A dependency (database, provider) cannot serve right now; retrying may succeed, after
+    `retry_after` seconds when given (the API sends it as `Retry-After`)."""
 
     status = 503
     title = "Service unavailable"
+
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class Busy(Unavailable):
+    """The service or the data is busy (too many requests, a lock, a conflicting write): the
+    request did nothing and may be sent again after `retry_after` seconds."""
+
+    title = "Busy, retry"

@@ -10,14 +10,17 @@ evaluation that asks for the `faiss` backend).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from app.ann.cache import VectorCache
 from app.answer.generate import Readers
 from app.answer.providers import ChatModels
 from app.db import embedded, migrate
-from app.db.engine import make_engine, resolve_database_url
+from app.db.engine import make_engine, resolve_database_url, retrying, transaction
 from app.ingest.chunk import Tokenizer, bundled_tokenizer
 from app.ingest.embed import Embedder, create_embedder
 from app.ingest.pipeline import Ingestor
@@ -25,6 +28,8 @@ from app.search.cache import SearchCache
 from app.search.engine import QueryEmbeddings
 from app.search.rerank import Reranking, load_reranker
 from app.settings import Settings
+
+T = TypeVar("T")
 
 
 class Services:
@@ -46,11 +51,20 @@ class Services:
     @classmethod
     def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:
         url, started = resolve_database_url(settings)
-        engine = make_engine(url, pool_size=settings.database.pool_size)
+        engine = make_engine(url, settings.database)
         services = cls(settings=settings, engine=engine, started_embedded=started)
         if check_schema:
             migrate.ensure_schema(engine, settings)
         return services
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A transaction of its own, committed when the block ends (see `app.db.engine`)."""
+        return transaction(self.engine)
+
+    def write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in a transaction of its own, retried after deadlocks and serialization
+        failures (`HYBRID_DB_WRITE_RETRIES`)."""
+        return retrying(self.engine, work, self.settings.database.write_retries)
 
     @property
     def embedder(self) -> Embedder:

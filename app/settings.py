@@ -28,6 +28,7 @@ ChunkStrategy = Literal["structure", "recursive", "fixed"]
 RerankBackend = Literal["torch", "onnx", "onnx-int8"]
 VectorBackend = Literal["auto", "faiss", "pgvector", "exact"]
 FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
+AuthMode = Literal["required", "off"]
 
 
 def setting(env: str, default: Any, doc: str) -> Any:
@@ -49,6 +50,37 @@ class DatabaseSettings:
         "HYBRID_AUTO_MIGRATE", True, "Apply pending migrations at start-up instead of refusing"
     )
     pool_size: int = setting("HYBRID_DB_POOL_SIZE", 5, "Connections kept open per process")
+    pool_overflow: int = setting(
+        "HYBRID_DB_POOL_OVERFLOW", 10, "Connections opened beyond the pool under load"
+    )
+    pool_timeout_s: float = setting(
+        "HYBRID_DB_POOL_TIMEOUT",
+        5.0,
+        "Seconds a request waits for a free connection before it is answered 503",
+    )
+    statement_timeout_ms: int = setting(
+        "HYBRID_DB_STATEMENT_TIMEOUT",
+        60_000,
+        "Longest statement, in ms (`statement_timeout`; index builds, purges and collection "
+        "deletes are exempt)",
+    )
+    lock_timeout_ms: int = setting(
+        "HYBRID_DB_LOCK_TIMEOUT",
+        5_000,
+        "Longest wait for a row or table lock, in ms (`lock_timeout`); beyond it the request "
+        "is answered 503 with Retry-After and nothing is written",
+    )
+    idle_in_transaction_ms: int = setting(
+        "HYBRID_DB_IDLE_IN_TRANSACTION_TIMEOUT",
+        60_000,
+        "A transaction left idle this long is ended by the server "
+        "(`idle_in_transaction_session_timeout`, in ms)",
+    )
+    write_retries: int = setting(
+        "HYBRID_DB_WRITE_RETRIES",
+        3,
+        "Times a write that hit a deadlock or a serialization failure is run again",
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +142,9 @@ class IngestSettings:
     )
     max_document_chars: int = setting(
         "HYBRID_MAX_DOCUMENT_CHARS", 2_000_000, "Largest document text after extraction"
+    )
+    max_pdf_pages: int = setting(
+        "HYBRID_MAX_PDF_PAGES", 2_000, "Most pages a PDF may have (more is refused, not cut)"
     )
     default_acl: tuple[str, ...] = setting(
         "HYBRID_DEFAULT_ACL",
@@ -342,6 +377,55 @@ class ServerSettings:
     port: int = setting("HYBRID_PORT", 8000, "Port `hybrid serve` listens on")
     log_level: str = setting("HYBRID_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting("HYBRID_LOG_JSON", False, "Log as JSON lines instead of console text")
+    max_in_flight: int = setting(
+        "HYBRID_MAX_IN_FLIGHT",
+        0,
+        "Requests handled at once (0 = 4 per CPU core); beyond it requests are answered 503 "
+        "with Retry-After at once (health, readiness and metrics are never refused)",
+    )
+    drain_s: float = setting(
+        "HYBRID_DRAIN_TIMEOUT",
+        30.0,
+        "Seconds a stopping server (SIGTERM, Ctrl+C) lets requests in flight finish",
+    )
+    stuck_after_s: float = setting(
+        "HYBRID_STUCK_AFTER",
+        300.0,
+        "`/health` answers 503 once a request has been in flight this long (every wait is "
+        "bounded, so such a request means the process is stuck and should be restarted)",
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        "HYBRID_ALLOWED_HOSTS",
+        (),
+        "Comma-separated Host header values accepted (`*.example.com` allowed); empty = the "
+        "loopback names when bound to a loopback address, any host otherwise",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        "HYBRID_CORS_ORIGINS", (), "Comma-separated origins allowed by CORS (empty = CORS off)"
+    )
+    auth: AuthMode = setting(
+        "HYBRID_AUTH",
+        "required",
+        "`required` (every `/v1` request carries an API key or a tenant token) or `off` "
+        "(refused in production)",
+    )
+    auth_cache_ttl_s: float = setting(
+        "HYBRID_AUTH_CACHE_TTL",
+        2.0,
+        "Seconds a key lookup is kept in process: a revoked key stops working within this "
+        "time on every instance",
+    )
+    tenant_token_max_ttl_s: int = setting(
+        "HYBRID_TENANT_TOKEN_MAX_TTL",
+        3600,
+        "Longest a tenant token may live, in seconds from now to its `exp`",
+    )
+
+    @property
+    def in_flight_limit(self) -> int:
+        """`max_in_flight`, or 4 per CPU core: past that the cores are saturated and more
+        requests in flight only add latency (and starve the event loop that refuses them)."""
+        return self.max_in_flight or 4 * (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -443,6 +527,7 @@ def _validate(s: Settings) -> None:
     _require(s.ingest.batch_documents >= 1, "HYBRID_INGEST_BATCH must be at least 1")
     _require(s.ingest.writers >= 1, "HYBRID_INGEST_WRITERS must be at least 1")
     _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
+    _require(s.ingest.max_pdf_pages >= 1, "HYBRID_MAX_PDF_PAGES must be at least 1")
     for name, value in (
         ("HYBRID_INGEST_INDEX_MEMORY", s.ingest.index_memory),
         ("HYBRID_INGEST_WORK_MEM", s.ingest.work_mem),
@@ -451,6 +536,9 @@ def _validate(s: Settings) -> None:
             MEMORY_PATTERN.fullmatch(value) is not None,
             f"{name}: expected a PostgreSQL memory size such as 512MB or 2GB, got {value!r}",
         )
+    _validate_database(s.database)
+    _validate_server(s.server)
+    _validate_access(s.server)
     _validate_search(s.search)
     _validate_rerank(s.rerank)
     _validate_cache(s.cache)
@@ -463,6 +551,34 @@ def _validate(s: Settings) -> None:
             s.database.url is not None,
             "DATABASE_URL is required in production (the embedded server is for development)",
         )
+
+
+def _validate_database(s: DatabaseSettings) -> None:
+    _require(s.pool_size >= 1, "HYBRID_DB_POOL_SIZE must be at least 1")
+    _require(s.pool_overflow >= 0, "HYBRID_DB_POOL_OVERFLOW must not be negative")
+    _require(s.pool_timeout_s > 0, "HYBRID_DB_POOL_TIMEOUT must be positive")
+    for name, value in (
+        ("HYBRID_DB_STATEMENT_TIMEOUT", s.statement_timeout_ms),
+        ("HYBRID_DB_LOCK_TIMEOUT", s.lock_timeout_ms),
+        ("HYBRID_DB_IDLE_IN_TRANSACTION_TIMEOUT", s.idle_in_transaction_ms),
+    ):
+        _require(value >= 1, f"{name} must be at least 1 ms (every wait has a bound)")
+    _require(s.write_retries >= 0, "HYBRID_DB_WRITE_RETRIES must not be negative")
+
+
+def _validate_server(s: ServerSettings) -> None:
+    _require(s.max_in_flight >= 0, "HYBRID_MAX_IN_FLIGHT must not be negative")
+    _require(s.drain_s >= 0, "HYBRID_DRAIN_TIMEOUT must not be negative")
+    _require(s.stuck_after_s > 0, "HYBRID_STUCK_AFTER must be positive")
+
+
+def _validate_access(s: ServerSettings) -> None:
+    _require(
+        s.auth == "required" or s.environment == "development",
+        "HYBRID_AUTH=off is refused in production: every request would act as an admin",
+    )
+    _require(s.auth_cache_ttl_s > 0, "HYBRID_AUTH_CACHE_TTL must be positive")
+    _require(s.tenant_token_max_ttl_s >= 1, "HYBRID_TENANT_TOKEN_MAX_TTL must be at least 1")
 
 
 def _validate_search(s: SearchSettings) -> None:

@@ -1,27 +1,47 @@
 -- Reading and managing stored documents: list, show, metadata/ACL updates, delete and purge.
 
+-- Reads take the reader's visibility: documents whose ACL shares one of `:principals` (NULL:
+-- every document, for admins), and that match the reader's mandatory filter, compiled over `d`
+-- where `/* visible */ TRUE` stands (app/documents.py).
+
 -- name: list_documents
 -- Most recently updated first; offset pagination, bounded by the caller's limit.
-SELECT id, external_id, title, source, version, metadata, acl, popularity, chunk_count,
-       created_at, updated_at, published_at, deleted_at
-FROM documents
-WHERE collection_id = :collection_id
-  AND (CAST(:include_deleted AS boolean) OR deleted_at IS NULL)
-ORDER BY updated_at DESC, id DESC
+SELECT d.id, d.external_id, d.title, d.source, d.version, d.metadata, d.acl, d.popularity,
+       d.chunk_count, d.created_at, d.updated_at, d.published_at, d.deleted_at
+FROM documents d
+WHERE d.collection_id = :collection_id
+  AND (CAST(:include_deleted AS boolean) OR d.deleted_at IS NULL)
+  AND (CAST(:principals AS text[]) IS NULL OR d.acl && CAST(:principals AS text[]))
+  AND /* visible */ TRUE
+ORDER BY d.updated_at DESC, d.id DESC
 LIMIT :limit OFFSET :offset;
 
 -- name: count_documents
-SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
-       count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted
-FROM documents
-WHERE collection_id = :collection_id;
+SELECT count(*) FILTER (WHERE d.deleted_at IS NULL) AS live,
+       count(*) FILTER (WHERE d.deleted_at IS NOT NULL) AS deleted
+FROM documents d
+WHERE d.collection_id = :collection_id
+  AND (CAST(:principals AS text[]) IS NULL OR d.acl && CAST(:principals AS text[]))
+  AND /* visible */ TRUE;
 
 -- name: get_document
+SELECT d.id, d.external_id, d.title, d.source, d.content_hash, d.version, d.metadata, d.acl,
+       d.popularity, d.chunk_count, d.created_at, d.updated_at, d.published_at, d.deleted_at
+FROM documents d
+WHERE d.collection_id = :collection_id
+  AND d.external_id = :external_id
+  AND (CAST(:principals AS text[]) IS NULL OR d.acl && CAST(:principals AS text[]))
+  AND /* visible */ TRUE;
+
+-- name: lock_document
+-- The row a read-modify-write (a metadata merge patch) changes, locked until the transaction
+-- ends: concurrent patches of one document apply one after the other, none is lost.
 SELECT id, external_id, title, source, content_hash, version, metadata, acl, popularity,
        chunk_count, created_at, updated_at, published_at, deleted_at
 FROM documents
 WHERE collection_id = :collection_id
-  AND external_id = :external_id;
+  AND external_id = :external_id
+FOR UPDATE;
 
 -- name: document_chunks
 SELECT id, ordinal, section_ordinal, heading_path, token_count, text

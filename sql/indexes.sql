@@ -14,6 +14,16 @@ SELECT vector_index_ddl(:collection_id, true);
 -- name: drop_invalid_vector_index_ddl
 SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', vector_index_name(:collection_id));
 
+-- name: try_build_lock
+-- One builder per collection at a time, across sessions and instances: a concurrent load into
+-- the same collection finds the lock taken and leaves the build to its holder (whose build
+-- takes in every row committed before it ends). Held by the session, released by
+-- `release_build_lock`, or by the end of the session.
+SELECT pg_try_advisory_lock(:lock_class, CAST(:collection_id AS integer));
+
+-- name: release_build_lock
+SELECT pg_advisory_unlock(:lock_class, CAST(:collection_id AS integer));
+
 -- name: set_build_memory
 -- For this session only (the build runs on a connection of its own, in autocommit mode).
 SELECT set_config('maintenance_work_mem', :memory, false);

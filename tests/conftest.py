@@ -1,16 +1,22 @@
 """Shared fixtures: one throwaway embedded PostgreSQL per test run, schema built by alembic,
-the real bundled embedding model, and a clean database for every test that asks for one."""
+the real bundled embedding model (and a tiny cross-encoder built from it), a clean database
+for every test that asks for one, and the real API server on a loopback port (`serving`) for
+tests that speak real HTTP."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+import uvicorn
 from litestar.testing import TestClient
 from sqlalchemy import text
 
@@ -18,6 +24,7 @@ from app.api.app import create_app
 from app.db import embedded
 from app.service import Services
 from app.settings import Settings, load_settings
+from tests.cross_encoder import build_tiny_cross_encoder
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +60,21 @@ def make_settings(database_url: str, data_dir: Path, **overrides: str) -> Settin
         "DATABASE_URL": database_url,
         "HYBRID_DATA_DIR": str(data_dir),
         "HYBRID_INGEST_BATCH": "8",
+        # Tests of everything else act as an admin (`tests/test_identity.py` turns it on).
+        "HYBRID_AUTH": "off",
+        # Admission control has tests of its own; the others send more requests at once.
+        "HYBRID_MAX_IN_FLIGHT": "64",
         **overrides,
     }
     return load_settings(environ)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Iterator[Path]:
+    """A cross-encoder built from the bundled MiniLM encoder with a new one-logit head."""
+    path = build_tiny_cross_encoder(Path(tempfile.mkdtemp(prefix="tiny-cross-encoder-")))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +95,9 @@ def services(session_services: Services) -> Iterator[Services]:
     by model and text, so it cannot leak between tests)."""
     yield session_services
     with session_services.engine.begin() as conn:
-        conn.execute(text("TRUNCATE collections, change_log RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text("TRUNCATE collections, change_log, api_keys, audit_log RESTART IDENTITY CASCADE")
+        )
         conn.execute(text(DROP_VECTOR_INDEXES))
 
 
@@ -101,3 +122,36 @@ END $$
 def client(services: Services) -> Iterator[TestClient]:  # type: ignore[type-arg]
     with TestClient(app=create_app(services)) as test_client:
         yield test_client
+
+
+@contextmanager
+def own_services(database_url: str, data_dir: Path, **settings: str) -> Iterator[Services]:
+    """Services of their own over the test database, with `settings` (environment names)."""
+    services = Services.open(make_settings(database_url, data_dir, **settings))
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+@contextmanager
+def serving(
+    services: Services, bind_host: str | None = None, *, vector_cache: bool = False
+) -> Iterator[httpx.Client]:
+    """The API over `services` on a loopback port of its own (uvicorn, real HTTP), and a
+    client for it; `vector_cache` starts the FAISS cache as `hybrid serve` does."""
+    app = create_app(services, vector_cache=vector_cache, bind_host=bind_host)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

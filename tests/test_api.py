@@ -105,7 +105,7 @@ def docx_bytes() -> bytes:
 def test_health_answers_ok(client: Client) -> None:
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json()["status"] == "ok"
 
 
 def test_ready_reports_database_schema_and_model(client: Client) -> None:
@@ -604,6 +604,12 @@ def test_soft_delete_hides_then_purge_removes(kb: Client) -> None:
     assert ([d["id"] for d in after["documents"]], after["deleted"]) == (["b"], 0)
 
 
+def test_a_soft_deleted_document_is_gone(kb: Client) -> None:
+    statuses(ingest(kb, {"id": "a", "text": "Cats purr."}))
+    assert kb.delete(f"{DOCUMENTS}/a").status_code == 204
+    assert "deleted" in problem(kb.get(f"{DOCUMENTS}/a"), 404)["detail"]
+
+
 def test_reingesting_a_soft_deleted_document_brings_it_back(kb: Client) -> None:
     doc = {"id": "a", "text": "Cats purr."}
     statuses(ingest(kb, doc))
@@ -634,7 +640,15 @@ def test_routing_errors_are_problem_bodies(
     problem(client.request(method, path), status)
 
 
+def test_405_and_options_name_every_method_of_the_route(client: Client) -> None:
+    refused = client.put("/v1/collections/kb")
+    problem(refused, 405)
+    assert set(refused.headers["allow"].split(", ")) == {"DELETE", "GET", "OPTIONS"}
+    options = client.options("/v1/collections")
+    assert (options.status_code, options.headers["allow"]) == (204, "GET, OPTIONS, POST")
+
+
 def test_json_body_of_the_wrong_shape_is_400(kb: Client) -> None:
     problem(kb.post(DOCUMENTS, json=[{"text": "x"}]), 400)
     problem(kb.post(DOCUMENTS, json={"docs": [{"text": "x"}]}), 400)
-    problem(kb.post(FILES, json={"files": []}), 400)
+    problem(kb.post(FILES, json={"files": []}), 415)

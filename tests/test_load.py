@@ -9,16 +9,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import resource
+import struct
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TypedDict
 
 import docx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pypdf import PdfReader, PdfWriter
 
-from app.errors import Invalid, NotFound, TooLarge, UnsupportedMedia
+from app.errors import HybridError, Invalid, NotFound, TooLarge, UnsupportedMedia
+from app.ingest import load
 from app.ingest.load import (
+    MAX_DOCX_TAGS,
+    MAX_HTML_ELEMENTS,
+    MAX_JSON_DEPTH,
     SUPPORTED_SUFFIXES,
     discover,
     document_from_record,
@@ -26,6 +39,7 @@ from app.ingest.load import (
     load_path,
 )
 from app.ingest.model import Block, SourceDocument
+from app.settings import IngestSettings
 
 
 class Limits(TypedDict):
@@ -34,6 +48,9 @@ class Limits(TypedDict):
 
 
 LIMITS = Limits(max_bytes=1_000_000, max_chars=1_000_000)
+LIMITS_20_MB = Limits(
+    max_bytes=IngestSettings.max_upload_bytes, max_chars=IngestSettings.max_document_chars
+)
 
 
 def load_one(path: Path) -> SourceDocument:
@@ -109,7 +126,7 @@ def test_an_upload_over_the_byte_limit_is_rejected() -> None:
 def test_text_over_the_character_limit_is_rejected() -> None:
     data = "é" * 6  # 12 bytes, 6 characters
     assert load_bytes(data.encode(), "a.txt", max_bytes=12, max_chars=6)
-    with pytest.raises(TooLarge, match="6 characters"):
+    with pytest.raises(TooLarge, match=r"^a\.txt: text is over the limit of 5 characters$"):
         load_bytes(data.encode(), "a.txt", max_bytes=12, max_chars=5)
 
 
@@ -260,6 +277,11 @@ def test_html_title_falls_back_to_first_h1_then_stem(html: str, title: str) -> N
     assert load_data(html.encode(), "page.htm").title == title
 
 
+def test_html_the_parser_rejects_is_invalid() -> None:
+    with pytest.raises(Invalid, match=r"^odd\.html: expected a readable HTML file, got "):
+        load_bytes(b"<p>text</p><![ x", "odd.html", **LIMITS)
+
+
 # -- PDF ---------------------------------------------------------------------------------------
 
 
@@ -282,6 +304,11 @@ def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
     if title is not None:
         objects.append(b"<< /Title (%s) >>" % title.encode("latin-1"))
         info = b" /Info %d 0 R" % len(objects)
+    return pdf_file(objects, info)
+
+
+def pdf_file(objects: list[bytes], info: bytes = b"") -> bytes:
+    """Numbered objects (1 is the catalog), their cross-reference table and the trailer."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -507,12 +534,12 @@ def test_a_json_file_with_one_object_and_a_record_without_id() -> None:
         (
             {"text": "t", "popularity": float("nan")},
             "popularity",
-            "must be a finite number >= 0, got nan",
+            "must be a finite number, got nan",
         ),
         (
             {"text": "t", "popularity": float("inf")},
             "popularity",
-            "must be a finite number >= 0, got inf",
+            "must be a finite number, got inf",
         ),
         (
             {"text": "t", "popularity": 10**400},
@@ -540,6 +567,15 @@ def test_a_json_file_with_one_object_and_a_record_without_id() -> None:
         ({"text": "t", "id": 1.5}, "id", "must be a non-empty string or an integer, got number"),
         ({"text": "t", "title": ["x"]}, "title", "field 'title' must be a string, got list"),
         ({"text": "t", "source": {}}, "source", "field 'source' must be a string, got object"),
+        ({"text": "t", "a\x00b": 1}, "ab", "field 'ab' must be free of NUL characters"),
+        (
+            {"text": "t", "metadata": {"k": ["a\ud800"]}},
+            "metadata",
+            "field 'metadata' must be valid Unicode text, got a lone surrogate",
+        ),
+        ({"text": "t", "tags": [1, float("nan")]}, "tags", "must be a finite number, got nan"),
+        ({"text": "t", "n": 10**5000}, "n", "must be a number Python can write out"),
+        ({"text": "t", "metadata": {"k": {1, 2}}}, "metadata", "a JSON value, got a Python set"),
     ],
 )
 def test_record_errors_name_where_and_the_field(
@@ -550,6 +586,12 @@ def test_record_errors_name_where_and_the_field(
     assert caught.value.message.startswith("req[0]: ")
     assert message in caught.value.message
     assert caught.value.field == field
+
+
+def test_record_text_and_title_are_cleaned_of_lone_surrogates() -> None:
+    doc = document_from_record({"text": "a\ud800b", "title": "\udfffTitle"}, where="r")
+    assert (doc.text, doc.title) == ("ab", "Title")
+    assert len(doc.external_id) == 32
 
 
 def test_jsonl_errors_name_the_line() -> None:
@@ -629,3 +671,433 @@ def test_discover_rejects_unsupported_and_missing_paths(tmp_path: Path) -> None:
         discover([tmp_path / "photo.png"])
     with pytest.raises(NotFound, match="missing"):
         discover([tmp_path / "missing"])
+
+
+# -- hostile files -----------------------------------------------------------------------------
+#
+# Each is built here, in memory or as a sparse file, and must be refused (or read) within
+# bounds on memory and time: a loose check against a regression by orders of magnitude (a bomb
+# going off), not a benchmark. README "File limits" has the figures.
+
+
+@contextmanager
+def bounded(*, megabytes: float, seconds: float) -> Iterator[None]:
+    """The block raises the process's peak resident memory by less than `megabytes` (so it
+    counts what C libraries allocate too) and takes less than `seconds`."""
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - start
+    raised = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert raised < megabytes, f"peak memory up by {raised:.0f} MB"
+    assert elapsed < seconds, f"took {elapsed:.1f} s"
+
+
+def deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def deflated_spaces(mebibytes: int) -> bytes:
+    """Raw deflate data of `mebibytes` MiB of spaces, about 1 kB a MiB: one fully flushed MiB
+    (which refers to nothing before it) repeated, then an empty final block."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    piece = compressor.compress(b" " * 2**20) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return piece * mebibytes + deflated(b"")
+
+
+def zip_file(parts: dict[str, tuple[bytes, int, int]]) -> bytes:
+    """A zip written by hand, so that its directory can say anything: for each part name,
+    its deflated data, the size it declares and the CRC-32 it declares."""
+    out, directory = bytearray(), bytearray()
+    for name, (data, size, crc) in parts.items():
+        encoded, offset = name.encode(), len(out)
+        fields = (20, 0, zipfile.ZIP_DEFLATED, 0, 0, crc, len(data), size, len(encoded))
+        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", *fields, 0) + encoded + data
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, *fields, 0, 0, 0, 0, 0, offset)
+        directory += encoded
+    end = (len(parts), len(parts), len(directory), len(out), 0)
+    return bytes(out + directory + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, *end))
+
+
+def docx_with_document(data: bytes, size: int, crc: int) -> bytes:
+    """A real DOCX (python-docx's template) whose word/document.xml is replaced."""
+    document = docx.Document()
+    document.add_paragraph("Text.")
+    buffer = io.BytesIO()
+    document.save(buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    parts = {name: (deflated(body), len(body), zlib.crc32(body)) for name, body in contents.items()}
+    return zip_file({**parts, "word/document.xml": (data, size, crc)})
+
+
+def test_hand_made_zip_is_a_readable_docx() -> None:
+    body = b'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+    body += b"<w:body><w:p><w:r><w:t>Hand made.</w:t></w:r></w:p></w:body></w:document>"
+    data = docx_with_document(deflated(body), len(body), zlib.crc32(body))
+    assert load_data(data, "hand.docx").text == "Hand made."
+
+
+def test_a_zip_bomb_docx_is_refused_from_its_declared_sizes() -> None:
+    # 3 MB on the wire; its document.xml declares (and inflates to) 3 GiB.
+    bomb = docx_with_document(deflated_spaces(3 * 1024), 3 * 2**30, 0)
+    assert len(bomb) < 4_000_000
+    with (
+        bounded(megabytes=10, seconds=1),
+        pytest.raises(TooLarge, match=r"^bomb\.docx: unzips to \d+ bytes, over the limit of"),
+    ):
+        load_bytes(bomb, "bomb.docx", **LIMITS_20_MB)
+
+
+def test_a_docx_part_that_inflates_past_its_declared_size_is_refused() -> None:
+    # zipfile would inflate all 1 GiB of it in one go before cutting it to the 100 bytes.
+    lying = docx_with_document(deflated_spaces(1024), 100, zlib.crc32(b" " * 100))
+    with (
+        bounded(megabytes=10, seconds=1),
+        pytest.raises(TooLarge, match=r"'word/document\.xml' unzips to more than the 100 bytes"),
+    ):
+        load_bytes(lying, "lying.docx", **LIMITS_20_MB)
+
+
+def test_a_docx_of_too_many_xml_tags_is_refused_before_it_is_parsed() -> None:
+    body = b"<w:p/>" * MAX_DOCX_TAGS
+    data = docx_with_document(deflated(body), len(body), zlib.crc32(body))
+    with bounded(megabytes=10, seconds=3), pytest.raises(TooLarge, match="XML tags is over"):
+        load_bytes(data, "paragraphs.docx", **LIMITS_20_MB)
+
+
+def test_docx_table_merged_down_a_column_repeats_the_cell_in_each_row(tmp_path: Path) -> None:
+    document = docx.Document()
+    table = document.add_table(rows=3, cols=2)
+    table.cell(0, 0).merge(table.cell(2, 0)).text = "fruit"
+    for row, text in enumerate(["apple", "pear", "plum"]):
+        table.cell(row, 1).text = text
+    document.save(str(tmp_path / "merged.docx"))
+    assert (
+        load_one(tmp_path / "merged.docx").text == "fruit | apple\n\nfruit | pear\n\nfruit | plum"
+    )
+
+
+WORDS = b"BT /F1 12 Tf 72 720 Td (Words) Tj ET"
+
+
+def pdf_pages(
+    kids: bytes,
+    count: int,
+    *,
+    content: bytes = WORDS,
+    catalog: bytes = b"",
+    resources: bytes = b"",
+    more: Sequence[bytes] = (),
+) -> bytes:
+    """A PDF whose page tree (object 2) lists `kids` and claims `count` pages. Object 3 is a
+    page showing `content` (object 5, compressed) in font F1 (object 6), object 4 a /Pages
+    node listing object 3 twice; `catalog` and `resources` are added to the catalog and the
+    page's resources, `more` objects are numbered from 7."""
+    stream = zlib.compress(content, 9)
+    return pdf_file(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R%s >>" % catalog,
+            b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, count),
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 5 0 R "
+            b"/Resources << /Font << /F1 6 0 R >>%s >> >>" % resources,
+            b"<< /Type /Pages /Kids [3 0 R 3 0 R] /Count 2 >>",
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(stream), stream),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            *more,
+        ]
+    )
+
+
+def test_a_pdf_claiming_a_million_pages_is_read_for_the_pages_it_has() -> None:
+    doc = load_data(pdf_pages(b"3 0 R", 10**6), "claims.pdf")
+    assert doc.metadata == {"pages": 1}
+    assert doc.text == "Words"
+
+
+@pytest.mark.parametrize(
+    "kids",
+    [
+        b"3 0 R " * (IngestSettings.max_pdf_pages + 1),
+        b"4 0 R " * (IngestSettings.max_pdf_pages // 2 + 1),
+    ],
+    ids=["one-page-listed-over-and-over", "a-node-listing-it-twice-over-and-over"],
+)
+def test_a_pdf_over_the_page_limit_is_refused_before_its_pages_are_read(kids: bytes) -> None:
+    pdf = pdf_pages(kids, 1)
+    with (
+        bounded(megabytes=20, seconds=3),
+        pytest.raises(TooLarge, match=rf"^many\.pdf: more than {IngestSettings.max_pdf_pages} "),
+    ):
+        load_bytes(pdf, "many.pdf", **LIMITS)
+
+
+def test_the_page_limit_counts_real_pages_and_is_a_parameter() -> None:
+    pdf = make_pdf([["One"], ["Two"], ["Three"]])
+    assert load_bytes(pdf, "three.pdf", **LIMITS, max_pdf_pages=3)[0].metadata == {"pages": 3}
+    with pytest.raises(TooLarge, match=r"^three\.pdf: more than 2 pages, the limit$"):
+        load_bytes(pdf, "three.pdf", **LIMITS, max_pdf_pages=2)
+
+
+def test_a_pdf_page_tree_that_doubles_at_each_level_is_refused() -> None:
+    # 40 objects, each a /Pages node listing the next one twice: 2**40 pages.
+    nodes = [b"<< /Type /Pages /Kids [%d 0 R %d 0 R] >>" % (n + 1, n + 1) for n in range(2, 42)]
+    pdf = pdf_file([b"<< /Type /Catalog /Pages 2 0 R >>", *nodes, b"<< /Type /Page >>"])
+    with bounded(megabytes=10, seconds=1), pytest.raises(TooLarge, match="more than"):
+        load_bytes(pdf, "doubling.pdf", **LIMITS)
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "pdf",
+    [
+        pdf_pages(b"3 0 R", 1, catalog=b" /Deep " + NESTED),
+        pdf_pages(b"3 0 R", 1, content=b"BT /F1 12 Tf 72 720 Td " + NESTED + b" TJ ET"),
+    ],
+    ids=["in-the-catalog", "in-a-page"],
+)
+def test_a_pdf_with_arrays_nested_100_000_deep_is_invalid(pdf: bytes) -> None:
+    with (
+        bounded(megabytes=50, seconds=2),
+        pytest.raises(Invalid, match=r"^deep\.pdf: expected a readable PDF file, got one nested"),
+    ):
+        load_bytes(pdf, "deep.pdf", **LIMITS)
+
+
+def test_a_pdf_page_showing_more_text_than_allowed_is_refused_before_pypdf_decodes_it() -> None:
+    # 20 kB: one compressed content stream of 20 million characters.
+    pdf = pdf_pages(
+        b"3 0 R", 1, content=b"BT /F1 12 Tf 72 720 Td (" + b"a" * 20_000_000 + b") Tj ET"
+    )
+    with bounded(megabytes=300, seconds=10), pytest.raises(TooLarge, match="over the limit"):
+        load_bytes(pdf, "wide.pdf", **LIMITS_20_MB)
+
+
+def test_a_pdf_form_drawn_thousands_of_times_is_refused_as_its_text_grows() -> None:
+    # 2 kB: a form XObject showing 100,000 characters, drawn 5,000 times on one page.
+    form = zlib.compress(b"BT /F1 12 Tf 72 720 Td (" + b"a" * 100_000 + b") Tj ET", 9)
+    form_object = (
+        b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Filter /FlateDecode "
+        b"/Resources << /Font << /F1 6 0 R >> >> /Length %d >>\nstream\n%s\nendstream"
+        % (len(form), form)
+    )
+    pdf = pdf_pages(
+        b"3 0 R",
+        1,
+        content=b"/X1 Do " * 5_000,
+        resources=b" /XObject << /X1 7 0 R >>",
+        more=[form_object],
+    )
+    with bounded(megabytes=100, seconds=10), pytest.raises(TooLarge, match="over the limit"):
+        load_bytes(pdf, "forms.pdf", **LIMITS_20_MB)
+
+
+def test_a_pdf_running_too_many_content_operators_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(load, "MAX_PDF_OPERATORS", 1_000)
+    pdf = pdf_pages(b"3 0 R " * 20, 20, content=b"q Q " * 100)
+    with pytest.raises(TooLarge, match=r"^ops\.pdf: more than 1000 content operators, the limit$"):
+        load_bytes(pdf, "ops.pdf", **LIMITS)
+
+
+def test_html_over_the_upload_limit_is_refused_by_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "big.html"
+    with path.open("wb") as sparse:  # 50 MB long, nothing on disk
+        sparse.write(b"<html><body>")
+        sparse.truncate(50_000_000)
+    with bounded(megabytes=1, seconds=1), pytest.raises(TooLarge, match="50000000 bytes"):
+        load_path(path, **LIMITS_20_MB)
+    over = b"<p>" * (LIMITS_20_MB["max_bytes"] // 3 + 1)
+    with pytest.raises(TooLarge, match="bytes is over the limit"):
+        load_bytes(over, "big.html", **LIMITS_20_MB)
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        (b"<div>" * 100_000 + b"deep" + b"</div>" * 100_000, "deep"),
+        (b"<p>kept</p>" + b"<span>" * 100_000 + b"deep", "kept\n\ndeep"),
+        (b"<p>kept</p><svg>" + b"<g>" * 100_000 + b"</svg>", "kept"),
+        (b"<p>kept</p><h2>" + b"<b>" * 100_000 + b"Head</h2>under", "kept\n\nunder"),
+    ],
+)
+def test_html_nested_100_000_deep_is_read(html: bytes, text: str) -> None:
+    with bounded(megabytes=300, seconds=20):
+        [doc] = load_bytes(html, "deep.html", **LIMITS_20_MB)
+    assert doc.text == text
+
+
+def test_html_of_too_many_elements_is_refused_before_it_is_parsed() -> None:
+    html = b"<p>x" * (MAX_HTML_ELEMENTS + 1)
+    with (
+        bounded(megabytes=10, seconds=1),
+        pytest.raises(TooLarge, match=rf"{MAX_HTML_ELEMENTS + 1} HTML elements is over the limit"),
+    ):
+        load_bytes(html, "many.html", **LIMITS)
+
+
+def test_a_jsonl_file_with_one_100_mb_line_is_refused_by_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    with path.open("wb") as sparse:  # one line of 100 MB, nothing on disk but its two ends
+        sparse.write(b'{"text": "')
+        sparse.seek(100_000_000)
+        sparse.write(b'"}\n')
+    with bounded(megabytes=1, seconds=1), pytest.raises(TooLarge, match="100000003 bytes"):
+        load_path(path, **LIMITS_20_MB)
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "where", "field"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "deep.json", "deep.json", "deep.json"),
+        (b'{"text": "ok"}\n' + b"[" * 100_000, "deep.jsonl", "deep.jsonl line 2", None),
+        (
+            b'{"text": "x", "metadata": ' + b'{"a": ' * 200 + b"1" + b"}" * 201,
+            "r.json",
+            "r.json",
+            "metadata",
+        ),
+    ],
+)
+def test_json_nested_too_deep_is_invalid(
+    data: bytes, name: str, where: str, field: str | None
+) -> None:
+    with bounded(megabytes=20, seconds=1), pytest.raises(Invalid) as caught:
+        load_bytes(data, name, **LIMITS)
+    assert caught.value.message == f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    assert caught.value.field == (field or where)
+
+
+def test_markdown_heading_with_a_long_run_of_spaces_is_read_in_linear_time() -> None:
+    line = b"# Title" + b" " * 1_000_000 + b"end #"
+    with bounded(megabytes=50, seconds=1):
+        [doc] = load_bytes(line + b"\n\nBody.", "spaces.md", **LIMITS_20_MB)
+    assert doc.title == "Title end"
+
+
+def test_text_is_refused_as_soon_as_it_is_over_the_character_limit() -> None:
+    # 4 million blocks of 2 characters: the refusal comes after 500,000 of them.
+    with bounded(megabytes=200, seconds=10), pytest.raises(TooLarge, match="2000000 characters"):
+        load_bytes(b"ab\n\n" * 4_000_000, "blocks.txt", **LIMITS_20_MB)
+
+
+# -- any input ---------------------------------------------------------------------------------
+#
+# Whatever the bytes or the record, the loaders give documents or one of the service's own
+# 4xx errors: never another exception (which the API would answer with a 500).
+
+
+def loads_or_4xx(read: Callable[[], object]) -> None:
+    try:
+        read()
+    except HybridError as exc:
+        assert 400 <= exc.status < 500, exc
+
+
+def edited(seed: bytes) -> st.SearchStrategy[bytes]:
+    """The seed with up to four spans replaced by a few arbitrary bytes each."""
+    edit = st.tuples(st.integers(0, len(seed)), st.integers(0, 8), st.binary(max_size=4))
+
+    def apply(edits: list[tuple[int, int, bytes]]) -> bytes:
+        data = seed
+        for at, cut, new in edits:
+            data = data[:at] + new + data[at + cut :]
+        return data
+
+    return st.lists(edit, min_size=1, max_size=4).map(apply)
+
+
+# Any text, lone surrogates (which JSON escapes can carry) and control characters included.
+SPECIAL = ["\x00", "\x07", "\ud800", "\udfff", "\r", "\n", "\t", " ", "\u0301", "\ufeff"]
+# (st.text() would drop the surrogates: its alphabet of characters() leaves them out.)
+TEXT = st.lists(st.characters() | st.sampled_from(SPECIAL), max_size=20).map("".join)
+# Text made of the pieces the text formats' readers look for.
+MARKUP = st.lists(
+    st.sampled_from(
+        [
+            *SPECIAL,
+            *"<>/!?[]-=\"'&#;x1",
+            *("<![", "<!--", "-->", "</", "<p>", "<h2>", "<pre>", "<tr>", "<td>", "<br>"),
+            *("<svg>", "<title>", "<script>", "&#xd800;", "&amp"),
+            *("# ", "## x #", "```", "~~~", "---\n", "- ", "1. ", "\n\n"),
+        ]
+    ),
+    max_size=40,
+).map("".join)
+JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(),
+    TEXT,
+    st.sampled_from(["", " ", "2024-05-01", "2024-05-01T12:30:00+02:00", "\x00", "#"]),
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+RECORD_KEYS = st.sampled_from(
+    [
+        *("id", "_id", "external_id", "title", "text", "source", "metadata", "acl"),
+        *("published_at", "popularity", "extra"),
+    ]
+)
+RECORDS = st.one_of(
+    JSON_VALUES,
+    st.dictionaries(RECORD_KEYS, JSON_VALUES, max_size=6),
+    st.fixed_dictionaries({"text": TEXT}, optional={"id": JSON_SCALARS, "acl": JSON_VALUES}),
+)
+
+
+def seeds() -> dict[str, bytes]:
+    document = docx.Document()
+    document.add_heading("Intro", level=1)
+    document.add_paragraph("Body.")
+    document.add_table(rows=1, cols=2).cell(0, 1).text = "cell"
+    buffer = io.BytesIO()
+    document.save(buffer)
+    record = {"id": "a", "text": "Body.", "metadata": {"k": [1, 2.5, None]}, "acl": ["x"]}
+    return {
+        ".txt": b"First paragraph.\n\nSecond one.",
+        ".md": MARKDOWN.encode(),
+        ".markdown": b"# Title\n\n- item\n\n```\ncode\n",
+        ".html": HTML.encode(),
+        ".htm": b"<h1>Top</h1><table><tr><td>a</td></tr></table><pre> x</pre>",
+        ".pdf": make_pdf([["Words on a page"], ["More"]], title="T"),
+        ".docx": buffer.getvalue(),
+        ".json": json.dumps([record, {"text": "Two"}]).encode(),
+        ".jsonl": json.dumps(record).encode() + b"\n" + json.dumps({"text": "Two"}).encode(),
+    }
+
+
+SEEDS = seeds()
+
+
+def file_bytes(suffix: str) -> st.SearchStrategy[bytes]:
+    shapes = [
+        st.binary(max_size=300),
+        edited(SEEDS[suffix]),
+        MARKUP.map(lambda t: t.encode("utf-8", "surrogatepass")),
+    ]
+    if suffix in (".json", ".jsonl"):
+        shapes.append(RECORDS.map(lambda r: json.dumps(r).encode()))
+    return st.one_of(shapes)
+
+
+@pytest.mark.parametrize("suffix", sorted(SUPPORTED_SUFFIXES))
+@settings(max_examples=80, deadline=None, database=None)
+@given(data=st.data())
+def test_any_bytes_load_or_get_a_4xx(suffix: str, data: st.DataObject) -> None:
+    raw = data.draw(file_bytes(suffix), label="file")
+    loads_or_4xx(lambda: load_bytes(raw, "upload" + suffix, **LIMITS, max_pdf_pages=5))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(record=RECORDS)
+def test_any_record_loads_or_gets_a_4xx(record: object) -> None:
+    loads_or_4xx(lambda: document_from_record(record, where="r", max_chars=50))

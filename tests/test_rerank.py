@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -37,7 +35,6 @@ from app.search.rerank import (
 from app.service import Services
 from app.settings import RerankSettings
 from tests.conftest import make_settings
-from tests.cross_encoder import build_tiny_cross_encoder
 from tests.test_api import Client, ingest, problem
 from tests.test_cli import hybrid
 from tests.test_eval import beir  # noqa: F401  (fixture)
@@ -52,14 +49,6 @@ ANIMALS = [
     ("lab", "Lab animals", "Animals in the secret lab: cats, mice and owls.", ["group:lab"]),
     ("zoo", "Zoo", "The zoo keeps animals of every kind, cats included.", ["alice"]),
 ]
-
-
-@pytest.fixture(scope="session")
-def model_dir() -> Iterator[Path]:
-    """A cross-encoder built from the bundled MiniLM encoder with a new one-logit head."""
-    path = build_tiny_cross_encoder(Path(tempfile.mkdtemp(prefix="tiny-cross-encoder-")))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

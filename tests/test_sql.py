@@ -18,9 +18,12 @@ EXPECTED = {
     ("write.sql", "delete_sections"): {"collection_id", "document_ids"},
     ("write.sql", "log_inserted_chunks"): {"collection_id", "document_ids"},
     ("write.sql", "cached_embeddings"): {"model", "text_hashes"},
-    ("documents.sql", "list_documents"): {"collection_id", "include_deleted", "limit", "offset"},
-    ("documents.sql", "count_documents"): {"collection_id"},
-    ("documents.sql", "get_document"): {"collection_id", "external_id"},
+    ("documents.sql", "list_documents"): {
+        "collection_id", "include_deleted", "limit", "offset", "principals",
+    },
+    ("documents.sql", "count_documents"): {"collection_id", "principals"},
+    ("documents.sql", "get_document"): {"collection_id", "external_id", "principals"},
+    ("documents.sql", "lock_document"): {"collection_id", "external_id"},
     ("documents.sql", "document_chunks"): {"collection_id", "document_id"},
     ("documents.sql", "update_document_fields"): {
         "collection_id", "document_id", "metadata", "acl", "popularity", "published_at", "source",
@@ -57,8 +60,21 @@ EXPECTED = {
     ("indexes.sql", "vector_index_state"): {"collection_id"},
     ("indexes.sql", "vector_index_ddl"): {"collection_id"},
     ("indexes.sql", "drop_invalid_vector_index_ddl"): {"collection_id"},
+    ("indexes.sql", "try_build_lock"): {"lock_class", "collection_id"},
+    ("indexes.sql", "release_build_lock"): {"lock_class", "collection_id"},
     ("indexes.sql", "set_build_memory"): {"memory"},
     ("indexes.sql", "analyze_loaded_tables"): set(),
+    ("access.sql", "create_key"): {
+        "name", "prefix", "secret_hash", "token_key", "principals", "scopes", "collections",
+        "filter", "rate_per_minute", "answer_rate_per_minute", "description", "expires_at",
+    },
+    ("access.sql", "list_keys"): set(),
+    ("access.sql", "find_key"): {"prefix"},
+    ("access.sql", "lock_key_to_revoke"): {"ident"},
+    ("access.sql", "revoke_key"): {"id"},
+    ("access.sql", "touch_key"): {"id"},
+    ("access.sql", "record_action"): {"action", "key_id", "target", "detail"},
+    ("access.sql", "count_denied"): {"prefix", "reason"},
 }  # fmt: skip
 
 

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from app.api import deps, problems
+from app.api.admission import Admission
+from app.api.auth import Gate, provide_caller, send_rate_headers
+from app.api.edge import EdgeChecks
+from app.api.openapi import document
+from app.api.options import AllowedMethods
 from app.api.routes.admin import IndexController
 from app.api.routes.answer import answer_post
 from app.api.routes.collections import CollectionController
 from app.api.routes.documents import DocumentController
 from app.api.routes.health import health, ready
+from app.api.routes.keys import KeyController
 from app.api.routes.metrics import metrics
 from app.api.routes.search import search_get, search_post
 from app.service import Services
@@ -24,12 +32,20 @@ from app.service import Services
 API_TITLE = "Hybrid search"
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
 def create_app(
-    services: Services, *, load_model: bool = True, vector_cache: bool = True
+    services: Services,
+    *,
+    load_model: bool = True,
+    vector_cache: bool = True,
+    bind_host: str | None = None,
 ) -> Litestar:
     """The API over `services`; the embedding model and the cross-encoder load during start-up
     unless told not to, and the vector cache starts loading in the background (when
-    `HYBRID_FAISS_CACHE` is on and unless told not to)."""
+    `HYBRID_FAISS_CACHE` is on and unless told not to). `bind_host`, the address the server
+    listens on, decides the default allowed Host headers (`HYBRID_ALLOWED_HOSTS`)."""
     config = AppConfig(
         route_handlers=[
             health,
@@ -41,6 +57,7 @@ def create_app(
             search_get,
             answer_post,
             IndexController,
+            KeyController,
         ]
     )
     _configure_state(config, services, load_model, vector_cache)
@@ -48,13 +65,20 @@ def create_app(
     _configure_errors(config)
     _configure_openapi(config)
     _configure_limits(config, services)
-    return Litestar.from_config(config)
+    _configure_edge(config, services, bind_host)
+    app = Litestar.from_config(config)
+    document(app.openapi_schema)
+    return app
 
 
 def _configure_state(
     config: AppConfig, services: Services, load_model: bool, vector_cache: bool
 ) -> None:
-    config.state = State({"services": services})
+    admission = Admission(services.settings.server.in_flight_limit)
+    gate = Gate(services)
+    config.state = State({"services": services, "admission": admission, "gate": gate})
+    config.guards.append(gate.guard)
+    config.before_send.append(send_rate_headers)
     if vector_cache and services.settings.vectors.enabled:
         config.on_startup.append(services.start_vector_cache)
     if load_model:
@@ -70,7 +94,7 @@ def _configure_dependencies(config: AppConfig) -> None:
     config.dependencies.update(
         {
             "services": Provide(deps.provide_services, sync_to_thread=False),
-            "conn": Provide(deps.provide_conn),
+            "caller": Provide(provide_caller, sync_to_thread=False),
         }
     )
 
@@ -90,8 +114,36 @@ def _configure_openapi(config: AppConfig) -> None:
 
 
 def _configure_limits(config: AppConfig, services: Services) -> None:
+    config.request_max_body_size = _max_body(services)
+
+
+def _max_body(services: Services) -> int:
     # Multipart overhead on top of the largest file we accept.
-    config.request_max_body_size = services.settings.ingest.max_upload_bytes + 64 * 1024
+    return services.settings.ingest.max_upload_bytes + 64 * 1024
+
+
+def _configure_edge(config: AppConfig, services: Services, bind_host: str | None) -> None:
+    """Admission first (a refused request costs nothing), then the input checks, then the
+    OPTIONS answers; Host and CORS policies from the settings."""
+    server = services.settings.server
+    hosts = server.allowed_hosts or (LOOPBACK_HOSTS if is_loopback(bind_host) else ())
+    config.middleware = [
+        config.state.admission.middleware,
+        EdgeChecks(max_body=_max_body(services), hosts=hosts),
+        AllowedMethods(),
+    ]
+    if server.cors_origins:
+        config.cors_config = CORSConfig(allow_origins=list(server.cors_origins))
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a server listening on `host` is reachable from this machine only."""
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def describe_routes(app: Litestar) -> list[tuple[str, str]]:

@@ -1,11 +1,15 @@
-"""Dependencies shared by the handlers: the services, and one transaction per request."""
+"""Dependencies shared by the handlers: the services of the process.
+
+There is no per-request transaction dependency on purpose: a generator dependency's cleanup
+(the commit) runs in the worker thread pool after the handler has returned its thread, so a
+transaction holding row locks could wait for a thread that every other request, waiting on
+those locks, holds. Handlers open their transaction with `services.transaction()` (or
+`services.write()`), inside the thread that does the work.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from litestar.datastructures import State
-from sqlalchemy import Connection
 
 from app.service import Services
 
@@ -13,9 +17,3 @@ from app.service import Services
 def provide_services(state: State) -> Services:
     services: Services = state.services
     return services
-
-
-def provide_conn(state: State) -> Iterator[Connection]:
-    """A transaction that commits when the handler returns and rolls back when it raises."""
-    with provide_services(state).engine.begin() as conn:
-        yield conn

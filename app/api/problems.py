@@ -1,8 +1,10 @@
 """Every error leaves the API as an RFC 9457 problem body, mapped here and only here.
 
 Service errors keep their message and name the offending field; request validation errors
-name the JSON path that failed; anything unexpected becomes a 500 (or 503 when the database
-is unreachable) that reveals nothing internal, and is logged with its traceback.
+name the JSON path that failed; database failures say what happened in words a client can act
+on (`app.db.failures`: busy, conflict, too large, unreachable), with `Retry-After` when sending
+again may succeed; anything else becomes a 500 that reveals nothing internal, and is logged
+with its traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from litestar.plugins.problem_details import (
     ProblemDetailsException,
     ProblemDetailsPlugin,
 )
-from sqlalchemy.exc import OperationalError
 
+from app.db.failures import translate
 from app.errors import HybridError
 
 log = structlog.get_logger(__name__)
@@ -29,16 +31,25 @@ _JSON_PATH = re.compile(r"`\$\.?([^`]*)`|unknown field `([^`]*)`")
 
 
 def problem(
-    status: int, title: str, detail: str, field: str | None = None
+    status: int,
+    title: str,
+    detail: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> ProblemDetailsException:
     extra = {"field": field} if field else None
     return ProblemDetailsException(
-        status_code=status, title=title, detail=detail, extra=extra, type_="about:blank"
+        status_code=status,
+        title=title,
+        detail=detail,
+        extra=extra,
+        type_="about:blank",
+        headers=headers,
     )
 
 
 def from_service_error(exc: HybridError) -> ProblemDetailsException:
-    return problem(exc.status, exc.title, exc.message, exc.field)
+    return problem(exc.status, exc.title, exc.message, exc.field, exc.headers() or None)
 
 
 def from_validation_error(exc: ValidationException) -> ProblemDetailsException:
@@ -50,10 +61,13 @@ def from_validation_error(exc: ValidationException) -> ProblemDetailsException:
 
 
 def from_http_error(exc: HTTPException) -> ProblemDetailsException:
-    return _client_problem(exc.status_code, exc.detail, None)
+    """Its headers go along: a 405 says which methods the route allows (`Allow`)."""
+    return _client_problem(exc.status_code, exc.detail, None, exc.headers)
 
 
-def _client_problem(status: int, message: str, key: str | None) -> ProblemDetailsException:
+def _client_problem(
+    status: int, message: str, key: str | None, headers: dict[str, str] | None = None
+) -> ProblemDetailsException:
     if message.startswith(_MALFORMED):
         return problem(400, "Malformed JSON", message, "body")
     if message.strip("'") == "data":
@@ -62,7 +76,7 @@ def _client_problem(status: int, message: str, key: str | None) -> ProblemDetail
     title = "Invalid request" if status == 400 else HTTPStatus(status).phrase
     if field and field not in message:
         message = f"{field}: {message}"
-    return problem(status, title, message, field or None)
+    return problem(status, title, message, field or None, headers)
 
 
 def _field_from_message(message: str) -> str | None:
@@ -74,9 +88,10 @@ def _field_from_message(message: str) -> str | None:
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    if isinstance(exc, OperationalError):
-        log.warning("database unavailable", path=request.url.path, error=str(exc.orig))
-        converted = problem(503, "Service unavailable", "the database cannot be reached right now")
+    known = translate(exc)
+    if known is not None:
+        log.warning("database failure", path=request.url.path, error=str(exc), answer=known.status)
+        converted = from_service_error(known)
     else:
         log.exception("unexpected error", path=request.url.path)
         converted = problem(500, "Internal error", "the server failed to handle this request")

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+from app.collections import NAME_PATTERN
+
+CollectionName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=NAME_PATTERN.pattern,
+        description="1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit",
+    ),
+]
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
@@ -13,7 +23,7 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
 
 
 class CollectionCreate(Strict):
-    name: str
+    name: CollectionName
     description: str = ""
     text_config: str = "english_unaccent"
     settings: dict[str, Any] = {}
@@ -27,12 +37,14 @@ class CollectionOut(msgspec.Struct):
     text_config: str
     settings: dict[str, Any]
     created_at: datetime
-    documents: int
-    chunks: int
+    # Live documents and chunks: for callers with the `admin` scope only (the counts of
+    # documents other principals may not see are not theirs to know).
+    documents: int | None
+    chunks: int | None
 
 
 class DocumentIn(Strict):
-    text: str
+    text: Annotated[str, msgspec.Meta(min_length=1)]
     id: str | None = None
     title: str = ""
     source: str | None = None
@@ -43,7 +55,7 @@ class DocumentIn(Strict):
 
 
 class IngestRequest(Strict):
-    documents: list[DocumentIn]
+    documents: Annotated[list[DocumentIn], msgspec.Meta(min_length=1)]
     metadata: dict[str, Any] = {}
     acl: list[str] | None = None
 
@@ -127,6 +139,12 @@ class ModelCheck(msgspec.Struct):
 class AnswerCheck(Check):
     extractive: bool = True
     models: list[ModelCheck] = []
+
+
+class Liveness(msgspec.Struct):
+    status: str
+    in_flight: int
+    oldest_request_s: float
 
 
 class Readiness(msgspec.Struct):

@@ -16,6 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
 from app import PROJECT_ROOT
+from app.db.engine import unbounded
 from app.errors import ConfigError
 from app.settings import Settings
 
@@ -45,14 +46,16 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, settings: Settings, revision: str = "head") -> None:
-    with engine.begin() as conn:
+    """Migrate to `revision`; a migration may rewrite a large table, so the statement bound
+    is lifted (lock waits stay bounded)."""
+    with engine.begin() as conn, unbounded(conn):
         config = alembic_config(conn, settings.embedding.dimension)
         command.upgrade(config, revision)
     engine.dispose()
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    with engine.begin() as conn:
+    with engine.begin() as conn, unbounded(conn):
         command.downgrade(alembic_config(conn), revision)
     engine.dispose()
 

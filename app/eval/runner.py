@@ -131,6 +131,7 @@ def ingest(services: Services, dataset: Dataset, collection: str, *, progress: b
         dataset.corpus,
         max_bytes=dataset.corpus.stat().st_size,
         max_chars=settings.max_document_chars,
+        max_pdf_pages=settings.max_pdf_pages,
     )
     services.ingestor.ingest(collection, docs, create=True, total=len(docs), progress=progress)
     return len(docs)

@@ -27,6 +27,7 @@ from app import collections
 from app.collections import Collection
 from app.db.engine import driver_connection
 from app.db.queries import query
+from app.documents import check_acl, check_external_id
 from app.errors import Invalid
 from app.ingest import vector_index
 from app.ingest.chunk import Tokenizer, chunk_document
@@ -108,9 +109,11 @@ class Ingestor:
         total: int | None = None,
         progress: bool = False,
         writers: int | None = None,
+        batch: int | None = None,
     ) -> IngestReport:
-        """Write `documents` into the collection (created first if `create`), up to `writers`
-        batches at once (default `HYBRID_INGEST_WRITERS`)."""
+        """Write `documents` into the collection (created first if `create`), `batch`
+        documents a transaction (default `HYBRID_INGEST_BATCH`), up to `writers` batches at
+        once (default `HYBRID_INGEST_WRITERS`)."""
         started = time.perf_counter()
         report = IngestReport()
         collection = self.collection(collection_name, create=create)
@@ -119,7 +122,9 @@ class Ingestor:
         with (
             bar,
             vector_index.deferred(self.engine, collection.id, settings.index_memory),
-            concurrent_writer(self.engine, writers or settings.writers) as writer,
+            concurrent_writer(
+                self.engine, writers or settings.writers, self.settings.database.write_retries
+            ) as writer,
         ):
 
             def written(read: int, pending: PendingBatch) -> None:
@@ -128,14 +133,14 @@ class Ingestor:
                 bar.update(read)
                 bar.set_postfix(chunks=report.chunks, embedded=report.embedded, refresh=False)
 
-            for batch in _batched(documents, settings.batch_documents):
-                unique = _last_wins(batch)
+            for part in _batched(documents, batch or settings.batch_documents):
+                unique = _last_wins(part)
                 keys = [d.external_id for d in unique]
                 # A document still being written by an earlier batch is read once it is.
                 writer.wait_for(keys)
                 pending = self._prepare_batch(collection, unique, defaults or Defaults(), report)
                 write = partial(self._write_batch, collection, pending)
-                writer.submit(keys, write, partial(written, len(batch)))
+                writer.submit(keys, write, partial(written, len(part)))
         report.seconds = time.perf_counter() - started
         return report
 
@@ -214,6 +219,11 @@ class Ingestor:
         )
         if not acl:
             raise Invalid(f"{doc.external_id}: acl must name at least one principal", field="acl")
+        try:
+            check_external_id(doc.external_id)
+            check_acl(acl)
+        except Invalid as exc:
+            raise Invalid(f"{doc.external_id[:80]}: {exc.message}", field=exc.field) from exc
         popularity = doc.popularity if doc.popularity is not None else old.get("popularity", 0.0)
         return PreparedDocument(
             external_id=doc.external_id,

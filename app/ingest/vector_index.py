@@ -8,7 +8,11 @@ keep theirs. Until it is built, searches of that collection scan its vectors exa
 never wrong.
 
 The build runs `CREATE INDEX CONCURRENTLY`, which lets other collections go on writing; an
-interrupted build leaves an invalid index behind, which the next build replaces.
+interrupted build leaves an invalid index behind, which the next build replaces. Concurrent
+loads into one collection leave the build to one of them (an advisory lock). The build comes
+after the load has committed, so it can never turn a written load into a failed one: when it
+fails (a lock it waited for too long, the server going away) it is logged and left to the
+next load, and searches scan exactly meanwhile.
 """
 
 from __future__ import annotations
@@ -16,9 +20,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import structlog
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
+from app.db.engine import unbounded
 from app.db.queries import query
+
+log = structlog.get_logger(__name__)
+# The first key of the build's advisory lock: the lock space this module uses.
+BUILD_LOCK_CLASS = 1_406_000_001
 
 
 @contextmanager
@@ -31,10 +42,18 @@ def deferred(engine: Engine, collection_id: int, memory: str) -> Iterator[bool]:
         bulk = not is_built(conn, collection_id)
     yield bulk
     if bulk:
-        with engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(query("indexes.sql", "analyze_loaded_tables"))
-        build(engine, collection_id, memory)
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                with unbounded(conn):
+                    conn.execute(query("indexes.sql", "analyze_loaded_tables"))
+            build(engine, collection_id, memory)
+        except DBAPIError as exc:
+            log.warning(
+                "vector index build deferred to the next load",
+                collection_id=collection_id,
+                reason=str(exc.orig),
+            )
 
 
 def is_built(conn: Connection, collection_id: int) -> bool:
@@ -42,21 +61,34 @@ def is_built(conn: Connection, collection_id: int) -> bool:
     return _state(conn, collection_id) is True
 
 
-def build(engine: Engine, collection_id: int, memory: str) -> None:
-    """Build the collection's index if it has no valid one; `memory` is the build's
-    maintenance_work_mem (the graph should fit in it)."""
+def build(engine: Engine, collection_id: int, memory: str) -> bool:
+    """Build the collection's index if it has no valid one and no other session is building
+    it; `memory` is the build's maintenance_work_mem (the graph should fit in it). Returns
+    whether this call did the work (or found it done)."""
+    lock = {"lock_class": BUILD_LOCK_CLASS, "collection_id": collection_id}
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        state = _state(conn, collection_id)
-        if state is True:
-            return
-        if state is False:
-            conn.exec_driver_sql(_ddl(conn, "drop_invalid_vector_index_ddl", collection_id))
-        conn.execute(query("indexes.sql", "set_build_memory"), {"memory": memory})
+        if not conn.execute(query("indexes.sql", "try_build_lock"), lock).scalar():
+            return False
         try:
-            conn.exec_driver_sql(_ddl(conn, "vector_index_ddl", collection_id))
+            with unbounded(conn):
+                _build_locked(conn, collection_id, memory)
         finally:
-            conn.exec_driver_sql("RESET maintenance_work_mem")
+            conn.execute(query("indexes.sql", "release_build_lock"), lock)
+    return True
+
+
+def _build_locked(conn: Connection, collection_id: int, memory: str) -> None:
+    state = _state(conn, collection_id)
+    if state is True:
+        return
+    if state is False:
+        conn.exec_driver_sql(_ddl(conn, "drop_invalid_vector_index_ddl", collection_id))
+    conn.execute(query("indexes.sql", "set_build_memory"), {"memory": memory})
+    try:
+        conn.exec_driver_sql(_ddl(conn, "vector_index_ddl", collection_id))
+    finally:
+        conn.exec_driver_sql("RESET maintenance_work_mem")
 
 
 def _ddl(conn: Connection, name: str, collection_id: int) -> str:

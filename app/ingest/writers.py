@@ -12,8 +12,10 @@ re-ingested documents are written one after another.
 Two batches that touch the same document never run together: a batch waits for every batch
 in flight that shares one of its keys (external ids), so a document repeated later in the
 input still wins, as it does written one batch at a time. Outcomes are delivered in
-submission order. When a write fails, no further batch starts, the ones in flight finish,
-and the first error is raised: every batch is whole or absent.
+submission order. A batch that PostgreSQL rolled back for a deadlock or a serialization
+failure (with writers of other requests) is written again, up to `retries` times. When a write
+fails, no further batch starts, the ones in flight finish, and the first error is raised:
+every batch is whole or absent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
+
+from app.db.engine import retrying
 
 T = TypeVar("T")
 
@@ -40,9 +44,10 @@ class _InFlight(Generic[T]):
 class ConcurrentWriter(Generic[T]):
     """Runs `write(conn)` jobs in their own transactions, at most `writers` at a time."""
 
-    def __init__(self, engine: Engine, writers: int) -> None:
+    def __init__(self, engine: Engine, writers: int, retries: int = 0) -> None:
         self.engine = engine
         self.writers = max(writers, 1)
+        self.retries = retries
         # One writer writes on the calling thread: one connection at a time, as ever.
         self._pool = (
             ThreadPoolExecutor(self.writers, thread_name_prefix="hybrid-writer")
@@ -81,8 +86,7 @@ class ConcurrentWriter(Generic[T]):
             self._finish_oldest()
 
     def _transaction(self, write: Callable[[Connection], T]) -> T:
-        with self.engine.begin() as conn:
-            return write(conn)
+        return retrying(self.engine, write, self.retries)
 
     def _finish_oldest(self) -> None:
         job = self._in_flight.popleft()
@@ -105,9 +109,11 @@ class ConcurrentWriter(Generic[T]):
 
 
 @contextmanager
-def concurrent_writer(engine: Engine, writers: int) -> Iterator[ConcurrentWriter[Any]]:
+def concurrent_writer(
+    engine: Engine, writers: int, retries: int = 0
+) -> Iterator[ConcurrentWriter[Any]]:
     """A writer whose batches have all ended (written, or failed and raised) on exit."""
-    writer: ConcurrentWriter[Any] = ConcurrentWriter(engine, writers)
+    writer: ConcurrentWriter[Any] = ConcurrentWriter(engine, writers, retries)
     try:
         yield writer
         writer.finish()

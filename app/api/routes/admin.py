@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get, post
-from sqlalchemy import Connection
+from litestar.openapi.datastructures import ResponseSpec
 
 from app import collections
+from app.access.caller import ADMIN
 from app.ann.cache import VectorCache
 from app.errors import Unavailable
 from app.service import Services
@@ -27,7 +28,7 @@ class IndexController(Controller):
     path = "/v1/admin/index"
     tags = ["admin"]
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=True, opt={"scope": ADMIN})
     def index_status(self, services: Services) -> list[dict[str, Any]]:
         """Every collection's cache: state, index type, vectors, tombstones, lag behind the
         change log (changes and seconds)."""
@@ -35,15 +36,27 @@ class IndexController(Controller):
         cache.refresh_lag()
         return cache.status()
 
-    @post("/{name:str}/rebuild", sync_to_thread=True, status_code=202)
+    @post(
+        "/{name:str}/rebuild",
+        sync_to_thread=True,
+        opt={"scope": ADMIN},
+        status_code=202,
+        responses={
+            200: ResponseSpec(
+                data_container=dict[str, Any],
+                generate_examples=False,
+                description="Rebuilt and swapped in (`?wait=true`)",
+            )
+        },
+    )
     def index_rebuild(
-        self, name: str, conn: Connection, services: Services, wait: bool = False
+        self, name: str, services: Services, wait: bool = False
     ) -> Response[dict[str, Any]]:
         """Build the collection's index again from the table and swap it in when done
         (`?wait=true` answers only then, with 200)."""
         cache = _cache(services)
-        found = collections.get(conn, name)
-        conn.rollback()
+        with services.transaction() as conn:
+            found = collections.get(conn, name)
         cache.rebuild(found.id, wait=wait)
         row = next(r for r in cache.status() if r["collection"] == found.name)
         return Response(row, status_code=200 if wait else 202)

@@ -1,8 +1,9 @@
 """Grounded answers: `POST /v1/answer`, as one JSON body or streamed as server-sent events.
 
-The search and the context are read inside the request's transaction before anything is sent,
-so a bad request or an unknown collection is still a plain 4xx problem; only generation
-streams. Events: `sources`, then `delta` (repeated), then `done`, or `error` if the model fails.
+The search and the context are read in one transaction, ended before anything is sent, so a
+bad request or an unknown collection is still a plain 4xx problem and no transaction stays open
+while the model writes; only generation streams. Events: `sources`, then `delta` (repeated),
+then `done`, or `error` if the model fails.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy import Connection
 
+from app.access.caller import SEARCH, Caller
 from app.answer import generate
 from app.answer.generate import Prepared
+from app.api.auth import scoped
 from app.api.routes.search import to_request
 from app.api.schemas import AnswerIn, AnswerOut, RerankOut, SearchIn, SourceOut
 from app.errors import HybridError
@@ -29,6 +32,7 @@ from app.service import Services
     sync_to_thread=True,
     status_code=200,
     tags=["answer"],
+    opt={"scope": SEARCH, "answer": True},
     responses={
         200: ResponseSpec(
             data_container=AnswerOut,
@@ -37,24 +41,25 @@ from app.service import Services
         )
     },
 )
-def answer_post(data: AnswerIn, conn: Connection, services: Services) -> Response[Any]:
+def answer_post(data: AnswerIn, services: Services, caller: Caller) -> Response[Any]:
     """Answer a question from the collection, citing the chunks it used as [n].
 
     With `"stream": true` the response is `text/event-stream`; otherwise an `AnswerOut` body.
     """
-    prepared = prepare(conn, services, data)
+    with services.transaction() as conn:
+        prepared = prepare(conn, services, data, caller)
     if data.stream:
         return ServerSentEvent(_messages(prepared, services))
     result = generate.answer(prepared, services.chat_models)
     return Response(to_out(result))
 
 
-def prepare(conn: Connection, services: Services, data: AnswerIn) -> Prepared:
+def prepare(conn: Connection, services: Services, data: AnswerIn, caller: Caller) -> Prepared:
     fields = msgspec.structs.asdict(data)
     context_tokens = fields.pop("context_tokens")
     del fields["stream"]
     fields["k"] = services.settings.answer.k if data.k is None else data.k
-    request = to_request(SearchIn(**fields))
+    request = scoped(caller, data.collection, to_request(SearchIn(**fields)))
     return generate.prepare(
         conn, data.collection, request, services.answer_readers(), context_tokens=context_tokens
     )

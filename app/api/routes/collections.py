@@ -1,4 +1,7 @@
-"""Collections: create, list, show, delete."""
+"""Collections: create, list, show, delete (the last two of them with the `admin` scope).
+
+A caller sees the collections of its allow-list, and their counts only with `admin`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,15 @@ from litestar import Controller, delete, get, post
 from sqlalchemy import Connection
 
 from app import collections
+from app.access import audit
+from app.access.caller import ADMIN, SEARCH, Caller, may_use_collection
 from app.api.schemas import CollectionCreate, CollectionOut
 from app.collections import Collection
 from app.service import Services
 
 
-def to_out(c: Collection) -> CollectionOut:
+def to_out(c: Collection, caller: Caller) -> CollectionOut:
+    counted = ADMIN in caller.scopes
     return CollectionOut(
         name=c.name,
         description=c.description,
@@ -20,8 +26,8 @@ def to_out(c: Collection) -> CollectionOut:
         text_config=c.text_config,
         settings=c.settings,
         created_at=c.created_at,
-        documents=c.documents,
-        chunks=c.chunks,
+        documents=c.documents if counted else None,
+        chunks=c.chunks if counted else None,
     )
 
 
@@ -29,33 +35,45 @@ class CollectionController(Controller):
     path = "/v1/collections"
     tags = ["collections"]
 
-    @get("/", sync_to_thread=True)
-    def list_collections(self, conn: Connection) -> list[CollectionOut]:
-        """Every collection with its live document and chunk counts."""
-        return [to_out(c) for c in collections.list_all(conn)]
+    @get("/", sync_to_thread=True, opt={"scope": SEARCH})
+    def list_collections(self, services: Services, caller: Caller) -> list[CollectionOut]:
+        """Every collection the caller may use, with live document and chunk counts for
+        admins."""
+        with services.transaction() as conn:
+            found = collections.list_all(conn)
+        return [to_out(c, caller) for c in found if may_use_collection(caller, c.name)]
 
-    @post("/", sync_to_thread=True)
+    @post("/", sync_to_thread=True, opt={"scope": ADMIN})
     def create_collection(
-        self, data: CollectionCreate, conn: Connection, services: Services
+        self, data: CollectionCreate, services: Services, caller: Caller
     ) -> CollectionOut:
         """Create a collection bound to the service's embedding model."""
-        created = collections.create(
-            conn,
-            data.name,
-            embedding_model=services.embedder.model_id,
-            embedding_dim=services.embedder.dimension,
-            text_config=data.text_config,
-            description=data.description,
-            settings=data.settings,
-        )
-        return to_out(created)
+        embedder = services.embedder
+        with services.transaction() as conn:
+            created = collections.create(
+                conn,
+                data.name,
+                embedding_model=embedder.model_id,
+                embedding_dim=embedder.dimension,
+                text_config=data.text_config,
+                description=data.description,
+                settings=data.settings,
+            )
+            audit.record(conn, audit.COLLECTION_CREATED, caller, created.name)
+        return to_out(created, caller)
 
-    @get("/{name:str}", sync_to_thread=True)
-    def get_collection(self, name: str, conn: Connection) -> CollectionOut:
-        """One collection with its counts."""
-        return to_out(collections.get_with_counts(conn, name))
+    @get("/{name:str}", sync_to_thread=True, opt={"scope": SEARCH})
+    def get_collection(self, name: str, services: Services, caller: Caller) -> CollectionOut:
+        """One collection (with its counts for admins)."""
+        with services.transaction() as conn:
+            return to_out(collections.get_with_counts(conn, name), caller)
 
-    @delete("/{name:str}", sync_to_thread=True)
-    def delete_collection(self, name: str, conn: Connection) -> None:
+    @delete("/{name:str}", sync_to_thread=True, opt={"scope": ADMIN})
+    def delete_collection(self, name: str, services: Services, caller: Caller) -> None:
         """Delete a collection and everything in it."""
-        collections.delete(conn, name)
+
+        def remove(conn: Connection) -> None:
+            collections.delete(conn, name)
+            audit.record(conn, audit.COLLECTION_DELETED, caller, name)
+
+        services.write(remove)

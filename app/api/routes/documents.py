@@ -14,6 +14,8 @@ from litestar.params import Body, Parameter
 from sqlalchemy import Connection
 
 from app import collections, documents
+from app.access import audit
+from app.access.caller import ADMIN, INGEST, SEARCH, Caller, effective_principals
 from app.api.schemas import (
     ChunkOut,
     DocumentIn,
@@ -25,15 +27,17 @@ from app.api.schemas import (
     IngestResponse,
     PurgeResult,
 )
-from app.documents import DocumentPatch
+from app.documents import EVERYTHING, DocumentPatch, Visibility
 from app.errors import Invalid, TooLarge
 from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
+from app.search.filters import compile_filter
+from app.search.request import PUBLIC
 from app.service import Services
 
-# A request writes its batches one at a time: the service's connection pool serves searches
-# too, and a request holds at most 1,000 documents (two batches).
+# A request is written in one transaction, whole or not at all: a client is never told that
+# a request failed when part of it was written.
 REQUEST_WRITERS = 1
 
 ExternalId = Annotated[
@@ -56,7 +60,7 @@ class DocumentController(Controller):
     path = "/v1/collections/{name:str}"
     tags = ["documents"]
 
-    @post("/documents", sync_to_thread=True)
+    @post("/documents", sync_to_thread=True, opt={"scope": INGEST})
     def ingest_json(self, name: str, data: IngestRequest, services: Services) -> IngestResponse:
         """Ingest JSON documents: new ones are created, changed ones replaced, others skipped."""
         limit = services.settings.ingest.max_request_documents
@@ -67,11 +71,9 @@ class DocumentController(Controller):
             )
         docs = [_from_json(i, d, services) for i, d in enumerate(data.documents)]
         defaults = Defaults(metadata=data.metadata, acl=_acl(data.acl))
-        return _response(
-            services.ingestor.ingest(name, docs, defaults=defaults, writers=REQUEST_WRITERS)
-        )
+        return _ingest(services, name, docs, defaults)
 
-    @post("/files", sync_to_thread=True)
+    @post("/files", sync_to_thread=True, opt={"scope": INGEST, "upload": True})
     def upload_files(
         self,
         name: str,
@@ -86,25 +88,37 @@ class DocumentController(Controller):
         if data.id is not None and len(data.files) != 1:
             raise Invalid("id: only allowed when exactly one file is uploaded", field="id")
         docs = [doc for upload in data.files for doc in _load_upload(upload, data.id, services)]
+        limit = services.settings.ingest.max_request_documents
+        if len(docs) > limit:
+            raise TooLarge(
+                f"files: {len(docs)} documents in the upload, limit {limit} a request "
+                "(HYBRID_MAX_REQUEST_DOCUMENTS); split the file or use `hybrid ingest`",
+                field="files",
+            )
         defaults = Defaults(metadata=_form_metadata(data.metadata), acl=_form_acl(data.acl))
-        return _response(
-            services.ingestor.ingest(name, docs, defaults=defaults, writers=REQUEST_WRITERS)
-        )
+        return _ingest(services, name, docs, defaults)
 
-    @get("/documents", sync_to_thread=True)
+    @get("/documents", sync_to_thread=True, opt={"scope": SEARCH})
     def list_documents(
         self,
         name: str,
-        conn: Connection,
+        services: Services,
+        caller: Caller,
         limit: Annotated[int, Parameter(ge=1, le=documents.MAX_PAGE)] = 50,
         offset: Annotated[int, Parameter(ge=0)] = 0,
         include_deleted: bool = False,
     ) -> DocumentPage:
         """Documents, most recently updated first."""
-        collection = collections.get(conn, name)
-        rows, counts = documents.list_page(
-            conn, collection.id, limit=limit, offset=offset, include_deleted=include_deleted
-        )
+        with services.transaction() as conn:
+            collection = collections.get(conn, name)
+            rows, counts = documents.list_page(
+                conn,
+                collection.id,
+                limit=limit,
+                offset=offset,
+                include_deleted=include_deleted,
+                visibility=visibility(caller),
+            )
         return DocumentPage(
             documents=[_document_out(r) for r in rows],
             total=counts["live"],
@@ -113,60 +127,97 @@ class DocumentController(Controller):
             offset=offset,
         )
 
-    @get("/documents/{external_id:path}", sync_to_thread=True)
+    @get("/documents/{external_id:path}", sync_to_thread=True, opt={"scope": SEARCH})
     def get_document(
         self,
         name: str,
         external_id: ExternalId,
         request: Request[Any, Any, Any],
-        conn: Connection,
+        services: Services,
+        caller: Caller,
         chunks: bool = False,
     ) -> DocumentOut:
-        """One document; `?chunks=true` adds its chunks."""
-        collection = collections.get(conn, name)
-        row = documents.get(conn, collection.id, _external_id(request))
+        """One live document (a soft-deleted one is 404: the list shows it with
+        `?include_deleted=true`); `?chunks=true` adds its chunks."""
+        with services.transaction() as conn:
+            collection = collections.get(conn, name)
+            key = _external_id(request)
+            row = documents.get(
+                conn, collection.id, key, include_deleted=False, visibility=visibility(caller)
+            )
+            found = documents.chunks_of(conn, collection.id, row["id"]) if chunks else None
         out = _document_out(row)
-        if chunks:
-            out.chunks = [
-                ChunkOut(**c) for c in documents.chunks_of(conn, collection.id, row["id"])
-            ]
+        if found is not None:
+            out.chunks = [ChunkOut(**c) for c in found]
         return out
 
-    @patch("/documents/{external_id:path}", sync_to_thread=True)
+    @patch("/documents/{external_id:path}", sync_to_thread=True, opt={"scope": INGEST})
     def update_document(
         self,
         name: str,
         external_id: ExternalId,
         request: Request[Any, Any, Any],
         data: DocumentPatchIn,
-        conn: Connection,
+        services: Services,
     ) -> DocumentOut:
         """Change metadata (merge patch), ACL, popularity, dates or source: no re-embedding."""
-        collection = collections.get(conn, name)
         update = DocumentPatch(**msgspec.structs.asdict(data))
-        return _document_out(documents.update(conn, collection.id, _external_id(request), update))
+        with services.transaction() as conn:
+            collection = collections.get(conn, name)
+            row = documents.update(conn, collection.id, _external_id(request), update)
+        return _document_out(row)
 
-    @delete("/documents/{external_id:path}", sync_to_thread=True)
+    @delete("/documents/{external_id:path}", sync_to_thread=True, opt={"scope": INGEST})
     def delete_document(
         self,
         name: str,
         external_id: ExternalId,
         request: Request[Any, Any, Any],
-        conn: Connection,
+        services: Services,
+        caller: Caller,
         purge: bool = False,
     ) -> None:
         """Soft delete (hidden at once, kept until purge); `?purge=true` removes it for good."""
-        collection = collections.get(conn, name)
-        if purge:
-            documents.purge(conn, collection.id, _external_id(request))
-        else:
-            documents.soft_delete(conn, collection.id, _external_id(request))
+        remove = documents.purge if purge else documents.soft_delete
+        key = _external_id(request)
 
-    @post("/purge", sync_to_thread=True, status_code=200)
-    def purge_deleted(self, name: str, conn: Connection) -> PurgeResult:
+        def work(conn: Connection) -> None:
+            remove(conn, collections.get(conn, name).id, key)
+            audit.record(conn, audit.DOCUMENT_DELETED, caller, f"{name}/{key}", {"purge": purge})
+
+        services.write(work)
+
+    @post("/purge", sync_to_thread=True, status_code=200, opt={"scope": ADMIN})
+    def purge_deleted(self, name: str, services: Services, caller: Caller) -> PurgeResult:
         """Remove every soft-deleted document of the collection."""
-        collection = collections.get(conn, name)
-        return PurgeResult(purged=documents.purge_deleted(conn, collection.id))
+
+        def work(conn: Connection) -> int:
+            purged = documents.purge_deleted(conn, collections.get(conn, name).id)
+            audit.record(conn, audit.PURGE, caller, name, {"purged": purged})
+            return purged
+
+        return PurgeResult(purged=services.write(work))
+
+
+def visibility(caller: Caller) -> Visibility:
+    """What the caller's document reads see: everything for an admin without a filter;
+    otherwise the documents open to its principals (or to everyone), within its filter."""
+    if ADMIN in caller.scopes and not caller.filter:
+        return EVERYTHING
+    principals = [*(effective_principals(caller, None) or []), PUBLIC]
+    if not caller.filter:
+        return Visibility(principals=principals)
+    compiled = compile_filter(caller.filter)
+    return Visibility(principals, compiled.check_sql, compiled.params)
+
+
+def _ingest(
+    services: Services, name: str, docs: list[SourceDocument], defaults: Defaults
+) -> IngestResponse:
+    report = services.ingestor.ingest(
+        name, docs, defaults=defaults, writers=REQUEST_WRITERS, batch=max(len(docs), 1)
+    )
+    return _response(report)
 
 
 def _from_json(index: int, doc: DocumentIn, services: Services) -> SourceDocument:
@@ -193,6 +244,7 @@ def _load_upload(
         upload.filename or "upload",
         max_bytes=limits.max_upload_bytes,
         max_chars=limits.max_document_chars,
+        max_pdf_pages=limits.max_pdf_pages,
         external_id=external_id,
     )
 

@@ -1,30 +1,77 @@
-"""Liveness and readiness: `/health` says the process answers, `/ready` that it can serve."""
+"""Liveness and readiness: `/health` says the process is not stuck, `/ready` that it can serve.
+
+Both answer without waiting for the request threads: `/health` runs on the event loop (a
+blocked loop leaves it unanswered, which a probe's timeout reads as a failure), `/ready` runs
+its checks on a thread of its own, within a time bound.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 from litestar import Response, get
+from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 
-from app.api.schemas import AnswerCheck, Check, ModelCheck, Readiness
+from app.api.admission import Admission
+from app.api.schemas import AnswerCheck, Check, Liveness, ModelCheck, Readiness
 from app.db import migrate
 from app.service import Services
 
-
-@get("/health", sync_to_thread=False, tags=["health"])
-def health() -> dict[str, str]:
-    """The process is up and answering."""
-    return {"status": "ok"}
+READY_TIMEOUT_S = 5.0
+_PROBES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ready-probe")
 
 
-@get("/ready", sync_to_thread=True, tags=["health"])
-def ready(services: Services) -> Response[Readiness]:
-    """Database reachable, schema at head, embedding model loaded; 503 until all hold.
+@get(
+    "/health",
+    sync_to_thread=False,
+    tags=["health"],
+    responses={503: ResponseSpec(data_container=Liveness, description="The process is stuck")},
+)
+def health(state: State, services: Services) -> Response[Liveness]:
+    """200 while the process makes progress; 503 once a request has been in flight longer than
+    `HYBRID_STUCK_AFTER` (every database wait is bounded, so such a request means the process
+    is stuck and should be restarted)."""
+    admission: Admission = state.admission
+    oldest, limit = admission.oldest_s(), services.settings.server.stuck_after_s
+    stuck = oldest > limit
+    body = Liveness(
+        status="stuck" if stuck else "ok",
+        in_flight=admission.in_flight,
+        oldest_request_s=round(oldest, 3),
+    )
+    return Response(body, status_code=503 if stuck else 200)
+
+
+@get(
+    "/ready",
+    tags=["health"],
+    responses={503: ResponseSpec(data_container=Readiness, description="Not ready: see checks")},
+)
+async def ready(services: Services) -> Response[Readiness]:
+    """Database reachable, schema at head, embedding model loaded; 503 until all hold, and
+    when the checks take longer than 5 s (a saturated connection pool, say).
 
     The cross-encoder and the answer models are reported too, but they are optional: without
     the one searches keep the fused order, without the others answers are extractive, so the
     service is ready all the same. So is the vector cache (loading, ready, its lag behind the
     change log), unless `HYBRID_VECTOR_BACKEND=faiss` makes searches depend on it."""
-    checks = {
+    loop = asyncio.get_running_loop()
+    try:
+        checks = await asyncio.wait_for(
+            loop.run_in_executor(_PROBES, _checks, services), READY_TIMEOUT_S
+        )
+    except TimeoutError:
+        slow = Check(ok=False, detail=f"checks took longer than {READY_TIMEOUT_S:.0f} s")
+        return Response(Readiness(ready=False, checks={"database": slow}), status_code=503)
+    is_ready = all(c.ok for c in checks.values() if c.required)
+    return Response(Readiness(ready=is_ready, checks=checks), status_code=200 if is_ready else 503)
+
+
+def _checks(services: Services) -> dict[str, Check]:
+    return {
         "database": _database(services),
         "schema": _schema(services),
         "model": Check(
@@ -35,8 +82,6 @@ def ready(services: Services) -> Response[Readiness]:
         "vector_cache": _vector_cache(services),
         "answer": _answer(services),
     }
-    is_ready = all(c.ok for c in checks.values() if c.required)
-    return Response(Readiness(ready=is_ready, checks=checks), status_code=200 if is_ready else 503)
 
 
 def _reranker(services: Services) -> Check:

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.access.caller import ADMIN
 from app.service import Services
 
 
@@ -48,9 +49,13 @@ class VectorCacheCollector(Collector):
         yield from (ready, vectors, tombstones, lag_changes, lag_seconds, head)
 
 
-@get("/metrics", sync_to_thread=True, tags=["health"])
+# Litestar adds the charset to a text media type itself (and the document names the type).
+MEDIA_TYPE = CONTENT_TYPE_LATEST.partition("; charset=")[0]
+
+
+@get("/metrics", sync_to_thread=True, tags=["health"], media_type=MEDIA_TYPE, opt={"scope": ADMIN})
 def metrics(services: Services) -> Response[bytes]:
     """Prometheus text format."""
     registry = CollectorRegistry()
     registry.register(VectorCacheCollector(services))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), media_type=MEDIA_TYPE)

@@ -7,8 +7,9 @@ from typing import Annotated
 import msgspec
 from litestar import get, post
 from litestar.params import Parameter
-from sqlalchemy import Connection
 
+from app.access.caller import SEARCH, Caller
+from app.api.auth import scoped
 from app.api.schemas import ExplainOut, HitOut, RerankOut, SearchIn, SearchOut
 from app.search.cache import cached_search
 from app.search.engine import SearchResult
@@ -16,17 +17,17 @@ from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
 from app.service import Services
 
 
-@post("/v1/search", sync_to_thread=True, status_code=200, tags=["search"])
-def search_post(data: SearchIn, conn: Connection, services: Services) -> SearchOut:
+@post("/v1/search", sync_to_thread=True, status_code=200, tags=["search"], opt={"scope": SEARCH})
+def search_post(data: SearchIn, services: Services, caller: Caller) -> SearchOut:
     """Hybrid (optionally reranked), keyword or vector search with filters, ACL principals,
     boosts and explain."""
-    return _run(conn, services, data.collection, to_request(data))
+    return _run(services, data.collection, scoped(caller, data.collection, to_request(data)))
 
 
-@get("/v1/search", sync_to_thread=True, tags=["search"])
+@get("/v1/search", sync_to_thread=True, tags=["search"], opt={"scope": SEARCH})
 def search_get(
-    conn: Connection,
     services: Services,
+    caller: Caller,
     collection: str,
     q: Annotated[str, Parameter(description="Query text")],
     mode: str | None = None,
@@ -48,7 +49,7 @@ def search_get(
         rerank_depth=rerank_depth,
         vector_backend=vector_backend,
     )
-    return _run(conn, services, collection, request)
+    return _run(services, collection, scoped(caller, collection, request))
 
 
 def to_request(data: SearchIn) -> SearchRequest:
@@ -78,19 +79,19 @@ def to_request(data: SearchIn) -> SearchRequest:
     )
 
 
-def _run(
-    conn: Connection, services: Services, collection: str, request: SearchRequest
-) -> SearchOut:
-    outcome = cached_search(
-        conn,
-        collection,
-        request,
-        settings=services.settings.search,
-        embeddings=services.embeddings,
-        reranking=services.reranking,
-        cache=services.search_cache,
-        vectors=services.vector_cache,
-    )
+def _run(services: Services, collection: str, request: SearchRequest) -> SearchOut:
+    embeddings, reranking = services.embeddings, services.reranking
+    with services.transaction() as conn:
+        outcome = cached_search(
+            conn,
+            collection,
+            request,
+            settings=services.settings.search,
+            embeddings=embeddings,
+            reranking=reranking,
+            cache=services.search_cache,
+            vectors=services.vector_cache,
+        )
     return to_out(outcome.result, cache=outcome.origin)
 
 
