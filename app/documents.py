@@ -209,9 +209,7 @@ def check_acl(acl: list[str]) -> list[str]:
             field="acl",
         )
     if len(acl) > MAX_ACL_ENTRIES:
-        raise Invalid(
-            f"acl: at most {MAX_ACL_ENTRIES} principals, got {len(acl)}", field="acl"
-        )
+        raise Invalid(f"acl: at most {MAX_ACL_ENTRIES} principals, got {len(acl)}", field="acl")
     for principal in acl:
         if len(principal) > MAX_PRINCIPAL_CHARS or "\x00" in principal:
             raise Invalid(
