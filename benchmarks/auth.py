@@ -131,7 +131,8 @@ def _measure(
             times = []
             for _ in range(args.requests):
                 counter += 1
-                params = {"collection": "sample", "q": query(counter), "k": 5}
+                # The same principals both ways: the key's, named by the request.
+                params = {"collection": "sample", "q": query(counter), "k": 5, "principal": "*"}
                 started = time.perf_counter()
                 response = client.get("/v1/search", params=params, headers=headers[mode])
                 times.append((time.perf_counter() - started) * 1000)

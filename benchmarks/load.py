@@ -7,7 +7,8 @@ Without `--url` it starts `hybrid serve --sample` on a fresh data directory (a t
 or `--data-dir`) with its embedded PostgreSQL and a free loopback port, waits for `/ready`,
 and at the end stops it with SIGTERM and times the shutdown. The server takes its settings
 from the environment: `HYBRID_MAX_IN_FLIGHT=8 python benchmarks/load.py` measures another
-admission limit.
+admission limit. With `--url`, the key goes in `HYBRID_KEY` (a started server's local admin
+key is read from its data directory).
 
 The mix, drawn per request: searches of the `sample` collection (a handful of queries about
 the sample documents; a share of them made unique, so that they miss the result and query
@@ -228,6 +229,8 @@ def _start(args: argparse.Namespace) -> Server:
         print(_stop(server), flush=True)
         raise
     print(f"ready after {seconds:.0f} s", flush=True)
+    # The local admin key the server made on its first start (loopback, authentication on).
+    os.environ["HYBRID_KEY"] = (data_dir / "admin.key").read_text().strip()
     return server
 
 
@@ -370,7 +373,9 @@ async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def _client(url: str, connections: int, args: argparse.Namespace) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits)
+    key = os.environ.get("HYBRID_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return httpx.AsyncClient(base_url=url, timeout=args.timeout, limits=limits, headers=headers)
 
 
 async def _load(url: str, workers: int, seconds: float, args: argparse.Namespace) -> Run:
@@ -527,7 +532,9 @@ def _report(
 
 def _in_flight_limit(server: Server) -> int | None:
     """The admission limit of the server started here (unknown for `--url`)."""
-    return int(os.environ.get("HYBRID_MAX_IN_FLIGHT", "32")) if server.process else None
+    if server.process is None:
+        return None
+    return int(os.environ.get("HYBRID_MAX_IN_FLIGHT") or 0) or 4 * (os.cpu_count() or 1)
 
 
 def _setup(server: Server, args: argparse.Namespace, results: dict[str, Any]) -> list[str]:

@@ -144,7 +144,8 @@ def serving(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    # Start-up loads the models: generous, for a busy machine.
+    deadline = time.monotonic() + 60
     while not server.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)

@@ -84,10 +84,14 @@ LINKS: dict[tuple[str, str, str], dict[str, Link]] = {
 }
 MEANINGS = {
     400: "Invalid input: the body, a parameter, the path or the Host header (`field` names it)",
+    401: "No credential, or one that names no usable key (missing, invalid, unknown, revoked, "
+    "expired); `WWW-Authenticate: Bearer`",
+    403: "The key lacks the scope, the collection or a principal the request names",
     404: "No such collection or document",
     409: "Conflicts with the current state (exists already, or deleted meanwhile); "
     "nothing was written",
     413: "Body, file or value larger than its limit",
+    429: "The key spent its rate budget; retry after `Retry-After` s (`RateLimit-*` headers)",
     415: "Body of a media type the route does not read, or a file type it cannot load",
     500: "Unexpected failure (reveals nothing internal)",
     502: "A provider (embedding or answer model) answered with something unusable",
@@ -146,7 +150,7 @@ def statuses(path: str, method: str, *, has_body: bool) -> list[int]:
     """The failures a route can answer, by the rules of the exception mapping."""
     if path in PROBES:
         return [400, 503]
-    found = {400, 500, 503}
+    found = {400, 401, 403, 429, 500, 503}
     if "{" in path or path in READS:
         found.add(404)
     if has_body:
@@ -162,11 +166,14 @@ def statuses(path: str, method: str, *, has_body: bool) -> list[int]:
 
 def _problem_response(status: int) -> OpenAPIResponse:
     headers: dict[str, OpenAPIHeader | Reference] | None = None
-    if status == 503:
-        retry = OpenAPIHeader(
-            schema=Schema(type=OpenAPIType.INTEGER), description="Seconds to wait before retrying"
-        )
+    retry = OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.INTEGER), description="Seconds to wait before retrying"
+    )
+    if status in (429, 503):
         headers = {"Retry-After": retry}
+    if status == 401:
+        challenge = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description="Bearer")
+        headers = {"WWW-Authenticate": challenge}
     return OpenAPIResponse(
         description=MEANINGS[status],
         headers=headers,
