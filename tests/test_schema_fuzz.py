@@ -20,6 +20,10 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
+
+# Imported here, not lazily deep inside a stateful run: compiling a module at that recursion
+# depth trips CPython 3.11's AST depth check ("recursion depth mismatch").
+import schemathesis.engine.errors
 from schemathesis import BaseSchema, Case
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 
