@@ -49,8 +49,18 @@ PROBLEM_SCHEMA = Schema(
 DOCUMENTS = "/v1/collections/{name}/documents"
 # Answers (path, method, status) that come as server-sent events when the request asks.
 EVENT_STREAMS = frozenset({("/v1/answer", "post", "200")})
+# Each event of the stream, as a client reads it: its name and its data (JSON text).
 EVENTS = OpenAPIMediaType(
-    schema=Schema(type=OpenAPIType.STRING, description="Server-sent events, when asked for")
+    schema=Schema(
+        type=OpenAPIType.OBJECT,
+        description="Server-sent events, when asked for: `sources`, `delta`..., then `done` "
+        "or `error`, each with JSON data",
+        properties={
+            "event": Schema(type=OpenAPIType.STRING, enum=["sources", "delta", "done", "error"]),
+            "data": Schema(type=OpenAPIType.STRING),
+        },
+        required=["data"],
+    )
 )
 
 
