@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, TextClause, text
 
+from app.access.caller import MAX_PRINCIPAL_CHARS
 from app.db.engine import unbounded
 from app.db.queries import load, query
 from app.errors import Invalid, NotFound
@@ -24,7 +25,6 @@ from app.errors import Invalid, NotFound
 # Limits of what is stored in indexed columns (a B-tree entry holds at most about 2.7 kB; a
 # character takes up to 4 bytes).
 MAX_ID_CHARS = 512
-MAX_PRINCIPAL_CHARS = 256
 MAX_ACL_ENTRIES = 1000
 
 MAX_PAGE = 1000

@@ -22,6 +22,9 @@ ACT_AS = "act-as"
 # search: search, answers, reading documents; ingest: add, update, delete documents;
 # admin: collections, keys, index rebuilds, purge, metrics. No scope implies another.
 SCOPES = (SEARCH, INGEST, ADMIN, ACT_AS)
+# The longest principal name anywhere: in a key, a request, a token or a document's ACL (the
+# ACL's GIN index holds each name as an entry).
+MAX_PRINCIPAL_CHARS = 256
 
 
 @dataclass(frozen=True)

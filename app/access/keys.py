@@ -24,7 +24,7 @@ from typing import Any, Self
 from sqlalchemy import Connection, RowMapping
 
 from app.access import audit
-from app.access.caller import SCOPES, Caller
+from app.access.caller import MAX_PRINCIPAL_CHARS, SCOPES, Caller
 from app.db.queries import query
 from app.errors import Conflict, Invalid, NotFound, Unauthorized
 
@@ -33,7 +33,6 @@ SECRET_PATTERN = re.compile(r"hs_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 SECRET_START = "hs_"
 TOKEN_KEY_LABEL = b"hybrid-tenant-token"
 MAX_NAME_CHARS = 100
-MAX_PRINCIPAL_CHARS = 256
 MAX_DESCRIPTION_CHARS = 1000
 # Compared against when no key has the prefix: the same work as for a wrong secret.
 _DUMMY_DIGEST = hashlib.sha256(secrets.token_bytes(32)).digest()

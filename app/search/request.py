@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.access.caller import MAX_PRINCIPAL_CHARS
 from app.errors import Invalid, Unavailable
 from app.search.filters import CompiledFilter, compile_filter
 from app.settings import SearchSettings, VectorBackend
@@ -283,7 +284,7 @@ def _principals(principals: list[str] | None, required: bool) -> list[str]:
             )
         return [PUBLIC]
     for i, p in enumerate(principals):
-        if not isinstance(p, str) or not p.strip() or len(p) > 256 or "\x00" in p:
+        if not isinstance(p, str) or not p.strip() or len(p) > MAX_PRINCIPAL_CHARS or "\x00" in p:
             raise Invalid(
                 f"principals[{i}]: expected a non-empty name of at most 256 characters",
                 field=f"principals[{i}]",
