@@ -482,3 +482,19 @@ def test_the_local_admin_key_is_kept_and_replaced_when_lost(
     with secured.transaction() as conn:
         states = {k.prefix: k.state() for k in keys.list_all(conn) if k.name == local.NAME}
     assert states == {keys.prefix_of(first): "revoked", keys.prefix_of(second): "active"}
+
+
+def test_concurrent_creates_of_one_key_name_give_one_201(
+    api: Client, secrets_: dict[str, str]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"name": "twin-key", "scopes": ["search"], "principals": ["alice"]}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda _: api.post("/v1/admin/keys", json=body, headers=auth(secrets_["admin"])),
+                range(8),
+            )
+        )
+    assert sorted(r.status_code for r in answers) == [201] + [409] * 7
