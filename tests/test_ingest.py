@@ -5,6 +5,7 @@ atomicity when something fails in the middle."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from app import documents
 from app.errors import NotFound, Unavailable
 from app.ingest.model import Block, SourceDocument
 from app.ingest.pipeline import Defaults, Ingestor
+from app.ingest.store import FIELDS
 from app.service import Services
 
 
@@ -105,6 +107,51 @@ def test_metadata_only_change_does_not_reembed(services: Services) -> None:
     # Logged, so that cached search results of the collection are retired.
     updated = rows(services, "SELECT chunk_id AS id FROM change_log WHERE op = 'U'")
     assert updated == chunk_ids
+
+
+# One change per stored field (`app.ingest.store.FIELDS`), and what the row then holds.
+FIELD_CHANGES = {
+    "source": ({"source": "new.md"}, "new.md"),
+    "metadata": ({"metadata": {"lang": "de"}}, {"lang": "de"}),
+    "acl": ({"acl": ["team-b"]}, ["team-b"]),
+    "popularity": ({"popularity": 5.0}, 5.0),
+    "published_at": (
+        {"published_at": datetime(2024, 5, 1, tzinfo=UTC)},
+        datetime(2024, 5, 1, tzinfo=UTC),
+    ),
+}
+
+
+def test_every_stored_field_is_compared() -> None:
+    assert set(FIELD_CHANGES) == set(FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(FIELD_CHANGES))
+def test_a_change_to_one_stored_field_alone_is_written(services: Services, name: str) -> None:
+    original = {
+        "source": "old.md",
+        "metadata": {"lang": "en"},
+        "acl": ["team-a"],
+        "popularity": 1.0,
+        "published_at": datetime(2020, 1, 1, tzinfo=UTC),
+    }
+    services.ingestor.ingest("kb", [doc("a", "Stable text.", **original)], create=True)
+    change, stored = FIELD_CHANGES[name]
+    # Metadata given merges into what is stored, so the others give none.
+    changed = {**original, "metadata": {}, **change}
+    report = services.ingestor.ingest("kb", [doc("a", "Stable text.", **changed)])
+    assert report.summary()["metadata_updated"] == 1, name
+    assert report.embedded == 0 and report.cached == 0
+    assert scalar(services, f"SELECT {name} FROM documents") == stored
+    again = services.ingestor.ingest("kb", [doc("a", "Stable text.", **changed)])
+    assert again.summary()["unchanged"] == 1
+
+
+def test_a_title_change_rewrites_the_document(services: Services) -> None:
+    services.ingestor.ingest("kb", [doc("a", "Stable text.", title="Old")], create=True)
+    report = services.ingestor.ingest("kb", [doc("a", "Stable text.", title="New")])
+    assert report.summary()["updated"] == 1
+    assert scalar(services, "SELECT title FROM documents") == "New"
 
 
 def test_acl_defaults_and_is_kept_when_a_reingest_gives_none(services: Services) -> None:

@@ -33,7 +33,7 @@ from app.ingest import vector_index
 from app.ingest.chunk import Tokenizer, chunk_document
 from app.ingest.embed import Embedder
 from app.ingest.model import SourceDocument, embedding_text
-from app.ingest.store import PreparedDocument, write_documents
+from app.ingest.store import PreparedDocument, stored_fields, write_documents
 from app.ingest.writers import concurrent_writer
 from app.settings import Settings
 
@@ -289,17 +289,16 @@ class Ingestor:
 def update_fields(
     conn: Connection, collection_id: int, document_id: int, doc: PreparedDocument
 ) -> None:
-    """Change metadata, ACL, dates and popularity of a stored document without re-embedding."""
+    """Change the stored fields (`FIELDS`: metadata, ACL, source, date, popularity) of a
+    stored document without re-embedding."""
+    fields = doc.fields()
     conn.execute(
         query("documents.sql", "update_document_fields"),
         {
+            **fields,
+            "metadata": json.dumps(fields["metadata"]),
             "collection_id": collection_id,
             "document_id": document_id,
-            "metadata": json.dumps(doc.metadata),
-            "acl": doc.acl,
-            "popularity": doc.popularity,
-            "published_at": doc.published_at,
-            "source": doc.source,
         },
     )
 
@@ -319,13 +318,7 @@ def _classify(doc: PreparedDocument, stored: RowMapping | None) -> str:
         return "created"
     if stored["deleted_at"] is not None or stored["content_hash"] != doc.content_hash:
         return "updated"
-    same = (
-        stored["metadata"] == doc.metadata
-        and sorted(stored["acl"]) == doc.acl
-        and stored["popularity"] == doc.popularity
-        and stored["published_at"] == doc.published_at
-    )
-    return "unchanged" if same else "metadata_updated"
+    return "unchanged" if stored_fields(stored) == doc.fields() else "metadata_updated"
 
 
 def _first_given(*candidates: list[str] | None) -> list[str]:

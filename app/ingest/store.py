@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from psycopg import Connection as PgConnection
-from sqlalchemy import Connection
+from sqlalchemy import Connection, RowMapping
 
 from app.collections import Collection
 from app.db.engine import driver_connection
@@ -34,6 +34,11 @@ CHUNK_TYPES = (
 )  # fmt: skip
 
 
+# What a document stores beside its content (title, headings and text, which `content_hash`
+# covers): a change to any of these alone is written without re-chunking or re-embedding.
+FIELDS = ("source", "metadata", "acl", "popularity", "published_at")
+
+
 @dataclass
 class PreparedDocument:
     """A document ready to write: fields resolved, chunked and embedded."""
@@ -49,6 +54,15 @@ class PreparedDocument:
     sections: list[Section]
     chunks: list[Chunk]
     embeddings: np.ndarray
+
+    def fields(self) -> dict[str, Any]:
+        """The stored fields (`FIELDS`) as they compare with a stored row's."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+def stored_fields(row: RowMapping) -> dict[str, Any]:
+    """The stored fields (`FIELDS`) of a document row, as `PreparedDocument.fields` gives them."""
+    return {name: sorted(row[name]) if name == "acl" else row[name] for name in FIELDS}
 
 
 def write_documents(
