@@ -1,5 +1,6 @@
-"""The README keeps up with the code: every CLI command, API route and setting is documented,
-and docker-compose.yml is a valid Compose file."""
+"""The documentation keeps up with the code: the generated reference pages match what the
+code gives now, every CLI command, API route and setting has its entry there, and
+docker-compose.yml is a valid Compose file."""
 
 from __future__ import annotations
 
@@ -10,46 +11,55 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 
 from app import PROJECT_ROOT
-from app.api.app import create_app, describe_routes
+from app.api.app import describe_routes
 from app.cli import cli
-from app.service import Services
+from app.reference import COMMAND, REFERENCE_DIR, generate, stale
+from app.reference.api_page import application
+from app.reference.cli_page import commands
 from app.settings import documented_settings
 
-README = (PROJECT_ROOT / "README.md").read_text()
+
+@pytest.fixture(scope="module")
+def pages() -> dict[Path, str]:
+    return generate()
 
 
-def command_paths(command: click.Command, prefix: tuple[str, ...] = ("hybrid",)) -> list[str]:
-    if isinstance(command, click.Group):
-        return [
-            p for name, sub in command.commands.items() for p in command_paths(sub, (*prefix, name))
-        ]
-    return [" ".join(prefix)]
+def test_generated_reference_pages_are_up_to_date(pages: dict[Path, str]) -> None:
+    outdated = [str(path.relative_to(PROJECT_ROOT)) for path in stale(pages)]
+    assert not outdated, f"out of date: {', '.join(outdated)}; run `.venv/bin/{COMMAND}`"
 
 
-@pytest.mark.parametrize("command", command_paths(cli))
-def test_every_cli_command_is_documented(command: str) -> None:
-    assert f"`{command}" in README, f"README does not document `{command}`"
+def test_generation_is_deterministic(pages: dict[Path, str]) -> None:
+    assert generate() == pages
+    for text in pages.values():
+        assert str(Path.home()) not in text and str(PROJECT_ROOT) not in text
 
 
-def test_every_api_route_is_documented(services: Services) -> None:
-    app = create_app(services, load_model=False)
+def test_every_cli_command_is_documented(pages: dict[Path, str]) -> None:
+    page = pages[REFERENCE_DIR / "cli.md"]
+    missing = [
+        " ".join(p) for p, _ in commands(cli, ("hybrid",)) if f"\n## {' '.join(p)}\n" not in page
+    ]
+    assert not missing, f"docs/reference/cli.md lacks {missing}"
+
+
+def test_every_api_route_is_documented(pages: dict[Path, str]) -> None:
+    page = pages[REFERENCE_DIR / "http-api.md"]
     missing = []
-    for method, path in describe_routes(app):
-        readable = re.sub(r"\{(\w+):\w+\}", r"{\1}", path).replace("{external_id}", "{id}")
-        if path.startswith("/docs"):
-            continue
-        if f"`{method} {readable}`" not in README:
+    for method, path in describe_routes(application()):
+        readable = re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
+        if not path.startswith("/docs") and f"\n## {method} {readable}\n" not in page:
             missing.append(f"{method} {readable}")
-    assert not missing, f"README does not document: {missing}"
+    assert not missing, f"docs/reference/http-api.md lacks {missing}"
 
 
-@pytest.mark.parametrize("variable", [name for name, _, _ in documented_settings()])
-def test_every_setting_is_documented(variable: str) -> None:
-    assert f"`{variable}`" in README
+def test_every_setting_is_documented(pages: dict[Path, str]) -> None:
+    page = pages[REFERENCE_DIR / "settings.md"]
+    missing = [name for name, _, _ in documented_settings() if f"| `{name}` |" not in page]
+    assert not missing, f"docs/reference/settings.md lacks {missing}"
 
 
 def test_compose_file_is_valid() -> None:
