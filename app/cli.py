@@ -41,20 +41,20 @@ from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
 from app.logs import configure_logging
-from app.search.engine import SearchResult, search
+from app.search.engine import search
 from app.search.filters import compile_filter
 from app.search.request import (
     MODES,
     RECENCY_FIELDS,
     RERANK_MODE,
-    VECTOR_BACKENDS,
     PopularityBoost,
     RecencyBoost,
     SearchRequest,
 )
 from app.search.rerank import Reranking
+from app.search.results import SearchResult
 from app.service import Services
-from app.settings import Settings, load_settings
+from app.settings import VECTOR_BACKENDS, Settings, load_settings
 
 SAMPLE_DIR = PROJECT_ROOT / "samples"
 SAMPLE_COLLECTION = "sample"

@@ -14,12 +14,35 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from app.checks import float_in, one_of
 from app.db.engine import unbounded
 from app.db.queries import query
 from app.errors import Conflict, Invalid, NotFound
-from app.search.request import check_collection_settings
+from app.settings import VECTOR_BACKENDS, VectorBackend
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+# Search defaults a collection starts with; its `settings` may override each one, within range.
+COLLECTION_DEFAULTS: dict[str, float] = {
+    "bm25_k1": 1.2,
+    "bm25_b": 0.75,
+    "bm25_title_weight": 1.5,
+    "rrf_k": 10.0,
+    "keyword_weight": 1.0,
+    "vector_weight": 1.0,
+    "candidates": 100.0,
+}
+COLLECTION_RANGES: dict[str, tuple[float, float]] = {
+    "bm25_k1": (0.0, 10.0),
+    "bm25_b": (0.0, 1.0),
+    "bm25_title_weight": (0.0, 10.0),
+    "rrf_k": (0.0, 10_000.0),
+    "keyword_weight": (0.0, 100.0),
+    "vector_weight": (0.0, 100.0),
+    "candidates": (1.0, 10_000.0),
+}
+# A collection may also name its vector backend (`vector_backend`), one of VECTOR_BACKENDS.
+BACKEND_SETTING = "vector_backend"
 
 
 @dataclass(frozen=True)
@@ -128,3 +151,33 @@ def check_name(name: str) -> None:
             f"digit, got {name!r}",
             field="name",
         )
+
+
+def collection_defaults(collection_settings: dict[str, Any]) -> dict[str, float]:
+    """The collection's numeric search defaults, validated (stored settings were checked on
+    write)."""
+    checked = check_collection_settings(collection_settings)
+    checked.pop(BACKEND_SETTING, None)
+    return {**COLLECTION_DEFAULTS, **checked}
+
+
+def check_collection_settings(values: dict[str, Any], path: str = "settings") -> dict[str, Any]:
+    """Validate search defaults given for a collection; unknown keys are refused."""
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == BACKEND_SETTING:
+            checked[key] = vector_backend(f"{path}.{key}", value)
+            continue
+        if key not in COLLECTION_RANGES:
+            known = ", ".join([*COLLECTION_RANGES, BACKEND_SETTING])
+            raise Invalid(
+                f"{path}.{key}: unknown setting; expected one of {known}", field=f"{path}.{key}"
+            )
+        low, high = COLLECTION_RANGES[key]
+        checked[key] = float_in(f"{path}.{key}", value, low, high)
+    return checked
+
+
+def vector_backend(name: str, value: Any) -> VectorBackend:
+    backend: VectorBackend = one_of(name, value, VECTOR_BACKENDS)
+    return backend

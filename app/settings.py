@@ -27,6 +27,7 @@ EmbeddingProvider = Literal["local", "openai"]
 ChunkStrategy = Literal["structure", "recursive", "fixed"]
 RerankBackend = Literal["torch", "onnx", "onnx-int8"]
 VectorBackend = Literal["auto", "faiss", "pgvector", "exact"]
+VECTOR_BACKENDS: tuple[VectorBackend, ...] = get_args(VectorBackend)
 FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 AuthMode = Literal["required", "off"]
 

@@ -1,11 +1,35 @@
 -- The read path's one statement: keyword leg (BM25) + vector leg (HNSW or exact) + weighted
 -- reciprocal rank fusion + bounded boosts, with the ACL and the filters inside each leg.
 --
--- `/* filter */ TRUE` marks where the compiled filter predicate over `d` goes in a scan of the
--- documents, `/* filter check */ TRUE` where it checks one document already found (the same
--- condition without what only helps an index find documents; see app/search/filters.py:
--- whitelisted columns, values as bind parameters). A leg whose depth is 0 is switched off by a
--- constant condition, so the planner never runs it.
+-- Its parts, in order:
+--   query_lexemes .. keyword_query        the query's lexemes, their BM25 weights, candidates
+--   visible_limits .. visible_documents   how many chunks the search may see: few, small, many
+--   keyword_budget_candidates .. _ranked  the keyword leg: candidates, exact BM25, visible, top
+--   vector_cached .. vector_ranked        the vector leg: cache candidates, exact scan or HNSW
+--   fused, boosted, page                  weighted RRF, recency and popularity boosts, the page
+--
+-- Which documents a search may see is written once, in `visible` below; the statement says
+-- `/* visible */ TRUE` where it scans documents `d`, and `/* visible document */ (x)` where it
+-- checks the one document whose id is `x` (app/search/engine.py puts them together). The
+-- filter goes where `/* filter */ TRUE` stands: in a scan the compiled predicate over `d`, in a
+-- check the same condition without what only helps an index find documents (see
+-- app/search/filters.py: whitelisted columns, values as bind parameters). A leg whose depth is
+-- 0 is switched off by a constant condition, so the planner never runs it.
+
+-- name: visible
+-- A document `d` the search may see: live, shared with one of the caller's principals, and
+-- matching the filter.
+d.deleted_at IS NULL
+AND d.acl && CAST(:principals AS text[])
+AND /* filter */ TRUE
+
+-- name: visible_document
+-- Whether the document whose id stands in `/* document */` is one the search may see: a
+-- lookup by primary key, never a scan of the collection's documents.
+coalesce((SELECT true
+          FROM documents d
+          WHERE d.collection_id = :collection_id AND d.id = /* document */ NULL
+            AND /* visible */ TRUE), false)
 
 -- name: prepare
 -- Run first in the search's own transaction: the reader role (row-level security applies),
@@ -97,10 +121,8 @@ visible_running AS MATERIALIZED (
     SELECT d.id, sum(d.chunk_count) OVER (ROWS UNBOUNDED PRECEDING) AS running
     FROM documents d
     WHERE d.collection_id = :collection_id
-      AND d.deleted_at IS NULL
       AND d.chunk_count > 0
-      AND d.acl && CAST(:principals AS text[])
-      AND /* filter */ TRUE
+      AND /* visible */ TRUE
     LIMIT (SELECT CAST(ceil(chunks) AS bigint) + 1 FROM visible_limits)
 ),
 visible_small AS MATERIALIZED (
@@ -130,9 +152,7 @@ visible_documents AS (
     FROM documents d
     WHERE NOT (CAST(:restricted AS boolean) AND (SELECT small FROM visible_small))
       AND d.collection_id = :collection_id
-      AND d.deleted_at IS NULL
-      AND d.acl && CAST(:principals AS text[])
-      AND /* filter */ TRUE
+      AND /* visible */ TRUE
 ),
 -- The candidate chunks: from the GIN index alone within the budget, or, when the search may
 -- see few chunks, every one of those that matches any query lexeme, read document by document
@@ -156,13 +176,7 @@ keyword_budget_short AS MATERIALIZED (
                 -- that could scan the collection's documents.
                 FROM (SELECT
                       FROM keyword_budget_candidates b
-                      WHERE coalesce((SELECT true
-                                      FROM documents d
-                                      WHERE d.collection_id = :collection_id
-                                        AND d.id = b.document_id
-                                        AND d.deleted_at IS NULL
-                                        AND d.acl && CAST(:principals AS text[])
-                                        AND /* filter check */ TRUE), false)
+                      WHERE /* visible document */ (b.document_id)
                       LIMIT :keyword_fetch) AS passing) < :keyword_fetch
            AND (SELECT small FROM visible_small) AS short
 ),
@@ -214,12 +228,7 @@ keyword_scored AS MATERIALIZED (
 keyword_visible AS (
     SELECT s.id, s.document_id, s.score
     FROM keyword_scored s
-    WHERE coalesce((SELECT true
-                    FROM documents d
-                    WHERE d.collection_id = :collection_id AND d.id = s.document_id
-                      AND d.deleted_at IS NULL
-                      AND d.acl && CAST(:principals AS text[])
-                      AND /* filter check */ TRUE), false)
+    WHERE /* visible document */ (s.document_id)
     LIMIT :keyword_fetch
 ),
 -- With one hit per document, each document keeps its best chunk.
@@ -249,12 +258,7 @@ vector_cached AS MATERIALIZED (
     FROM unnest(CAST(:cached_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
     JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
     WHERE :vector_depth > 0 AND NOT CAST(:vector_exact AS boolean)
-      AND coalesce((SELECT true
-                    FROM documents d
-                    WHERE d.collection_id = :collection_id AND d.id = c.document_id
-                      AND d.deleted_at IS NULL
-                      AND d.acl && CAST(:principals AS text[])
-                      AND /* filter check */ TRUE), false)
+      AND /* visible document */ (c.document_id)
     ORDER BY f.ord
     LIMIT :vector_fetch
 ),
@@ -297,12 +301,7 @@ vector_ann AS (
       AND CASE WHEN (SELECT short FROM vector_short) THEN NOT (SELECT small FROM visible_small)
                ELSE false
           END
-      AND coalesce((SELECT true
-                    FROM documents d
-                    WHERE d.collection_id = :collection_id AND d.id = c.document_id
-                      AND d.deleted_at IS NULL
-                      AND d.acl && CAST(:principals AS text[])
-                      AND /* filter check */ TRUE), false)
+      AND /* visible document */ (c.document_id)
     ORDER BY c.embedding <=> CAST(:query_vector AS vector)
     LIMIT :vector_fetch
 ),

@@ -22,7 +22,7 @@ from app.answer.prompt import NOT_IN_CONTEXT, cited
 from app.answer.providers import ChatModels, CircuitBreaker, parse_models
 from app.api.app import create_app
 from app.errors import ConfigError
-from app.search.engine import Hit
+from app.search.results import Hit
 from app.service import Services
 from app.settings import load_settings
 from tests.conftest import make_settings

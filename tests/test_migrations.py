@@ -20,8 +20,9 @@ from app.db.engine import make_engine, sqlalchemy_url
 from app.errors import ConfigError
 from app.ingest.model import Block, SourceDocument
 from app.ingest.pipeline import Ingestor
-from app.search.engine import Hit, SearchResult, search
+from app.search.engine import search
 from app.search.request import PopularityBoost, SearchRequest
+from app.search.results import Hit, SearchResult
 from app.service import Services
 from tests.conftest import make_settings, scratch_database
 from tests.test_ingest import doc

@@ -15,19 +15,20 @@ import pytest
 from sqlalchemy import text
 
 from app import collections, documents
+from app.collections import COLLECTION_DEFAULTS
 from app.db.queries import load
 from app.errors import Invalid, NotFound
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
-from app.search.engine import SearchResult, VectorSource, search, statement, statement_parameters
+from app.search.engine import VectorSource, search, statement, statement_parameters
 from app.search.filters import CompiledFilter, compile_filter
 from app.search.request import (
-    COLLECTION_DEFAULTS,
     PopularityBoost,
     RecencyBoost,
     SearchRequest,
     resolve,
 )
+from app.search.results import SearchResult
 from app.service import Services
 from app.settings import SearchSettings
 from tests.test_ingest import doc, rows, scalar

@@ -4,8 +4,11 @@ binds, and none formats input into SQL text."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from app.db.queries import SQL_DIR, load
+from app.search.engine import statement
+from app.search.filters import CompiledFilter
 
 EXPECTED = {
     ("write.sql", "existing_documents"): {"collection_id", "external_ids"},
@@ -37,10 +40,11 @@ EXPECTED = {
     ("search.sql", "prepare"): {
         "principals", "ef_search", "max_scan_tuples", "collection_id", "cache_position",
     },
+    ("search.sql", "visible"): {"principals"},
+    ("search.sql", "visible_document"): {"collection_id"},
     ("search.sql", "search"): {
         "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
-        "title_weight",
-        "principals", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
+        "title_weight", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
         "vector_depth", "vector_fetch", "exact_threshold", "vector_exact", "cached_ids",
         "cached_partial", "per_document", "keyword_weight",
         "vector_weight", "rrf_k",
@@ -88,3 +92,14 @@ def test_statement_parameters(filename: str, name: str) -> None:
     statement = load(filename)[name]
     assert set(statement._bindparams) == EXPECTED[(filename, name)]
     assert "::" not in statement.text, "use CAST(:x AS type), not :x::type"
+
+
+def test_the_search_statement_writes_out_every_mark() -> None:
+    """The visibility rule and the filter reach every place sql/search.sql marks, in the form
+    that place takes: a scan of the documents or the check of one."""
+    written = statement(CompiledFilter(sql="SCAN_FILTER", check_sql="CHECK_FILTER")).text
+    assert "/* visible" not in written and "/* filter" not in written
+    assert "/* document" not in written
+    assert written.count("SCAN_FILTER") == 2 and written.count("CHECK_FILTER") == 4
+    assert written.count("d.acl && CAST(:principals AS text[])") == 6
+    assert set(text(written)._bindparams) == EXPECTED[("search.sql", "search")] | {"principals"}

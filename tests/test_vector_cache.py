@@ -27,8 +27,9 @@ from app.errors import Invalid, Unavailable
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
 from app.search import engine
-from app.search.engine import SearchResult, search
+from app.search.engine import search
 from app.search.request import SearchRequest, resolve
+from app.search.results import SearchResult
 from app.service import Services
 from app.settings import SearchSettings
 from tests.test_ingest import doc

@@ -20,8 +20,8 @@ from sqlalchemy import Connection
 from app import collections
 from app.db.queries import query
 from app.ingest.chunk import Tokenizer
-from app.search.engine import Hit, SearchResult
 from app.search.request import PUBLIC
+from app.search.results import Hit, SearchResult
 
 MIN_PASSAGE_TOKENS = 16
 

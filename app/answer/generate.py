@@ -34,7 +34,8 @@ from app.ingest.chunk import Tokenizer
 from app.search.cache import SearchCache, cached_search
 from app.search.engine import QueryEmbeddings
 from app.search.request import SearchRequest
-from app.search.rerank import Reranking, RerankReport
+from app.search.rerank import Reranking
+from app.search.results import RerankReport
 from app.settings import AnswerSettings, SearchSettings
 
 log = structlog.get_logger(__name__)

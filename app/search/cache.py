@@ -34,9 +34,10 @@ from sqlalchemy import Connection
 
 from app.ann.cache import VectorCache
 from app.db.queries import query
-from app.search.engine import QueryEmbeddings, SearchResult, search
+from app.search.engine import QueryEmbeddings, search
 from app.search.request import SearchRequest
 from app.search.rerank import Reranking
+from app.search.results import SearchResult
 from app.settings import CacheSettings, SearchSettings
 
 T = TypeVar("T")

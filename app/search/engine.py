@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -29,11 +30,15 @@ from app.errors import Conflict, Invalid, Unavailable
 from app.ingest.embed import Embedder
 from app.search.filters import CompiledFilter
 from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
-from app.search.rerank import Reranking, RerankReport, rerank
+from app.search.rerank import Reranking, rerank
+from app.search.results import Hit, SearchResult
 from app.settings import SearchSettings
 
+# Where sql/search.sql wants the visibility rule, the filter, and a checked document's id.
+VISIBLE_MARK = "/* visible */ TRUE"
+VISIBLE_DOCUMENT = re.compile(r"/\* visible document \*/ \(([\w.]+)\)")
 FILTER_MARK = "/* filter */ TRUE"
-FILTER_CHECK_MARK = "/* filter check */ TRUE"
+DOCUMENT_MARK = "/* document */ NULL"
 MARK_START, MARK_END = "\ue000", "\ue001"
 HEADLINE_OPTIONS = (
     f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=40, MinWords=15, "
@@ -42,40 +47,6 @@ HEADLINE_OPTIONS = (
 SNIPPET_WORDS = 40
 # Per-document collapsing reads this many more chunks per leg, as documents have chunks.
 PER_DOCUMENT_FETCH = 3
-
-
-@dataclass
-class Hit:
-    chunk_id: int
-    document_id: str
-    text: str
-    title: str
-    source: str | None
-    metadata: dict[str, Any]
-    heading_path: list[str]
-    score: float
-    highlight: str
-    explain: dict[str, Any] | None = None
-    rerank_score: float | None = None
-    fused_rank: int | None = None
-
-
-@dataclass
-class SearchResult:
-    collection: str
-    mode: str
-    hits: list[Hit]
-    embed_ms: float
-    sql_ms: float
-    rerank: RerankReport | None = None
-    # Where vector candidates came from (`faiss`, `pgvector` or `exact`; None without a vector
-    # leg), and False when they came from a cache that had not applied every visible change.
-    vector_backend: str | None = None
-    fresh: bool = True
-
-    @property
-    def reranked(self) -> bool:
-        return self.rerank is not None and self.rerank.scored > 0
 
 
 class QueryEmbeddings:
@@ -292,9 +263,24 @@ def statement(compiled: CompiledFilter) -> TextClause:
 
 @lru_cache(maxsize=256)
 def _statement(filter_sql: str, check_sql: str) -> TextClause:
-    source = load("search.sql")["search"].text
-    source = source.replace(FILTER_CHECK_MARK, f"({check_sql})")
-    return text(source.replace(FILTER_MARK, f"({filter_sql})"))
+    """sql/search.sql's statement with its one visibility rule written out: with the filter
+    in scans of the documents, with the filter's check form where one document is checked."""
+    sql = load("search.sql")
+    rule = _expression(sql["visible"])
+    in_scan = rule.replace(FILTER_MARK, f"({filter_sql})")
+    in_check = _expression(sql["visible_document"]).replace(
+        VISIBLE_MARK, f"({rule.replace(FILTER_MARK, f'({check_sql})')})"
+    )
+    source = sql["search"].text.replace(VISIBLE_MARK, f"({in_scan})")
+    return text(
+        VISIBLE_DOCUMENT.sub(lambda found: in_check.replace(DOCUMENT_MARK, found[1]), source)
+    )
+
+
+def _expression(fragment: TextClause) -> str:
+    """A fragment of SQL on one line, without its comments, to write into the statement."""
+    lines = (line.strip() for line in fragment.text.splitlines())
+    return " ".join(line for line in lines if line and not line.startswith("--"))
 
 
 def statement_parameters(

@@ -9,11 +9,12 @@ A request that names no mode gets `hybrid+rerank` when a cross-encoder is loaded
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.access.caller import MAX_PRINCIPAL_CHARS
+from app.checks import float_in, int_in, one_of
+from app.collections import BACKEND_SETTING, collection_defaults, vector_backend
 from app.errors import Invalid, Unavailable
 from app.search.filters import CompiledFilter, compile_filter
 from app.settings import SearchSettings, VectorBackend
@@ -22,30 +23,7 @@ Mode = Literal["keyword", "vector", "hybrid", "hybrid+rerank"]
 MODES: tuple[Mode, ...] = ("keyword", "vector", "hybrid", "hybrid+rerank")
 RERANK_MODE: Mode = "hybrid+rerank"
 RECENCY_FIELDS = ("published_at", "updated_at", "created_at")
-VECTOR_BACKENDS: tuple[VectorBackend, ...] = ("auto", "faiss", "pgvector", "exact")
 PUBLIC = "*"
-
-# Defaults a collection starts with; `collection.settings` may override each one.
-COLLECTION_DEFAULTS: dict[str, float] = {
-    "bm25_k1": 1.2,
-    "bm25_b": 0.75,
-    "bm25_title_weight": 1.5,
-    "rrf_k": 10.0,
-    "keyword_weight": 1.0,
-    "vector_weight": 1.0,
-    "candidates": 100.0,
-}
-COLLECTION_RANGES: dict[str, tuple[float, float]] = {
-    "bm25_k1": (0.0, 10.0),
-    "bm25_b": (0.0, 1.0),
-    "bm25_title_weight": (0.0, 10.0),
-    "rrf_k": (0.0, 10_000.0),
-    "keyword_weight": (0.0, 100.0),
-    "vector_weight": (0.0, 100.0),
-    "candidates": (1.0, 10_000.0),
-}
-# A collection may also name its vector backend (`vector_backend`), one of VECTOR_BACKENDS.
-BACKEND_SETTING = "vector_backend"
 
 
 @dataclass(frozen=True)
@@ -155,7 +133,7 @@ def resolve(
     """Validate the request and fill in collection and service defaults."""
     defaults = collection_defaults(collection_settings)
     if request.vector_backend is not None:
-        backend = _backend("vector_backend", request.vector_backend)
+        backend = vector_backend("vector_backend", request.vector_backend)
     else:
         backend = collection_settings.get(BACKEND_SETTING, settings.vector_backend)
     query = _query(request.query, settings.max_query_chars)
@@ -164,8 +142,8 @@ def resolve(
         raise Invalid("query: keyword search needs a non-empty query", field="query")
     if mode != "keyword" and not query and request.vector is None:
         raise Invalid("query: expected a non-empty query (or a vector)", field="query")
-    k = _int_in("k", request.k, 1, settings.max_k)
-    offset = _int_in("offset", request.offset, 0, settings.max_window)
+    k = int_in("k", request.k, 1, settings.max_k)
+    offset = int_in("offset", request.offset, 0, settings.max_window)
     if offset + k > settings.max_window:
         raise Invalid(
             f"offset: offset + k must be at most {settings.max_window}, got {offset + k}",
@@ -173,13 +151,13 @@ def resolve(
         )
     principals = _principals(request.principals, settings.require_principals)
     compiled = compile_filter(request.filter)
-    candidates = _int_in(
+    candidates = int_in(
         "candidates",
         _pick(request.candidates, int(defaults["candidates"])),
         1,
         settings.max_candidates,
     )
-    ef_search = _int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000)
+    ef_search = int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000)
     return Plan(
         query=query,
         mode=mode,
@@ -191,7 +169,7 @@ def resolve(
         vector=request.vector,
         keyword_weight=_weight("keyword_weight", request.keyword_weight, defaults),
         vector_weight=_weight("vector_weight", request.vector_weight, defaults),
-        rrf_k=_float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
+        rrf_k=float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
         candidates=max(candidates, offset + k),
         ef_search=ef_search,
         requested_ef_search=None if request.ef_search is None else ef_search,
@@ -208,45 +186,11 @@ def resolve(
     )
 
 
-def collection_defaults(collection_settings: dict[str, Any]) -> dict[str, float]:
-    """The collection's numeric search defaults, validated (stored settings were checked on
-    write)."""
-    checked = check_collection_settings(collection_settings)
-    checked.pop(BACKEND_SETTING, None)
-    return {**COLLECTION_DEFAULTS, **checked}
-
-
-def check_collection_settings(values: dict[str, Any], path: str = "settings") -> dict[str, Any]:
-    """Validate search defaults given for a collection; unknown keys are refused."""
-    checked: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == BACKEND_SETTING:
-            checked[key] = _backend(f"{path}.{key}", value)
-            continue
-        if key not in COLLECTION_RANGES:
-            known = ", ".join([*COLLECTION_RANGES, BACKEND_SETTING])
-            raise Invalid(
-                f"{path}.{key}: unknown setting; expected one of {known}", field=f"{path}.{key}"
-            )
-        low, high = COLLECTION_RANGES[key]
-        checked[key] = _float_in(f"{path}.{key}", value, low, high)
-    return checked
-
-
-def _backend(name: str, value: Any) -> VectorBackend:
-    if value not in VECTOR_BACKENDS:
-        raise Invalid(
-            f"{name}: expected one of {', '.join(VECTOR_BACKENDS)}, got {value!r}", field=name
-        )
-    return value  # type: ignore[no-any-return]
-
-
 def _mode(mode: str | None, can_rerank: bool) -> Mode:
     if mode is None:
         return RERANK_MODE if can_rerank else "hybrid"
-    if mode not in MODES:
-        raise Invalid(f"mode: expected one of {', '.join(MODES)}, got {mode!r}", field="mode")
-    return mode  # type: ignore[return-value]
+    checked: Mode = one_of("mode", mode, MODES)
+    return checked
 
 
 def _rerank_depth(request: SearchRequest, mode: Mode, query: str, rerank: RerankPolicy) -> int:
@@ -262,7 +206,7 @@ def _rerank_depth(request: SearchRequest, mode: Mode, query: str, rerank: Rerank
     if not rerank.available:
         raise Unavailable(f"mode {RERANK_MODE}: {rerank.unavailable}", field="mode")
     depth = _pick(request.rerank_depth, rerank.default_depth)
-    return _int_in("rerank_depth", depth, 1, rerank.max_depth)
+    return int_in("rerank_depth", depth, 1, rerank.max_depth)
 
 
 def _query(text: str, max_chars: int) -> str:
@@ -295,44 +239,23 @@ def _principals(principals: list[str] | None, required: bool) -> list[str]:
 def _recency(boost: RecencyBoost | None) -> RecencyBoost | None:
     if boost is None:
         return None
-    _float_in("boosts.recency.half_life_days", boost.half_life_days, 0.001, 365_000.0)
-    _float_in("boosts.recency.floor", boost.floor, 0.0, 1.0)
-    if boost.field not in RECENCY_FIELDS:
-        raise Invalid(
-            f"boosts.recency.field: expected one of {', '.join(RECENCY_FIELDS)}, "
-            f"got {boost.field!r}",
-            field="boosts.recency.field",
-        )
+    float_in("boosts.recency.half_life_days", boost.half_life_days, 0.001, 365_000.0)
+    float_in("boosts.recency.floor", boost.floor, 0.0, 1.0)
+    one_of("boosts.recency.field", boost.field, RECENCY_FIELDS)
     return boost
 
 
 def _popularity(boost: PopularityBoost | None) -> PopularityBoost | None:
     if boost is None:
         return None
-    _float_in("boosts.popularity.weight", boost.weight, 0.0, 10.0)
-    _float_in("boosts.popularity.max", boost.max, 1.0, 10.0)
+    float_in("boosts.popularity.weight", boost.weight, 0.0, 10.0)
+    float_in("boosts.popularity.max", boost.max, 1.0, 10.0)
     return boost
 
 
 def _weight(name: str, value: float | None, defaults: dict[str, float]) -> float:
-    return _float_in(name, _pick(value, defaults[name]), 0.0, 100.0)
+    return float_in(name, _pick(value, defaults[name]), 0.0, 100.0)
 
 
 def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
-
-
-def _int_in(name: str, value: Any, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise Invalid(f"{name}: expected an integer, got {value!r}", field=name)
-    if not low <= value <= high:
-        raise Invalid(f"{name}: expected {low} to {high}, got {value}", field=name)
-    return value
-
-
-def _float_in(name: str, value: Any, low: float, high: float) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise Invalid(f"{name}: expected a finite number, got {value!r}", field=name)
-    if not low <= value <= high:
-        raise Invalid(f"{name}: expected {low:g} to {high:g}, got {value:g}", field=name)
-    return float(value)

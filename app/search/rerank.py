@@ -31,9 +31,9 @@ import structlog
 from app.ingest.model import chunk_context
 from app.search.request import Plan, RerankPolicy
 from app.search.rerank_onnx import OnnxScorer, exported_model
+from app.search.results import Hit, RerankReport
 
 if TYPE_CHECKING:
-    from app.search.engine import Hit
     from app.settings import RerankSettings
 
 log = structlog.get_logger(__name__)
@@ -52,20 +52,6 @@ WARM_UP_PAIRS = 4
 
 Scores = npt.NDArray[np.float32]
 Scorer = Callable[[Sequence[tuple[str, str]]], Scores]
-
-
-@dataclass
-class RerankReport:
-    """What the stage did for one search."""
-
-    model: str
-    depth: int
-    scored: int
-    ms: float
-
-    @property
-    def complete(self) -> bool:
-        return self.scored >= self.depth
 
 
 class CrossEncoderReranker:

@@ -12,8 +12,8 @@ from app.access.caller import SEARCH, Caller
 from app.api.auth import scoped
 from app.api.schemas import ExplainOut, HitOut, RerankOut, SearchIn, SearchOut
 from app.search.cache import cached_search
-from app.search.engine import SearchResult
 from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
+from app.search.results import SearchResult
 from app.service import Services
 
 
