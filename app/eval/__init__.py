@@ -1,0 +1,1 @@
+"""Scoring the engine against judged queries: BEIR collections in, nDCG, recall and MRR out."""
