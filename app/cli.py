@@ -762,24 +762,16 @@ def search_command(settings: Settings, /, query: str, collection: str, **options
     request = _search_request(query, options)
     with opened(settings) as services:
         _load_vector_cache(services, collection, request.vector_backend)
-        reranking = services.reranking if request.mode in (None, RERANK_MODE) else None
+        searcher = services.searcher(rerank=request.mode in (None, RERANK_MODE))
         with services.engine.begin() as conn:
-            result = search(
-                conn,
-                collection,
-                request,
-                settings=settings.search,
-                embeddings=services.embeddings,
-                reranking=reranking,
-                vectors=services.vector_cache,
-            )
+            result = search(conn, collection, request, searcher)
     if as_json:
         click.echo(
             json.dumps({**asdict(result), "reranked": result.reranked}, indent=2, default=str)
         )
         return
     _print_hits(result, explain=request.explain)
-    _say_if_not_reranked(reranking)
+    _say_if_not_reranked(searcher.reranking)
 
 
 def _load_vector_cache(services: Services, collection: str, backend: str | None) -> None:
@@ -888,7 +880,7 @@ def ask_command(settings: Settings, /, question: str, collection: str, **options
                 click.echo(event.data["text"], nl=False)
             elif event.kind == "done":
                 _print_done(event.data, prepared)
-                _say_if_not_reranked(readers.reranking)
+                _say_if_not_reranked(readers.searcher.reranking)
 
 
 def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:

@@ -25,7 +25,7 @@ from app.ingest.chunk import Tokenizer, bundled_tokenizer
 from app.ingest.embed import Embedder, create_embedder
 from app.ingest.pipeline import Ingestor
 from app.search.cache import SearchCache
-from app.search.engine import QueryEmbeddings
+from app.search.engine import QueryEmbeddings, Searcher
 from app.search.rerank import Reranking, load_reranker
 from app.settings import Settings
 
@@ -82,17 +82,21 @@ class Services:
                 self._embeddings = QueryEmbeddings(embedder, self.settings.cache.query_embeddings)
             return self._embeddings
 
+    def searcher(self, *, rerank: bool = True) -> Searcher:
+        """What searches run with in this process: its settings, query embeddings and vector
+        cache, and (with `rerank`, loading it on first use) the cross-encoder."""
+        return Searcher(
+            self.settings.search,
+            self.embeddings,
+            self.reranking if rerank else None,
+            self.vector_cache,
+        )
+
     def answer_readers(self, *, rerank: bool = True) -> Readers:
-        """What answers read with: the search settings, caches and tokenizer of this process,
-        and (with `rerank`, loading it on first use) the cross-encoder."""
+        """What answers read with: the searcher, the answer settings, the result cache and the
+        tokenizer of this process."""
         return Readers(
-            search=self.settings.search,
-            answer=self.settings.answer,
-            embeddings=self.embeddings,
-            cache=self.search_cache,
-            tokenizer=self.tokenizer,
-            reranking=self.reranking if rerank else None,
-            vectors=self.vector_cache,
+            self.searcher(rerank=rerank), self.settings.answer, self.search_cache, self.tokenizer
         )
 
     def open_vector_cache(self) -> VectorCache:

@@ -44,7 +44,7 @@ from app.answer.providers import ChatModels
 from app.db import embedded
 from app.ingest import load
 from app.search.cache import SearchCache, cached_search
-from app.search.engine import QueryEmbeddings, search
+from app.search.engine import QueryEmbeddings, Searcher, search
 from app.search.request import SearchRequest
 from app.search.rerank import Reranking, load_reranker
 from app.service import Services
@@ -150,13 +150,13 @@ def _stage_run(
     reranking: Reranking,
     queries: list[str],
 ) -> list[Sample]:
+    # Cold query embeddings: every query meets the model.
+    searcher = Searcher(settings.search, QueryEmbeddings(services.embedder), reranking)
     readers = generate.Readers(
-        search=settings.search,
+        searcher=searcher,
         answer=settings.answer,
-        embeddings=QueryEmbeddings(services.embedder),  # cold: every query meets the model
         cache=SearchCache(CacheSettings(results=0)),
         tokenizer=services.tokenizer,
-        reranking=reranking,
     )
     samples = []
     for question in queries:
@@ -211,8 +211,7 @@ def _cached(
             conn,
             COLLECTION,
             request,
-            settings=services.settings.search,
-            embeddings=embeddings,
+            Searcher(settings=services.settings.search, embeddings=embeddings),
             cache=cache,
         )
     return outcome.origin
@@ -247,7 +246,10 @@ def _independent_run(services: Services, question: str, n: int) -> tuple[float, 
         embeddings = QueryEmbeddings(services.embedder)  # every caller embeds: nothing shared
         with services.engine.begin() as conn:
             search(
-                conn, COLLECTION, request, settings=services.settings.search, embeddings=embeddings
+                conn,
+                COLLECTION,
+                request,
+                Searcher(settings=services.settings.search, embeddings=embeddings),
             )
 
     return (n, *_summary(_concurrently(n, once)))

@@ -132,7 +132,7 @@ def _measure(
             for _ in range(args.requests):
                 counter += 1
                 # The same principals both ways: the key's, named by the request.
-                params = {"collection": "sample", "q": query(counter), "k": 5, "principal": "*"}
+                params = {"collection": "sample", "q": query(counter), "k": "5", "principal": "*"}
                 started = time.perf_counter()
                 response = client.get("/v1/search", params=params, headers=headers[mode])
                 times.append((time.perf_counter() - started) * 1000)

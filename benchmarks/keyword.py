@@ -25,6 +25,7 @@ from app import collections
 from app.eval import metrics
 from app.eval.runner import collection_name, ingest, read_dataset, score_query
 from app.search import engine
+from app.search.engine import Searcher
 from app.search.request import SearchRequest
 from app.service import Services
 from app.settings import load_settings
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     folders = args.folders or [Path("../shared/data") / name for name in DEFAULT_SETS]
     budgets = [int(b) for b in args.budgets.split(",")]
-    services = Services.open(load_settings(os.environ))
+    services = Services.open(load_settings(dict(os.environ)))
     try:
         print("| set | ranking | nDCG@10 | R@100 | p50 ms | p95 ms |\n|---|---|---|---|---|---|")
         for folder in folders:
@@ -74,7 +75,8 @@ def _one_set(services: Services, folder: Path, budgets: list[int]) -> None:
         collection = collections.get(conn, name)
     for budget in budgets:
         settings = replace(services.settings.search, keyword_budget=budget or UNBOUNDED)
-        scores, times = [], []
+        scores: list[dict[str, float]] = []
+        times: list[float] = []
         for _ in range(2):  # the first pass warms the caches
             scores, times = [], []
             for query_id, query in dataset.queries.items():
@@ -82,7 +84,7 @@ def _one_set(services: Services, folder: Path, budgets: list[int]) -> None:
                                         highlight=False)  # fmt: skip
                 started = time.perf_counter()
                 with services.engine.begin() as conn:
-                    result = engine.search(conn, name, request, settings=settings, embeddings=None)
+                    result = engine.search(conn, name, request, Searcher(settings=settings))
                 times.append((time.perf_counter() - started) * 1000)
                 ranked = [hit.document_id for hit in result.hits]
                 scores.append(score_query(ranked, dataset.qrels[query_id]))

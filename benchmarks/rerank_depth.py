@@ -24,7 +24,7 @@ from pathlib import Path
 
 from app.db import embedded
 from app.eval import metrics, runner
-from app.search.engine import QueryEmbeddings, search
+from app.search.engine import QueryEmbeddings, Searcher, search
 from app.search.request import SearchRequest
 from app.service import Services
 from app.settings import load_settings
@@ -81,7 +81,10 @@ def _chunk_documents(
     request = SearchRequest(query=text, mode="hybrid", k=k, highlight=False)
     with services.engine.begin() as conn:
         result = search(
-            conn, collection, request, settings=services.settings.search, embeddings=embeddings
+            conn,
+            collection,
+            request,
+            Searcher(settings=services.settings.search, embeddings=embeddings),
         )
     return [hit.document_id for hit in result.hits]
 

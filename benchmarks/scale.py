@@ -52,6 +52,7 @@ from app.db.queries import load
 from app.eval import metrics
 from app.ingest.store import CHUNK_TYPES, SECTION_TYPES
 from app.search import engine
+from app.search.engine import Searcher
 from app.search.request import SearchRequest, resolve
 from app.service import Services
 from app.settings import SearchSettings, load_settings
@@ -419,10 +420,8 @@ def _run(
         for query, vector in zip(queries[:5] if warm_up else queries, vectors, strict=False):
             started = time.perf_counter()
             with services.engine.begin() as conn:
-                result = engine.search(
-                    conn, COLLECTION, SearchRequest(query=query, vector=vector, k=k, **request),
-                    settings=settings, embeddings=None, vectors=cache,
-                )  # fmt: skip
+                asked = SearchRequest(query=query, vector=vector, k=k, **request)
+                result = engine.search(conn, COLLECTION, asked, Searcher(settings, vectors=cache))
             if not warm_up:
                 times.append((time.perf_counter() - started) * 1000)
                 sql.append(result.sql_ms)
@@ -457,10 +456,8 @@ def _keyword_rankings(
                     else:
                         request = SearchRequest(query=query, mode="keyword", k=k,
                                                 principals=principals, highlight=False)  # fmt: skip
-                        result = engine.search(
-                            conn, COLLECTION, request, embeddings=None,
-                            settings=settings if name == "BM25, budget" else exhaustive,
-                        )  # fmt: skip
+                        chosen = settings if name == "BM25, budget" else exhaustive
+                        result = engine.search(conn, COLLECTION, request, Searcher(chosen))
                         hits = [h.chunk_id for h in result.hits]
                 if not warm_up:
                     times[name].append((time.perf_counter() - started) * 1000)

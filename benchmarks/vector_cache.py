@@ -65,8 +65,7 @@ def main() -> None:
         queries, vectors, embed_ms = scale._queries(services, args)
         scale._machine(args, embed_ms)
         scale._prewarm(services)  # a serving database is warm, as in scale.py
-        cache = VectorCache(services.engine, settings.vectors, settings.vectors.directory)
-        services.vector_cache = cache
+        cache = services.open_vector_cache()
         results["build"], truth, indexes = _build(services, cache, collection, vectors, args)
         results["leg"] = _leg(services, collection, vectors, truth, indexes, args)
         results["equal_recall"] = _equal_recall(results["leg"])

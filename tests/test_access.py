@@ -40,7 +40,7 @@ from app.access.caller import (
 from app.access.keys import KeySpec, NewKey
 from app.access.limits import ANSWER, RateLimiter
 from app.errors import ConfigError, Conflict, Forbidden, Invalid, NotFound, Unauthorized
-from app.search.engine import search
+from app.search.engine import Searcher, search
 from app.search.request import SearchRequest
 from app.service import Services
 from app.settings import ServerSettings
@@ -374,8 +374,7 @@ def test_a_key_filter_limits_every_search_made_with_it(services: Services) -> No
                 conn,
                 "kb",
                 request,
-                settings=services.settings.search,
-                embeddings=services.embeddings,
+                Searcher(settings=services.settings.search, embeddings=services.embeddings),
             )
         return sorted(hit.document_id for hit in result.hits)
 

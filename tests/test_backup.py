@@ -21,7 +21,7 @@ from app.db import backup, embedded, migrate
 from app.db.engine import make_engine
 from app.errors import Invalid
 from app.ingest.pipeline import Ingestor
-from app.search.engine import search
+from app.search.engine import Searcher, search
 from app.search.request import SearchRequest
 from app.service import Services
 from app.settings import Settings
@@ -119,8 +119,7 @@ def answers(db: Database, services: Services) -> list[list[tuple[int, float]]]:
                 conn,
                 collection,
                 request,
-                settings=db.settings.search,
-                embeddings=services.embeddings,
+                Searcher(settings=db.settings.search, embeddings=services.embeddings),
             )
         found.append([(hit.chunk_id, hit.score) for hit in result.hits])
     return found

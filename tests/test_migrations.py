@@ -20,7 +20,7 @@ from app.db.engine import make_engine, sqlalchemy_url
 from app.errors import ConfigError
 from app.ingest.model import Block, SourceDocument
 from app.ingest.pipeline import Ingestor
-from app.search.engine import search
+from app.search.engine import Searcher, search
 from app.search.request import PopularityBoost, SearchRequest
 from app.search.results import Hit, SearchResult
 from app.service import Services
@@ -343,7 +343,7 @@ def search_all(engine: Engine, services: Services) -> dict[str, SearchResult]:
             request = SearchRequest(explain=True, **fields)
             with engine.begin() as conn:
                 results[f"{fields}, exact threshold {threshold}"] = search(
-                    conn, "kb", request, settings=settings, embeddings=services.embeddings
+                    conn, "kb", request, Searcher(settings=settings, embeddings=services.embeddings)
                 )
     return results
 

@@ -24,6 +24,7 @@ from litestar.testing import TestClient
 from app.api.app import create_app
 from app.errors import ConfigError
 from app.search.cache import CachedSearch, cached_search
+from app.search.engine import Searcher
 from app.search.request import SearchRequest
 from app.search.rerank import (
     DOUBT_AFTER_S,
@@ -597,10 +598,12 @@ def test_a_partly_reranked_result_is_shared_with_concurrent_callers(
                 conn,
                 "kb",
                 request,
-                settings=rerank_services.settings.search,
-                embeddings=rerank_services.embeddings,
+                Searcher(
+                    settings=rerank_services.settings.search,
+                    embeddings=rerank_services.embeddings,
+                    reranking=rerank_services.reranking,
+                ),
                 cache=cache,
-                reranking=rerank_services.reranking,
             )
 
     def call() -> None:
@@ -637,11 +640,13 @@ def test_the_cache_key_holds_the_cross_encoder(
             return cached_search(
                 conn,
                 "kb",
-                SearchRequest(query="cats", k=5),  # no mode: it depends on the cross-encoder
-                settings=rerank_services.settings.search,
-                embeddings=rerank_services.embeddings,
+                SearchRequest(query="cats", k=5),
+                Searcher(
+                    settings=rerank_services.settings.search,
+                    embeddings=rerank_services.embeddings,
+                    reranking=reranking,
+                ),
                 cache=cache,
-                reranking=reranking,
             )
 
     first = run(loaded)

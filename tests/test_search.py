@@ -20,7 +20,7 @@ from app.db.queries import load
 from app.errors import Invalid, NotFound
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
-from app.search.engine import VectorSource, search, statement, statement_parameters
+from app.search.engine import Searcher, VectorSource, search, statement, statement_parameters
 from app.search.filters import CompiledFilter, compile_filter
 from app.search.request import (
     PopularityBoost,
@@ -50,8 +50,7 @@ def run(services: Services, collection: str = "kb", **fields: Any) -> SearchResu
             conn,
             collection,
             SearchRequest(**fields),
-            settings=services.settings.search,
-            embeddings=services.embeddings,
+            Searcher(settings=services.settings.search, embeddings=services.embeddings),
         )
 
 
@@ -183,7 +182,7 @@ def run_with_budget(
         services.settings.search, keyword_budget=budget, exact_threshold=exact_threshold
     )
     with services.engine.begin() as conn:
-        return search(conn, "kb", SearchRequest(**fields), settings=settings, embeddings=None)
+        return search(conn, "kb", SearchRequest(**fields), Searcher(settings=settings))
 
 
 def test_keyword_budget_takes_candidates_from_the_rarest_lexemes(corpus: Services) -> None:
@@ -353,7 +352,7 @@ def test_a_one_percent_filter_still_returns_k_rows(many: Services, threshold: in
         vector=query_vector(), mode="vector", k=10, filter={"metadata.group": "rare"}
     )
     with many.engine.begin() as conn:
-        result = search(conn, "many", request, settings=settings, embeddings=None)
+        result = search(conn, "many", request, Searcher(settings=settings))
     assert len(result.hits) == 10
     assert all(h.metadata["group"] == "rare" for h in result.hits)
 
@@ -389,7 +388,7 @@ def test_a_metadata_filter_ranks_the_same_in_each_leg(many: Services, threshold:
     request = SearchRequest(query="document number", mode="hybrid", vector=query_vector(4),
                             k=10, filter={"metadata.group": "rare"}, explain=True)  # fmt: skip
     with many.engine.begin() as conn:
-        result = search(conn, "many", request, settings=settings, embeddings=None)
+        result = search(conn, "many", request, Searcher(settings=settings))
     assert len(result.hits) == 10
     assert all(h.metadata["group"] == "rare" for h in result.hits)
     assert all(h.explain and h.explain["keyword"] for h in result.hits)
@@ -401,7 +400,7 @@ def test_hnsw_and_exact_scan_agree_on_a_small_filtered_set(many: Services) -> No
         settings = replace(many.settings.search, exact_threshold=threshold)
         request = SearchRequest(vector=query_vector(2), mode="vector", k=5, principals=["team-x"])
         with many.engine.begin() as conn:
-            found.append(ids(search(conn, "many", request, settings=settings, embeddings=None)))
+            found.append(ids(search(conn, "many", request, Searcher(settings=settings))))
     # HNSW is approximate: its graph (levels drawn at random) may leave a vector unreachable.
     assert len(found[0]) == 5 and len(set(found[0]) & set(found[1])) >= 4
 
@@ -632,5 +631,5 @@ def test_unknown_collection_is_not_found(services: Services) -> None:
 def test_missing_principals_are_refused_when_required(corpus: Services) -> None:
     settings = replace(corpus.settings.search, require_principals=True)
     with corpus.engine.begin() as conn, pytest.raises(Invalid) as error:
-        search(conn, "kb", SearchRequest(query="cats"), settings=settings, embeddings=None)
+        search(conn, "kb", SearchRequest(query="cats"), Searcher(settings=settings))
     assert error.value.field == "principals"

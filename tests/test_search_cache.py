@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from app.search.cache import CachedSearch, SearchCache, SingleFlight, cached_search
-from app.search.engine import QueryEmbeddings
+from app.search.engine import QueryEmbeddings, Searcher
 from app.search.request import SearchRequest
 from app.service import Services
 from tests.test_api import Client, ingest
@@ -135,8 +135,7 @@ def test_concurrent_searches_of_other_principals_never_share_a_result(
                 conn,
                 "kb",
                 replace(request, principals=[principal]),
-                settings=services.settings.search,
-                embeddings=services.embeddings,
+                Searcher(settings=services.settings.search, embeddings=services.embeddings),
                 cache=services.search_cache,
             )
         seen[principal].append([h.document_id for h in outcome.result.hits])
@@ -228,8 +227,7 @@ def test_concurrent_identical_searches_run_once(kb: Client, services: Services) 
                 conn,
                 "kb",
                 request,
-                settings=services.settings.search,
-                embeddings=services.embeddings,
+                Searcher(settings=services.settings.search, embeddings=services.embeddings),
                 cache=cache,
             )
         origins.append(outcome.origin)

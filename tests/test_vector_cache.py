@@ -27,7 +27,7 @@ from app.errors import Invalid, Unavailable
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Ingestor
 from app.search import engine
-from app.search.engine import search
+from app.search.engine import Searcher, search
 from app.search.request import SearchRequest, resolve
 from app.search.results import SearchResult
 from app.service import Services
@@ -97,7 +97,7 @@ def run(
     settings = replace(services.settings.search, exact_threshold=0)  # never the exact shortcut
     request = SearchRequest(vector=vector, mode="vector", vector_backend=backend, **fields)
     with services.engine.begin() as conn:
-        return search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
+        return search(conn, "many", request, Searcher(settings=settings, vectors=cache))
 
 
 def chunk_of(result: SearchResult) -> list[int]:
@@ -124,6 +124,39 @@ def test_build_streams_the_table_and_searches_like_the_exact_scan(
         assert faiss_hits.vector_backend == "faiss" and faiss_hits.fresh
         assert exact_hits.vector_backend == "exact"
         assert chunk_of(faiss_hits) == chunk_of(exact_hits)
+
+
+def test_the_cache_and_sql_measure_the_same_distance(services: Services) -> None:
+    """FAISS compares normalised vectors by inner product, SQL by pgvector's cosine distance
+    (`<=>`): one metric written twice, so the exact index and the SQL scan must rank alike and
+    `1 - inner product` must be the distance SQL reports."""
+    rng = np.random.default_rng(7)
+    # Norms far from one, as stored vectors of another model may be.
+    vectors = (rng.normal(size=(200, 16)) * rng.uniform(0.1, 10, size=(200, 1))).astype("f4")
+    ids = np.arange(1, 201, dtype=np.int64)
+    index = VectorIndex.build(16, ids, vectors.copy(), IndexParams(exact_below=1000))
+    assert index.kind == "flat"
+    with services.engine.connect() as conn:
+        for seed in range(5):
+            query = rng.normal(size=16).astype("f4") * (seed + 0.5)
+            found = index.search(query, 10)
+            rows = conn.execute(
+                text(
+                    "SELECT v.id, CAST(v.embedding AS vector) <=> CAST(:q AS vector) AS distance "
+                    "FROM unnest(CAST(:ids AS bigint[]), CAST(:vs AS text[])) AS v(id, embedding) "
+                    "ORDER BY distance, v.id LIMIT 10"
+                ),
+                {
+                    "q": str(query.tolist()),
+                    "ids": ids.tolist(),
+                    "vs": [str(v.tolist()) for v in vectors],
+                },
+            ).all()
+            assert found.tolist() == [row.id for row in rows]
+            unit = query / np.linalg.norm(query)
+            normalised = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            inner = normalised[found - 1] @ unit
+            assert np.allclose(1 - inner, [row.distance for row in rows], atol=1e-5)
 
 
 def test_index_kind_follows_the_collection_size() -> None:
@@ -215,7 +248,7 @@ def test_a_narrow_restriction_the_cache_thinks_wide_falls_back_to_the_exact_scan
     assert cte_ran(lines, "visible_running")
     assert fallback_ran(lines, "exact") and not fallback_ran(lines, "ann"), "\n".join(lines)
     with many.engine.begin() as conn:
-        found = search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
+        found = search(conn, "many", request, Searcher(settings=settings, vectors=cache))
     exact = run(many, cache, "exact", query_vector(4), k=10, filter={"metadata.group": "rare"})
     assert found.vector_backend == "faiss" and len(found.hits) == 10
     assert chunk_of(found) == chunk_of(exact)
@@ -235,7 +268,7 @@ def test_a_cache_that_delivers_skips_the_visible_chunk_count(
     assert not cte_ran(lines, "visible_running"), "\n".join(lines)
     assert not fallback_ran(lines, "exact") and not fallback_ran(lines, "ann")
     with many.engine.begin() as conn:
-        found = search(conn, "many", request, settings=settings, embeddings=None, vectors=cache)
+        found = search(conn, "many", request, Searcher(settings=settings, vectors=cache))
     assert len(found.hits) == 10 and all(h.metadata["group"] == "common" for h in found.hits)
     assert chunk_of(found) == chunk_of(run(many, cache, "exact", query_vector(5), k=10,
                                           filter=common))  # fmt: skip

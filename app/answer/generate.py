@@ -25,18 +25,16 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
-from app.ann.cache import VectorCache
 from app.answer import prompt
 from app.answer.context import Passage, assemble, read_sections
 from app.answer.providers import ChatModels, Chunk, NoModelAnswered
 from app.errors import Invalid
 from app.ingest.chunk import Tokenizer
 from app.search.cache import SearchCache, cached_search
-from app.search.engine import QueryEmbeddings
+from app.search.engine import Searcher
 from app.search.request import SearchRequest
-from app.search.rerank import Reranking
 from app.search.results import RerankReport
-from app.settings import AnswerSettings, SearchSettings
+from app.settings import AnswerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -91,16 +89,13 @@ class Answer:
 
 @dataclass(frozen=True)
 class Readers:
-    """What `prepare` reads with: settings, the query embeddings, the result cache, a tokenizer,
-    and the cross-encoder (None: none is loaded, so `hybrid+rerank` is refused)."""
+    """What `prepare` reads with: the searcher, the answer settings, the result cache and a
+    tokenizer."""
 
-    search: SearchSettings
+    searcher: Searcher
     answer: AnswerSettings
-    embeddings: QueryEmbeddings | None
     cache: SearchCache
     tokenizer: Tokenizer
-    reranking: Reranking | None = None
-    vectors: VectorCache | None = None
 
 
 def prepare(
@@ -114,16 +109,7 @@ def prepare(
     """Search and assemble the numbered context, in the caller's transaction."""
     budget = _budget(context_tokens, readers.answer.context_tokens)
     request = replace(request, offset=0, explain=False, highlight=False)
-    outcome = cached_search(
-        conn,
-        collection,
-        request,
-        settings=readers.search,
-        embeddings=readers.embeddings,
-        cache=readers.cache,
-        reranking=readers.reranking,
-        vectors=readers.vectors,
-    )
+    outcome = cached_search(conn, collection, request, readers.searcher, readers.cache)
     started = time.perf_counter()
     result = outcome.result
     sections = read_sections(conn, result, request.principals)

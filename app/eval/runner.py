@@ -21,7 +21,7 @@ from tqdm import tqdm
 from app import collections
 from app.eval import metrics
 from app.ingest import load
-from app.search.engine import QueryEmbeddings, search
+from app.search.engine import QueryEmbeddings, Searcher, search
 from app.search.request import RERANK_MODE, SearchRequest
 from app.service import Services
 
@@ -157,6 +157,8 @@ def _run_mode(
     vector_backend: str | None,
 ) -> ModeResult:
     scores: dict[str, list[float]] = defaultdict(list)
+    reranking = services.reranking if mode == RERANK_MODE else None
+    searcher = Searcher(services.settings.search, embeddings, reranking, services.vector_cache)
     latencies = []
     incomplete = 0
     for query_id, text in tqdm(dataset.queries.items(), desc=mode, disable=not progress):
@@ -170,15 +172,7 @@ def _run_mode(
         )
         started = time.perf_counter()
         with services.engine.begin() as conn:
-            result = search(
-                conn,
-                collection,
-                request,
-                settings=services.settings.search,
-                embeddings=embeddings,
-                reranking=services.reranking if mode == RERANK_MODE else None,
-                vectors=services.vector_cache,
-            )
+            result = search(conn, collection, request, searcher)
         latencies.append((time.perf_counter() - started) * 1000)
         incomplete += bool(result.rerank and not result.rerank.complete)
         ranked = [hit.document_id for hit in result.hits]

@@ -32,13 +32,11 @@ from typing import Generic, TypeVar
 from cachetools import TTLCache
 from sqlalchemy import Connection
 
-from app.ann.cache import VectorCache
 from app.db.queries import query
-from app.search.engine import QueryEmbeddings, search
+from app.search.engine import Searcher, search
 from app.search.request import SearchRequest
-from app.search.rerank import Reranking
 from app.search.results import SearchResult
-from app.settings import CacheSettings, SearchSettings
+from app.settings import CacheSettings
 
 T = TypeVar("T")
 
@@ -111,22 +109,17 @@ def cached_search(
     conn: Connection,
     collection_name: str,
     request: SearchRequest,
-    *,
-    settings: SearchSettings,
-    embeddings: QueryEmbeddings | None,
+    searcher: Searcher,
     cache: SearchCache,
-    reranking: Reranking | None = None,
-    vectors: VectorCache | None = None,
 ) -> CachedSearch:
     """`search()` through the cache, in the caller's transaction (read the position first)."""
 
     position = conn.execute(query("cache.sql", "collection_position"), {"name": collection_name})
     row = position.mappings().first()
     if row is None:  # unknown collection: let the search say so
-        result = _run(conn, collection_name, request, settings, embeddings, reranking, vectors)
-        return CachedSearch(result, "computed")
-    model = embeddings.embedder.model_id if embeddings else None
-    reranker = reranking.identity if reranking else None
+        return CachedSearch(search(conn, collection_name, request, searcher), "computed")
+    model = searcher.embeddings.embedder.model_id if searcher.embeddings else None
+    reranker = searcher.reranking.identity if searcher.reranking else None
     key = (
         row["collection_id"],
         collection_name,
@@ -137,7 +130,7 @@ def cached_search(
         return CachedSearch(_without_timings(hit), "cached")
 
     def compute() -> SearchResult:
-        result = _run(conn, collection_name, request, settings, embeddings, reranking, vectors)
+        result = search(conn, collection_name, request, searcher)
         # Stored before the flight ends, so that no caller finds neither the flight nor the entry.
         # A result from a vector cache that lagged behind the log is never stored.
         if cache.enabled and row["settled"] and result.fresh and _complete(result):
@@ -146,26 +139,6 @@ def cached_search(
 
     result, shared = cache.flights.run(key, compute)
     return CachedSearch(_without_timings(result) if shared else result, _origin(shared))
-
-
-def _run(
-    conn: Connection,
-    collection_name: str,
-    request: SearchRequest,
-    settings: SearchSettings,
-    embeddings: QueryEmbeddings | None,
-    reranking: Reranking | None,
-    vectors: VectorCache | None,
-) -> SearchResult:
-    return search(
-        conn,
-        collection_name,
-        request,
-        settings=settings,
-        embeddings=embeddings,
-        reranking=reranking,
-        vectors=vectors,
-    )
 
 
 def request_key(

@@ -71,17 +71,24 @@ class QueryEmbeddings:
         return vector
 
 
+@dataclass(frozen=True)
+class Searcher:
+    """What a search runs with: the service's search settings, the query embeddings (None: the
+    request brings its vector), the cross-encoder (None: `hybrid+rerank` is refused) and the
+    in-process vector cache (None: pgvector or an exact scan)."""
+
+    settings: SearchSettings
+    embeddings: QueryEmbeddings | None = None
+    reranking: Reranking | None = None
+    vectors: VectorCache | None = None
+
+
 def search(
-    conn: Connection,
-    collection_name: str,
-    request: SearchRequest,
-    *,
-    settings: SearchSettings,
-    embeddings: QueryEmbeddings | None,
-    reranking: Reranking | None = None,
-    vectors: VectorCache | None = None,
+    conn: Connection, collection_name: str, request: SearchRequest, searcher: Searcher
 ) -> SearchResult:
     """Run one search inside the caller's transaction (which it leaves in the reader role)."""
+    settings, embeddings = searcher.settings, searcher.embeddings
+    reranking, vectors = searcher.reranking, searcher.vectors
     collection = collections.get(conn, collection_name)
     plan = resolve(
         request, collection.settings, settings, reranking.policy if reranking else NO_RERANKER

@@ -80,17 +80,9 @@ def to_request(data: SearchIn) -> SearchRequest:
 
 
 def _run(services: Services, collection: str, request: SearchRequest) -> SearchOut:
-    embeddings, reranking = services.embeddings, services.reranking
     with services.transaction() as conn:
         outcome = cached_search(
-            conn,
-            collection,
-            request,
-            settings=services.settings.search,
-            embeddings=embeddings,
-            reranking=reranking,
-            cache=services.search_cache,
-            vectors=services.vector_cache,
+            conn, collection, request, services.searcher(), services.search_cache
         )
     return to_out(outcome.result, cache=outcome.origin)
 
