@@ -32,9 +32,59 @@ FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 AuthMode = Literal["required", "off"]
 
 
-def setting(env: str, default: Any, doc: str) -> Any:
-    """Declare one setting: its environment variable, default and description."""
-    return field(default=default, metadata={"env": env, "doc": doc})
+@dataclass(frozen=True)
+class Bounds:
+    """What a number setting accepts: at least `low` (or more than it, when `open_low`) and at
+    most `high`; or, for text, a full match of `pattern` (described as `expected`)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    pattern: re.Pattern[str] | None = None
+    expected: str = ""
+
+    def check(self, env: str, value: Any) -> None:
+        if self.pattern is not None:
+            if self.pattern.fullmatch(value) is None:
+                raise ConfigError(f"{env}: expected {self.expected}, got {value!r}")
+            return
+        too_low = self.low is not None and (
+            value <= self.low if self.open_low else value < self.low
+        )
+        if too_low or (self.high is not None and value > self.high):
+            raise ConfigError(f"{env} must {self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        """The rule, as in "HYBRID_X must ...": `be at least 1`, `be positive`..."""
+        if self.pattern is not None:
+            return f"be {self.expected}"
+        low, high = _number(self.low), _number(self.high)
+        if self.open_low:
+            return "be positive" if self.low == 0 and high is None else f"be in ({low}, {high}]"
+        if high is not None:
+            return f"be between {low} and {high}" if low is not None else f"be at most {high}"
+        return "not be negative" if self.low == 0 else f"be at least {low}"
+
+
+def at_least(low: float, high: float | None = None) -> Bounds:
+    return Bounds(low=low, high=high)
+
+
+POSITIVE = Bounds(low=0, open_low=True)
+NOT_NEGATIVE = Bounds(low=0)
+MEMORY_SIZE = Bounds(
+    pattern=MEMORY_PATTERN, expected="a PostgreSQL memory size such as 512MB or 2GB"
+)
+
+
+def setting(env: str, default: Any, doc: str, bounds: Bounds | None = None) -> Any:
+    """Declare one setting: its environment variable, default, description and, for numbers
+    and sizes, the values it accepts (checked at start-up, with a message naming it)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "bounds": bounds})
+
+
+def _number(value: float | None) -> str | None:
+    return None if value is None else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -50,37 +100,44 @@ class DatabaseSettings:
     auto_migrate: bool = setting(
         "HYBRID_AUTO_MIGRATE", True, "Apply pending migrations at start-up instead of refusing"
     )
-    pool_size: int = setting("HYBRID_DB_POOL_SIZE", 5, "Connections kept open per process")
+    pool_size: int = setting(
+        "HYBRID_DB_POOL_SIZE", 5, "Connections kept open per process", at_least(1)
+    )
     pool_overflow: int = setting(
-        "HYBRID_DB_POOL_OVERFLOW", 10, "Connections opened beyond the pool under load"
+        "HYBRID_DB_POOL_OVERFLOW", 10, "Connections opened beyond the pool under load", NOT_NEGATIVE
     )
     pool_timeout_s: float = setting(
         "HYBRID_DB_POOL_TIMEOUT",
         5.0,
         "Seconds a request waits for a free connection before it is answered 503",
+        POSITIVE,
     )
     statement_timeout_ms: int = setting(
         "HYBRID_DB_STATEMENT_TIMEOUT",
         60_000,
         "Longest statement, in ms (`statement_timeout`; index builds, purges and collection "
         "deletes are exempt)",
+        at_least(1),
     )
     lock_timeout_ms: int = setting(
         "HYBRID_DB_LOCK_TIMEOUT",
         5_000,
         "Longest wait for a row or table lock, in ms (`lock_timeout`); beyond it the request "
         "is answered 503 with Retry-After and nothing is written",
+        at_least(1),
     )
     idle_in_transaction_ms: int = setting(
         "HYBRID_DB_IDLE_IN_TRANSACTION_TIMEOUT",
         60_000,
         "A transaction left idle this long is ended by the server "
         "(`idle_in_transaction_session_timeout`, in ms)",
+        at_least(1),
     )
     write_retries: int = setting(
         "HYBRID_DB_WRITE_RETRIES",
         3,
         "Times a write that hit a deadlock or a serialization failure is run again",
+        NOT_NEGATIVE,
     )
 
 
@@ -95,11 +152,19 @@ class EmbeddingSettings:
         "Model name: the bundled model, a local sentence-transformers directory, or a remote model",
     )
     dimension: int = setting(
-        "HYBRID_EMBEDDING_DIM", 384, "Vector dimension; must match the chunks.embedding column"
+        "HYBRID_EMBEDDING_DIM",
+        384,
+        "Vector dimension; must match the chunks.embedding column",
+        at_least(1),
     )
-    batch_size: int = setting("HYBRID_EMBEDDING_BATCH_SIZE", 64, "Texts per embedding call")
+    batch_size: int = setting(
+        "HYBRID_EMBEDDING_BATCH_SIZE", 64, "Texts per embedding call", at_least(1)
+    )
     max_tokens: int = setting(
-        "HYBRID_EMBEDDING_MAX_TOKENS", 256, "Tokens the local model reads per text (rest cut)"
+        "HYBRID_EMBEDDING_MAX_TOKENS",
+        256,
+        "Tokens the local model reads per text (rest cut)",
+        at_least(1),
     )
     openai_api_key: str | None = setting(
         "OPENAI_API_KEY", None, "API key for the OpenAI-compatible embedding endpoint"
@@ -108,12 +173,16 @@ class EmbeddingSettings:
         "OPENAI_BASE_URL", None, "Base URL of an OpenAI-compatible endpoint (unset = OpenAI)"
     )
     timeout_s: float = setting(
-        "HYBRID_EMBEDDING_TIMEOUT", 30.0, "Seconds before one remote embedding call times out"
+        "HYBRID_EMBEDDING_TIMEOUT",
+        30.0,
+        "Seconds before one remote embedding call times out",
+        POSITIVE,
     )
     max_retries: int = setting(
         "HYBRID_EMBEDDING_MAX_RETRIES",
         5,
         "Retries (exponential backoff with jitter) on 429, 5xx and timeouts",
+        NOT_NEGATIVE,
     )
 
 
@@ -122,30 +191,45 @@ class ChunkSettings:
     strategy: ChunkStrategy = setting(
         "HYBRID_CHUNK_STRATEGY", "structure", "`structure`, `recursive` or `fixed`"
     )
-    max_tokens: int = setting("HYBRID_CHUNK_TOKENS", 200, "Largest chunk, in model tokens")
+    max_tokens: int = setting(
+        "HYBRID_CHUNK_TOKENS", 200, "Largest chunk, in model tokens", at_least(16)
+    )
     overlap_tokens: int = setting(
-        "HYBRID_CHUNK_OVERLAP", 32, "Tokens repeated from the end of the previous chunk"
+        "HYBRID_CHUNK_OVERLAP",
+        32,
+        "Tokens repeated from the end of the previous chunk",
+        NOT_NEGATIVE,
     )
 
 
 @dataclass(frozen=True)
 class IngestSettings:
     batch_documents: int = setting(
-        "HYBRID_INGEST_BATCH", 512, "Documents written per transaction in bulk ingest"
+        "HYBRID_INGEST_BATCH", 512, "Documents written per transaction in bulk ingest", at_least(1)
     )
     writers: int = setting(
         "HYBRID_INGEST_WRITERS",
         2,
         "Batches written at once in bulk ingest, each in its own transaction and connection",
+        at_least(1),
     )
     max_upload_bytes: int = setting(
-        "HYBRID_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, "Largest accepted upload or file, in bytes"
+        "HYBRID_MAX_UPLOAD_BYTES",
+        20 * 1024 * 1024,
+        "Largest accepted upload or file, in bytes",
+        at_least(1),
     )
     max_document_chars: int = setting(
-        "HYBRID_MAX_DOCUMENT_CHARS", 2_000_000, "Largest document text after extraction"
+        "HYBRID_MAX_DOCUMENT_CHARS",
+        2_000_000,
+        "Largest document text after extraction",
+        at_least(1),
     )
     max_pdf_pages: int = setting(
-        "HYBRID_MAX_PDF_PAGES", 2_000, "Most pages a PDF may have (more is refused, not cut)"
+        "HYBRID_MAX_PDF_PAGES",
+        2_000,
+        "Most pages a PDF may have (more is refused, not cut)",
+        at_least(1),
     )
     default_acl: tuple[str, ...] = setting(
         "HYBRID_DEFAULT_ACL",
@@ -153,45 +237,66 @@ class IngestSettings:
         "Comma-separated principals of documents ingested without an ACL (`*` = everyone)",
     )
     max_request_documents: int = setting(
-        "HYBRID_MAX_REQUEST_DOCUMENTS", 1000, "Most JSON documents accepted in one API request"
+        "HYBRID_MAX_REQUEST_DOCUMENTS",
+        1000,
+        "Most JSON documents accepted in one API request",
+        at_least(1),
     )
     work_mem: str = setting(
         "HYBRID_INGEST_WORK_MEM",
         "64MB",
         "`work_mem` of each batch's transaction: the BM25 statistics trigger keeps the batch's "
         "new rows and aggregates their lexemes in it (the server's usual 4MB spills to disk)",
+        MEMORY_SIZE,
     )
     index_memory: str = setting(
         "HYBRID_INGEST_INDEX_MEMORY",
         "1GB",
         "`maintenance_work_mem` of a collection's vector index build after a bulk load (the "
         "graph should fit: about 2 kB a chunk at 384 dimensions)",
+        MEMORY_SIZE,
     )
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     max_query_chars: int = setting(
-        "HYBRID_SEARCH_MAX_QUERY_CHARS", 50_000, "Longest accepted query text, in characters"
+        "HYBRID_SEARCH_MAX_QUERY_CHARS",
+        50_000,
+        "Longest accepted query text, in characters",
+        at_least(1),
     )
     max_terms: int = setting(
-        "HYBRID_SEARCH_MAX_TERMS", 128, "Most query lexemes the keyword leg uses (rarest first)"
+        "HYBRID_SEARCH_MAX_TERMS",
+        128,
+        "Most query lexemes the keyword leg uses (rarest first)",
+        at_least(1, 1000),
     )
-    max_k: int = setting("HYBRID_SEARCH_MAX_K", 100, "Largest `k` (hits per page)")
+    max_k: int = setting("HYBRID_SEARCH_MAX_K", 100, "Largest `k` (hits per page)", at_least(1))
     max_window: int = setting(
-        "HYBRID_SEARCH_MAX_WINDOW", 1000, "Largest `offset + k`: how deep pagination may go"
+        "HYBRID_SEARCH_MAX_WINDOW",
+        1000,
+        "Largest `offset + k`: how deep pagination may go",
+        at_least(1),
     )
     max_candidates: int = setting(
-        "HYBRID_SEARCH_MAX_CANDIDATES", 1000, "Largest per-leg candidate depth a request may ask"
+        "HYBRID_SEARCH_MAX_CANDIDATES",
+        1000,
+        "Largest per-leg candidate depth a request may ask",
+        at_least(1),
     )
     keyword_budget: int = setting(
         "HYBRID_SEARCH_KEYWORD_BUDGET",
         2_500,
         "Keyword candidates come from the rarest query lexemes while their chunk counts add up "
         "to at most this (see Search)",
+        at_least(1),
     )
     ef_search: int = setting(
-        "HYBRID_SEARCH_EF_SEARCH", 100, "Default HNSW `ef_search` (per request: `ef_search`)"
+        "HYBRID_SEARCH_EF_SEARCH",
+        100,
+        "Default HNSW `ef_search` (per request: `ef_search`)",
+        at_least(1, 1000),
     )
     exact_threshold: int = setting(
         "HYBRID_SEARCH_EXACT_THRESHOLD",
@@ -199,11 +304,13 @@ class SearchSettings:
         "Visible chunks at or below which both legs read them directly (every keyword match "
         "scored, exact vector scan); above 100k chunks it grows with the square root of the "
         "collection's size (see Search)",
+        NOT_NEGATIVE,
     )
     max_scan_tuples: int = setting(
         "HYBRID_SEARCH_MAX_SCAN_TUPLES",
         50_000,
         "HNSW iterative scan budget (`hnsw.max_scan_tuples`)",
+        at_least(1),
     )
     vector_backend: VectorBackend = setting(
         "HYBRID_VECTOR_BACKEND",
@@ -231,23 +338,31 @@ class RerankSettings:
         "HYBRID_RERANK_DEPTH",
         20,
         "Fused candidates the cross-encoder rescores (per request: `rerank_depth`)",
+        at_least(1),
     )
     max_depth: int = setting(
-        "HYBRID_RERANK_MAX_DEPTH", 100, "Largest `rerank_depth` a request may ask"
+        "HYBRID_RERANK_MAX_DEPTH", 100, "Largest `rerank_depth` a request may ask", at_least(1)
     )
     passage_tokens: int = setting(
         "HYBRID_RERANK_PASSAGE_TOKENS",
         256,
         "Tokens of each passage (title, headings, text) the cross-encoder reads (rest cut)",
+        at_least(16),
     )
     query_tokens: int = setting(
-        "HYBRID_RERANK_QUERY_TOKENS", 64, "Tokens of the query the cross-encoder reads (rest cut)"
+        "HYBRID_RERANK_QUERY_TOKENS",
+        64,
+        "Tokens of the query the cross-encoder reads (rest cut)",
+        at_least(1),
     )
-    batch_size: int = setting("HYBRID_RERANK_BATCH_SIZE", 16, "Pairs scored per model call")
+    batch_size: int = setting(
+        "HYBRID_RERANK_BATCH_SIZE", 16, "Pairs scored per model call", at_least(1)
+    )
     budget_ms: float = setting(
         "HYBRID_RERANK_BUDGET_MS",
         2000.0,
         "Time one search may spend reranking; candidates not scored by then keep fused order",
+        POSITIVE,
     )
     backend: RerankBackend = setting(
         "HYBRID_RERANK_BACKEND",
@@ -255,7 +370,10 @@ class RerankSettings:
         "`torch`, `onnx` or `onnx-int8` (ONNX Runtime; needs the `onnx` extra)",
     )
     threads: int = setting(
-        "HYBRID_RERANK_THREADS", 0, "Threads of the ONNX backends (0 = one per physical core)"
+        "HYBRID_RERANK_THREADS",
+        0,
+        "Threads of the ONNX backends (0 = one per physical core)",
+        NOT_NEGATIVE,
     )
 
 
@@ -276,52 +394,69 @@ class VectorCacheSettings:
         "`hnsw`), `flat`, `hnsw` or `ivf`",
     )
     exact_below: int = setting(
-        "HYBRID_FAISS_EXACT_BELOW", 20_000, "Collections with fewer vectors get an exact index"
+        "HYBRID_FAISS_EXACT_BELOW",
+        20_000,
+        "Collections with fewer vectors get an exact index",
+        NOT_NEGATIVE,
     )
-    hnsw_m: int = setting("HYBRID_FAISS_HNSW_M", 32, "HNSW links per vector (M)")
+    hnsw_m: int = setting("HYBRID_FAISS_HNSW_M", 32, "HNSW links per vector (M)", at_least(2, 256))
     hnsw_ef_construction: int = setting(
-        "HYBRID_FAISS_HNSW_EF_CONSTRUCTION", 80, "HNSW build beam width (efConstruction)"
+        "HYBRID_FAISS_HNSW_EF_CONSTRUCTION",
+        80,
+        "HNSW build beam width (efConstruction)",
+        at_least(1),
     )
     hnsw_ef_search: int = setting(
         "HYBRID_FAISS_HNSW_EF_SEARCH",
         512,
         "HNSW search beam width (efSearch; at least the number of candidates asked)",
+        at_least(1),
     )
-    ivf_nprobe: int = setting("HYBRID_FAISS_IVF_NPROBE", 32, "IVF lists searched a query")
+    ivf_nprobe: int = setting(
+        "HYBRID_FAISS_IVF_NPROBE", 32, "IVF lists searched a query", at_least(1)
+    )
     max_candidates: int = setting(
         "HYBRID_FAISS_MAX_CANDIDATES",
         2_000,
         "Most candidates the cache hands to SQL for one filtered search (over-fetch cap)",
+        at_least(1),
     )
     rebuild_tombstones: float = setting(
         "HYBRID_FAISS_REBUILD_TOMBSTONES",
         0.1,
         "Share of deleted vectors still in an HNSW index at which it is rebuilt",
+        Bounds(low=0, high=1, open_low=True),
     )
     poll_s: float = setting(
         "HYBRID_FAISS_POLL_INTERVAL",
         5.0,
         "Seconds between change-log checks when no notification arrives",
+        POSITIVE,
     )
     snapshot_s: float = setting(
         "HYBRID_FAISS_SNAPSHOT_INTERVAL",
         300.0,
         "Seconds between snapshots of a changed cache (also written after every build)",
+        POSITIVE,
     )
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     query_embeddings: int = setting(
-        "HYBRID_CACHE_EMBEDDINGS", 1024, "Query vectors kept in process (LRU entries)"
+        "HYBRID_CACHE_EMBEDDINGS", 1024, "Query vectors kept in process (LRU entries)", at_least(1)
     )
     results: int = setting(
-        "HYBRID_CACHE_RESULTS", 1024, "Search results kept in process (LRU entries; 0 = off)"
+        "HYBRID_CACHE_RESULTS",
+        1024,
+        "Search results kept in process (LRU entries; 0 = off)",
+        NOT_NEGATIVE,
     )
     results_ttl_s: float = setting(
         "HYBRID_CACHE_RESULTS_TTL",
         30.0,
         "Seconds a cached search result lives (any write to its collection ends it sooner)",
+        POSITIVE,
     )
 
 
@@ -337,36 +472,47 @@ class AnswerSettings:
         "HYBRID_ANSWER_API_KEY", None, "API key for the chat endpoints (default `OPENAI_API_KEY`)"
     )
     timeout_s: float = setting(
-        "HYBRID_ANSWER_TIMEOUT", 30.0, "Seconds before one chat call times out"
+        "HYBRID_ANSWER_TIMEOUT", 30.0, "Seconds before one chat call times out", POSITIVE
     )
     max_retries: int = setting(
         "HYBRID_ANSWER_MAX_RETRIES",
         2,
         "Retries per model (exponential backoff with jitter) on 429, 5xx and timeouts",
+        NOT_NEGATIVE,
     )
     breaker_failures: int = setting(
         "HYBRID_ANSWER_BREAKER_FAILURES",
         3,
         "Consecutive failed calls after which a model is skipped for the cool-down",
+        at_least(1),
     )
     breaker_cooldown_s: float = setting(
-        "HYBRID_ANSWER_BREAKER_COOLDOWN", 30.0, "Seconds a failing model is skipped"
+        "HYBRID_ANSWER_BREAKER_COOLDOWN", 30.0, "Seconds a failing model is skipped", NOT_NEGATIVE
     )
     k: int = setting(
-        "HYBRID_ANSWER_K", 8, "Hits searched for an answer's context (per request: `k`)"
+        "HYBRID_ANSWER_K",
+        8,
+        "Hits searched for an answer's context (per request: `k`)",
+        at_least(1, 100),
     )
     context_tokens: int = setting(
-        "HYBRID_ANSWER_CONTEXT_TOKENS", 2000, "Token budget of the numbered context passages"
+        "HYBRID_ANSWER_CONTEXT_TOKENS",
+        2000,
+        "Token budget of the numbered context passages",
+        at_least(64),
     )
     parent_tokens: int = setting(
         "HYBRID_ANSWER_PARENT_TOKENS",
         400,
         "A hit's whole parent section replaces it when the section has at most this many tokens",
+        NOT_NEGATIVE,
     )
     max_tokens: int = setting(
-        "HYBRID_ANSWER_MAX_TOKENS", 512, "Most tokens the model may answer with"
+        "HYBRID_ANSWER_MAX_TOKENS", 512, "Most tokens the model may answer with", at_least(1)
     )
-    temperature: float = setting("HYBRID_ANSWER_TEMPERATURE", 0.0, "Sampling temperature")
+    temperature: float = setting(
+        "HYBRID_ANSWER_TEMPERATURE", 0.0, "Sampling temperature", at_least(0, 2)
+    )
 
 
 @dataclass(frozen=True)
@@ -375,7 +521,7 @@ class ServerSettings:
         "HYBRID_ENV", "development", "`development` or `production` (stricter checks)"
     )
     host: str = setting("HYBRID_HOST", "127.0.0.1", "Interface `hybrid serve` listens on")
-    port: int = setting("HYBRID_PORT", 8000, "Port `hybrid serve` listens on")
+    port: int = setting("HYBRID_PORT", 8000, "Port `hybrid serve` listens on", at_least(0, 65535))
     log_level: str = setting("HYBRID_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting("HYBRID_LOG_JSON", False, "Log as JSON lines instead of console text")
     max_in_flight: int = setting(
@@ -383,17 +529,20 @@ class ServerSettings:
         0,
         "Requests handled at once (0 = 4 per CPU core); beyond it requests are answered 503 "
         "with Retry-After at once (health, readiness and metrics are never refused)",
+        NOT_NEGATIVE,
     )
     drain_s: float = setting(
         "HYBRID_DRAIN_TIMEOUT",
         30.0,
         "Seconds a stopping server (SIGTERM, Ctrl+C) lets requests in flight finish",
+        NOT_NEGATIVE,
     )
     stuck_after_s: float = setting(
         "HYBRID_STUCK_AFTER",
         300.0,
         "`/health` answers 503 once a request has been in flight this long (every wait is "
         "bounded, so such a request means the process is stuck and should be restarted)",
+        POSITIVE,
     )
     allowed_hosts: tuple[str, ...] = setting(
         "HYBRID_ALLOWED_HOSTS",
@@ -415,11 +564,13 @@ class ServerSettings:
         2.0,
         "Seconds a key lookup is kept in process: a revoked key stops working within this "
         "time on every instance",
+        POSITIVE,
     )
     tenant_token_max_ttl_s: int = setting(
         "HYBRID_TENANT_TOKEN_MAX_TTL",
         3600,
         "Longest a tenant token may live, in seconds from now to its `exp`",
+        at_least(1),
     )
 
     @property
@@ -462,6 +613,7 @@ def load_settings(environ: dict[str, str] | None = None, env_file: Path | None =
     source = _environment(environ, env_file)
     parts = {name: _load_section(cls, source) for name, cls in SECTIONS.items()}
     settings = Settings(**parts)
+    _check_bounds(settings)
     _validate(settings)
     return settings
 
@@ -517,140 +669,60 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def _check_bounds(settings: Settings) -> None:
+    """Every value within its setting's `Bounds`, in declaration order."""
+    for section in fields(settings):
+        values = getattr(settings, section.name)
+        for f in fields(values):
+            if f.metadata["bounds"] is not None:
+                f.metadata["bounds"].check(f.metadata["env"], getattr(values, f.name))
+
+
 def _validate(s: Settings) -> None:
-    _require(s.embedding.dimension > 0, "HYBRID_EMBEDDING_DIM must be positive")
-    _require(s.embedding.batch_size >= 1, "HYBRID_EMBEDDING_BATCH_SIZE must be at least 1")
-    _require(s.chunking.max_tokens >= 16, "HYBRID_CHUNK_TOKENS must be at least 16")
+    """The rules between settings (each setting's own range is in its `Bounds`)."""
     _require(
-        0 <= s.chunking.overlap_tokens < s.chunking.max_tokens // 2,
-        "HYBRID_CHUNK_OVERLAP must be at least 0 and below half of HYBRID_CHUNK_TOKENS",
-    )
-    _require(s.ingest.batch_documents >= 1, "HYBRID_INGEST_BATCH must be at least 1")
-    _require(s.ingest.writers >= 1, "HYBRID_INGEST_WRITERS must be at least 1")
-    _require(s.ingest.max_upload_bytes >= 1, "HYBRID_MAX_UPLOAD_BYTES must be positive")
-    _require(s.ingest.max_pdf_pages >= 1, "HYBRID_MAX_PDF_PAGES must be at least 1")
-    for name, value in (
-        ("HYBRID_INGEST_INDEX_MEMORY", s.ingest.index_memory),
-        ("HYBRID_INGEST_WORK_MEM", s.ingest.work_mem),
-    ):
-        _require(
-            MEMORY_PATTERN.fullmatch(value) is not None,
-            f"{name}: expected a PostgreSQL memory size such as 512MB or 2GB, got {value!r}",
-        )
-    _validate_database(s.database)
-    _validate_server(s.server)
-    _validate_access(s.server)
-    _validate_search(s.search)
-    _validate_rerank(s.rerank)
-    _validate_cache(s.cache)
-    _validate_vectors(s.vectors)
-    _validate_answer(s.answer)
-    if s.embedding.provider == "openai" and s.server.environment == "production":
-        _require(bool(s.embedding.openai_api_key), "OPENAI_API_KEY is required in production")
-    if s.server.environment == "production":
-        _require(
-            s.database.url is not None,
-            "DATABASE_URL is required in production (the embedded server is for development)",
-        )
-
-
-def _validate_database(s: DatabaseSettings) -> None:
-    _require(s.pool_size >= 1, "HYBRID_DB_POOL_SIZE must be at least 1")
-    _require(s.pool_overflow >= 0, "HYBRID_DB_POOL_OVERFLOW must not be negative")
-    _require(s.pool_timeout_s > 0, "HYBRID_DB_POOL_TIMEOUT must be positive")
-    for name, value in (
-        ("HYBRID_DB_STATEMENT_TIMEOUT", s.statement_timeout_ms),
-        ("HYBRID_DB_LOCK_TIMEOUT", s.lock_timeout_ms),
-        ("HYBRID_DB_IDLE_IN_TRANSACTION_TIMEOUT", s.idle_in_transaction_ms),
-    ):
-        _require(value >= 1, f"{name} must be at least 1 ms (every wait has a bound)")
-    _require(s.write_retries >= 0, "HYBRID_DB_WRITE_RETRIES must not be negative")
-
-
-def _validate_server(s: ServerSettings) -> None:
-    _require(s.max_in_flight >= 0, "HYBRID_MAX_IN_FLIGHT must not be negative")
-    _require(s.drain_s >= 0, "HYBRID_DRAIN_TIMEOUT must not be negative")
-    _require(s.stuck_after_s > 0, "HYBRID_STUCK_AFTER must be positive")
-
-
-def _validate_access(s: ServerSettings) -> None:
-    _require(
-        s.auth == "required" or s.environment == "development",
-        "HYBRID_AUTH=off is refused in production: every request would act as an admin",
-    )
-    _require(s.auth_cache_ttl_s > 0, "HYBRID_AUTH_CACHE_TTL must be positive")
-    _require(s.tenant_token_max_ttl_s >= 1, "HYBRID_TENANT_TOKEN_MAX_TTL must be at least 1")
-
-
-def _validate_search(s: SearchSettings) -> None:
-    _require(s.max_query_chars >= 1, "HYBRID_SEARCH_MAX_QUERY_CHARS must be positive")
-    _require(1 <= s.max_terms <= 1000, "HYBRID_SEARCH_MAX_TERMS must be between 1 and 1000")
-    _require(s.max_k >= 1, "HYBRID_SEARCH_MAX_K must be at least 1")
-    _require(
-        s.max_window >= s.max_k, "HYBRID_SEARCH_MAX_WINDOW must be at least HYBRID_SEARCH_MAX_K"
+        s.chunking.overlap_tokens < s.chunking.max_tokens // 2,
+        "HYBRID_CHUNK_OVERLAP must be below half of HYBRID_CHUNK_TOKENS",
     )
     _require(
-        s.max_candidates >= s.max_window,
+        s.search.max_window >= s.search.max_k,
+        "HYBRID_SEARCH_MAX_WINDOW must be at least HYBRID_SEARCH_MAX_K",
+    )
+    _require(
+        s.search.max_candidates >= s.search.max_window,
         "HYBRID_SEARCH_MAX_CANDIDATES must be at least HYBRID_SEARCH_MAX_WINDOW",
     )
-    _require(s.keyword_budget >= 1, "HYBRID_SEARCH_KEYWORD_BUDGET must be positive")
-    _require(1 <= s.ef_search <= 1000, "HYBRID_SEARCH_EF_SEARCH must be between 1 and 1000")
-    _require(s.exact_threshold >= 0, "HYBRID_SEARCH_EXACT_THRESHOLD must not be negative")
-    _require(s.max_scan_tuples >= 1, "HYBRID_SEARCH_MAX_SCAN_TUPLES must be positive")
-
-
-def _validate_rerank(s: RerankSettings) -> None:
-    _require(s.max_depth >= 1, "HYBRID_RERANK_MAX_DEPTH must be at least 1")
     _require(
-        1 <= s.depth <= s.max_depth,
-        "HYBRID_RERANK_DEPTH must be between 1 and HYBRID_RERANK_MAX_DEPTH",
+        s.rerank.depth <= s.rerank.max_depth,
+        "HYBRID_RERANK_DEPTH must be at most HYBRID_RERANK_MAX_DEPTH",
     )
-    _require(s.passage_tokens >= 16, "HYBRID_RERANK_PASSAGE_TOKENS must be at least 16")
-    _require(s.query_tokens >= 1, "HYBRID_RERANK_QUERY_TOKENS must be at least 1")
     _require(
-        s.passage_tokens + s.query_tokens + 3 <= 512,
+        s.rerank.passage_tokens + s.rerank.query_tokens + 3 <= 512,
         "HYBRID_RERANK_PASSAGE_TOKENS + HYBRID_RERANK_QUERY_TOKENS must be at most 509 "
         "(a cross-encoder reads 512 tokens, 3 of them separators)",
     )
-    _require(s.batch_size >= 1, "HYBRID_RERANK_BATCH_SIZE must be at least 1")
-    _require(s.budget_ms > 0, "HYBRID_RERANK_BUDGET_MS must be positive")
-    _require(s.threads >= 0, "HYBRID_RERANK_THREADS must not be negative")
-
-
-def _validate_cache(s: CacheSettings) -> None:
-    _require(s.query_embeddings >= 1, "HYBRID_CACHE_EMBEDDINGS must be at least 1")
-    _require(s.results >= 0, "HYBRID_CACHE_RESULTS must not be negative")
-    _require(s.results_ttl_s > 0, "HYBRID_CACHE_RESULTS_TTL must be positive")
-
-
-def _validate_vectors(s: VectorCacheSettings) -> None:
-    _require(s.exact_below >= 0, "HYBRID_FAISS_EXACT_BELOW must not be negative")
-    _require(2 <= s.hnsw_m <= 256, "HYBRID_FAISS_HNSW_M must be between 2 and 256")
-    _require(s.hnsw_ef_construction >= 1, "HYBRID_FAISS_HNSW_EF_CONSTRUCTION must be at least 1")
-    _require(s.hnsw_ef_search >= 1, "HYBRID_FAISS_HNSW_EF_SEARCH must be at least 1")
-    _require(s.ivf_nprobe >= 1, "HYBRID_FAISS_IVF_NPROBE must be at least 1")
-    _require(s.max_candidates >= 1, "HYBRID_FAISS_MAX_CANDIDATES must be at least 1")
-    _require(0 < s.rebuild_tombstones <= 1, "HYBRID_FAISS_REBUILD_TOMBSTONES must be in (0, 1]")
-    _require(s.poll_s > 0, "HYBRID_FAISS_POLL_INTERVAL must be positive")
-    _require(s.snapshot_s > 0, "HYBRID_FAISS_SNAPSHOT_INTERVAL must be positive")
-
-
-def _validate_answer(s: AnswerSettings) -> None:
-    for entry in s.models:
+    for entry in s.answer.models:
         model, at, base_url = entry.partition("@")
         _require(
             bool(model.strip()) and (not at or base_url.startswith(("http://", "https://"))),
             f"HYBRID_ANSWER_MODELS: expected `model` or `model@http(s)://host/v1`, got {entry!r}",
         )
-    _require(s.timeout_s > 0, "HYBRID_ANSWER_TIMEOUT must be positive")
-    _require(s.max_retries >= 0, "HYBRID_ANSWER_MAX_RETRIES must not be negative")
-    _require(s.breaker_failures >= 1, "HYBRID_ANSWER_BREAKER_FAILURES must be at least 1")
-    _require(s.breaker_cooldown_s >= 0, "HYBRID_ANSWER_BREAKER_COOLDOWN must not be negative")
-    _require(1 <= s.k <= 100, "HYBRID_ANSWER_K must be between 1 and 100")
-    _require(s.context_tokens >= 64, "HYBRID_ANSWER_CONTEXT_TOKENS must be at least 64")
-    _require(s.parent_tokens >= 0, "HYBRID_ANSWER_PARENT_TOKENS must not be negative")
-    _require(s.max_tokens >= 1, "HYBRID_ANSWER_MAX_TOKENS must be at least 1")
-    _require(0 <= s.temperature <= 2, "HYBRID_ANSWER_TEMPERATURE must be between 0 and 2")
+    _validate_production(s)
+
+
+def _validate_production(s: Settings) -> None:
+    if s.server.environment != "production":
+        return
+    _require(
+        s.server.auth == "required",
+        "HYBRID_AUTH=off is refused in production: every request would act as an admin",
+    )
+    _require(
+        s.database.url is not None,
+        "DATABASE_URL is required in production (the embedded server is for development)",
+    )
+    if s.embedding.provider == "openai":
+        _require(bool(s.embedding.openai_api_key), "OPENAI_API_KEY is required in production")
 
 
 def _require(condition: bool, message: str) -> None:

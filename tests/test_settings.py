@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
 from app.errors import ConfigError
-from app.settings import documented_settings, load_settings
+from app.settings import Settings, documented_settings, load_settings
 
 
 def test_defaults_are_the_embedded_development_setup() -> None:
@@ -77,3 +79,32 @@ def test_every_setting_has_a_variable_and_a_description() -> None:
     names = [name for name, _, _ in documented_settings()]
     assert len(names) == len(set(names))
     assert all(doc for _, doc, _ in documented_settings())
+
+
+def test_every_number_setting_says_what_it_accepts() -> None:
+    unbounded = [
+        f.metadata["env"]
+        for section in fields(Settings)
+        for f in fields(get_type_hints(Settings)[section.name])
+        if get_type_hints(get_type_hints(Settings)[section.name])[f.name] in (int, float)
+        and f.metadata["bounds"] is None
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"HYBRID_DB_POOL_TIMEOUT": "0"}, "HYBRID_DB_POOL_TIMEOUT must be positive, got 0.0"),
+        ({"HYBRID_DRAIN_TIMEOUT": "-1"}, "HYBRID_DRAIN_TIMEOUT must not be negative"),
+        ({"HYBRID_ANSWER_TEMPERATURE": "3"}, "HYBRID_ANSWER_TEMPERATURE must be between 0 and 2"),
+        ({"HYBRID_FAISS_REBUILD_TOMBSTONES": "0"}, r"must be in \(0, 1\]"),
+        ({"HYBRID_RERANK_DEPTH": "200"}, "HYBRID_RERANK_DEPTH must be at most HYBRID_RERANK_MAX"),
+        ({"HYBRID_SEARCH_MAX_K": "5000"}, "HYBRID_SEARCH_MAX_WINDOW must be at least"),
+    ],
+)
+def test_a_value_out_of_range_is_refused_with_the_range(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ)
