@@ -47,9 +47,11 @@ from app.search.request import (
     MODES,
     RECENCY_FIELDS,
     RERANK_MODE,
+    Boosts,
     PopularityBoost,
     RecencyBoost,
     SearchRequest,
+    Weights,
 )
 from app.search.rerank import Reranking
 from app.search.results import SearchResult
@@ -797,12 +799,17 @@ def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
     )
     weight, cap = options.pop("popularity_weight"), options.pop("popularity_max")
     filter_json, principals = options.pop("filter_json"), list(options.pop("principals"))
+    weights = Weights(options.pop("keyword_weight"), options.pop("vector_weight"))
+    boosts = Boosts(
+        recency=None if half_life is None else RecencyBoost(half_life, floor, field),
+        popularity=None if weight is None else PopularityBoost(weight, cap),
+    )
     return SearchRequest(
         query=query,
         filter=documents.parse_metadata(filter_json, name="--filter") if filter_json else None,
         principals=principals or None,
-        recency=None if half_life is None else RecencyBoost(half_life, floor, field),
-        popularity=None if weight is None else PopularityBoost(weight, cap),
+        weights=weights,
+        boosts=boosts,
         **options,
     )
 

@@ -23,9 +23,11 @@ from app.ingest.pipeline import Ingestor
 from app.search.engine import Searcher, VectorSource, search, statement, statement_parameters
 from app.search.filters import CompiledFilter, compile_filter
 from app.search.request import (
+    Boosts,
     PopularityBoost,
     RecencyBoost,
     SearchRequest,
+    Weights,
     resolve,
 )
 from app.search.results import SearchResult
@@ -427,7 +429,7 @@ def test_fusion_is_weighted_rrf_of_the_two_legs(corpus: Services) -> None:
         for rank, chunk in enumerate(ranked, start=1):
             expected[chunk] += weights[leg] / (k + rank)
     hybrid = run(
-        corpus, query=query, k=50, keyword_weight=0.7, vector_weight=1.3, explain=True
+        corpus, query=query, k=50, weights=Weights(keyword=0.7, vector=1.3), explain=True
     ).hits
     assert {h.chunk_id: h.score for h in hybrid} == pytest.approx(dict(expected), abs=1e-12)
     assert [h.chunk_id for h in hybrid] == sorted(expected, key=lambda c: (-expected[c], c))
@@ -547,8 +549,10 @@ def test_recency_and_popularity_boosts_are_bounded_multipliers(services: Service
         services,
         query="release notes product",
         explain=True,
-        recency=RecencyBoost(half_life_days=30, floor=0.2),
-        popularity=PopularityBoost(weight=0.5, max=1.5),
+        boosts=Boosts(
+            recency=RecencyBoost(half_life_days=30, floor=0.2),
+            popularity=PopularityBoost(weight=0.5, max=1.5),
+        ),
     )
     boosts = {h.document_id: h.explain for h in result.hits if h.explain}
     assert boosts["new"]["recency_boost"] == pytest.approx(1.0, abs=1e-3)
@@ -600,10 +604,10 @@ def test_pagination_pages_through_the_same_ranking(corpus: Services) -> None:
         ({"query": "cats", "filter": {"metadata.x": {"like": 1}}}, "filter.metadata.x.like"),
         ({"query": "cats", "filter": {"colour": "red"}}, "filter.colour"),
         ({"query": "cats", "filter": {"published_at": {"gt": 5}}}, "filter.published_at.gt"),
-        ({"query": "cats", "keyword_weight": -1.0}, "keyword_weight"),
+        ({"query": "cats", "weights": Weights(keyword=-1.0)}, "weights.keyword"),
         ({"query": "cats", "principals": [""]}, "principals[0]"),
         (
-            {"query": "cats", "recency": RecencyBoost(half_life_days=0)},
+            {"query": "cats", "boosts": Boosts(recency=RecencyBoost(half_life_days=0))},
             "boosts.recency.half_life_days",
         ),
     ],

@@ -40,6 +40,20 @@ class PopularityBoost:
 
 
 @dataclass(frozen=True)
+class Weights:
+    """The legs' weights in the fusion (None: the collection's)."""
+
+    keyword: float | None = None
+    vector: float | None = None
+
+
+@dataclass(frozen=True)
+class Boosts:
+    recency: RecencyBoost | None = None
+    popularity: PopularityBoost | None = None
+
+
+@dataclass(frozen=True)
 class RerankPolicy:
     """Whether a cross-encoder is loaded, and the rerank depths the settings allow."""
 
@@ -63,13 +77,11 @@ class SearchRequest:
     filter: dict[str, Any] | None = None
     principals: list[str] | None = None
     vector: list[float] | None = None
-    keyword_weight: float | None = None
-    vector_weight: float | None = None
+    weights: Weights | None = None
     rrf_k: float | None = None
     candidates: int | None = None
     ef_search: int | None = None
-    recency: RecencyBoost | None = None
-    popularity: PopularityBoost | None = None
+    boosts: Boosts | None = None
     per_document: bool = False
     explain: bool = False
     highlight: bool = True
@@ -158,6 +170,7 @@ def resolve(
         settings.max_candidates,
     )
     ef_search = int_in("ef_search", _pick(request.ef_search, settings.ef_search), 1, 1000)
+    weights, boosts = request.weights or Weights(), request.boosts or Boosts()
     return Plan(
         query=query,
         mode=mode,
@@ -167,8 +180,8 @@ def resolve(
         principals=principals,
         restricted=not compiled.empty or request.principals is not None,
         vector=request.vector,
-        keyword_weight=_weight("keyword_weight", request.keyword_weight, defaults),
-        vector_weight=_weight("vector_weight", request.vector_weight, defaults),
+        keyword_weight=_weight("weights.keyword", weights.keyword, defaults["keyword_weight"]),
+        vector_weight=_weight("weights.vector", weights.vector, defaults["vector_weight"]),
         rrf_k=float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
         candidates=max(candidates, offset + k),
         ef_search=ef_search,
@@ -176,8 +189,8 @@ def resolve(
         k1=defaults["bm25_k1"],
         b=defaults["bm25_b"],
         title_weight=defaults["bm25_title_weight"],
-        recency=_recency(request.recency),
-        popularity=_popularity(request.popularity),
+        recency=_recency(boosts.recency),
+        popularity=_popularity(boosts.popularity),
         per_document=bool(request.per_document),
         explain=bool(request.explain),
         highlight=bool(request.highlight),
@@ -253,8 +266,8 @@ def _popularity(boost: PopularityBoost | None) -> PopularityBoost | None:
     return boost
 
 
-def _weight(name: str, value: float | None, defaults: dict[str, float]) -> float:
-    return float_in(name, _pick(value, defaults[name]), 0.0, 100.0)
+def _weight(name: str, value: float | None, default: float) -> float:
+    return float_in(name, _pick(value, default), 0.0, 100.0)
 
 
 def _pick(value: Any, default: Any) -> Any:

@@ -10,9 +10,9 @@ from litestar.params import Parameter
 
 from app.access.caller import SEARCH, Caller
 from app.api.auth import scoped
-from app.api.schemas import ExplainOut, HitOut, RerankOut, SearchIn, SearchOut
+from app.api.schemas import ExplainOut, HitOut, RerankOut, Retrieval, SearchIn, SearchOut
 from app.search.cache import cached_search
-from app.search.request import PopularityBoost, RecencyBoost, SearchRequest
+from app.search.request import SearchRequest
 from app.search.results import SearchResult
 from app.service import Services
 
@@ -52,31 +52,9 @@ def search_get(
     return _run(services, collection, scoped(caller, collection, request))
 
 
-def to_request(data: SearchIn) -> SearchRequest:
-    boosts, weights = data.boosts, data.weights
-    recency = boosts.recency if boosts else None
-    popularity = boosts.popularity if boosts else None
-    return SearchRequest(
-        query=data.query,
-        mode=data.mode,
-        k=data.k,
-        offset=data.offset,
-        filter=data.filter,
-        principals=data.principals,
-        vector=data.vector,
-        keyword_weight=weights.keyword if weights else None,
-        vector_weight=weights.vector if weights else None,
-        rrf_k=data.rrf_k,
-        candidates=data.candidates,
-        ef_search=data.ef_search,
-        recency=RecencyBoost(**msgspec.structs.asdict(recency)) if recency else None,
-        popularity=PopularityBoost(**msgspec.structs.asdict(popularity)) if popularity else None,
-        per_document=data.per_document,
-        explain=data.explain,
-        highlight=data.highlight,
-        rerank_depth=data.rerank_depth,
-        vector_backend=data.vector_backend,
-    )
+def to_request(data: Retrieval) -> SearchRequest:
+    """The engine's request, read field by field from the body (its shape is the body's)."""
+    return msgspec.convert(data, SearchRequest, from_attributes=True)
 
 
 def _run(services: Services, collection: str, request: SearchRequest) -> SearchOut:
