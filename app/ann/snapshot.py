@@ -22,6 +22,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from app.ann.entries import Entry, Identity
 from app.ann.index import KINDS, IndexParams, VectorIndex
 
 FORMAT = 1
@@ -30,18 +31,6 @@ CURRENT = "CURRENT"
 BUILD_SETTINGS = ("kind", "exact_below", "hnsw_m", "hnsw_ef_construction")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What a snapshot must match to be loaded: the same collection (a collection dropped and
-    created again under the same id has another creation time), model and dimension."""
-
-    collection_id: int
-    collection_name: str
-    created_at: str
-    model: str
-    dim: int
 
 
 @dataclass(frozen=True)
@@ -152,3 +141,24 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def keep(root: Path, entry: Entry, *, only_if_changed: bool = False) -> None:
+    """Snapshot the entry's index (under its lock), unless `only_if_changed` and its position
+    is the one saved last. A failed write is logged: the index in memory is fine, and the next
+    save tries again."""
+    with entry.lock:
+        if entry.current is None:
+            return
+        index, position = entry.current
+        if only_if_changed and position == entry.saved_position:
+            entry.saved_at = time.time()
+            return
+        try:
+            save(root, entry.identity, index, position)
+        except OSError as exc:
+            log.warning(
+                "vector cache snapshot of %s not written: %s", entry.identity.collection_name, exc
+            )
+            return
+        entry.saved_position, entry.saved_at = position, time.time()

@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, TextClause, text
 
 from app import collections
-from app.ann.cache import Candidates, VectorCache
+from app.ann.cache import VectorCache
+from app.ann.candidates import Candidates
 from app.collections import Collection
 from app.db.queries import load
 from app.errors import Conflict, Invalid, Unavailable
