@@ -912,7 +912,12 @@ def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
 
 
 @cli.command("eval")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--sample", is_flag=True, help="Evaluate on the small set shipped with the package instead."
+)
 @click.option(
     "--modes", default="keyword,vector,hybrid", show_default=True, help="Comma-separated modes."
 )
@@ -935,14 +940,19 @@ def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
 @pass_settings
 def eval_command(
     settings: Settings,
-    folder: Path,
+    folder: Path | None,
+    sample: bool,
     modes: str,
     k: int,
     out_dir: Path,
     progress: bool,
     vector_backend: str | None,
 ) -> None:
-    """Evaluate search on a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv)."""
+    """Evaluate search on a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv), or
+    with --sample on the set shipped with the package."""
+    if (folder is None) == (not sample):
+        raise Invalid("give a FOLDER or --sample (not both)", field="folder")
+    folder = runner.SAMPLE_SET if folder is None else folder
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     for mode in chosen:
         if mode not in MODES:

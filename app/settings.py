@@ -54,6 +54,17 @@ class Bounds:
         if too_low or (self.high is not None and value > self.high):
             raise ConfigError(f"{env} must {self.describe()}, got {value!r}")
 
+    def summary(self) -> str:
+        """The rule in a few characters, for tables: `≥ 1`, `> 0`, `1 to 1000`, `(0, 1]`."""
+        if self.pattern is not None:
+            return self.expected
+        low, high = _number(self.low), _number(self.high)
+        if self.open_low:
+            return f"> {low}" if high is None else f"({low}, {high}]"
+        if high is not None:
+            return f"{low} to {high}" if low is not None else f"≤ {high}"
+        return f"≥ {low}"
+
     def describe(self) -> str:
         """The rule, as in "HYBRID_X must ...": `be at least 1`, `be positive`..."""
         if self.pattern is not None:
@@ -289,7 +300,7 @@ class SearchSettings:
         "HYBRID_SEARCH_KEYWORD_BUDGET",
         2_500,
         "Keyword candidates come from the rarest query lexemes while their chunk counts add up "
-        "to at most this (see Search)",
+        "to at most this (see Ranking)",
         at_least(1),
     )
     ef_search: int = setting(
@@ -303,7 +314,7 @@ class SearchSettings:
         5_000,
         "Visible chunks at or below which both legs read them directly (every keyword match "
         "scored, exact vector scan); above 100k chunks it grows with the square root of the "
-        "collection's size (see Search)",
+        "collection's size (see Ranking)",
         NOT_NEGATIVE,
     )
     max_scan_tuples: int = setting(
@@ -332,7 +343,7 @@ class RerankSettings:
         "HYBRID_RERANK_MODEL",
         "cross-encoder/ms-marco-MiniLM-L-6-v2",
         "Cross-encoder: a Hugging Face id found in the local cache, or a local directory; "
-        "empty = no reranking",
+        "`off` = no reranking",
     )
     depth: int = setting(
         "HYBRID_RERANK_DEPTH",

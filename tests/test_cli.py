@@ -454,3 +454,9 @@ def test_search_with_a_bad_filter_names_it(env: dict[str, str], corpus: Path) ->
     hybrid(env, "ingest", str(corpus), "-c", "kb", "--no-progress")
     run = hybrid(env, "search", "alpha", "-c", "kb", "--filter", '{"colour": "red"}')
     assert run.failed_with("filter.colour", "unknown field")
+
+
+@pytest.mark.parametrize("args", [[], ["--sample", "."]])
+def test_eval_takes_a_folder_or_the_shipped_set(env: dict[str, str], args: list[str]) -> None:
+    run = hybrid(env, "eval", *args)
+    assert run.failed_with("FOLDER or --sample"), run.text

@@ -34,7 +34,7 @@ from app.search.rerank import (
     local_model_path,
 )
 from app.service import Services
-from app.settings import RerankSettings
+from app.settings import RerankSettings, load_settings
 from tests.conftest import make_settings
 from tests.test_api import Client, ingest, problem
 from tests.test_cli import hybrid
@@ -451,9 +451,11 @@ def test_the_default_settings_look_in_the_local_cache_only(settings: Any) -> Non
     assert "neither a local directory nor in the Hugging Face cache" in reranking.detail
 
 
-def test_empty_model_setting_disables_reranking() -> None:
-    reranking = load_reranker(RerankSettings(model=""), Path())
-    assert not reranking.available and "disabled" in reranking.detail
+def test_model_off_disables_reranking() -> None:
+    settings = load_settings({"HYBRID_RERANK_MODEL": "off"}).rerank
+    for rerank in (settings, RerankSettings(model="")):
+        reranking = load_reranker(rerank, Path())
+        assert not reranking.available and "disabled" in reranking.detail
 
 
 def test_a_directory_that_is_not_a_model_is_reported_not_fatal(tmp_path: Path) -> None:

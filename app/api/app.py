@@ -109,6 +109,7 @@ def _configure_openapi(config: AppConfig) -> None:
         title=API_TITLE,
         version="0.1.0",
         path="/docs",
+        use_handler_docstrings=True,
         render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
     )
 

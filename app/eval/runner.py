@@ -25,6 +25,9 @@ from app.search.engine import QueryEmbeddings, Searcher, search
 from app.search.request import RERANK_MODE, SearchRequest
 from app.service import Services
 
+# A small judged set shipped with the package (`hybrid eval --sample`): the sample corpus's
+# sections and questions about them (see its SOURCE.txt).
+SAMPLE_SET = Path(__file__).parent / "datasets" / "samples"
 CUTOFFS = {"ndcg@10": 10, "recall@100": 100, "mrr@10": 10, "hit@5": 5}
 
 

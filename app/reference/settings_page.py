@@ -30,7 +30,7 @@ def render() -> str:
         cls = hints[section.name]
         lines += [f"## {_title(cls.__name__)}", ""]
         lines += table(
-            ("variable", "type", "default", "description"),
+            ("variable", "type", "default", "accepts", "description"),
             [_row(f, get_type_hints(cls)[f.name]) for f in fields(cls)],
         )
     return page(lines)
@@ -42,9 +42,11 @@ def _title(class_name: str) -> str:
     return " ".join(words).capitalize()
 
 
-def _row(f: Field[Any], hint: Any) -> tuple[str, str, str, str]:
+def _row(f: Field[Any], hint: Any) -> tuple[str, str, str, str, str]:
     default = f.default if f.default is not MISSING else None
-    return (code(f.metadata["env"]), _type(hint), _default(default), f.metadata["doc"])
+    bounds = f.metadata["bounds"]
+    accepts = bounds.summary() if bounds is not None else ""
+    return (code(f.metadata["env"]), _type(hint), _default(default), accepts, f.metadata["doc"])
 
 
 def _type(hint: Any) -> str:

@@ -248,8 +248,8 @@ def load_reranker(settings: RerankSettings, cache_dir: Path) -> Reranking:
     """The configured cross-encoder, loaded offline; unavailable (never an exception) when it
     is not configured, not on this machine, or cannot be loaded. ONNX exports go to
     `cache_dir`. The server logs the outcome (`Reranking.log_status`); commands show it."""
-    if not settings.model.strip():
-        return Reranking(None, "disabled (HYBRID_RERANK_MODEL is empty)", settings)
+    if settings.model.strip().lower() in ("", "off"):
+        return Reranking(None, "disabled (HYBRID_RERANK_MODEL=off)", settings)
     path = local_model_path(settings.model)
     if path is None:
         detail = (

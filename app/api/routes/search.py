@@ -16,8 +16,23 @@ from app.search.request import SearchRequest
 from app.search.results import SearchResult
 from app.service import Services
 
+SEARCH_POST = (
+    "Hybrid (optionally reranked), keyword or vector search with filters, ACL principals, "
+    "boosts and explain."
+)
 
-@post("/v1/search", sync_to_thread=True, status_code=200, tags=["search"], opt={"scope": SEARCH})
+
+# Named explicitly: the handler is wrapped for the thread pool before Litestar reads its name.
+@post(
+    "/v1/search",
+    sync_to_thread=True,
+    status_code=200,
+    tags=["search"],
+    opt={"scope": SEARCH},
+    operation_id="V1SearchSearchPost",
+    summary="SearchPost",
+    description=SEARCH_POST,
+)
 def search_post(data: SearchIn, services: Services, caller: Caller) -> SearchOut:
     """Hybrid (optionally reranked), keyword or vector search with filters, ACL principals,
     boosts and explain."""
