@@ -5,6 +5,7 @@ A caller sees the collections of its allow-list, and their counts only with `adm
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, delete, get, post
 from sqlalchemy import Connection
 
@@ -17,18 +18,10 @@ from app.service import Services
 
 
 def to_out(c: Collection, caller: Caller) -> CollectionOut:
-    counted = ADMIN in caller.scopes
-    return CollectionOut(
-        name=c.name,
-        description=c.description,
-        embedding_model=c.embedding_model,
-        embedding_dim=c.embedding_dim,
-        text_config=c.text_config,
-        settings=c.settings,
-        created_at=c.created_at,
-        documents=c.documents if counted else None,
-        chunks=c.chunks if counted else None,
-    )
+    out = msgspec.convert(c, CollectionOut, from_attributes=True)
+    if ADMIN not in caller.scopes:
+        out.documents = out.chunks = None
+    return out
 
 
 class CollectionController(Controller):
