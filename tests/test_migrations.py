@@ -21,7 +21,7 @@ from app.errors import ConfigError
 from app.ingest.model import Block, SourceDocument
 from app.ingest.pipeline import Ingestor
 from app.search.engine import Searcher, search
-from app.search.request import PopularityBoost, SearchRequest
+from app.search.request import Boosts, PopularityBoost, SearchRequest
 from app.search.results import Hit, SearchResult
 from app.service import Services
 from tests.conftest import make_settings, scratch_database
@@ -215,7 +215,7 @@ SEARCHES: list[dict[str, Any]] = [
         "mode": "hybrid",
         "principals": ["zoo"],
         "per_document": True,
-        "popularity": PopularityBoost(),
+        "boosts": Boosts(popularity=PopularityBoost()),
     },
 ]
 
