@@ -3,7 +3,7 @@ keys are created, listed, revoked and expire; a wrong secret and an unknown key 
 revoked key stops working within the cache TTL on every instance; requests narrow principals
 and never widen them; filters are ANDed; forged, expired and over-wide tokens are refused;
 budgets refuse the request past the limit; audit rows are written; the `hybrid keys` commands
-work as installed; the README's token example works."""
+work as installed; the documented token example works."""
 
 from __future__ import annotations
 
