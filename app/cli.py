@@ -33,6 +33,7 @@ from app.access import keys, local
 from app.access.caller import SCOPES
 from app.access.keys import KeySpec
 from app.answer import generate
+from app.cli_analytics import analytics_group
 from app.db import backup, embedded, migrate
 from app.errors import ConfigError, HybridError, Invalid, Unavailable
 from app.eval import report as eval_report
@@ -1048,3 +1049,6 @@ def _table(*columns: str) -> Table:
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+cli.add_command(analytics_group)

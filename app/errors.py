@@ -84,6 +84,14 @@ class Conflict(HybridError):
     title = "Conflict"
 
 
+class Unprocessable(HybridError):
+    """Well-formed, but about something it cannot be about: feedback on a hit the search did
+    not return, or thumbs for a search that was not an answer."""
+
+    status = 422
+    title = "Unprocessable"
+
+
 class TooLarge(HybridError):
     """An upload or document is larger than the configured limit."""
 

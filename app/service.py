@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from app import redact
 from app.ann.cache import VectorCache
 from app.answer.generate import Readers
 from app.answer.providers import ChatModels
@@ -24,6 +25,7 @@ from app.db.engine import make_engine, resolve_database_url, retrying, transacti
 from app.ingest.chunk import Tokenizer, bundled_tokenizer
 from app.ingest.embed import Embedder, create_embedder
 from app.ingest.pipeline import Ingestor
+from app.querylog.log import QueryLog
 from app.search.cache import SearchCache
 from app.search.engine import QueryEmbeddings, Searcher
 from app.search.rerank import Reranking, load_reranker
@@ -47,6 +49,9 @@ class Services:
         self.search_cache = SearchCache(settings.cache)
         self.chat_models = _chat_models(settings)
         self.vector_cache: VectorCache | None = None
+        self.query_log = QueryLog(
+            engine, settings.query_log, redact.load(settings.query_log.redactor)
+        )
 
     @classmethod
     def open(cls, settings: Settings, *, check_schema: bool = True) -> Services:
@@ -140,10 +145,11 @@ class Services:
         return Ingestor(self.engine, self.settings, self.embedder, self.tokenizer)
 
     def close(self, *, stop_embedded: bool | None = None) -> None:
-        """Stop the vector cache (writing its snapshots), release connections, and stop the
-        embedded server if this process started it."""
+        """Stop the vector cache (writing its snapshots), write what the query log holds,
+        release connections, and stop the embedded server if this process started it."""
         if self.vector_cache is not None:
             self.vector_cache.stop()
+        self.query_log.close()
         self.engine.dispose()
         if self.started_embedded if stop_embedded is None else stop_embedded:
             embedded.stop(self.settings.database.data_dir)

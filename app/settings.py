@@ -30,6 +30,7 @@ VectorBackend = Literal["auto", "faiss", "pgvector", "exact"]
 VECTOR_BACKENDS: tuple[VectorBackend, ...] = get_args(VectorBackend)
 FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 AuthMode = Literal["required", "off"]
+QueryLogMode = Literal["redacted", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,12 @@ class IngestSettings:
         "`maintenance_work_mem` of a collection's vector index build after a bulk load (the "
         "graph should fit: about 2 kB a chunk at 384 dimensions)",
         MEMORY_SIZE,
+    )
+    redact: bool = setting(
+        "HYBRID_INGEST_REDACT",
+        False,
+        "Redact personal data (emails, phone numbers, card and id numbers; see "
+        "HYBRID_REDACTOR) from documents before they are stored",
     )
 
 
@@ -592,6 +599,40 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class QueryLogSettings:
+    mode: QueryLogMode = setting(
+        "HYBRID_QUERY_LOG",
+        "redacted",
+        "Record every search and answer: `redacted` (personal data in queries and comments "
+        "replaced first, see HYBRID_REDACTOR), `on` (as asked) or `off`",
+    )
+    retention_days: int = setting(
+        "HYBRID_QUERY_LOG_RETENTION_DAYS",
+        30,
+        "Days of searches, answers and feedback kept; older days are dropped whole",
+        at_least(1),
+    )
+    queue: int = setting(
+        "HYBRID_QUERY_LOG_QUEUE",
+        10_000,
+        "Entries waiting to be written at most; beyond it new ones are dropped and counted",
+        at_least(1),
+    )
+    flush_s: float = setting(
+        "HYBRID_QUERY_LOG_FLUSH_INTERVAL",
+        1.0,
+        "Seconds between writes of the waiting entries",
+        Bounds(low=0, high=1, open_low=True),
+    )
+    redactor: str = setting(
+        "HYBRID_REDACTOR",
+        "",
+        "`module:function` taking and returning a string, used instead of the built-in "
+        "redaction (empty = built-in)",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings
     embedding: EmbeddingSettings
@@ -603,6 +644,7 @@ class Settings:
     vectors: VectorCacheSettings
     answer: AnswerSettings
     server: ServerSettings
+    query_log: QueryLogSettings
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -616,6 +658,7 @@ SECTIONS: dict[str, type[Any]] = {
     "vectors": VectorCacheSettings,
     "answer": AnswerSettings,
     "server": ServerSettings,
+    "query_log": QueryLogSettings,
 }
 
 
@@ -712,6 +755,12 @@ def _validate(s: Settings) -> None:
         "HYBRID_RERANK_PASSAGE_TOKENS + HYBRID_RERANK_QUERY_TOKENS must be at most 509 "
         "(a cross-encoder reads 512 tokens, 3 of them separators)",
     )
+    if s.query_log.redactor:
+        module, colon, function = s.query_log.redactor.partition(":")
+        _require(
+            bool(module and colon and function),
+            f"HYBRID_REDACTOR: expected `module:function`, got {s.query_log.redactor!r}",
+        )
     for entry in s.answer.models:
         model, at, base_url = entry.partition("@")
         _require(

@@ -94,9 +94,14 @@ def services(session_services: Services) -> Iterator[Services]:
     """The shared services over an empty database (the embedding cache is kept: it is keyed
     by model and text, so it cannot leak between tests)."""
     yield session_services
+    # What the test's requests logged is written now, not into the next test's tables.
+    session_services.query_log.flush()
     with session_services.engine.begin() as conn:
         conn.execute(
-            text("TRUNCATE collections, change_log, api_keys, audit_log RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE collections, change_log, api_keys, audit_log, query_log, feedback "
+                "RESTART IDENTITY CASCADE"
+            )
         )
         conn.execute(text(DROP_VECTOR_INDEXES))
 

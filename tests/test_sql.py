@@ -79,6 +79,21 @@ EXPECTED = {
     ("access.sql", "touch_key"): {"id"},
     ("access.sql", "record_action"): {"action", "key_id", "target", "detail"},
     ("access.sql", "count_denied"): {"prefix", "reason"},
+    ("query_log.sql", "salt"): set(),
+    ("query_log.sql", "add_partitions"): {"first", "last"},
+    ("query_log.sql", "drop_partitions"): {"cutoff"},
+    ("query_log.sql", "find_search"): {"id"},
+    ("query_log.sql", "record_feedback"): {
+        "search_id", "searched_at", "collection", "kind", "chunk_id", "document_id", "position",
+        "comment", "key_id",
+    },
+    **{
+        ("analytics.sql", view): set()
+        for view in (
+            "searches", "searches_daily", "queries_daily", "feedback", "clicks_daily",
+            "answers_daily", "keys_daily",
+        )
+    },
 }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from app.api.routes.admin import IndexController
 from app.api.routes.answer import answer_post
 from app.api.routes.collections import CollectionController
 from app.api.routes.documents import DocumentController
+from app.api.routes.feedback import feedback_post
 from app.api.routes.health import health, ready
 from app.api.routes.keys import KeyController
 from app.api.routes.metrics import metrics
@@ -56,6 +57,7 @@ def create_app(
             search_post,
             search_get,
             answer_post,
+            feedback_post,
             IndexController,
             KeyController,
         ]
@@ -79,6 +81,7 @@ def _configure_state(
     config.state = State({"services": services, "admission": admission, "gate": gate})
     config.guards.append(gate.guard)
     config.before_send.append(send_rate_headers)
+    config.on_startup.append(services.query_log.start)
     if vector_cache and services.settings.vectors.enabled:
         config.on_startup.append(services.start_vector_cache)
     if load_model:

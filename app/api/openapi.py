@@ -33,6 +33,7 @@ PROBLEM_MEDIA = "application/problem+json"
 PROBES = frozenset({"/health", "/ready"})
 # Routes that read their collection's name from the body, not the path.
 READS = frozenset({"/v1/search", "/v1/answer"})
+FEEDBACK = "/v1/feedback"
 
 PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
@@ -102,6 +103,7 @@ MEANINGS = {
     "nothing was written",
     413: "Body, file or value larger than its limit",
     429: "The key spent its rate budget; retry after `Retry-After` s (`RateLimit-*` headers)",
+    422: "Refers to what it cannot: a hit the search did not return, thumbs for a search",
     415: "Body of a media type the route does not read, or a file type it cannot load",
     500: "Unexpected failure (reveals nothing internal)",
     502: "A provider (embedding or answer model) answered with something unusable",
@@ -165,6 +167,8 @@ def statuses(path: str, method: str, *, has_body: bool) -> list[int]:
         found.add(404)
     if has_body:
         found |= {413, 415}
+    if path == FEEDBACK:
+        found |= {404, 422}
     if path in READS:
         found.add(502)  # the query is embedded, perhaps by a remote provider
     elif method in ("post", "put", "patch", "delete"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -239,6 +239,8 @@ class RerankOut(msgspec.Struct):
 
 
 class SearchOut(msgspec.Struct):
+    # The id of this search in the query log: what feedback on it names.
+    search_id: str
     collection: str
     mode: str
     hits: list[HitOut]
@@ -269,6 +271,8 @@ class SourceOut(msgspec.Struct):
 
 
 class AnswerOut(msgspec.Struct):
+    # The id of this answer in the query log: what feedback on it names.
+    search_id: str
     collection: str
     mode: str
     question: str
@@ -284,3 +288,24 @@ class AnswerOut(msgspec.Struct):
     usage: dict[str, int] | None
     timings_ms: dict[str, float]
     cache: str
+
+
+FeedbackKind = Literal["click", "helpful", "not_helpful", "thumbs_up", "thumbs_down"]
+
+
+class FeedbackIn(Strict):
+    """A click or rating of one hit of a logged search (`chunk_id` or `document_id`), or the
+    thumbs of an answer (neither)."""
+
+    search_id: Annotated[str, msgspec.Meta(max_length=64)]
+    kind: FeedbackKind
+    chunk_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] | None = None
+    document_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    # The rank the person saw the hit at, when it differs from where the search returned it.
+    position: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+
+
+class FeedbackOut(msgspec.Struct):
+    id: int
+    created_at: datetime

@@ -11,9 +11,10 @@ grants and the row-level security policy. It appears at its path only once compl
 A restore runs in one transaction (`pg_restore --single-transaction --clean --if-exists`), so
 a failure leaves the database as it was, and it refuses a database that holds rows unless
 forced. Two things are put in place beforehand instead of being restored: the extensions
-(created if missing, never dropped: the restoring user may not own them) and the reader role
-of row-level security (roles belong to the server, not to the database, so no backup has
-them). Afterwards the schema is migrated from the backup's revision to this version's head.
+(created if missing, never dropped: the restoring user may not own them) and the roles (the
+reader role of row-level security and the analysts' role: roles belong to the server, not to
+the database, so no backup has them). Afterwards the schema is migrated from the backup's
+revision to this version's head.
 """
 
 from __future__ import annotations
@@ -42,23 +43,42 @@ EXTENSION_ENTRY = re.compile(r"^\d+; \d+ \d+ (?:EXTENSION -|COMMENT - EXTENSION)
 REVISION_DATA = re.compile(r"^COPY \S*alembic_version \(version_num\) FROM stdin;\n(\w+)$", re.M)
 STDERR_LINES = 5
 
-# The database's own tables (not an extension's), except alembic's bookkeeping.
+# The database's own tables (not an extension's), except those a migration fills: alembic's
+# bookkeeping and the key of the query log's principals hash.
 USER_TABLES = """
 SELECT c.oid::regclass::text, n.nspname, c.relname
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname !~ '^(pg_|information_schema$)'
-  AND c.relname <> 'alembic_version'
+  AND c.relname NOT IN ('alembic_version', 'query_log_salt')
   AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                   AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY 1
 """
 
-# The role searches read through, as migration 0002 creates it.
+DROP_LOG_PARTITIONS = """
+DO $$
+DECLARE
+    part text;
+BEGIN
+    FOR part IN
+        SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = to_regclass('query_log')
+    LOOP
+        EXECUTE format('DROP TABLE %I', part);
+    END LOOP;
+END $$
+"""
+
+# The role searches read through, as migration 0002 creates it, and the analysts' role, as
+# migration 0010 does (roles belong to the server: the grants of a backup need them).
 READER_ROLE = """
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hybrid_reader') THEN
         CREATE ROLE hybrid_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hybrid_analyst') THEN
+        CREATE ROLE hybrid_analyst NOLOGIN;
     END IF;
     IF NOT pg_has_role(current_user, 'hybrid_reader', 'MEMBER') THEN
         EXECUTE format('GRANT hybrid_reader TO %I', current_user);
@@ -175,7 +195,11 @@ def _match_schema(engine: Engine, revision: str, revisions: list[str], holds_dat
 
 
 def _prepare(engine: Engine, extensions: list[str]) -> None:
-    """What the restore needs but does not bring: the extensions and the reader role."""
+    """What the restore needs but does not bring: the extensions and the roles. And what it
+    cannot replace: `pg_restore --clean` drops a partition's inherited primary key before its
+    table and fails, so the query log's partitions go first (the backup brings its own; a
+    service makes the days it needs again at start). A restore that then fails has lost the
+    replaced database's query log rows, and nothing else."""
     with engine.begin() as conn:
         driver = driver_connection(conn)
         for name in extensions:
@@ -183,6 +207,7 @@ def _prepare(engine: Engine, extensions: list[str]) -> None:
                 sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name))
             )
         driver.execute(READER_ROLE)
+        driver.execute(DROP_LOG_PARTITIONS)
 
 
 def _pg_restore(url: URL, archive: Archive) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, RowMapping
 from tqdm import tqdm
 
-from app import collections
+from app import collections, redact
 from app.collections import Collection
 from app.db.engine import driver_connection
 from app.db.queries import query
@@ -98,6 +98,8 @@ class Ingestor:
         self.settings = settings
         self.embedder = embedder
         self.tokenizer = tokenizer
+        # HYBRID_INGEST_REDACT: documents are redacted before anything is hashed or stored.
+        self.redactor = redact.load(settings.query_log.redactor) if settings.ingest.redact else None
 
     def ingest(
         self,
@@ -184,7 +186,8 @@ class Ingestor:
         with self.engine.connect() as conn:
             existing = _existing(conn, collection.id, [d.external_id for d in batch])
         pending = PendingBatch()
-        for doc in batch:
+        for given in batch:
+            doc = given if self.redactor is None else redact_document(given, self.redactor)
             stored = existing.get(doc.external_id)
             prepared = self._resolve(doc, stored, defaults)
             status = _classify(prepared, stored)
@@ -319,6 +322,15 @@ def _classify(doc: PreparedDocument, stored: RowMapping | None) -> str:
     if stored["deleted_at"] is not None or stored["content_hash"] != doc.content_hash:
         return "updated"
     return "unchanged" if stored_fields(stored) == doc.fields() else "metadata_updated"
+
+
+def redact_document(doc: SourceDocument, redactor: redact.Redactor) -> SourceDocument:
+    """`doc` with its title, headings and text redacted (its id, metadata and ACL as given)."""
+    blocks = [
+        replace(b, text=redactor(b.text), heading_path=tuple(redactor(h) for h in b.heading_path))
+        for b in doc.blocks
+    ]
+    return replace(doc, title=redactor(doc.title), blocks=blocks)
 
 
 def _first_given(*candidates: list[str] | None) -> list[str]:

@@ -98,6 +98,7 @@ def search(
     vector = _query_vector(plan, collection, embeddings)
     embedded = time.perf_counter()
     source = _vector_source(plan, collection, vector, vectors, settings)
+    sourced = time.perf_counter()
     rows, source, fresh = _execute(conn, collection, plan, vector, source, settings)
     if source.candidates is not None and source.restriction is not None and vectors:
         _observe(vectors, source, rows)
@@ -110,7 +111,8 @@ def search(
         mode=plan.mode,
         hits=hits,
         embed_ms=(embedded - started) * 1000,
-        sql_ms=(done - embedded) * 1000,
+        sql_ms=(done - sourced) * 1000,
+        faiss_ms=(sourced - embedded) * 1000 if source.candidates is not None else 0.0,
         rerank=report,
         vector_backend=source.backend,
         fresh=fresh,

@@ -49,6 +49,8 @@ class SearchResult:
     embed_ms: float
     sql_ms: float
     rerank: RerankReport | None = None
+    # The vector cache's share of the time (its candidates), when it gave any.
+    faiss_ms: float = 0.0
     # Where vector candidates came from (`faiss`, `pgvector` or `exact`; None without a vector
     # leg), and False when they came from a cache that had not applied every visible change.
     vector_backend: str | None = None

@@ -21,9 +21,11 @@ from app.access.caller import SEARCH, Caller
 from app.answer import generate
 from app.answer.generate import Prepared
 from app.api.auth import scoped
+from app.api.logged import Recording, describe_answer, describe_request, new_entry
 from app.api.routes.search import to_request
 from app.api.schemas import AnswerIn, AnswerOut, RerankOut, SearchIn, SourceOut
 from app.errors import HybridError
+from app.querylog.log import Entry
 from app.service import Services
 
 
@@ -46,43 +48,62 @@ def answer_post(data: AnswerIn, services: Services, caller: Caller) -> Response[
 
     With `"stream": true` the response is `text/event-stream`; otherwise an `AnswerOut` body.
     """
-    with services.transaction() as conn:
-        prepared = prepare(conn, services, data, caller)
-    if data.stream:
-        return ServerSentEvent(_messages(prepared, services))
-    result = generate.answer(prepared, services.chat_models)
-    return Response(to_out(result))
+    entry = new_entry("answer", caller, data.collection, data.query)
+    with Recording(services.query_log, entry) as recording:
+        with services.transaction() as conn:
+            prepared = prepare(conn, services, data, caller, entry)
+        if data.stream:
+            recording.handed_off = True
+            return ServerSentEvent(_messages(prepared, services, recording))
+        result = generate.answer(prepared, services.chat_models)
+        describe_answer(entry, prepared, result.done)
+        return Response(to_out(result, str(entry.id)))
 
 
-def prepare(conn: Connection, services: Services, data: AnswerIn, caller: Caller) -> Prepared:
+def prepare(
+    conn: Connection, services: Services, data: AnswerIn, caller: Caller, entry: Entry
+) -> Prepared:
     fields = msgspec.structs.asdict(data)
     context_tokens = fields.pop("context_tokens")
     del fields["stream"]
     fields["k"] = services.settings.answer.k if data.k is None else data.k
     request = scoped(caller, data.collection, to_request(SearchIn(**fields)))
+    describe_request(entry, request)
     return generate.prepare(
         conn, data.collection, request, services.answer_readers(), context_tokens=context_tokens
     )
 
 
-def _messages(prepared: Prepared, services: Services) -> Iterator[ServerSentEventMessage]:
+def _messages(
+    prepared: Prepared, services: Services, recording: Recording
+) -> Iterator[ServerSentEventMessage]:
+    """The events (the first carries the `search_id`); the answer is logged when the stream
+    ends, however it ends (a client that leaves early included)."""
+    search_id = str(recording.entry.id)
     try:
         for event in generate.events(prepared, services.chat_models):
-            yield ServerSentEventMessage(event=event.kind, data=_json(event.data))
+            data = {"search_id": search_id, **event.data} if event.kind == "sources" else event.data
+            if event.kind == "done":
+                describe_answer(recording.entry, prepared, event.data)
+            yield ServerSentEventMessage(event=event.kind, data=_json(data))
     except HybridError as exc:
+        recording.failed(exc)
         problem = {"status": exc.status, "title": exc.title, "detail": exc.message}
         yield ServerSentEventMessage(event="error", data=_json(problem))
+    finally:
+        recording.finish()
 
 
 def _json(data: dict[str, Any]) -> str:
     return msgspec.json.encode(data).decode()
 
 
-def to_out(result: generate.Answer) -> AnswerOut:
+def to_out(result: generate.Answer, search_id: str) -> AnswerOut:
     prepared, done = result.prepared, result.done
     data = generate.sources_data(prepared)
     sources = [msgspec.convert(s, SourceOut) for s in data["sources"]]
     return AnswerOut(
+        search_id=search_id,
         collection=prepared.collection,
         mode=prepared.mode,
         question=prepared.question,

@@ -1,4 +1,5 @@
-"""Prometheus metrics: the vector cache's size and lag per collection, read at scrape time."""
+"""Prometheus metrics, read at scrape time: the vector cache's size and lag per collection, and
+the query log's queue, writes, drops and failures."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ from collections.abc import Iterator
 
 from litestar import Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from app.access.caller import ADMIN
@@ -49,6 +55,23 @@ class VectorCacheCollector(Collector):
         yield from (ready, vectors, tombstones, lag_changes, lag_seconds, head)
 
 
+class QueryLogCollector(Collector):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.services.query_log.stats()
+        yield GaugeMetricFamily(
+            "hybrid_query_log_waiting", "Log entries waiting to be written", stats["waiting"]
+        )
+        for name, help_text in (
+            ("written", "Log entries written"),
+            ("dropped", "Log entries dropped because the queue was full"),
+            ("failed", "Log entries lost to a failed write"),
+        ):
+            yield CounterMetricFamily(f"hybrid_query_log_{name}", help_text, stats[name])
+
+
 # Litestar adds the charset to a text media type itself (and the document names the type).
 MEDIA_TYPE = CONTENT_TYPE_LATEST.partition("; charset=")[0]
 
@@ -58,4 +81,5 @@ def metrics(services: Services) -> Response[bytes]:
     """Prometheus text format."""
     registry = CollectorRegistry()
     registry.register(VectorCacheCollector(services))
+    registry.register(QueryLogCollector(services))
     return Response(generate_latest(registry), media_type=MEDIA_TYPE)

@@ -10,6 +10,7 @@ from litestar.params import Parameter
 
 from app.access.caller import SEARCH, Caller
 from app.api.auth import scoped
+from app.api.logged import Recording, describe_request, describe_search, new_entry
 from app.api.schemas import ExplainOut, HitOut, RerankOut, Retrieval, SearchIn, SearchOut
 from app.search.cache import cached_search
 from app.search.request import SearchRequest
@@ -36,7 +37,7 @@ SEARCH_POST = (
 def search_post(data: SearchIn, services: Services, caller: Caller) -> SearchOut:
     """Hybrid (optionally reranked), keyword or vector search with filters, ACL principals,
     boosts and explain."""
-    return _run(services, data.collection, scoped(caller, data.collection, to_request(data)))
+    return _run(services, caller, data.collection, to_request(data))
 
 
 @get("/v1/search", sync_to_thread=True, tags=["search"], opt={"scope": SEARCH})
@@ -64,7 +65,7 @@ def search_get(
         rerank_depth=rerank_depth,
         vector_backend=vector_backend,
     )
-    return _run(services, collection, scoped(caller, collection, request))
+    return _run(services, caller, collection, request)
 
 
 def to_request(data: Retrieval) -> SearchRequest:
@@ -72,15 +73,21 @@ def to_request(data: Retrieval) -> SearchRequest:
     return msgspec.convert(data, SearchRequest, from_attributes=True)
 
 
-def _run(services: Services, collection: str, request: SearchRequest) -> SearchOut:
-    with services.transaction() as conn:
-        outcome = cached_search(
-            conn, collection, request, services.searcher(), services.search_cache
-        )
-    return to_out(outcome.result, cache=outcome.origin)
+def _run(services: Services, caller: Caller, collection: str, asked: SearchRequest) -> SearchOut:
+    """The search as `caller` may make it, logged however it ends."""
+    entry = new_entry("search", caller, collection, asked.query)
+    with Recording(services.query_log, entry):
+        request = scoped(caller, collection, asked)
+        describe_request(entry, request)
+        with services.transaction() as conn:
+            outcome = cached_search(
+                conn, collection, request, services.searcher(), services.search_cache
+            )
+        describe_search(entry, outcome.result, outcome.origin)
+        return to_out(outcome.result, cache=outcome.origin, search_id=str(entry.id))
 
 
-def to_out(result: SearchResult, *, cache: str = "computed") -> SearchOut:
+def to_out(result: SearchResult, *, cache: str = "computed", search_id: str = "") -> SearchOut:
     hits = [
         HitOut(
             chunk_id=h.chunk_id,
@@ -98,10 +105,13 @@ def to_out(result: SearchResult, *, cache: str = "computed") -> SearchOut:
         for h in result.hits
     ]
     timings = {"embed": round(result.embed_ms, 3), "sql": round(result.sql_ms, 3)}
+    if result.faiss_ms:
+        timings["faiss"] = round(result.faiss_ms, 3)
     report = result.rerank
     if report:
         timings["rerank"] = round(report.ms, 3)
     return SearchOut(
+        search_id=search_id,
         collection=result.collection,
         mode=result.mode,
         hits=hits,

@@ -1,0 +1,101 @@
+"""What the query log records of an API search or answer: one `Entry`, filled in as the request
+goes (who asked what, what came back, what each stage took) and recorded when it ends, however
+it ends: a refused or failed request is logged with its status and error too."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from app.access.caller import Caller
+from app.answer.generate import Prepared
+from app.errors import HybridError
+from app.querylog.log import Entry, QueryLog
+from app.search.request import SearchRequest
+from app.search.results import SearchResult
+
+
+class Recording:
+    """Records `entry` when the `with` block ends, with its total time and, if the block
+    raised, the status and message of the error; unless the block handed the recording off
+    (a streamed answer records itself when its stream ends)."""
+
+    def __init__(self, log: QueryLog, entry: Entry) -> None:
+        self.log = log
+        self.entry = entry
+        self.started = time.perf_counter()
+        self.handed_off = False
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is not None:
+            self.failed(exc)
+        if exc is not None or not self.handed_off:
+            self.finish()
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, HybridError):
+            self.entry.status, self.entry.error = exc.status, exc.message[:500]
+        else:
+            self.entry.status, self.entry.error = 500, "internal error"
+
+    def finish(self) -> None:
+        self.entry.total_ms = (time.perf_counter() - self.started) * 1000
+        self.log.record(self.entry)
+
+
+def new_entry(kind: str, caller: Caller, collection: str, query: str) -> Entry:
+    return Entry(
+        kind=kind,
+        collection=collection,
+        query=query,
+        status=200,
+        total_ms=0.0,
+        key_id=caller.key_id,
+        key_prefix=caller.prefix or None,
+    )
+
+
+def describe_request(entry: Entry, request: SearchRequest) -> None:
+    """The request as the engine runs it (scoped: the caller's principals and filter in)."""
+    entry.mode, entry.k, entry.page_offset = request.mode, request.k, request.offset
+    entry.filter = request.filter
+    boosts = dataclasses.asdict(request.boosts) if request.boosts else None
+    entry.boosts = {name: value for name, value in (boosts or {}).items() if value} or None
+    entry.principals = request.principals
+
+
+def describe_search(entry: Entry, result: SearchResult, cache: str) -> None:
+    entry.mode = result.mode
+    entry.embed_ms, entry.sql_ms = result.embed_ms, result.sql_ms
+    entry.faiss_ms = result.faiss_ms or None
+    entry.rerank_ms = result.rerank.ms if result.rerank else None
+    entry.hits = len(result.hits)
+    entry.chunk_ids = [hit.chunk_id for hit in result.hits]
+    entry.document_ids = [hit.document_id for hit in result.hits]
+    entry.cache, entry.vector_backend = cache, result.vector_backend
+
+
+def describe_answer(entry: Entry, prepared: Prepared, done: dict[str, Any]) -> None:
+    """The answer's search (its passages, best first) and its generation."""
+    entry.mode = prepared.mode
+    timings = prepared.timings_ms
+    entry.embed_ms, entry.sql_ms = timings.get("embed"), timings.get("sql")
+    entry.rerank_ms = timings.get("rerank")
+    entry.cache = prepared.cache
+    chunks = [(c, p.document_id) for p in prepared.passages for c in p.chunk_ids]
+    entry.hits = len(prepared.passages)
+    entry.chunk_ids = [chunk for chunk, _ in chunks]
+    entry.document_ids = [document for _, document in chunks]
+    entry.generation_ms = done.get("timings_ms", {}).get("generation")
+    entry.model = done.get("model")
+    entry.extractive = done.get("extractive")
+    entry.fallback = done.get("degraded") is not None
+    usage = done.get("usage") or {}
+    entry.prompt_tokens = usage.get("prompt_tokens")
+    entry.completion_tokens = usage.get("completion_tokens")
+    cited = set(done.get("cited", []))
+    entry.cited_chunk_ids = [c for p in prepared.passages if p.number in cited for c in p.chunk_ids]

@@ -1,0 +1,302 @@
+"""Recording searches and answers without slowing them down.
+
+`QueryLog.record` puts an entry on a bounded in-process queue and returns at once; a writer
+thread takes what is waiting every `HYBRID_QUERY_LOG_FLUSH_INTERVAL` (at most a second) and
+writes it with one COPY. A full queue drops the new entry and counts it (a warning says how
+many, at most every ten seconds); a failed write (the database down, say) is logged and its
+entries counted as failed: neither ever reaches the request. `close` writes what is left.
+
+The writer also keeps the partitions: at start and every hour it creates the days ahead and
+drops the days past `HYBRID_QUERY_LOG_RETENTION_DAYS`. With `HYBRID_QUERY_LOG=redacted` the
+query text is redacted (`app.redact`) before it is queued; principals are stored only as a
+keyed hash. The last entries recorded are also kept in memory by id, so that feedback on a
+search can be checked before its row is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import Engine
+
+from app.db.engine import driver_connection
+from app.db.queries import query
+from app.redact import Redactor
+from app.settings import QueryLogSettings
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "id", "logged_at", "kind", "collection", "mode", "k", "page_offset", "filter", "boosts",
+    "key_id", "key_prefix", "principals_hash", "query", "embed_ms", "sql_ms", "faiss_ms",
+    "rerank_ms", "generation_ms", "total_ms", "hits", "chunk_ids", "document_ids", "cache",
+    "vector_backend", "status", "error", "model", "fallback", "extractive", "prompt_tokens",
+    "completion_tokens", "cited_chunk_ids",
+)  # fmt: skip
+COPY = f"COPY query_log ({', '.join(COLUMNS)}) FROM STDIN"
+BATCH = 1000
+RECENT = 10_000
+MAINTAIN_EVERY_S = 3600.0
+DAYS_AHEAD = 7
+WARN_EVERY_S = 10.0
+
+
+@dataclass
+class Entry:
+    """One search or answer as the log stores it (`principals` become a keyed hash)."""
+
+    kind: str
+    collection: str
+    query: str
+    status: int
+    total_ms: float
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    logged_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    mode: str | None = None
+    k: int | None = None
+    page_offset: int | None = None
+    filter: dict[str, Any] | None = None
+    boosts: dict[str, Any] | None = None
+    key_id: int | None = None
+    key_prefix: str | None = None
+    principals: list[str] | None = None
+    embed_ms: float | None = None
+    sql_ms: float | None = None
+    faiss_ms: float | None = None
+    rerank_ms: float | None = None
+    generation_ms: float | None = None
+    hits: int = 0
+    chunk_ids: list[int] = field(default_factory=list)
+    document_ids: list[str] = field(default_factory=list)
+    cache: str | None = None
+    vector_backend: str | None = None
+    error: str | None = None
+    model: str | None = None
+    fallback: bool | None = None
+    extractive: bool | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cited_chunk_ids: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Logged:
+    """What feedback on a logged search is checked against."""
+
+    id: uuid.UUID
+    logged_at: datetime
+    kind: str
+    collection: str
+    key_id: int | None
+    page_offset: int
+    chunk_ids: tuple[int, ...]
+    document_ids: tuple[str, ...]
+    status: int
+
+    @classmethod
+    def of(cls, entry: Entry) -> Logged:
+        return cls(
+            entry.id, entry.logged_at, entry.kind, entry.collection, entry.key_id,
+            entry.page_offset or 0, tuple(entry.chunk_ids), tuple(entry.document_ids),
+            entry.status,
+        )  # fmt: skip
+
+
+class QueryLog:
+    """The queue, the writer thread and the counts of what was written, dropped and lost."""
+
+    def __init__(self, engine: Engine, settings: QueryLogSettings, redactor: Redactor) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.redactor = redactor
+        self.enabled = settings.mode != "off"
+        self.written = 0
+        self.dropped = 0
+        self.failed = 0
+        self._queue: queue.Queue[Entry] = queue.Queue(maxsize=settings.queue)
+        self._recent: OrderedDict[uuid.UUID, Logged] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._salt: bytes | None = None
+        self._maintained_at = 0.0
+        self._warned_at = 0.0
+        self._unreported = 0
+
+    # -- the request side ------------------------------------------------------------------
+
+    def record(self, entry: Entry) -> None:
+        """Queue `entry` (redacted first when so set); never blocks, never raises."""
+        if not self.enabled:
+            return
+        if self.settings.mode == "redacted":
+            entry.query = self.redact(entry.query)
+        with self._recent_lock:
+            self._recent[entry.id] = Logged.of(entry)
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self._drop()
+
+    def redact(self, text: str) -> str:
+        try:
+            return self.redactor(text)
+        except Exception:  # a redactor that fails keeps nothing rather than everything
+            log.exception("query log redactor failed; text withheld")
+            return "[redaction failed]"
+
+    def recent(self, search_id: uuid.UUID) -> Logged | None:
+        with self._recent_lock:
+            return self._recent.get(search_id)
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def _drop(self) -> None:
+        with self._recent_lock:
+            self.dropped += 1
+            self._unreported += 1
+            now = time.monotonic()
+            if now - self._warned_at < WARN_EVERY_S:
+                return
+            count, self._unreported, self._warned_at = self._unreported, 0, now
+        log.warning("query log queue full: %d entries dropped", count)
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread (which first creates the partitions ahead)."""
+        if not self.enabled or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="query-log-writer", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the writer after it has written every entry waiting (within `timeout_s`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            self._thread = None
+        elif self.enabled:
+            self.flush()
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.wait(self.settings.flush_s)
+            if time.monotonic() - self._maintained_at >= MAINTAIN_EVERY_S:
+                self.maintain()
+            self.flush()
+            if stopping:
+                return
+
+    def flush(self) -> int:
+        """Write every entry waiting now; the number written."""
+        done = 0
+        with self._write_lock:
+            while batch := self._take():
+                done += self._write(batch)
+        return done
+
+    def _take(self) -> list[Entry]:
+        batch: list[Entry] = []
+        while len(batch) < BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[Entry]) -> int:
+        try:
+            salt = self._salt_value()
+            with (
+                self.engine.begin() as conn,
+                driver_connection(conn).cursor() as cur,
+                cur.copy(COPY) as copy,
+            ):
+                for entry in batch:
+                    copy.write_row(_row(entry, salt))
+        except Exception as exc:
+            self.failed += len(batch)
+            log.warning("query log: %d entries not written: %s", len(batch), _first_line(exc))
+            return 0
+        self.written += len(batch)
+        return len(batch)
+
+    def _salt_value(self) -> bytes:
+        if self._salt is None:
+            with self.engine.connect() as conn:
+                salt = conn.execute(query("query_log.sql", "salt")).scalar_one()
+            self._salt = salt.encode()
+        return self._salt
+
+    def maintain(self, today: datetime | None = None) -> tuple[int, int]:
+        """Create the partitions from yesterday to a week ahead, and drop the days past the
+        retention: (days created, days dropped). Failures are logged and retried later."""
+        self._maintained_at = time.monotonic()
+        day = (today or datetime.now(UTC)).date()
+        try:
+            with self.engine.begin() as conn:
+                made = conn.execute(
+                    query("query_log.sql", "add_partitions"),
+                    {"first": day - timedelta(days=1), "last": day + timedelta(days=DAYS_AHEAD)},
+                ).scalar_one()
+                dropped = conn.execute(
+                    query("query_log.sql", "drop_partitions"),
+                    {"cutoff": day - timedelta(days=self.settings.retention_days)},
+                ).scalar_one()
+        except Exception as exc:
+            log.warning("query log partitions not maintained: %s", _first_line(exc))
+            return 0, 0
+        return int(made), int(dropped)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "waiting": self.waiting,
+            "written": self.written,
+            "dropped": self.dropped,
+            "failed": self.failed,
+        }
+
+
+def principals_hash(principals: list[str] | None, salt: bytes) -> str | None:
+    """A keyed hash of the principals (sorted, deduplicated): equal sets hash alike, and no
+    one without the salt can test a guess of the names."""
+    if principals is None:
+        return None
+    joined = "\x1f".join(sorted(set(principals))).encode()
+    return hmac.new(salt, joined, hashlib.sha256).hexdigest()[:32]
+
+
+def _row(entry: Entry, salt: bytes) -> tuple[Any, ...]:
+    values = {
+        **{name: getattr(entry, name, None) for name in COLUMNS},
+        "filter": None if entry.filter is None else Jsonb(entry.filter, dumps=_json),
+        "boosts": None if entry.boosts is None else Jsonb(entry.boosts, dumps=_json),
+        "principals_hash": principals_hash(entry.principals, salt),
+    }
+    return tuple(values[name] for name in COLUMNS)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
