@@ -62,7 +62,6 @@ CREATE TABLE query_log (
     cited_chunk_ids   bigint[],
     PRIMARY KEY (id, logged_at)
 ) PARTITION BY RANGE (logged_at);
-CREATE INDEX query_log_collection_idx ON query_log (collection, logged_at);
 
 CREATE TABLE query_log_salt (salt text NOT NULL);
 INSERT INTO query_log_salt VALUES (gen_random_uuid()::text || gen_random_uuid()::text);

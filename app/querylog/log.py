@@ -26,8 +26,11 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine
 
@@ -45,7 +48,15 @@ COLUMNS = (
     "vector_backend", "status", "error", "model", "fallback", "extractive", "prompt_tokens",
     "completion_tokens", "cited_chunk_ids",
 )  # fmt: skip
-COPY = f"COPY query_log ({', '.join(COLUMNS)}) FROM STDIN"
+# The PostgreSQL types of COLUMNS, for binary COPY (no text to parse on either side).
+TYPES = (
+    "uuid", "timestamptz", "text", "text", "text", "int4", "int4", "jsonb", "jsonb", "int8",
+    "text", "text", "text", "float4", "float4", "float4", "float4", "float4", "float4", "int4",
+    "int8[]", "text[]", "text", "text", "int4", "text", "text", "bool", "bool", "int4", "int4",
+    "int8[]",
+)  # fmt: skip
+COPY = f"COPY {{}} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
+PARENT = sql.Identifier("query_log")
 BATCH = 1000
 RECENT = 10_000
 MAINTAIN_EVERY_S = 3600.0
@@ -121,17 +132,22 @@ class QueryLog:
         self.engine = engine
         self.settings = settings
         self.redactor = redactor
+        # Most queries are asked again: each text is redacted once while it stays in the cache.
+        self._redact = lru_cache(maxsize=4096)(redactor)
         self.enabled = settings.mode != "off"
         self.written = 0
         self.dropped = 0
         self.failed = 0
         self._queue: queue.Queue[Entry] = queue.Queue(maxsize=settings.queue)
-        self._recent: OrderedDict[uuid.UUID, Logged] = OrderedDict()
+        # The last entries by id (the entries themselves: nothing is copied on the request).
+        self._recent: OrderedDict[uuid.UUID, Entry] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._salt: bytes | None = None
+        # Partitions known to exist (dropped ones are forgotten by `maintain`).
+        self._partitions: set[str] = set()
         self._maintained_at = 0.0
         self._warned_at = 0.0
         self._unreported = 0
@@ -145,7 +161,7 @@ class QueryLog:
         if self.settings.mode == "redacted":
             entry.query = self.redact(entry.query)
         with self._recent_lock:
-            self._recent[entry.id] = Logged.of(entry)
+            self._recent[entry.id] = entry
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
         try:
@@ -155,14 +171,15 @@ class QueryLog:
 
     def redact(self, text: str) -> str:
         try:
-            return self.redactor(text)
+            return self._redact(text)
         except Exception:  # a redactor that fails keeps nothing rather than everything
             log.exception("query log redactor failed; text withheld")
             return "[redaction failed]"
 
     def recent(self, search_id: uuid.UUID) -> Logged | None:
         with self._recent_lock:
-            return self._recent.get(search_id)
+            entry = self._recent.get(search_id)
+        return None if entry is None else Logged.of(entry)
 
     @property
     def waiting(self) -> int:
@@ -223,21 +240,33 @@ class QueryLog:
         return batch
 
     def _write(self, batch: list[Entry]) -> int:
+        """One transaction; a COPY per UTC day straight into its partition (no routing)."""
+        days: dict[str, list[Entry]] = {}
+        for entry in batch:
+            days.setdefault(f"query_log_{entry.logged_at.astimezone(UTC):%Y%m%d}", []).append(entry)
         try:
             salt = self._salt_value()
-            with (
-                self.engine.begin() as conn,
-                driver_connection(conn).cursor() as cur,
-                cur.copy(COPY) as copy,
-            ):
-                for entry in batch:
-                    copy.write_row(_row(entry, salt))
+            hashes: dict[tuple[str, ...] | None, str | None] = {}
+            with self.engine.begin() as conn, driver_connection(conn).cursor() as cur:
+                for partition, entries in days.items():
+                    target = sql.Identifier(partition) if self._exists(cur, partition) else PARENT
+                    with cur.copy(sql.SQL(COPY).format(target)) as copy:
+                        copy.set_types(TYPES)
+                        for entry in entries:
+                            copy.write_row(_row(entry, salt, hashes))
         except Exception as exc:
             self.failed += len(batch)
             log.warning("query log: %d entries not written: %s", len(batch), _first_line(exc))
             return 0
         self.written += len(batch)
         return len(batch)
+
+    def _exists(self, cur: Any, partition: str) -> bool:
+        if partition not in self._partitions:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (partition,))
+            if cur.fetchone()[0]:
+                self._partitions.add(partition)
+        return partition in self._partitions
 
     def _salt_value(self) -> bytes:
         if self._salt is None:
@@ -250,6 +279,7 @@ class QueryLog:
         """Create the partitions from yesterday to a week ahead, and drop the days past the
         retention: (days created, days dropped). Failures are logged and retried later."""
         self._maintained_at = time.monotonic()
+        self._partitions = set()
         day = (today or datetime.now(UTC)).date()
         try:
             with self.engine.begin() as conn:
@@ -284,14 +314,24 @@ def principals_hash(principals: list[str] | None, salt: bytes) -> str | None:
     return hmac.new(salt, joined, hashlib.sha256).hexdigest()[:32]
 
 
-def _row(entry: Entry, salt: bytes) -> tuple[Any, ...]:
-    values = {
-        **{name: getattr(entry, name, None) for name in COLUMNS},
-        "filter": None if entry.filter is None else Jsonb(entry.filter, dumps=_json),
-        "boosts": None if entry.boosts is None else Jsonb(entry.boosts, dumps=_json),
-        "principals_hash": principals_hash(entry.principals, salt),
-    }
-    return tuple(values[name] for name in COLUMNS)
+_FIELDS = attrgetter(*(name for name in COLUMNS if name != "principals_hash"))
+_HASH_AT = COLUMNS.index("principals_hash")
+_JSON_AT = (COLUMNS.index("filter"), COLUMNS.index("boosts"))
+
+
+def _row(
+    entry: Entry, salt: bytes, hashes: dict[tuple[str, ...] | None, str | None]
+) -> tuple[Any, ...]:
+    """The entry as COPY takes it; `hashes` keeps each set of principals' hash for the batch."""
+    key = None if entry.principals is None else tuple(entry.principals)
+    if key not in hashes:
+        hashes[key] = principals_hash(entry.principals, salt)
+    values = list(_FIELDS(entry))
+    values.insert(_HASH_AT, hashes[key])
+    for at in _JSON_AT:
+        if values[at] is not None:
+            values[at] = Jsonb(values[at], dumps=_json)
+    return tuple(values)
 
 
 def _json(value: Any) -> str:
