@@ -18,11 +18,13 @@ from collections.abc import Callable
 
 Redactor = Callable[[str], str]
 
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Every pattern is bounded and starts only where a run begins, so that no text, however long
+# or hostile, costs more than linear time (an unbounded `[\w.]+@` is quadratic on a long word).
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
-PHONE = re.compile(r"(?<![\w+.])\+?\(?\d[\d ().-]{5,}\d(?![\w.])")
+PHONE = re.compile(r"(?<![\w+.()-])\+?\(?\d[\d ().-]{5,24}\d(?![\w.])")
 DATE = re.compile(r"\d{4}[./-]\d{1,2}[./-]\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
 LONG_NUMBER = re.compile(r"(?<!\d)\d{6,}(?!\d)")
 

@@ -16,7 +16,7 @@ SELECT query_log_drop_before(:cutoff);
 -- name: find_search
 -- A logged search or answer by id, for feedback on it.
 SELECT id, logged_at, kind, collection, key_id, coalesce(page_offset, 0) AS page_offset,
-       chunk_ids, document_ids, status
+       chunk_ids, document_ids, status, subject_hash
 FROM query_log
 WHERE id = :id;
 
@@ -98,7 +98,8 @@ SELECT lower(btrim(f.query)) AS query,
        max(CASE f.kind WHEN 'helpful' THEN 2 WHEN 'click' THEN 1 ELSE 0 END) AS score
 FROM analytics.feedback f
 JOIN analytics.searches s ON s.search_id = f.search_id
-WHERE f.collection = :collection AND f.created_at >= :since
+WHERE f.collection = :collection
+  AND f.created_at >= CAST(CAST(:since AS date) AS timestamp) AT TIME ZONE 'UTC'
   AND f.kind IN ('click', 'helpful', 'not_helpful')
 GROUP BY 1, 2
 ORDER BY 1, 2;

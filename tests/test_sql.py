@@ -87,6 +87,14 @@ EXPECTED = {
         "search_id", "searched_at", "collection", "kind", "chunk_id", "document_id", "position",
         "comment", "key_id",
     },
+    ("query_log.sql", "report"): {"collection", "since"},
+    ("query_log.sql", "latency"): {"collection", "since"},
+    ("query_log.sql", "top_queries"): {"collection", "since", "limit"},
+    ("query_log.sql", "zero_queries"): {"collection", "since", "limit"},
+    ("query_log.sql", "feedback_daily"): {"collection", "since"},
+    ("query_log.sql", "window"): {"collection", "since"},
+    ("query_log.sql", "judged_queries"): {"collection", "since"},
+    ("query_log.sql", "collection_corpus"): {"collection"},
     **{
         ("analytics.sql", view): set()
         for view in (

@@ -38,6 +38,8 @@ CREATE TABLE query_log (
     key_id            bigint,
     key_prefix        text,
     principals_hash   text,
+    -- The end user of a tenant token (its `sub`), as a keyed hash: feedback is theirs alone.
+    subject_hash      text,
     query             text NOT NULL,
     embed_ms          real,
     sql_ms            real,

@@ -15,6 +15,10 @@ from app.querylog.log import Entry, QueryLog
 from app.search.request import SearchRequest
 from app.search.results import SearchResult
 
+# The most of a query the log keeps (longer ones are refused anyway: HYBRID_SEARCH_MAX_QUERY_CHARS
+# is checked after the entry is made).
+LOGGED_QUERY_CHARS = 2000
+
 
 class Recording:
     """Records `entry` when the `with` block ends, with its total time and, if the block
@@ -37,10 +41,13 @@ class Recording:
             self.finish()
 
     def failed(self, exc: BaseException) -> None:
+        """The status and the kind of error, with the field it names: not its message, which
+        may quote what was asked (a principal's name, a filter value)."""
         if isinstance(exc, HybridError):
-            self.entry.status, self.entry.error = exc.status, exc.message[:500]
+            field = f" ({exc.field})" if exc.field else ""
+            self.entry.status, self.entry.error = exc.status, f"{exc.title}{field}"[:300]
         else:
-            self.entry.status, self.entry.error = 500, "internal error"
+            self.entry.status, self.entry.error = 500, "Internal error"
 
     def finish(self) -> None:
         self.entry.total_ms = (time.perf_counter() - self.started) * 1000
@@ -48,20 +55,22 @@ class Recording:
 
 
 def new_entry(kind: str, caller: Caller, collection: str, query: str) -> Entry:
+    """An entry for a request as given (checked later: the text is cut and cleaned here)."""
     return Entry(
         kind=kind,
-        collection=collection,
-        query=query,
+        collection=_text(collection, 200),
+        query=_text(query, LOGGED_QUERY_CHARS),
         status=200,
         total_ms=0.0,
         key_id=caller.key_id,
         key_prefix=caller.prefix or None,
+        subject=caller.subject,
     )
 
 
 def describe_request(entry: Entry, request: SearchRequest) -> None:
     """The request as the engine runs it (scoped: the caller's principals and filter in)."""
-    entry.mode, entry.k, entry.page_offset = request.mode, request.k, request.offset
+    entry.mode, entry.k, entry.page_offset = request.mode, _int4(request.k), _int4(request.offset)
     entry.filter = request.filter
     boosts = dataclasses.asdict(request.boosts) if request.boosts else None
     entry.boosts = {name: value for name, value in (boosts or {}).items() if value} or None
@@ -81,6 +90,12 @@ def describe_search(entry: Entry, result: SearchResult, cache: str) -> None:
 
 def describe_answer(entry: Entry, prepared: Prepared, done: dict[str, Any]) -> None:
     """The answer's search (its passages, best first) and its generation."""
+    describe_passages(entry, prepared)
+    describe_generation(entry, prepared, done)
+
+
+def describe_passages(entry: Entry, prepared: Prepared) -> None:
+    """The answer's search: known before the first word is generated."""
     entry.mode = prepared.mode
     timings = prepared.timings_ms
     entry.embed_ms, entry.sql_ms = timings.get("embed"), timings.get("sql")
@@ -90,6 +105,9 @@ def describe_answer(entry: Entry, prepared: Prepared, done: dict[str, Any]) -> N
     entry.hits = len(prepared.passages)
     entry.chunk_ids = [chunk for chunk, _ in chunks]
     entry.document_ids = [document for _, document in chunks]
+
+
+def describe_generation(entry: Entry, prepared: Prepared, done: dict[str, Any]) -> None:
     entry.generation_ms = done.get("timings_ms", {}).get("generation")
     entry.model = done.get("model")
     entry.extractive = done.get("extractive")
@@ -99,3 +117,13 @@ def describe_answer(entry: Entry, prepared: Prepared, done: dict[str, Any]) -> N
     entry.completion_tokens = usage.get("completion_tokens")
     cited = set(done.get("cited", []))
     entry.cited_chunk_ids = [c for p in prepared.passages if p.number in cited for c in p.chunk_ids]
+
+
+def _text(value: str, limit: int) -> str:
+    """At most `limit` characters, without NUL (which PostgreSQL text cannot hold)."""
+    return value[:limit].replace("\x00", " ")
+
+
+def _int4(value: Any) -> int | None:
+    """An integer as the log's `integer` columns hold it (None when it cannot be one)."""
+    return value if isinstance(value, int) and -(2**31) <= value < 2**31 else None

@@ -33,11 +33,22 @@ class Feedback:
 
 
 def record(
-    conn: Connection, log: QueryLog, feedback: Feedback, key_id: int | None, *, admin: bool
+    conn: Connection,
+    log: QueryLog,
+    feedback: Feedback,
+    key_id: int | None,
+    *,
+    admin: bool,
+    subject: str | None = None,
 ) -> dict[str, Any]:
-    """Check `feedback` against its search and store it; the stored row's id and time."""
+    """Check `feedback` against its search and store it; the stored row's id and time. Only
+    the key that searched (and with a tenant token, the same end user `subject`) or an admin
+    may give it."""
     logged = find(conn, log, _search_id(feedback.search_id))
-    if logged is None or (not admin and logged.key_id != key_id):
+    theirs = logged is not None and (
+        admin or (logged.key_id == key_id and logged.subject_hash == log.subject_hash(subject))
+    )
+    if logged is None or not theirs:
         detail = "" if log.enabled else " (the query log is off: HYBRID_QUERY_LOG=off)"
         raise NotFound(
             f"search_id: no logged search {feedback.search_id}{detail}", field="search_id"
@@ -73,7 +84,7 @@ def find(conn: Connection, log: QueryLog, search_id: uuid.UUID) -> Logged | None
         return None
     return Logged(
         row.id, row.logged_at, row.kind, row.collection, row.key_id, row.page_offset,
-        tuple(row.chunk_ids), tuple(row.document_ids), row.status,
+        tuple(row.chunk_ids), tuple(row.document_ids), row.status, row.subject_hash,
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine
@@ -41,25 +43,50 @@ from app.settings import QueryLogSettings
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "id", "logged_at", "kind", "collection", "mode", "k", "page_offset", "filter", "boosts",
-    "key_id", "key_prefix", "principals_hash", "query", "embed_ms", "sql_ms", "faiss_ms",
-    "rerank_ms", "generation_ms", "total_ms", "hits", "chunk_ids", "document_ids", "cache",
-    "vector_backend", "status", "error", "model", "fallback", "extractive", "prompt_tokens",
-    "completion_tokens", "cited_chunk_ids",
-)  # fmt: skip
-# The PostgreSQL types of COLUMNS, for binary COPY (no text to parse on either side).
-TYPES = (
-    "uuid", "timestamptz", "text", "text", "text", "int4", "int4", "jsonb", "jsonb", "int8",
-    "text", "text", "text", "float4", "float4", "float4", "float4", "float4", "float4", "int4",
-    "int8[]", "text[]", "text", "text", "int4", "text", "text", "bool", "bool", "int4", "int4",
-    "int8[]",
-)  # fmt: skip
+# The log's columns and their PostgreSQL types, for binary COPY (no text to parse either side).
+COLUMN_TYPES = (
+    ("id", "uuid"),
+    ("logged_at", "timestamptz"),
+    ("kind", "text"),
+    ("collection", "text"),
+    ("mode", "text"),
+    ("k", "int4"),
+    ("page_offset", "int4"),
+    ("filter", "jsonb"),
+    ("boosts", "jsonb"),
+    ("key_id", "int8"),
+    ("key_prefix", "text"),
+    ("principals_hash", "text"),
+    ("subject_hash", "text"),
+    ("query", "text"),
+    ("embed_ms", "float4"),
+    ("sql_ms", "float4"),
+    ("faiss_ms", "float4"),
+    ("rerank_ms", "float4"),
+    ("generation_ms", "float4"),
+    ("total_ms", "float4"),
+    ("hits", "int4"),
+    ("chunk_ids", "int8[]"),
+    ("document_ids", "text[]"),
+    ("cache", "text"),
+    ("vector_backend", "text"),
+    ("status", "int4"),
+    ("error", "text"),
+    ("model", "text"),
+    ("fallback", "bool"),
+    ("extractive", "bool"),
+    ("prompt_tokens", "int4"),
+    ("completion_tokens", "int4"),
+    ("cited_chunk_ids", "int8[]"),
+)
+COLUMNS = tuple(column for column, _ in COLUMN_TYPES)
+TYPES = tuple(kind for _, kind in COLUMN_TYPES)
 COPY = f"COPY {{}} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
 PARENT = sql.Identifier("query_log")
 BATCH = 1000
 RECENT = 10_000
 MAINTAIN_EVERY_S = 3600.0
+RETRY_S = 60.0
 DAYS_AHEAD = 7
 WARN_EVERY_S = 10.0
 
@@ -83,6 +110,8 @@ class Entry:
     key_id: int | None = None
     key_prefix: str | None = None
     principals: list[str] | None = None
+    # The end user a tenant token names (hashed as it is written).
+    subject: str | None = None
     embed_ms: float | None = None
     sql_ms: float | None = None
     faiss_ms: float | None = None
@@ -115,13 +144,14 @@ class Logged:
     chunk_ids: tuple[int, ...]
     document_ids: tuple[str, ...]
     status: int
+    subject_hash: str | None = None
 
     @classmethod
-    def of(cls, entry: Entry) -> Logged:
+    def of(cls, entry: Entry, subject_hash: str | None) -> Logged:
         return cls(
             entry.id, entry.logged_at, entry.kind, entry.collection, entry.key_id,
             entry.page_offset or 0, tuple(entry.chunk_ids), tuple(entry.document_ids),
-            entry.status,
+            entry.status, subject_hash,
         )  # fmt: skip
 
 
@@ -148,7 +178,7 @@ class QueryLog:
         self._salt: bytes | None = None
         # Partitions known to exist (dropped ones are forgotten by `maintain`).
         self._partitions: set[str] = set()
-        self._maintained_at = 0.0
+        self._maintained_at = -math.inf
         self._warned_at = 0.0
         self._unreported = 0
 
@@ -160,14 +190,32 @@ class QueryLog:
             return
         if self.settings.mode == "redacted":
             entry.query = self.redact(entry.query)
-        with self._recent_lock:
-            self._recent[entry.id] = entry
-            while len(self._recent) > RECENT:
-                self._recent.popitem(last=False)
+            if entry.filter is not None:
+                entry.filter = self._redact_values(entry.filter)
+        self.remember(entry)
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
             self._drop()
+
+    def remember(self, entry: Entry) -> None:
+        """Keep `entry` among the recent ones (feedback on it is checked against them)."""
+        if not self.enabled:
+            return
+        with self._recent_lock:
+            self._recent[entry.id] = entry
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+
+    def _redact_values(self, value: Any) -> Any:
+        """A filter with every string in it redacted (its fields and operators kept)."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {key: self._redact_values(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._redact_values(item) for item in value]
+        return value
 
     def redact(self, text: str) -> str:
         try:
@@ -179,7 +227,11 @@ class QueryLog:
     def recent(self, search_id: uuid.UUID) -> Logged | None:
         with self._recent_lock:
             entry = self._recent.get(search_id)
-        return None if entry is None else Logged.of(entry)
+        return None if entry is None else Logged.of(entry, self.subject_hash(entry.subject))
+
+    def subject_hash(self, subject: str | None) -> str | None:
+        """The keyed hash the log stores of a tenant token's end user."""
+        return None if subject is None else keyed_hash(self._salt_value(), subject.encode())
 
     @property
     def waiting(self) -> int:
@@ -205,7 +257,8 @@ class QueryLog:
         self._thread.start()
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the writer after it has written every entry waiting (within `timeout_s`)."""
+        """Stop the writer after it has written every entry waiting (within `timeout_s`);
+        entries recorded afterwards are written by `flush` (as the last thing `close` does)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
@@ -254,6 +307,15 @@ class QueryLog:
                         copy.set_types(TYPES)
                         for entry in entries:
                             copy.write_row(_row(entry, salt, hashes))
+        except psycopg.errors.DataError as exc:
+            # One entry the database refuses fails the COPY of its batch: the halves are tried
+            # alone, so that only that entry is lost.
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return self._write(batch[:half]) + self._write(batch[half:])
+            self.failed += 1
+            log.warning("query log: an entry not written: %s", _first_line(exc))
+            return 0
         except Exception as exc:
             self.failed += len(batch)
             log.warning("query log: %d entries not written: %s", len(batch), _first_line(exc))
@@ -277,24 +339,30 @@ class QueryLog:
 
     def maintain(self, today: datetime | None = None) -> tuple[int, int]:
         """Create the partitions from yesterday to a week ahead, and drop the days past the
-        retention: (days created, days dropped). Failures are logged and retried later."""
+        retention, each in its own transaction: (days created, days dropped). A failure is
+        logged and tried again a minute later."""
         self._maintained_at = time.monotonic()
         self._partitions = set()
         day = (today or datetime.now(UTC)).date()
-        try:
-            with self.engine.begin() as conn:
-                made = conn.execute(
-                    query("query_log.sql", "add_partitions"),
-                    {"first": day - timedelta(days=1), "last": day + timedelta(days=DAYS_AHEAD)},
-                ).scalar_one()
-                dropped = conn.execute(
-                    query("query_log.sql", "drop_partitions"),
-                    {"cutoff": day - timedelta(days=self.settings.retention_days)},
-                ).scalar_one()
-        except Exception as exc:
-            log.warning("query log partitions not maintained: %s", _first_line(exc))
-            return 0, 0
-        return int(made), int(dropped)
+        steps = (
+            (
+                "add_partitions",
+                {"first": day - timedelta(days=1), "last": day + timedelta(days=DAYS_AHEAD)},
+            ),
+            ("drop_partitions", {"cutoff": day - timedelta(days=self.settings.retention_days)}),
+        )
+        done = []
+        for name, params in steps:
+            try:
+                with self.engine.begin() as conn:
+                    done.append(
+                        int(conn.execute(query("query_log.sql", name), params).scalar_one())
+                    )
+            except Exception as exc:
+                log.warning("query log partitions not maintained (%s): %s", name, _first_line(exc))
+                self._maintained_at = time.monotonic() - MAINTAIN_EVERY_S + RETRY_S
+                done.append(0)
+        return done[0], done[1]
 
     def stats(self) -> dict[str, int]:
         return {
@@ -310,11 +378,14 @@ def principals_hash(principals: list[str] | None, salt: bytes) -> str | None:
     one without the salt can test a guess of the names."""
     if principals is None:
         return None
-    joined = "\x1f".join(sorted(set(principals))).encode()
-    return hmac.new(salt, joined, hashlib.sha256).hexdigest()[:32]
+    return keyed_hash(salt, "\x1f".join(sorted(set(principals))).encode())
 
 
-_FIELDS = attrgetter(*(name for name in COLUMNS if name != "principals_hash"))
+def keyed_hash(salt: bytes, value: bytes) -> str:
+    return hmac.new(salt, value, hashlib.sha256).hexdigest()[:32]
+
+
+_FIELDS = attrgetter(*(name for name in COLUMNS if name not in ("principals_hash", "subject_hash")))
 _HASH_AT = COLUMNS.index("principals_hash")
 _JSON_AT = (COLUMNS.index("filter"), COLUMNS.index("boosts"))
 
@@ -328,6 +399,8 @@ def _row(
         hashes[key] = principals_hash(entry.principals, salt)
     values = list(_FIELDS(entry))
     values.insert(_HASH_AT, hashes[key])
+    subject = entry.subject
+    values.insert(_HASH_AT + 1, None if subject is None else keyed_hash(salt, subject.encode()))
     for at in _JSON_AT:
         if values[at] is not None:
             values[at] = Jsonb(values[at], dumps=_json)

@@ -21,12 +21,22 @@ from app.access.caller import SEARCH, Caller
 from app.answer import generate
 from app.answer.generate import Prepared
 from app.api.auth import scoped
-from app.api.logged import Recording, describe_answer, describe_request, new_entry
+from app.api.logged import (
+    Recording,
+    describe_answer,
+    describe_generation,
+    describe_passages,
+    describe_request,
+    new_entry,
+)
 from app.api.routes.search import to_request
 from app.api.schemas import AnswerIn, AnswerOut, RerankOut, SearchIn, SourceOut
 from app.errors import HybridError
 from app.querylog.log import Entry
 from app.service import Services
+
+# What the log records for a stream the client closed before its end (nginx's code for it).
+CLIENT_LEFT = 499
 
 
 @post(
@@ -78,19 +88,34 @@ def _messages(
     prepared: Prepared, services: Services, recording: Recording
 ) -> Iterator[ServerSentEventMessage]:
     """The events (the first carries the `search_id`); the answer is logged when the stream
-    ends, however it ends (a client that leaves early included)."""
-    search_id = str(recording.entry.id)
+    ends, however it ends: an error, or a client that left early (499)."""
+    entry = recording.entry
+    describe_passages(entry, prepared)
+    services.query_log.remember(entry)  # feedback may come before the stream ends
+    finished = False
     try:
         for event in generate.events(prepared, services.chat_models):
-            data = {"search_id": search_id, **event.data} if event.kind == "sources" else event.data
+            data = (
+                {"search_id": str(entry.id), **event.data}
+                if event.kind == "sources"
+                else event.data
+            )
             if event.kind == "done":
-                describe_answer(recording.entry, prepared, event.data)
+                describe_generation(entry, prepared, event.data)
+                finished = True
             yield ServerSentEventMessage(event=event.kind, data=_json(data))
     except HybridError as exc:
         recording.failed(exc)
+        finished = True
         problem = {"status": exc.status, "title": exc.title, "detail": exc.message}
         yield ServerSentEventMessage(event="error", data=_json(problem))
+    except Exception as exc:
+        recording.failed(exc)
+        finished = True
+        raise
     finally:
+        if not finished:
+            entry.status, entry.error = CLIENT_LEFT, "the client closed the stream"
         recording.finish()
 
 

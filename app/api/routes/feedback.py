@@ -19,7 +19,12 @@ def feedback_post(data: FeedbackIn, services: Services, caller: Caller) -> Feedb
     given = feedback.Feedback(**msgspec.structs.asdict(data))
     stored = services.write(
         lambda conn: feedback.record(
-            conn, services.query_log, given, caller.key_id, admin=ADMIN in caller.scopes
+            conn,
+            services.query_log,
+            given,
+            caller.key_id,
+            admin=ADMIN in caller.scopes,
+            subject=caller.subject,
         )
     )
     return FeedbackOut(**stored)
