@@ -31,6 +31,7 @@ from tests.conftest import own_services, serving
 from tests.test_api import Client, ingest
 from tests.test_cli import env as env
 from tests.test_cli import hybrid
+from tests.test_search_api import search
 
 BASE_TABLES = ("chunks", "documents", "sections", "api_keys", "query_log", "feedback",
                "query_log_salt", "collections")  # fmt: skip
@@ -49,13 +50,6 @@ def notes(client: Client) -> Client:
     )
     assert response.status_code == 201, response.text
     return client
-
-
-def search(client: Client, **body: Any) -> dict[str, Any]:
-    response = client.post("/v1/search", json={"collection": "kb", **body})
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
 
 
 def logged(services: Services) -> list[Any]:
