@@ -102,10 +102,12 @@ def secured(database_url: str, data_dir: Path, session_services: Services) -> It
     try:
         yield services
     finally:
+        services.query_log.flush()
         with services.engine.begin() as conn:
             conn.execute(
                 text(
-                    "TRUNCATE collections, change_log, api_keys, audit_log RESTART IDENTITY CASCADE"
+                    "TRUNCATE collections, change_log, api_keys, audit_log, query_log, feedback "
+                    "RESTART IDENTITY CASCADE"
                 )
             )
             conn.execute(text(DROP_VECTOR_INDEXES))
@@ -457,6 +459,21 @@ def test_admin_manages_keys_over_http_and_actions_are_audited(
     with secured.transaction() as conn:
         actions = {row.action for row in conn.execute(text("SELECT action FROM audit_log"))}
     assert {"key.created", "key.revoked", "collection.created", "collection.deleted"} <= actions
+
+
+def test_feedback_is_only_for_the_key_that_searched(api: Client, secrets_: dict[str, str]) -> None:
+    found = search(api, secrets_["alice"])
+    body = {
+        "search_id": found["search_id"],
+        "kind": "click",
+        "chunk_id": found["hits"][0]["chunk_id"],
+    }
+    problem(api.post("/v1/feedback", json=body), 401)
+    wrong = secrets_["alice"][:-4] + ("AAAA" if not secrets_["alice"].endswith("AAAA") else "BBBB")
+    problem(api.post("/v1/feedback", json=body, headers=auth(wrong)), 401)
+    # Bob may not rate (nor learn, from 201 against 422, what) alice's search returned.
+    problem(api.post("/v1/feedback", json=body, headers=auth(secrets_["bob"])), 404)
+    assert api.post("/v1/feedback", json=body, headers=auth(secrets_["alice"])).status_code == 201
 
 
 def test_every_route_but_the_probes_and_the_reference_needs_a_scope(api: Client) -> None:
