@@ -1,19 +1,21 @@
 """What the query log costs a search: throughput and p50 with logging on and off, in one run.
 
-    python benchmarks/query_log.py [--seconds 8] [--rounds 5] [--concurrency 4] [--out FILE]
+    python benchmarks/query_log.py [--seconds 6] [--rounds 7] [--concurrency 4] [--aa] [--out FILE]
 
 Starts two `hybrid serve` processes over one embedded PostgreSQL (a fresh data directory with
 the sample corpus): one with the default query log (`HYBRID_QUERY_LOG=redacted`), one with
-`HYBRID_QUERY_LOG=off`. Each round loads one server, then the other (the order alternates),
-for `--seconds` each with `--concurrency` closed-loop workers, in two mixes:
+`HYBRID_QUERY_LOG=off` (`--aa`: both off, to see the method's own noise). Each round measures
+one server, then the other (the order alternates), in two phases of `--seconds` each:
+throughput with `--concurrency` closed-loop workers (the server saturated), then latency with
+one (what a caller waits when the server is not queueing requests). Two mixes:
 
 - `cached`: a dozen sample questions over and over, answered from the result cache after the
   warm-up: the cheapest search there is, where logging weighs the most;
 - `unique`: every query new, so the whole read path runs (query embedding, SQL).
 
-Reports per mix the median over rounds of searches per second and p50 latency for each
-server, their ratio and difference, and the log's counters (written, dropped, failed) from
-`/metrics` at the end. Run it on a quiet machine.
+Reports per mix the medians over rounds of each server's searches per second and p50, and
+the medians of the paired per-round ratio (throughput) and difference (p50), and the log's
+counters (written, dropped, failed) from `/metrics` at the end. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="hybrid-querylog-bench-"))
     servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     try:
-        servers["log on"] = _serve(data, {"HYBRID_QUERY_LOG": "redacted"}, "--sample")
+        first = "off" if args.aa else "redacted"
+        servers["log on"] = _serve(data, {"HYBRID_QUERY_LOG": first}, "--sample")
         url = _run("db", "url", env={"HYBRID_DATA_DIR": str(data)}).strip()
         off = {"HYBRID_QUERY_LOG": "off", "DATABASE_URL": url,
                "HYBRID_FAISS_DIR": str(data / "faiss-off")}  # fmt: skip
@@ -69,8 +72,9 @@ def main() -> None:
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--aa", action="store_true", help="both servers with the log off")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", type=Path)
     return parser.parse_args()
@@ -140,9 +144,8 @@ async def _measure(
                         def query() -> str:
                             return f"{QUESTIONS[next(unique) % len(QUESTIONS)]} {next(unique)}"
 
-                    rate, p50 = await _load(
-                        client, urls[name], query, args.concurrency, args.seconds
-                    )
+                    rate, _ = await _load(client, urls[name], query, args.concurrency, args.seconds)
+                    _, p50 = await _load(client, urls[name], query, 1, args.seconds)
                     results[mix][name].append((rate, p50))
                     print(f"{mix} round {round_ + 1} {name}: {rate:.1f}/s p50 {p50:.2f} ms")
     return results
@@ -184,21 +187,23 @@ def _report(
     args: argparse.Namespace,
 ) -> str:
     lines = [
-        f"Query log cost: {args.rounds} rounds x {args.seconds:g} s per server and mix, "
-        f"{args.concurrency} workers, GET /v1/search k=5 (medians over rounds)",
+        f"Query log cost{' (A/A: both off)' if args.aa else ''}: {args.rounds} rounds, "
+        f"throughput with {args.concurrency} workers and p50 with one, {args.seconds:g} s "
+        "each per server and mix, GET /v1/search k=5 (medians over rounds)",
         "",
         "| mix | log on: searches/s | log off: searches/s | throughput on/off | "
         "log on: p50 ms | log off: p50 ms | p50 on - off |",
         "|---|---|---|---|---|---|---|",
     ]
     for mix, by_server in results.items():
-        on_rate = statistics.median(r for r, _ in by_server["log on"])
-        off_rate = statistics.median(r for r, _ in by_server["log off"])
-        on_p50 = statistics.median(p for _, p in by_server["log on"])
-        off_p50 = statistics.median(p for _, p in by_server["log off"])
+        on, off = by_server["log on"], by_server["log off"]
+        ratio = statistics.median(a[0] / b[0] for a, b in zip(on, off, strict=True))
+        added = statistics.median(a[1] - b[1] for a, b in zip(on, off, strict=True))
         lines.append(
-            f"| {mix} | {on_rate:.1f} | {off_rate:.1f} | {on_rate / off_rate:.3f} | "
-            f"{on_p50:.2f} | {off_p50:.2f} | {on_p50 - off_p50:+.2f} |"
+            f"| {mix} | {statistics.median(r for r, _ in on):.1f} | "
+            f"{statistics.median(r for r, _ in off):.1f} | {ratio:.3f} | "
+            f"{statistics.median(p for _, p in on):.2f} | "
+            f"{statistics.median(p for _, p in off):.2f} | {added:+.2f} |"
         )
     shown = ", ".join(f"{name} {value:g}" for name, value in sorted(counters.items()))
     lines += ["", f"Log counters of the server with the log on at the end: {shown}."]

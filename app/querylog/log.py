@@ -1,16 +1,18 @@
 """Recording searches and answers without slowing them down.
 
-`QueryLog.record` puts an entry on a bounded in-process queue and returns at once; a writer
-thread takes what is waiting every `HYBRID_QUERY_LOG_FLUSH_INTERVAL` (at most a second) and
-writes it with one COPY. A full queue drops the new entry and counts it (a warning says how
-many, at most every ten seconds); a failed write (the database down, say) is logged and its
-entries counted as failed: neither ever reaches the request. `close` writes what is left.
+`QueryLog.record` appends an entry to a bounded in-process queue and returns at once (a
+request pays for no more than that: redaction, hashing and encoding are the writer's); a
+writer thread takes what is waiting every `HYBRID_QUERY_LOG_FLUSH_INTERVAL` (at most a
+second) and writes it with one COPY. A full queue drops the new entry and counts it (a
+warning says how many, at most every ten seconds); a failed write (the database down, say)
+is logged and its entries counted as failed: neither ever reaches the request. `close`
+writes what is left.
 
 The writer also keeps the partitions: at start and every hour it creates the days ahead and
 drops the days past `HYBRID_QUERY_LOG_RETENTION_DAYS`. With `HYBRID_QUERY_LOG=redacted` the
-query text is redacted (`app.redact`) before it is queued; principals are stored only as a
-keyed hash. The last entries recorded are also kept in memory by id, so that feedback on a
-search can be checked before its row is written.
+query text and filter values are redacted (`app.redact`) before anything is written;
+principals are stored only as a keyed hash. The last entries recorded are also kept in
+memory by id, so that feedback on a search can be checked before its row is written.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ import hmac
 import json
 import logging
 import math
-import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -91,7 +92,7 @@ DAYS_AHEAD = 7
 WARN_EVERY_S = 10.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One search or answer as the log stores it (`principals` become a keyed hash)."""
 
@@ -168,10 +169,15 @@ class QueryLog:
         self.written = 0
         self.dropped = 0
         self.failed = 0
-        self._queue: queue.Queue[Entry] = queue.Queue(maxsize=settings.queue)
-        # The last entries by id (the entries themselves: nothing is copied on the request).
-        self._recent: OrderedDict[uuid.UUID, Entry] = OrderedDict()
-        self._recent_lock = threading.Lock()
+        # Appending to a deque and setting a dict item are atomic: the request side takes no
+        # lock. The bound is checked before the append, so it may be passed by a few entries.
+        self._pending: deque[Entry] = deque()
+        # The last entries by id (the entries themselves: nothing is copied on the request),
+        # and their ids in the order they came, so that the oldest are forgotten first.
+        self._recent: dict[uuid.UUID, Entry] = {}
+        self._order: deque[uuid.UUID] = deque()
+        self._count_lock = threading.Lock()
+        self._forget_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -185,27 +191,37 @@ class QueryLog:
     # -- the request side ------------------------------------------------------------------
 
     def record(self, entry: Entry) -> None:
-        """Queue `entry` (redacted first when so set); never blocks, never raises."""
+        """Queue `entry`; never blocks, never raises."""
         if not self.enabled:
             return
-        if self.settings.mode == "redacted":
-            entry.query = self.redact(entry.query)
-            if entry.filter is not None:
-                entry.filter = self._redact_values(entry.filter)
         self.remember(entry)
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        if len(self._pending) >= self.settings.queue:
             self._drop()
+        else:
+            self._pending.append(entry)
 
     def remember(self, entry: Entry) -> None:
         """Keep `entry` among the recent ones (feedback on it is checked against them)."""
         if not self.enabled:
             return
-        with self._recent_lock:
-            self._recent[entry.id] = entry
-            while len(self._recent) > RECENT:
-                self._recent.popitem(last=False)
+        self._recent[entry.id] = entry
+        self._order.append(entry.id)
+        if len(self._order) > 2 * RECENT:  # the writer forgets; this bounds it if it cannot
+            self._forget()
+
+    def _forget(self) -> None:
+        """Forget the oldest entries beyond the last `RECENT`."""
+        with self._forget_lock:
+            while len(self._order) > RECENT:
+                self._recent.pop(self._order.popleft(), None)
+
+    def _redacted(self, entry: Entry) -> Entry:
+        """`entry` with its query and filter values redacted (when so set), in place."""
+        if self.settings.mode == "redacted":
+            entry.query = self.redact(entry.query)
+            if entry.filter is not None:
+                entry.filter = self._redact_values(entry.filter)
+        return entry
 
     def _redact_values(self, value: Any) -> Any:
         """A filter with every string in it redacted (its fields and operators kept)."""
@@ -225,8 +241,7 @@ class QueryLog:
             return "[redaction failed]"
 
     def recent(self, search_id: uuid.UUID) -> Logged | None:
-        with self._recent_lock:
-            entry = self._recent.get(search_id)
+        entry = self._recent.get(search_id)
         return None if entry is None else Logged.of(entry, self.subject_hash(entry.subject))
 
     def subject_hash(self, subject: str | None) -> str | None:
@@ -235,10 +250,10 @@ class QueryLog:
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        return len(self._pending)
 
     def _drop(self) -> None:
-        with self._recent_lock:
+        with self._count_lock:
             self.dropped += 1
             self._unreported += 1
             now = time.monotonic()
@@ -280,16 +295,15 @@ class QueryLog:
         done = 0
         with self._write_lock:
             while batch := self._take():
-                done += self._write(batch)
+                done += self._write([self._redacted(entry) for entry in batch])
+        self._forget()
         return done
 
     def _take(self) -> list[Entry]:
         batch: list[Entry] = []
-        while len(batch) < BATCH:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        pending = self._pending
+        while pending and len(batch) < BATCH:
+            batch.append(pending.popleft())
         return batch
 
     def _write(self, batch: list[Entry]) -> int:
