@@ -91,15 +91,16 @@ GROUP BY GROUPING SETS ((s.day, s.collection), (s.day));
 
 -- name: answers_daily
 -- Per day and collection: answers, how many were extractive (no model) and how many fell back
--- from a failing model, and the thumbs given (score: up minus down over all thumbs).
+-- from a failing model, and the thumbs given (score: up minus down over all thumbs). An answer
+-- counts one thumb, its last: a second click, or a change of mind, does not count twice.
 CREATE OR REPLACE VIEW analytics.answers_daily AS
 WITH thumbs AS (
-    SELECT search_id,
-           count(*) FILTER (WHERE kind = 'thumbs_up') AS up,
-           count(*) FILTER (WHERE kind = 'thumbs_down') AS down
+    SELECT DISTINCT ON (search_id) search_id,
+           CAST(CAST(kind = 'thumbs_up' AS integer) AS bigint) AS up,
+           CAST(CAST(kind = 'thumbs_down' AS integer) AS bigint) AS down
     FROM public.feedback
     WHERE kind IN ('thumbs_up', 'thumbs_down')
-    GROUP BY search_id
+    ORDER BY search_id, created_at DESC, id DESC
 )
 SELECT s.day, s.collection,
        count(*) AS answers,

@@ -246,6 +246,27 @@ def test_the_analyst_reads_the_views_and_nothing_else(notes: Client, services: S
     assert requests == 1
 
 
+def test_views_added_later_are_the_analysts_and_the_partition_functions_are_not(
+    services: Services,
+) -> None:
+    with services.engine.begin() as conn:
+        conn.execute(text("CREATE VIEW analytics.later AS SELECT 1 AS one"))
+    try:
+        with as_analyst(services) as conn:
+            assert conn.execute(text("SELECT one FROM analytics.later")).scalar_one() == 1
+        for call in ("query_log_drop_before(CAST('2000-01-01' AS date))",
+                     "query_log_add_partitions(CAST('2000-01-01' AS date), "
+                     "CAST('2000-01-02' AS date))"):  # fmt: skip
+            with (
+                pytest.raises(ProgrammingError, match="permission denied"),
+                as_analyst(services) as conn,
+            ):
+                conn.execute(text(f"SELECT {call}"))
+    finally:
+        with services.engine.begin() as conn:
+            conn.execute(text("DROP VIEW analytics.later"))
+
+
 def as_analyst(services: Services) -> Any:
     class Analyst:
         def __enter__(self) -> Any:
@@ -363,6 +384,16 @@ def test_answers_get_thumbs_with_a_comment(notes: Client, services: Services) ->
     with services.engine.connect() as conn:
         comment = conn.execute(text("SELECT comment FROM feedback")).scalar_one()
     assert comment == "wrong, ask [email]"
+    # Up twice after the down: the answer counts one thumb, its last.
+    for _ in range(2):
+        assert send(notes, search_id=sid, kind="thumbs_up").status_code == 201
+    services.query_log.flush()
+    with as_analyst(services) as conn:
+        day = conn.execute(
+            text("SELECT answers, thumbs_up, thumbs_down, feedback_score "
+                 "FROM analytics.answers_daily WHERE collection = 'kb'")
+        ).one()  # fmt: skip
+    assert tuple(day) == (1, 1, 0, 1)
 
 
 def test_feedback_on_a_search_of_another_key_is_not_found(services: Services) -> None:
