@@ -42,6 +42,7 @@ from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
 from app.logs import configure_logging
+from app.observe.tracing import TRACING
 from app.search.engine import search
 from app.search.filters import compile_filter
 from app.search.request import (
@@ -138,13 +139,21 @@ def serve(settings: Settings, host: str | None, port: int | None, sample: bool) 
             _ingest_sample(services)
         secret = _local_key(services) if loopback else None
         _print_banner(host, port, sample, secret, settings.server.auth)
-        uvicorn.run(
-            create_app(services, bind_host=host),
-            host=host,
-            port=port,
-            log_level="warning",
-            timeout_graceful_shutdown=max(1, round(settings.server.drain_s)),
-        )
+        TRACING.configure(settings.observability)
+        try:
+            uvicorn.run(
+                create_app(services, bind_host=host),
+                host=host,
+                port=port,
+                log_level="warning",
+                # uvicorn's own lines go through ours (HYBRID_LOG_FORMAT); the access log is
+                # ours too (HYBRID_ACCESS_LOG), with the request id and the search's timings.
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=max(1, round(settings.server.drain_s)),
+            )
+        finally:
+            TRACING.shutdown()  # the spans still waiting are sent
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -1,4 +1,10 @@
-"""Structured logging: console lines for people, JSON lines for machines (HYBRID_LOG_JSON)."""
+"""Structured logging: JSON lines for machines, console text for people (HYBRID_LOG_FORMAT).
+
+Both structlog's loggers and the standard library's (the query log writer, the vector cache,
+uvicorn) go through the same processors, so every line has the same shape: the event, its
+level, an ISO timestamp in UTC, the logger's name and, inside a request, its `request_id`
+(and `trace_id` when tracing is on).
+"""
 
 from __future__ import annotations
 
@@ -7,33 +13,74 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.types import EventDict, Processor
 
+from app.observe.tracing import current_trace_id
 from app.settings import ServerSettings
 
 
 def configure_logging(settings: ServerSettings) -> None:
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s")
-    renderer = (
-        structlog.processors.JSONRenderer()
-        if settings.log_json
-        else structlog.dev.ConsoleRenderer(
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _trace_id,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if _json(settings):
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
             colors=False, exception_formatter=structlog.dev.plain_traceback
         )
+    handler = _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    # A line per provider call or per SQL statement is no operator's business at INFO.
+    for chatty in ("httpx", "httpcore", "sqlalchemy"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        # stderr, looked up at each call: stdout belongs to command output (`--json`).
-        logger_factory=_stderr_logger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
     )
 
 
-def _stderr_logger(*_: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)
+def _json(settings: ServerSettings) -> bool:
+    if settings.log_format == "auto":
+        return not sys.stderr.isatty()
+    return settings.log_format == "json"
+
+
+def _trace_id(_: Any, __: str, event: EventDict) -> EventDict:
+    trace_id = current_trace_id()
+    if trace_id is not None:
+        event["trace_id"] = trace_id
+    return event
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to whatever `sys.stderr` is at the time (stdout belongs to command
+    output, `--json`; tests and the CLI runner swap stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass

@@ -31,6 +31,7 @@ VECTOR_BACKENDS: tuple[VectorBackend, ...] = get_args(VectorBackend)
 FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 AuthMode = Literal["required", "off"]
 QueryLogMode = Literal["redacted", "on", "off"]
+LogFormat = Literal["auto", "json", "console"]
 
 
 @dataclass(frozen=True)
@@ -541,7 +542,12 @@ class ServerSettings:
     host: str = setting("HYBRID_HOST", "127.0.0.1", "Interface `hybrid serve` listens on")
     port: int = setting("HYBRID_PORT", 8000, "Port `hybrid serve` listens on", at_least(0, 65535))
     log_level: str = setting("HYBRID_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
-    log_json: bool = setting("HYBRID_LOG_JSON", False, "Log as JSON lines instead of console text")
+    log_format: LogFormat = setting(
+        "HYBRID_LOG_FORMAT",
+        "auto",
+        "`json` (one JSON object a line), `console` (text for people) or `auto` (console on a "
+        "terminal, JSON otherwise)",
+    )
     max_in_flight: int = setting(
         "HYBRID_MAX_IN_FLIGHT",
         0,
@@ -633,6 +639,36 @@ class QueryLogSettings:
 
 
 @dataclass(frozen=True)
+class ObservabilitySettings:
+    metrics: bool = setting(
+        "HYBRID_METRICS",
+        True,
+        "Collect the request, search, ingest and answer metrics `/metrics` serves (the gauges "
+        "read at scrape time are served either way)",
+    )
+    access_log: bool = setting(
+        "HYBRID_ACCESS_LOG",
+        True,
+        "Log one line per request: method, route, status, duration, request id and search id",
+    )
+    otel_endpoint: str = setting(
+        "HYBRID_OTEL_ENDPOINT",
+        "",
+        "OpenTelemetry traces go to this OTLP/HTTP endpoint (e.g. "
+        "`http://collector:4318/v1/traces`); empty = no tracing",
+    )
+    otel_service: str = setting(
+        "HYBRID_OTEL_SERVICE_NAME", "hybrid-search", "The `service.name` of the traces"
+    )
+    otel_sample_ratio: float = setting(
+        "HYBRID_OTEL_SAMPLE_RATIO",
+        1.0,
+        "Share of requests traced (parent-based: a caller's sampled `traceparent` is followed)",
+        Bounds(low=0, high=1),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings
     embedding: EmbeddingSettings
@@ -645,6 +681,7 @@ class Settings:
     answer: AnswerSettings
     server: ServerSettings
     query_log: QueryLogSettings
+    observability: ObservabilitySettings
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -659,6 +696,7 @@ SECTIONS: dict[str, type[Any]] = {
     "answer": AnswerSettings,
     "server": ServerSettings,
     "query_log": QueryLogSettings,
+    "observability": ObservabilitySettings,
 }
 
 

@@ -1,21 +1,25 @@
-"""What the query log costs a search: throughput and p50 with logging on and off, in one run.
+"""What a switchable feature costs a search: throughput and p50 with it on and off, in one run.
 
-    python benchmarks/query_log.py [--seconds 6] [--rounds 7] [--concurrency 4] [--aa] [--out FILE]
+    python benchmarks/overhead.py --feature query-log|metrics|access-log [--seconds 6]
+        [--rounds 7] [--concurrency 4] [--aa] [--out FILE]
 
 Starts two `hybrid serve` processes over one embedded PostgreSQL (a fresh data directory with
-the sample corpus): one with the default query log (`HYBRID_QUERY_LOG=redacted`), one with
-`HYBRID_QUERY_LOG=off` (`--aa`: both off, to see the method's own noise). Each round measures
-one server, then the other (the order alternates), in two phases of `--seconds` each:
-throughput with `--concurrency` closed-loop workers (the server saturated), then latency with
-one (what a caller waits when the server is not queueing requests). Two mixes:
+the sample corpus), identical but for the feature: `query-log` is `HYBRID_QUERY_LOG=redacted`
+(the default) against `off`; `metrics` is `HYBRID_METRICS` on against off; `access-log` is
+`HYBRID_ACCESS_LOG` on against off (`--aa`: both servers with the feature off, to see the
+method's own noise). Each round measures one server, then the other (the order alternates),
+in two phases of `--seconds` each: throughput with `--concurrency` closed-loop workers (the
+server saturated), then latency with one (what a caller waits when the server is not
+queueing requests). Two mixes:
 
 - `cached`: a dozen sample questions over and over, answered from the result cache after the
-  warm-up: the cheapest search there is, where logging weighs the most;
+  warm-up: the cheapest search there is, where any per-request cost weighs the most;
 - `unique`: every query new, so the whole read path runs (query embedding, SQL).
 
 Reports per mix the medians over rounds of each server's searches per second and p50, and
-the medians of the paired per-round ratio (throughput) and difference (p50), and the log's
-counters (written, dropped, failed) from `/metrics` at the end. Run it on a quiet machine.
+the medians of the paired per-round ratio (throughput) and difference (p50), and the query
+log's counters (written, dropped, failed) from `/metrics` at the end. Run it on a quiet
+machine.
 """
 
 from __future__ import annotations
@@ -45,20 +49,27 @@ QUESTIONS = [
 ]  # fmt: skip
 
 
+# The setting that switches each feature, and its values on and off.
+FEATURES = {
+    "query-log": ("HYBRID_QUERY_LOG", "redacted", "off"),
+    "metrics": ("HYBRID_METRICS", "true", "false"),
+    "access-log": ("HYBRID_ACCESS_LOG", "true", "false"),
+}
+
+
 def main() -> None:
     args = _arguments()
-    data = Path(tempfile.mkdtemp(prefix="hybrid-querylog-bench-"))
+    setting, on, off = FEATURES[args.feature]
+    data = Path(tempfile.mkdtemp(prefix="hybrid-overhead-bench-"))
     servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     try:
-        first = "off" if args.aa else "redacted"
-        servers["log on"] = _serve(data, {"HYBRID_QUERY_LOG": first}, "--sample")
+        servers["on"] = _serve(data, {setting: off if args.aa else on}, "--sample")
         url = _run("db", "url", env={"HYBRID_DATA_DIR": str(data)}).strip()
-        off = {"HYBRID_QUERY_LOG": "off", "DATABASE_URL": url,
-               "HYBRID_FAISS_DIR": str(data / "faiss-off")}  # fmt: skip
-        servers["log off"] = _serve(data, off)
+        second = {setting: off, "DATABASE_URL": url, "HYBRID_FAISS_DIR": str(data / "faiss-off")}
+        servers["off"] = _serve(data, second)
         key = (data / "admin.key").read_text().strip()
         results = asyncio.run(_measure({n: u for n, (u, _) in servers.items()}, key, args))
-        counters = _counters(servers["log on"][0], key)
+        counters = _counters(servers["on"][0], key)
     finally:
         for _, process in reversed(list(servers.values())):
             process.send_signal(signal.SIGTERM)
@@ -72,9 +83,10 @@ def main() -> None:
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--feature", choices=sorted(FEATURES), required=True)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--aa", action="store_true", help="both servers with the log off")
+    parser.add_argument("--aa", action="store_true", help="both servers with the feature off")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", type=Path)
     return parser.parse_args()
@@ -110,7 +122,7 @@ def _serve(data: Path, env: dict[str, str], *flags: str) -> tuple[str, subproces
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                print(f"ready: {url} ({env.get('HYBRID_QUERY_LOG')})", flush=True)
+                print(f"ready: {url} ({env})", flush=True)
                 return url, process
         except httpx.HTTPError:
             pass
@@ -187,16 +199,16 @@ def _report(
     args: argparse.Namespace,
 ) -> str:
     lines = [
-        f"Query log cost{' (A/A: both off)' if args.aa else ''}: {args.rounds} rounds, "
+        f"Cost of {args.feature}{' (A/A: both off)' if args.aa else ''}: {args.rounds} rounds, "
         f"throughput with {args.concurrency} workers and p50 with one, {args.seconds:g} s "
         "each per server and mix, GET /v1/search k=5 (medians over rounds)",
         "",
-        "| mix | log on: searches/s | log off: searches/s | throughput on/off | "
-        "log on: p50 ms | log off: p50 ms | p50 on - off |",
+        "| mix | on: searches/s | off: searches/s | throughput on/off | "
+        "on: p50 ms | off: p50 ms | p50 on - off |",
         "|---|---|---|---|---|---|---|",
     ]
     for mix, by_server in results.items():
-        on, off = by_server["log on"], by_server["log off"]
+        on, off = by_server["on"], by_server["off"]
         ratio = statistics.median(a[0] / b[0] for a, b in zip(on, off, strict=True))
         added = statistics.median(a[1] - b[1] for a, b in zip(on, off, strict=True))
         lines.append(
@@ -206,7 +218,7 @@ def _report(
             f"{statistics.median(p for _, p in off):.2f} | {added:+.2f} |"
         )
     shown = ", ".join(f"{name} {value:g}" for name, value in sorted(counters.items()))
-    lines += ["", f"Log counters of the server with the log on at the end: {shown}."]
+    lines += ["", f"Query log counters of the first server at the end: {shown}."]
     return "\n".join(lines)
 
 

@@ -67,9 +67,12 @@ def answering(services: Services, **overrides: str) -> Iterator[Client]:
     settings = make_settings(base.database.url or "", base.database.data_dir, **overrides)
     own = Services(settings, services.engine)
     own._embedder = services.embedder
-    with TestClient(app=create_app(own)) as client:
-        seed(client)
-        yield client
+    try:
+        with TestClient(app=create_app(own)) as client:
+            seed(client)
+            yield client
+    finally:
+        own.query_log.close()  # its entries are written now, not into the next test's tables
 
 
 def seed(client: Client) -> None:

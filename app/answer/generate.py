@@ -30,6 +30,8 @@ from app.answer.context import Passage, assemble, read_sections
 from app.answer.providers import ChatModels, Chunk, NoModelAnswered
 from app.errors import Invalid
 from app.ingest.chunk import Tokenizer
+from app.observe.metrics import METRICS
+from app.observe.tracing import detached_span
 from app.search.cache import SearchCache, cached_search
 from app.search.engine import Searcher
 from app.search.request import SearchRequest
@@ -209,9 +211,11 @@ def _generate(prepared: Prepared, chat: ChatModels | None) -> Iterator[Chunk]:
         yield Chunk(text=extractive(prepared.passages, NO_MODEL))
     else:
         try:
-            yield from chat.stream(prompt.messages(prepared.question, prepared.passages))
+            with detached_span("answer.generate"):
+                yield from chat.stream(prompt.messages(prepared.question, prepared.passages))
         except NoModelAnswered as exc:  # raised before any text: nothing to take back
             log.warning("answer models unavailable, answering extractively", reason=exc.message)
+            METRICS.observe_fallback("extractive")
             yield Chunk(text=extractive(prepared.passages, MODELS_DOWN), degraded=exc.message)
 
 

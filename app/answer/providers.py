@@ -22,6 +22,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from app.errors import Unavailable, UpstreamError
+from app.observe.metrics import METRICS
 from app.settings import AnswerSettings
 
 
@@ -155,6 +156,7 @@ class ChatModels:
             breaker = self.breakers[model.name]
             if not breaker.allow():
                 reasons.append(f"{model.name}: skipped for {breaker.remaining_s():.0f} s more")
+                METRICS.observe_provider_error(model.name)
                 continue
             try:
                 chunks = self._open(model, messages)
@@ -162,6 +164,7 @@ class ChatModels:
             except _FAILURES as exc:
                 breaker.failed()
                 reasons.append(f"{model.name}: {_reason(exc)}")
+                METRICS.observe_provider_error(model.name)
                 continue
             except BaseException:
                 breaker.failed()  # a half-open breaker must not wait for a trial that ended
@@ -169,8 +172,11 @@ class ChatModels:
             if first is None:
                 breaker.failed()
                 reasons.append(f"{model.name}: empty answer")
+                METRICS.observe_provider_error(model.name)
                 continue
             breaker.succeeded()  # it answers; a failure from here on counts anew
+            if reasons:
+                METRICS.observe_fallback("model")
             yield Chunk(model=model.name)
             yield from self._rest(model, breaker, first, chunks)
             return
@@ -188,6 +194,7 @@ class ChatModels:
             yield from chunks
         except _FAILURES as exc:
             breaker.failed()
+            METRICS.observe_provider_error(model.name)
             raise UpstreamError(f"{model.name} failed mid-answer: {_reason(exc)}") from exc
 
     def _open(

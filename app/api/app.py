@@ -17,6 +17,7 @@ from app.api import deps, problems
 from app.api.admission import Admission
 from app.api.auth import Gate, provide_caller, send_rate_headers
 from app.api.edge import EdgeChecks
+from app.api.observe import Observe
 from app.api.openapi import document
 from app.api.options import AllowedMethods
 from app.api.routes.admin import IndexController
@@ -28,6 +29,7 @@ from app.api.routes.health import health, ready
 from app.api.routes.keys import KeyController
 from app.api.routes.metrics import metrics
 from app.api.routes.search import search_get, search_post
+from app.observe.metrics import METRICS
 from app.service import Services
 
 API_TITLE = "Hybrid search"
@@ -127,11 +129,14 @@ def _max_body(services: Services) -> int:
 
 
 def _configure_edge(config: AppConfig, services: Services, bind_host: str | None) -> None:
-    """Admission first (a refused request costs nothing), then the input checks, then the
-    OPTIONS answers; Host and CORS policies from the settings."""
-    server = services.settings.server
+    """Observation first (every answer has a request id, a duration and a log line), then
+    admission (a refused request costs nothing), then the input checks, then the OPTIONS
+    answers; Host and CORS policies from the settings."""
+    server, observability = services.settings.server, services.settings.observability
     hosts = server.allowed_hosts or (LOOPBACK_HOSTS if is_loopback(bind_host) else ())
+    METRICS.enabled = observability.metrics
     config.middleware = [
+        Observe(access_log=observability.access_log),
         config.state.admission.middleware,
         EdgeChecks(max_body=_max_body(services), hosts=hosts),
         AllowedMethods(),

@@ -33,6 +33,7 @@ from app.access.caller import (
 )
 from app.access.limits import ANSWER, REQUEST, Decision, RateLimiter
 from app.errors import Forbidden, TooManyRequests, Unauthorized
+from app.observe.metrics import METRICS
 from app.search.request import SearchRequest
 from app.service import Services
 
@@ -76,6 +77,7 @@ class Gate:
                 require_collection(caller, str(path_params["name"]))
             decision = self.limiter.admit(caller, ANSWER if route.opt.get("answer") else REQUEST)
             if decision is not None and not decision.allowed:
+                METRICS.observe_rate_limited("answer" if route.opt.get("answer") else "request")
                 raise decision.refusal()
             return caller, decision
         except (Unauthorized, Forbidden, TooManyRequests) as exc:

@@ -11,6 +11,8 @@ from typing import Any
 from app.access.caller import Caller
 from app.answer.generate import Prepared
 from app.errors import HybridError
+from app.observe.context import note_search
+from app.observe.metrics import METRICS
 from app.querylog.log import Entry, QueryLog
 from app.search.request import SearchRequest
 from app.search.results import SearchResult
@@ -50,8 +52,23 @@ class Recording:
             self.entry.status, self.entry.error = 500, "Internal error"
 
     def finish(self) -> None:
-        self.entry.total_ms = (time.perf_counter() - self.started) * 1000
-        self.log.record(self.entry)
+        """Record the entry, count it (metrics) and tell the request's log line about it."""
+        entry = self.entry
+        entry.total_ms = (time.perf_counter() - self.started) * 1000
+        self.log.record(entry)
+        stages = {
+            "embed": entry.embed_ms,
+            "faiss": entry.faiss_ms,
+            "sql": entry.sql_ms,
+            "rerank": entry.rerank_ms,
+            "generation": entry.generation_ms,
+            "total": entry.total_ms,
+        }
+        METRICS.observe_search(
+            entry.kind, entry.mode, entry.status, entry.hits, stages, entry.cache,
+            entry.vector_backend,
+        )  # fmt: skip
+        note_search(str(entry.id), stages)
 
 
 def new_entry(kind: str, caller: Caller, collection: str, query: str) -> Entry:

@@ -14,7 +14,9 @@ commit would have to wait for.
 
 from __future__ import annotations
 
+import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from app.db import embedded
 from app.errors import ConfigError
@@ -58,11 +61,35 @@ def sqlalchemy_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
+class CountingPool(QueuePool):
+    """The standard pool, knowing how many checkouts are under way: waiting for a free
+    connection (up to `HYBRID_DB_POOL_TIMEOUT`) or opening one (`/metrics` reads it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting = 0
+        self._waiting_lock = threading.Lock()
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        with self._waiting_lock:
+            self.waiting += 1
+        try:
+            return super()._do_get()
+        finally:
+            with self._waiting_lock:
+                self.waiting -= 1
+
+
+# SQLAlchemy names a pool's logger after the pool's class: ours is kept as quiet as its own.
+logging.getLogger(f"{__name__}.{CountingPool.__name__}").setLevel(logging.WARNING)
+
+
 def make_engine(url: str, database: DatabaseSettings | None = None) -> Engine:
     """The engine with its pool and time bounds from `database` (the defaults without)."""
     database = database or DatabaseSettings()
     engine = create_engine(
         sqlalchemy_url(url),
+        poolclass=CountingPool,
         pool_size=database.pool_size,
         max_overflow=database.pool_overflow,
         pool_timeout=database.pool_timeout_s,

@@ -35,7 +35,12 @@ from app.ingest.embed import Embedder
 from app.ingest.model import SourceDocument, embedding_text
 from app.ingest.store import PreparedDocument, stored_fields, write_documents
 from app.ingest.writers import concurrent_writer
+from app.observe.metrics import METRICS, ingest_errors_counted
+from app.observe.tracing import span
 from app.settings import Settings
+
+# What can become of a document given to ingest.
+DOCUMENT_OUTCOMES = ("created", "updated", "metadata_updated", "unchanged")
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,8 @@ class IngestReport:
         return sum(d.chunks for d in self.documents if d.status in ("created", "updated"))
 
     def summary(self) -> dict[str, Any]:
-        statuses = ("created", "updated", "metadata_updated", "unchanged")
         return {
-            **{status: self.count(status) for status in statuses},
+            **{status: self.count(status) for status in DOCUMENT_OUTCOMES},
             "chunks": self.chunks,
             "embedded": self.embedded,
             "cached": self.cached,
@@ -116,6 +120,29 @@ class Ingestor:
         """Write `documents` into the collection (created first if `create`), `batch`
         documents a transaction (default `HYBRID_INGEST_BATCH`), up to `writers` batches at
         once (default `HYBRID_INGEST_WRITERS`)."""
+        with ingest_errors_counted(), span("ingest", collection=collection_name):
+            report = self._ingest(
+                collection_name, documents, defaults=defaults, create=create, total=total,
+                progress=progress, writers=writers, batch=batch,
+            )  # fmt: skip
+        METRICS.observe_ingest(
+            {status: report.count(status) for status in DOCUMENT_OUTCOMES},
+            report.chunks, report.embedded, report.cached, report.seconds,
+        )  # fmt: skip
+        return report
+
+    def _ingest(
+        self,
+        collection_name: str,
+        documents: Iterable[SourceDocument],
+        *,
+        defaults: Defaults | None,
+        create: bool,
+        total: int | None,
+        progress: bool,
+        writers: int | None,
+        batch: int | None,
+    ) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
         collection = self.collection(collection_name, create=create)
@@ -140,7 +167,10 @@ class Ingestor:
                 keys = [d.external_id for d in unique]
                 # A document still being written by an earlier batch is read once it is.
                 writer.wait_for(keys)
-                pending = self._prepare_batch(collection, unique, defaults or Defaults(), report)
+                with span("ingest.prepare", documents=len(unique)):
+                    pending = self._prepare_batch(
+                        collection, unique, defaults or Defaults(), report
+                    )
                 write = partial(self._write_batch, collection, pending)
                 writer.submit(keys, write, partial(written, len(part)))
         report.seconds = time.perf_counter() - started

@@ -29,6 +29,7 @@ from app.collections import Collection
 from app.db.queries import load
 from app.errors import Conflict, Invalid, Unavailable
 from app.ingest.embed import Embedder
+from app.observe.tracing import span
 from app.search.filters import CompiledFilter
 from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
 from app.search.rerank import Reranking, rerank
@@ -95,17 +96,21 @@ def search(
         request, collection.settings, settings, reranking.policy if reranking else NO_RERANKER
     )
     started = time.perf_counter()
-    vector = _query_vector(plan, collection, embeddings)
+    with span("search.embed"):
+        vector = _query_vector(plan, collection, embeddings)
     embedded = time.perf_counter()
-    source = _vector_source(plan, collection, vector, vectors, settings)
+    with span("search.faiss"):
+        source = _vector_source(plan, collection, vector, vectors, settings)
     sourced = time.perf_counter()
-    rows, source, fresh = _execute(conn, collection, plan, vector, source, settings)
+    with span("search.sql", mode=plan.mode):
+        rows, source, fresh = _execute(conn, collection, plan, vector, source, settings)
     if source.candidates is not None and source.restriction is not None and vectors:
         _observe(vectors, source, rows)
     done = time.perf_counter()
     hits, report = [_hit(row, plan) for row in rows], None
     if plan.rerank_depth and reranking and reranking.reranker:
-        hits, report = rerank(reranking.reranker, plan, hits)
+        with span("search.rerank", depth=plan.rerank_depth):
+            hits, report = rerank(reranking.reranker, plan, hits)
     return SearchResult(
         collection=collection.name,
         mode=plan.mode,

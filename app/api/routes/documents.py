@@ -32,6 +32,7 @@ from app.errors import Invalid, TooLarge
 from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
+from app.observe.metrics import ingest_errors_counted
 from app.search.filters import compile_filter
 from app.search.request import PUBLIC
 from app.service import Services
@@ -69,8 +70,9 @@ class DocumentController(Controller):
                 f"documents: expected 1 to {limit} documents, got {len(data.documents)}",
                 field="documents",
             )
-        docs = [_from_json(i, d, services) for i, d in enumerate(data.documents)]
-        defaults = Defaults(metadata=data.metadata, acl=_acl(data.acl))
+        with ingest_errors_counted():  # a refused request is a failed ingest too
+            docs = [_from_json(i, d, services) for i, d in enumerate(data.documents)]
+            defaults = Defaults(metadata=data.metadata, acl=_acl(data.acl))
         return _ingest(services, name, docs, defaults)
 
     @post("/files", sync_to_thread=True, opt={"scope": INGEST, "upload": True})
@@ -87,15 +89,16 @@ class DocumentController(Controller):
             )
         if data.id is not None and len(data.files) != 1:
             raise Invalid("id: only allowed when exactly one file is uploaded", field="id")
-        docs = [doc for upload in data.files for doc in _load_upload(upload, data.id, services)]
-        limit = services.settings.ingest.max_request_documents
-        if len(docs) > limit:
-            raise TooLarge(
-                f"files: {len(docs)} documents in the upload, limit {limit} a request "
-                "(HYBRID_MAX_REQUEST_DOCUMENTS); split the file or use `hybrid ingest`",
-                field="files",
-            )
-        defaults = Defaults(metadata=_form_metadata(data.metadata), acl=_form_acl(data.acl))
+        with ingest_errors_counted():  # an unreadable file is a failed ingest too
+            docs = [d for upload in data.files for d in _load_upload(upload, data.id, services)]
+            limit = services.settings.ingest.max_request_documents
+            if len(docs) > limit:
+                raise TooLarge(
+                    f"files: {len(docs)} documents in the upload, limit {limit} a request "
+                    "(HYBRID_MAX_REQUEST_DOCUMENTS); split the file or use `hybrid ingest`",
+                    field="files",
+                )
+            defaults = Defaults(metadata=_form_metadata(data.metadata), acl=_form_acl(data.acl))
         return _ingest(services, name, docs, defaults)
 
     @get("/documents", sync_to_thread=True, opt={"scope": SEARCH})

@@ -1,11 +1,13 @@
-"""Prometheus metrics, read at scrape time: the vector cache's size and lag per collection, and
-the query log's queue, writes, drops and failures."""
+"""`GET /metrics`: the counters and histograms of `app.observe.metrics`, and the gauges read
+at scrape time: the vector cache's size and lag per collection, the query log's queue,
+writes, drops and failures, the database pool, and the requests in flight or refused."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from litestar import Response, get
+from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CollectorRegistry,
@@ -14,8 +16,12 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from sqlalchemy.pool import QueuePool
 
 from app.access.caller import ADMIN
+from app.api.admission import Admission
+from app.db.engine import CountingPool
+from app.observe.metrics import METRICS
 from app.service import Services
 
 
@@ -72,14 +78,58 @@ class QueryLogCollector(Collector):
             yield CounterMetricFamily(f"hybrid_query_log_{name}", help_text, stats[name])
 
 
+class ServerCollector(Collector):
+    """The database pool and admission control, as they are now."""
+
+    def __init__(self, services: Services, admission: Admission) -> None:
+        self.services = services
+        self.admission = admission
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.services.engine.pool
+        if isinstance(pool, QueuePool):
+            in_use = GaugeMetricFamily(
+                "hybrid_db_pool_connections", "Pooled database connections by state",
+                labels=["state"],
+            )  # fmt: skip
+            in_use.add_metric(["in_use"], pool.checkedout())
+            in_use.add_metric(["idle"], pool.checkedin())
+            yield in_use
+            yield GaugeMetricFamily(
+                "hybrid_db_pool_max", "Most connections the pool opens (size + overflow)",
+                pool.size() + max(pool._max_overflow, 0),
+            )  # fmt: skip
+        if isinstance(pool, CountingPool):
+            yield GaugeMetricFamily(
+                "hybrid_db_pool_waiting",
+                "Requests waiting for a database connection (or for one to open)",
+                pool.waiting,
+            )
+        yield GaugeMetricFamily(
+            "hybrid_http_in_flight", "Requests being handled", self.admission.in_flight
+        )
+        yield GaugeMetricFamily(
+            "hybrid_http_in_flight_limit", "Requests handled at once at most",
+            self.admission.limit,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "hybrid_http_refused",
+            "Requests answered 503 at once because the limit of requests in flight was reached",
+            self.admission.refused,
+        )
+
+
 # Litestar adds the charset to a text media type itself (and the document names the type).
 MEDIA_TYPE = CONTENT_TYPE_LATEST.partition("; charset=")[0]
 
 
 @get("/metrics", sync_to_thread=True, tags=["health"], media_type=MEDIA_TYPE, opt={"scope": ADMIN})
-def metrics(services: Services) -> Response[bytes]:
-    """Prometheus text format."""
+def metrics(services: Services, state: State) -> Response[bytes]:
+    """Prometheus text format (an `admin` key's): every metric is listed in the observability
+    guide."""
     registry = CollectorRegistry()
     registry.register(VectorCacheCollector(services))
     registry.register(QueryLogCollector(services))
-    return Response(generate_latest(registry), media_type=MEDIA_TYPE)
+    registry.register(ServerCollector(services, state.admission))
+    body = generate_latest(METRICS.registry) + generate_latest(registry)
+    return Response(body, media_type=MEDIA_TYPE)

@@ -1,0 +1,1 @@
+"""What the service tells its operators: metrics, the request in progress, traces."""
