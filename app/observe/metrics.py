@@ -36,6 +36,20 @@ CACHE_OUTCOMES = {
 STAGES = ("embed", "faiss", "sql", "rerank", "generation", "total")
 
 
+class Children:
+    """A labelled metric's children by label values, each looked up once."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = self.metric.labels(*labels)
+        return child
+
+
 class Metrics:
     """The instruments, in a registry of their own (one per process, see `METRICS`)."""
 
@@ -111,21 +125,14 @@ class Metrics:
             for outcome in outcomes:
                 self.cache.labels(cache, outcome)
         # Children bound once: `labels()` takes a lock and a dict lookup on every call.
-        self._stage = {
-            (kind, stage): self.stages.labels(kind, stage)
-            for kind in ("search", "answer")
-            for stage in STAGES
-        }
-        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._requests = Children(self.requests)
+        self._stages = Children(self.stages)
+        self._searches = Children(self.searches)
+        self._cache = Children(self.cache)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        if not self.enabled:
-            return
-        key = (route, method, status)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(route, method, str(status))
-        child.observe(seconds)
+        if self.enabled:
+            self._requests(route, method, str(status)).observe(seconds)
 
     def observe_search(
         self,
@@ -141,17 +148,16 @@ class Metrics:
         if not self.enabled:
             return
         outcome = "error" if status >= 400 else "ok" if hits else "empty"
-        self.searches.labels(kind, mode or "none", outcome).inc()
+        self._searches(kind, mode or "none", outcome).inc()
         # A result from the cache took no stage but the whole: its zeros are not timings.
         computed = cache not in ("cached", "shared")
         for stage, ms in stages_ms.items():
             if ms is not None and (computed or stage == "total"):
-                self._stage[kind, stage].observe(ms / 1000)
+                self._stages(kind, stage).observe(ms / 1000)
         if cache is not None:
-            self.cache.labels("result", RESULT_CACHE.get(cache, "miss")).inc()
+            self._cache("result", RESULT_CACHE.get(cache, "miss")).inc()
         if vector_backend is not None:
-            vector = "hit" if vector_backend == "faiss" else "miss"
-            self.cache.labels("vector", vector).inc()
+            self._cache("vector", "hit" if vector_backend == "faiss" else "miss").inc()
 
     def observe_ingest(self, outcomes: dict[str, int], chunks: int, embedded: int,
                        cached: int, seconds: float) -> None:  # fmt: skip
