@@ -519,7 +519,11 @@ def keys_revoke(settings: Settings, ident: str) -> None:
 )
 @click.option("--metadata", help="JSON object merged into every document's metadata.")
 @click.option("--acl", multiple=True, help="Principal allowed to read the documents (repeatable).")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar (default: when stderr is a terminal).",
+)
 @pass_settings
 def ingest(
     settings: Settings,
@@ -527,7 +531,7 @@ def ingest(
     collection: str,
     metadata: str | None,
     acl: tuple[str, ...],
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Ingest files and folders (.txt .md .html .pdf .docx .json .jsonl)."""
     files = load.discover(list(paths))
@@ -544,13 +548,18 @@ def ingest(
             defaults=defaults,
             create=True,
             total=load.estimate_count(files),
-            progress=progress,
+            progress=_progress(progress),
         )
     console.print(f"{collection}: {_summary(report)}")
     for failure in failures:
         errors.print(f"skipped {failure}", highlight=False, markup=False)
     if failures:
         sys.exit(1)
+
+
+def _progress(asked: bool | None) -> bool:
+    """Progress bars when asked, or by default when someone watches (stderr a terminal)."""
+    return sys.stderr.isatty() if asked is None else asked
 
 
 def _load_all(
@@ -940,7 +949,11 @@ def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the JSON report and PNG chart go.",
 )
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress bars (default: when stderr is a terminal).",
+)
 @click.option(
     "--vector-backend",
     type=click.Choice(VECTOR_BACKENDS),
@@ -955,7 +968,7 @@ def eval_command(
     modes: str,
     k: int,
     out_dir: Path,
-    progress: bool,
+    progress: bool | None,
     vector_backend: str | None,
 ) -> None:
     """Evaluate search on a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv), or
@@ -971,8 +984,9 @@ def eval_command(
         if RERANK_MODE in chosen and not services.reranking.available:
             raise Unavailable(f"--modes {RERANK_MODE}: {services.reranking.policy.unavailable}")
         result = runner.evaluate(
-            services, folder, modes=chosen, k=k, progress=progress, vector_backend=vector_backend
-        )
+            services, folder, modes=chosen, k=k, progress=_progress(progress),
+            vector_backend=vector_backend,
+        )  # fmt: skip
     json_path, png_path = eval_report.write(result, out_dir)
     table = _table("mode", "nDCG@10", "R@100", "MRR@10", "hit@5", "p50 ms", "p95 ms")
     for m in result.modes:

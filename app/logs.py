@@ -43,12 +43,12 @@ def configure_logging(settings: ServerSettings) -> None:
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    # The service's own loggers at HYBRID_LOG_LEVEL; the libraries' (a line per provider call,
+    # per SQL statement, per model loaded) only from WARNING on.
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(level)
-    # A line per provider call or per SQL statement is no operator's business at INFO.
-    for chatty in ("httpx", "httpcore", "sqlalchemy"):
-        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+    root.setLevel(max(level, logging.WARNING))
+    logging.getLogger("app").setLevel(level)
     # structlog's own loggers render and print directly (a third of the cost of a trip through
     # the standard library's records and handlers: it is paid once a request, by the access log).
     structlog.configure(

@@ -81,3 +81,42 @@ def test_eval_command_reports_every_mode(env: dict[str, str], beir: Path, tmp_pa
 def test_eval_refuses_an_unknown_mode(env: dict[str, str], beir: Path) -> None:
     run = hybrid(env, "eval", str(beir), "--modes", "keyword,psychic", "--no-progress")
     assert run.failed_with("--modes", "psychic")
+
+
+@pytest.mark.parametrize(
+    ("broken", "content", "message"),
+    [
+        ("qrels.tsv", "query-id\tcorpus-id\tscore\nq9\td1\t1\n", "no query of queries.jsonl"),
+        (
+            "qrels.tsv",
+            "query-id\tcorpus-id\tscore\nq1\td1\thigh\n",
+            ":2: score 'high' is not an integer",
+        ),
+        ("queries.jsonl", '{"_id": "q1", "text": "cats"}\nnot json\n', ":2: not JSON"),
+        ("queries.jsonl", '{"_id": "q1"}\n', ":1: expected an object with `_id` and `text`"),
+        ("corpus.jsonl", None, "missing (expected a BEIR-layout folder)"),
+    ],
+)
+def test_eval_exits_non_zero_when_it_cannot_evaluate(
+    env: dict[str, str], beir: Path, broken: str, content: str | None, message: str
+) -> None:
+    if content is None:
+        (beir / broken).unlink()
+    else:
+        (beir / broken).write_text(content)
+    run = hybrid(env, "eval", str(beir), "--modes", "keyword")
+    assert run.failed_with(message)
+
+
+def test_eval_scores_title_only_records_and_skips_empty_ones(
+    env: dict[str, str], beir: Path, tmp_path: Path
+) -> None:
+    with (beir / "corpus.jsonl").open("a") as corpus:
+        corpus.write(json.dumps({"_id": "d5", "title": "Why cats purr", "text": ""}) + "\n")
+        corpus.write(json.dumps({"_id": "d6", "title": "", "text": ""}) + "\n")
+    (beir / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td5\t1\n")
+    run = hybrid(env, "eval", str(beir), "--out", str(tmp_path / "out"), "--modes", "keyword")
+    assert run.code == 0, run.err
+    assert "record skipped" in run.err and "corpus.jsonl line 6" in run.err
+    assert "5 documents" in run.out
+    assert "\r" not in run.err  # no progress bar when stderr is no terminal

@@ -498,12 +498,36 @@ def test_a_json_file_with_one_object_and_a_record_without_id() -> None:
     assert doc.title == "T"
 
 
+def test_a_record_with_a_title_and_no_text_is_its_title() -> None:
+    for record in ({"_id": "p1", "title": "Aspirin and the heart", "text": ""},
+                   {"_id": "p1", "title": "Aspirin and the heart"}):  # fmt: skip
+        doc = document_from_record(record, where="corpus.jsonl:1")
+        assert doc.title == "Aspirin and the heart"
+        assert [block.text for block in doc.blocks] == ["Aspirin and the heart"]
+
+
+def test_a_file_skips_a_record_with_neither_text_nor_title_and_says_which(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = (
+        b'{"_id": "a", "text": "Alpha."}\n{"_id": "b", "title": "", "text": " "}\n'
+        b'{"_id": "c", "title": "Gamma"}\n'
+    )
+    docs = load_bytes(data, "corpus.jsonl", max_bytes=10_000, max_chars=10_000, max_pdf_pages=10)
+    assert [d.external_id for d in docs] == ["a", "c"]
+    assert "corpus.jsonl" in caplog.text and "record skipped" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("record", "field", "message"),
     [
         ([1, 2], None, "expected a JSON object, got list"),
-        ({"title": "x"}, "text", "field 'text' is required"),
-        ({"text": "  \n "}, "text", "field 'text' must be a non-empty string, got '  \\n '"),
+        ({"id": "x"}, "text", "field 'text' is required (or a title)"),
+        (
+            {"text": "  \n ", "title": " "},
+            "text",
+            "field 'text' must be a non-empty string (or the record have a title), got '  \\n '",
+        ),
         ({"text": 5}, "text", "field 'text' must be a string, got integer"),
         (
             {"text": "t", "metadata": []},

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from app import collections
+from app.errors import Invalid
 from app.eval import metrics
 from app.ingest import load
 from app.search.engine import QueryEmbeddings, Searcher, search
@@ -73,22 +74,50 @@ def read_dataset(folder: Path) -> Dataset:
     corpus = folder / "corpus.jsonl"
     for path in (corpus, folder / "queries.jsonl", folder / "qrels.tsv"):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (expected a BEIR-layout folder)")
+            raise Invalid(f"{path}: missing (expected a BEIR-layout folder)", field="folder")
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
     with (folder / "qrels.tsv").open(newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         next(reader, None)
         for row in reader:
             if len(row) >= 3:
-                qrels[row[0]][row[1]] = int(row[2])
+                try:
+                    qrels[row[0]][row[1]] = int(row[2])
+                except ValueError:
+                    raise Invalid(
+                        f"{folder / 'qrels.tsv'}:{reader.line_num}: score {row[2]!r} is not an "
+                        "integer",
+                        field="folder",
+                    ) from None
     queries = {}
     with (folder / "queries.jsonl").open() as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if line.strip():
-                record = json.loads(line)
-                if str(record["_id"]) in qrels:
-                    queries[str(record["_id"])] = record["text"]
+                record = _query_record(line, f"{folder / 'queries.jsonl'}:{number}")
+                if record[0] in qrels:
+                    queries[record[0]] = record[1]
+    if not queries:
+        raise Invalid(
+            f"{folder}: no query of queries.jsonl has a judgment in qrels.tsv: nothing to "
+            "evaluate (qrels.tsv: query-id, corpus-id, score, after a header line)",
+            field="folder",
+        )
     return Dataset(name=folder.resolve().name, corpus=corpus, queries=queries, qrels=dict(qrels))
+
+
+def _query_record(line: str, where: str) -> tuple[str, str]:
+    """(id, text) of one line of queries.jsonl."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"{where}: not JSON ({exc.msg})", field="folder") from None
+    if (
+        not isinstance(record, dict)
+        or "_id" not in record
+        or not isinstance(record.get("text"), str)
+    ):
+        raise Invalid(f"{where}: expected an object with `_id` and `text`", field="folder")
+    return str(record["_id"]), record["text"]
 
 
 def evaluate(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -42,6 +43,8 @@ from pypdf.generic import ArrayObject, DictionaryObject
 from app.errors import HybridError, Invalid, NotFound, TooLarge, UnsupportedMedia
 from app.ingest.model import Block, SourceDocument
 from app.settings import IngestSettings
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
     {".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".json", ".jsonl"}
@@ -175,6 +178,10 @@ def load_bytes(
     return _load(data, filename, stem=stem, external_id=doc_id, source=filename, limits=limits)
 
 
+class EmptyRecord(Invalid):
+    """A JSON record with neither text nor title: nothing to search."""
+
+
 def document_from_record(
     record: object, *, where: str, max_chars: int | None = None
 ) -> SourceDocument:
@@ -184,16 +191,23 @@ def document_from_record(
         raise Invalid(f"{where}: expected a JSON object, got {_json_type(record)}")
     _check_values(record, where)
     text = _string_field(record, "text", where)
-    if text is None:
-        raise Invalid(f"{where}: field 'text' is required", field="text")
-    out = _Blocks(where, max_chars)
-    out.add_paragraphs(text)
-    if not out.blocks:
-        raise _field_error(where, "text", "a non-empty string", repr(text[:40]))
     title = _string_field(record, "title", where) or ""
+    out = _Blocks(where, max_chars)
+    out.add_paragraphs(text or "")
+    if not out.blocks:
+        # A record with a title and no text (a paper known by its title only) is its title.
+        out.add_paragraphs(title)
+    if not out.blocks:
+        if text is None:
+            raise EmptyRecord(f"{where}: field 'text' is required (or a title)", field="text")
+        raise EmptyRecord(
+            f"{where}: field 'text' must be a non-empty string (or the record have a "
+            f"title), got {text[:40]!r}",
+            field="text",
+        )
     extra = {key: value for key, value in record.items() if key not in _RECORD_KEYS}
     return SourceDocument(
-        external_id=_record_id(record, where) or _content_id(title, text),
+        external_id=_record_id(record, where) or _content_id(title, text or ""),
         title=_inline(title),
         blocks=out.blocks,
         source=_string_field(record, "source", where),
@@ -253,9 +267,15 @@ def _load(
 
 
 def _load_records(data: bytes, name: str, source: str, max_chars: int) -> list[SourceDocument]:
+    """The file's records; one with neither text nor title is skipped with a warning naming
+    it (a collection of many thousand records is not refused for one empty line)."""
     docs = []
     for where, record in _json_records(_decode(data, name), name, _suffix(name)):
-        doc = document_from_record(record, where=where, max_chars=max_chars)
+        try:
+            doc = document_from_record(record, where=where, max_chars=max_chars)
+        except EmptyRecord as exc:
+            log.warning("record skipped: %s", exc.message)
+            continue
         docs.append(replace(doc, source=doc.source or source))
     if not docs:
         raise Invalid(f"{name}: no records found", field=name)
