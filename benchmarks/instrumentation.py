@@ -9,6 +9,8 @@ This measures the pieces directly, each as the best of `--repeat` timings of `--
 - the `Observe` middleware around an ASGI app that answers at once (request id, context,
   duration histogram, access log line to /dev/null in JSON), with metrics and the access log
   each on and off, against the bare app;
+- tracing on (spans made and batched, then dropped by the exporter): the request's server
+  span in the middleware, and one stage span;
 - what the end of a search adds (`Recording.finish`: the query log entry queued, the search's
   metrics, the request's note), for a computed search and for one from the result cache.
 
@@ -22,17 +24,21 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from app.access.caller import Caller
 from app.api.logged import Recording, new_entry
 from app.api.observe import Observe
 from app.logs import configure_logging
 from app.observe.metrics import METRICS
+from app.observe.tracing import TRACING, span
 from app.querylog.log import QueryLog
 from app.redact import builtin
-from app.settings import QueryLogSettings, ServerSettings
+from app.settings import ObservabilitySettings, QueryLogSettings, ServerSettings
 
 SCOPE = {
     "type": "http", "method": "GET", "path": "/v1/search", "path_template": "/v1/search",
@@ -85,6 +91,20 @@ def main() -> None:
             app = Observe(access_log=access_log)(answer)
             cost = _time_app(app, args.calls, args.repeat) - rows[0][1]
             rows.append((f"Observe: metrics {_on(metrics)}, access log {_on(access_log)}", cost))
+    METRICS.enabled = True
+    TRACING.configure(ObservabilitySettings(), exporter=Dropped())
+    app = Observe(access_log=False)(answer)
+    rows.append(("Observe: metrics on, tracing on", _time_app(app, args.calls, 3) - rows[0][1]))
+    tracer = TRACING.tracer
+    assert tracer is not None
+
+    def stage() -> None:
+        with span("search.embed"):
+            pass
+
+    with tracer.start_as_current_span("request"):
+        rows.append(("one stage span, tracing on", _time(stage, args.calls, args.repeat)))
+    TRACING.shutdown()
     log = QueryLog(None, QueryLogSettings(queue=10**9), builtin)  # type: ignore[arg-type]
     caller = Caller(key_id=1, prefix="hs_abcd", name="bench", principals=("a",), scopes=frozenset())
     for cache in ("computed", "cached"):
@@ -104,6 +124,13 @@ def main() -> None:
     print(f"{'piece':<{width}}  µs per request", file=sys.__stdout__)
     for name, cost in rows:
         print(f"{name:<{width}}  {cost:6.2f}", file=sys.__stdout__)
+
+
+class Dropped(SpanExporter):
+    """An exporter that sends nothing: the spans' own cost, without a collector's."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
 
 
 def _on(flag: bool) -> str:
