@@ -136,6 +136,23 @@ def test_ready_is_503_while_the_model_is_not_loaded(
     assert checks["database"]["ok"] and checks["schema"]["ok"]
 
 
+@pytest.mark.parametrize("page", ["/docs", "/docs/swagger"])
+def test_the_api_pages_load_nothing_from_another_host(client: Client, page: str) -> None:
+    html = client.get(page)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    head = html.text.split("<body", 1)[0]
+    assets = re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", head)
+    assert len(assets) == 4  # the favicon, the stylesheet, the two scripts
+    for asset in assets:
+        assert asset.startswith("/static/swagger-ui/"), asset
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 500, asset
+        assert "immutable" in served.headers["cache-control"]
+    for license_file in ("LICENSE", "NOTICE"):
+        shipped = asset.rsplit("/", 1)[0] + "/" + license_file
+        assert client.get(shipped).status_code == 200
+
+
 def test_openapi_lists_every_route(client: Client) -> None:
     response = client.get("/docs/openapi.json")
     assert response.status_code == 200
@@ -148,7 +165,7 @@ def test_openapi_lists_every_route(client: Client) -> None:
     routes = {
         (method, re.sub(r"\{(\w+):\w+\}", r"{\1}", path))
         for method, path in describe_routes(client.app)
-        if not path.startswith("/docs")
+        if not path.startswith(("/docs", "/static"))
     }
     assert ("POST", "/v1/collections/{name}/files") in routes
     assert ("PATCH", "/v1/collections/{name}/documents/{external_id}") in routes

@@ -482,7 +482,8 @@ def test_every_route_but_the_probes_and_the_reference_needs_a_scope(api: Client)
         for handler in getattr(route, "route_handlers", []):
             if handler.opt.get("scope") is None and "OPTIONS" not in handler.http_methods:
                 public.append(route.path)
-    assert {p for p in public if not p.startswith("/docs")} == {"/health", "/ready"}
+    # The reference pages and the files they load are public; the probes too.
+    assert {p for p in public if not p.startswith(("/docs", "/static"))} == {"/health", "/ready"}
 
 
 def test_the_local_admin_key_is_kept_and_replaced_when_lost(

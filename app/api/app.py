@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
 
 from app.api import deps, problems
 from app.api.admission import Admission
@@ -33,6 +35,10 @@ from app.observe.metrics import METRICS
 from app.service import Services
 
 API_TITLE = "Hybrid search"
+# Files the pages load, shipped in the package (vendored with their licenses).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_PATH = "/static"
+SWAGGER_UI_VERSION = "5.36.0"
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -110,12 +116,32 @@ def _configure_errors(config: AppConfig) -> None:
 
 
 def _configure_openapi(config: AppConfig) -> None:
+    """The OpenAPI document at /docs/openapi.json, rendered by Swagger UI at /docs (and
+    /docs/swagger) from files the package ships: the page works without internet."""
+    swagger = f"{STATIC_PATH}/swagger-ui/{SWAGGER_UI_VERSION}"
     config.openapi_config = OpenAPIConfig(
         title=API_TITLE,
         version="0.1.0",
         path="/docs",
         use_handler_docstrings=True,
-        render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        render_plugins=[
+            SwaggerRenderPlugin(
+                path=["/", "/swagger"],
+                js_url=f"{swagger}/swagger-ui-bundle.js",
+                css_url=f"{swagger}/swagger-ui.css",
+                standalone_preset_js_url=f"{swagger}/swagger-ui-standalone-preset.js",
+                favicon=f"<link rel='icon' type='image/png' href='{swagger}/favicon-32x32.png'>",
+            )
+        ],
+    )
+    # Each vendored file's path names its version: a browser may keep it for good.
+    config.route_handlers.append(
+        create_static_files_router(
+            path=STATIC_PATH,
+            directories=[STATIC_DIR],
+            cache_control=CacheControlHeader(max_age=365 * 24 * 3600, public=True, immutable=True),
+            include_in_schema=False,
+        )
     )
 
 
