@@ -64,7 +64,7 @@ EXPECTED = {
 BOUNDED = {
     "kind": {"search", "answer", "model", "extractive", "invalid", "error"},
     "stage": {"embed", "faiss", "sql", "rerank", "generation", "total"},
-    "mode": {"keyword", "vector", "hybrid", "none"},
+    "mode": {"keyword", "vector", "hybrid", "hybrid+rerank", "none", "invalid"},
     "outcome": {"ok", "empty", "error", "hit", "miss", "shared", "created", "updated",
                 "metadata_updated", "unchanged"},
     "cache": {"result", "embedding", "vector"},
@@ -135,7 +135,7 @@ def test_every_metric_is_exported_with_bounded_labels(
                 elif label == "status":
                     assert re.fullmatch(r"[1-5][0-9][0-9]", given), given
                 elif label == "model":  # as HYBRID_ANSWER_MODELS names them
-                    assert re.fullmatch(r"m[12]@http://127\.0\.0\.1:\d+/v1", given), given
+                    assert re.fullmatch(r"[\w.-]+@http://127\.0\.0\.1:\d+/v1", given), given
     route = {"route": "/v1/search", "method": "GET", "status": "200"}
     requests = "hybrid_http_request_duration_seconds"
     assert value(after, requests, **route) - value(before, requests, **route) == 2
@@ -150,11 +150,7 @@ def test_every_metric_is_exported_with_bounded_labels(
     assert value(after, searches, **empty) - value(before, searches, **empty) == 1
     fallbacks = "hybrid_answer_fallbacks"
     assert value(after, fallbacks, kind="model") - value(before, fallbacks, kind="model") == 1
-    (first,) = {
-        s.labels["model"]
-        for s in after["hybrid_answer_provider_errors"].samples
-        if s.labels["model"].startswith("m1@")
-    }
+    first = f"m1@{server.base_url}"  # as HYBRID_ANSWER_MODELS names it
     assert value(after, "hybrid_answer_provider_errors", model=first) >= 1
     assert value(after, "hybrid_search_stage_seconds", kind="search", stage="embed") >= 1
     assert value(after, "hybrid_ingest_chunks") > 0
@@ -215,8 +211,8 @@ def test_every_alert_fires_in_trouble_and_stays_quiet_when_healthy() -> None:
     alerts = set(re.findall(r"- alert: (\w+)", (ALERTS / "alerts.yml").read_text()))
     tests = (ALERTS / "alerts_test.yml").read_text()
     for alert in alerts:
-        cases = re.findall(rf"alertname: {alert}\b[,\n]\s*exp_alerts: ?(\[\])?", tests)
-        assert sorted(cases) == ["", "[]"], f"{alert}: one firing and one quiet case expected"
+        cases = set(re.findall(rf"alertname: {alert}\b[,\n]\s*exp_alerts: ?(\[\])?", tests))
+        assert cases == {"", "[]"}, f"{alert}: a firing and a quiet case expected"
 
 
 # -- request id and logs -----------------------------------------------------------------------
@@ -229,8 +225,33 @@ def test_the_request_id_is_echoed_or_made(client: TestClient) -> None:  # type: 
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
     hostile = client.get("/health", headers={"X-Request-ID": "a b\tc" + "x" * 200})
     assert re.fullmatch(r"[0-9a-f]{32}", hostile.headers["x-request-id"])
-    refused = client.get("/v1/collections/nope")
-    assert refused.status_code == 404 and refused.headers["x-request-id"]
+    missing = client.get("/v1/collections/nope", headers={"X-Request-ID": "r-404"})
+    assert missing.status_code == 404 and missing.headers["x-request-id"] == "r-404"
+    no_route = client.get("/nowhere", headers={"X-Request-ID": "r-none"})
+    assert no_route.status_code == 404 and no_route.headers["x-request-id"] == "r-none"
+    refused = client.post(
+        "/v1/search", content=b"q", headers={"Content-Type": "text/plain", "X-Request-ID": "r-415"}
+    )
+    assert refused.status_code == 415 and refused.headers["x-request-id"] == "r-415"
+
+
+def test_refusals_are_counted_with_their_status_and_asked_modes_stay_bounded(
+    services: Services,
+) -> None:
+    with answering(services) as client:
+        before = scrape(client)
+        refused = client.post("/v1/search", content=b"q", headers={"Content-Type": "text/plain"})
+        assert refused.status_code == 415
+        for junk in ("junk-1", "junk-2", "x" * 500):
+            asked = {"collection": "pets", "q": "cats", "mode": junk}
+            assert client.get("/v1/search", params=asked).status_code == 400
+        after = scrape(client)
+    requests = "hybrid_http_request_duration_seconds"
+    for status, count in (("415", 1), ("400", 3), ("500", 0)):
+        labels = {"route": "/v1/search", "status": status}
+        assert value(after, requests, **labels) - value(before, requests, **labels) == count
+    modes = {s.labels["mode"] for s in after["hybrid_searches"].samples}
+    assert modes <= BOUNDED["mode"] and "invalid" in modes
 
 
 @contextmanager

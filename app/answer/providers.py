@@ -35,10 +35,13 @@ class ChatModel:
 
     @property
     def name(self) -> str:
-        """How logs, errors and `/ready` name it: credentials in the URL are left out."""
+        """How logs, errors, metrics and `/ready` name it: credentials in the URL (user,
+        password, query string) are left out."""
         if not self.base_url:
             return self.model
-        url = httpx.URL(self.base_url).copy_with(username=None, password=None)
+        url = httpx.URL(self.base_url).copy_with(
+            username=None, password=None, query=None, fragment=None
+        )
         return f"{self.model}@{url}"
 
 

@@ -19,7 +19,7 @@ from app.api import deps, problems
 from app.api.admission import Admission
 from app.api.auth import Gate, provide_caller, send_rate_headers
 from app.api.edge import EdgeChecks
-from app.api.observe import Observe
+from app.api.observe import Observe, send_request_id
 from app.api.openapi import document
 from app.api.options import AllowedMethods
 from app.api.routes.admin import IndexController
@@ -89,6 +89,7 @@ def _configure_state(
     config.state = State({"services": services, "admission": admission, "gate": gate})
     config.guards.append(gate.guard)
     config.before_send.append(send_rate_headers)
+    config.before_send.append(send_request_id)
     config.on_startup.append(services.query_log.start)
     if vector_cache and services.settings.vectors.enabled:
         config.on_startup.append(services.start_vector_cache)

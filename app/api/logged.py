@@ -11,7 +11,7 @@ from typing import Any
 from app.access.caller import Caller
 from app.answer.generate import Prepared
 from app.errors import HybridError
-from app.observe.context import note_search
+from app.observe.context import CURRENT, note_search
 from app.observe.metrics import METRICS
 from app.querylog.log import Entry, QueryLog
 from app.search.request import SearchRequest
@@ -32,6 +32,8 @@ class Recording:
         self.entry = entry
         self.started = time.perf_counter()
         self.handed_off = False
+        # The request it belongs to, taken now: a stream may end (or be collected) elsewhere.
+        self.request = CURRENT.get()
 
     def __enter__(self) -> Recording:
         return self
@@ -68,7 +70,7 @@ class Recording:
             entry.kind, entry.mode, entry.status, entry.hits, stages, entry.cache,
             entry.vector_backend,
         )  # fmt: skip
-        note_search(str(entry.id), stages)
+        note_search(self.request, str(entry.id), stages)
 
 
 def new_entry(kind: str, caller: Caller, collection: str, query: str) -> Entry:
@@ -87,7 +89,9 @@ def new_entry(kind: str, caller: Caller, collection: str, query: str) -> Entry:
 
 def describe_request(entry: Entry, request: SearchRequest) -> None:
     """The request as the engine runs it (scoped: the caller's principals and filter in)."""
-    entry.mode, entry.k, entry.page_offset = request.mode, _int4(request.k), _int4(request.offset)
+    mode = request.mode
+    entry.mode = mode[:40] if isinstance(mode, str) else None  # as asked: checked later
+    entry.k, entry.page_offset = _int4(request.k), _int4(request.offset)
     entry.filter = request.filter
     boosts = dataclasses.asdict(request.boosts) if request.boosts else None
     entry.boosts = {name: value for name, value in (boosts or {}).items() if value} or None

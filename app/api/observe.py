@@ -2,11 +2,13 @@
 
 The request id is the caller's `X-Request-ID` when it sends a reasonable one (at most 128
 letters, digits and `._:/+=-`), a new one otherwise; it is echoed in the response's
-`X-Request-ID` and carried by every log line written while the request runs (worker threads
-included). The duration goes to `hybrid_http_request_duration_seconds` labelled by route
-template (never the path: no document id or collection name becomes a label), method and
-status; requests no route matched are not seen here (Litestar answers them 404 before any
-middleware). With `HYBRID_ACCESS_LOG` each request ends with one `request` log line.
+`X-Request-ID` (by `send_request_id`, which sees every answer) and carried by every log line
+written while the request runs (worker threads included). The duration goes to
+`hybrid_http_request_duration_seconds` labelled by route template (never the path: no
+document id or collection name becomes a label), method and status, the status of an error
+raised by an inner middleware included; requests no route matched are not seen here
+(Litestar answers them 404 or 405 before any middleware). With `HYBRID_ACCESS_LOG` each
+request ends with one `request` log line.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import structlog
+from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from opentelemetry.trace import StatusCode
 
+from app.api.problems import status_of
 from app.observe.context import CURRENT, RequestContext, request_id
 from app.observe.metrics import METRICS
 from app.observe.tracing import NOTHING, TRACING, server_span
@@ -26,6 +31,22 @@ from app.observe.tracing import NOTHING, TRACING, server_span
 log = structlog.get_logger("app.access")
 
 HEADER = b"x-request-id"
+
+
+STATE_KEY = "request_id"
+
+
+async def send_request_id(message: Message, scope: Scope) -> None:
+    """`X-Request-ID` on every answer: the request's id, or for a request no route matched
+    (never observed), the caller's own or a new one."""
+    if message["type"] != "http.response.start":
+        return
+    state = scope.get("state") or {}
+    value = state.get(STATE_KEY)
+    if value is None:
+        given = next((v for k, v in scope.get("headers", ()) if k == HEADER), None)
+        value = request_id(None if given is None else given.decode("latin-1"))
+    MutableScopeHeaders.from_message(message)["x-request-id"] = value
 
 
 class Observe:
@@ -51,14 +72,15 @@ class Observe:
                 given = value.decode("latin-1")
                 break
         current = RequestContext(request_id(given))
-        header = (HEADER, current.id.encode())
+        # The id goes on the response from `send_request_id`, which sees every answer,
+        # including those to errors raised by middleware (answered outside this one).
+        scope.setdefault("state", {})[STATE_KEY] = current.id
         status = 500
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         route = scope.get("path_template") or scope["path"]
@@ -68,12 +90,19 @@ class Observe:
         # The request's span (when tracing) covers its log line, which then names the trace.
         with self._span(scope, f"{method} {route}", current) as span:
             try:
-                await app(scope, receive, send_with_id)
+                await app(scope, receive, send_with_status)
+            except BaseException as exc:
+                # Raised by a middleware (a refused body, Host or media type): the error
+                # handlers answer it after this block, with this status.
+                status = status_of(exc)
+                raise
             finally:
                 seconds = time.perf_counter() - started
                 METRICS.observe_request(route, method, status, seconds)
                 if span is not None:
                     span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(StatusCode.ERROR)
                 if self.access_log:
                     self._log(current, method, route, scope["path"], status, seconds)
                 structlog.contextvars.reset_contextvars(**bound)

@@ -87,6 +87,16 @@ def _field_from_message(message: str) -> str | None:
     return field if field and "..." not in field else None
 
 
+def status_of(exc: BaseException) -> int:
+    """The status the error handlers answer `exc` with."""
+    if isinstance(exc, HybridError):
+        return exc.status
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    known = translate(exc) if isinstance(exc, Exception) else None
+    return known.status if known is not None else 500
+
+
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     known = translate(exc)
     if known is not None:

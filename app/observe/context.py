@@ -32,9 +32,10 @@ def request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def note_search(search_id: str, timings_ms: dict[str, float | None]) -> None:
-    """Tell the request in progress (if any) which search it ran and what its stages took."""
-    current = CURRENT.get()
+def note_search(
+    current: RequestContext | None, search_id: str, timings_ms: dict[str, float | None]
+) -> None:
+    """Tell the request (if any) which search it ran and what its stages took."""
     if current is not None:
         current.search_id = search_id
         current.timings_ms = {k: round(v, 3) for k, v in timings_ms.items() if v is not None}

@@ -33,6 +33,8 @@ CACHE_OUTCOMES = {
     "embedding": ("hit", "miss"),
     "vector": ("hit", "miss"),
 }
+# The search modes (`app.search.request.MODES`, which this layer may not import).
+MODES = frozenset({"keyword", "vector", "hybrid", "hybrid+rerank"})
 STAGES = ("embed", "faiss", "sql", "rerank", "generation", "total")
 
 
@@ -148,7 +150,9 @@ class Metrics:
         if not self.enabled:
             return
         outcome = "error" if status >= 400 else "ok" if hits else "empty"
-        self._searches(kind, mode or "none", outcome).inc()
+        # A refused request's mode is what was asked, which may be anything.
+        mode = mode if mode in MODES else "none" if mode is None else "invalid"
+        self._searches(kind, mode, outcome).inc()
         # A result from the cache took no stage but the whole: its zeros are not timings.
         computed = cache not in ("cached", "shared")
         for stage, ms in stages_ms.items():

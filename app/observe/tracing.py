@@ -3,7 +3,7 @@
 A request is one server span (opened by `app.api.observe`, continuing the caller's
 `traceparent` when it sends one); the stages inside it are child spans opened with `span()`:
 `search.embed`, `search.faiss`, `search.sql`, `search.rerank`, `answer.generate`,
-`ingest.prepare`, `ingest.write`. With tracing off, `span()` hands back one shared no-op
+`ingest` and `ingest.prepare`. With tracing off, `span()` hands back one shared no-op
 context manager: the stages cost nothing to mark.
 """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import structlog
 from litestar import Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -49,7 +50,11 @@ class VectorCacheCollector(Collector):
             "hybrid_change_log_head", "Latest change-log position of the collection", labels=labels
         )
         if cache is not None and cache.started:
-            cache.refresh_lag()
+            # Reading the lag takes pooled connections: not while requests wait for one (the
+            # last figures are served, rather than a scrape that waits behind them).
+            pool = self.services.engine.pool
+            if not (isinstance(pool, CountingPool) and pool.waiting):
+                cache.refresh_lag()
             for row in cache.status():
                 name = [row["collection"]]
                 ready.add_metric(name, 1.0 if row["status"] == "ready" else 0.0)
@@ -119,6 +124,8 @@ class ServerCollector(Collector):
         )
 
 
+log = structlog.get_logger(__name__)
+
 # Litestar adds the charset to a text media type itself (and the document names the type).
 MEDIA_TYPE = CONTENT_TYPE_LATEST.partition("; charset=")[0]
 
@@ -127,9 +134,17 @@ MEDIA_TYPE = CONTENT_TYPE_LATEST.partition("; charset=")[0]
 def metrics(services: Services, state: State) -> Response[bytes]:
     """Prometheus text format (an `admin` key's): every metric is listed in the observability
     guide."""
-    registry = CollectorRegistry()
-    registry.register(VectorCacheCollector(services))
-    registry.register(QueryLogCollector(services))
-    registry.register(ServerCollector(services, state.admission))
-    body = generate_latest(METRICS.registry) + generate_latest(registry)
-    return Response(body, media_type=MEDIA_TYPE)
+    body = [generate_latest(METRICS.registry)]
+    for collector in (
+        VectorCacheCollector(services),
+        QueryLogCollector(services),
+        ServerCollector(services, state.admission),
+    ):
+        # One collector failing (the database down, say) leaves the others' metrics served.
+        try:
+            registry = CollectorRegistry()
+            registry.register(collector)
+            body.append(generate_latest(registry))
+        except Exception:
+            log.warning("metrics not collected", collector=type(collector).__name__, exc_info=True)
+    return Response(b"".join(body), media_type=MEDIA_TYPE)
