@@ -197,6 +197,13 @@ class EmbeddingSettings:
         "Retries (exponential backoff with jitter) on 429, 5xx and timeouts",
         NOT_NEGATIVE,
     )
+    concurrency: int = setting(
+        "HYBRID_EMBEDDING_CONCURRENCY",
+        4,
+        "Remote embedding calls in flight at once (the batches of one embed call, sent in "
+        "parallel; a 429 is retried after the provider's Retry-After)",
+        at_least(1, 64),
+    )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ table (`ROUTES`, path -> handler): `/v1/embeddings` and `/v1/chat/completions` (
 server-sent events when asked, word by word). Embeddings are deterministic: each vector is
 derived from a hash of its input text; chat answers are scripted (`say(...)`) or a fixed
 sentence citing [1]. Tests script faults for the next requests (`fail(429, "hang", ...)`), or
-take the server down (`down = 500`), and read what was received in `requests`.
+take the server down (`down = 500`), and read what was received in `requests` (and how many
+requests it was answering at once at most, `most_in_flight`).
 """
 
 from __future__ import annotations
@@ -70,11 +71,19 @@ class OpenAIServer:
     """Loopback OpenAI-compatible server; use as a context manager."""
 
     def __init__(
-        self, dimension: int = 384, hang_s: float = 10.0, token_delay_s: float = 0.0
+        self,
+        dimension: int = 384,
+        hang_s: float = 10.0,
+        token_delay_s: float = 0.0,
+        embed_delay_s: float = 0.0,
     ) -> None:
         self.dimension = dimension
         self.hang_s = hang_s
         self.token_delay_s = token_delay_s
+        # Each embeddings answer takes this long; `most_in_flight` counts the overlap.
+        self.embed_delay_s = embed_delay_s
+        self.in_flight = 0
+        self.most_in_flight = 0
         self.down: int | None = None
         self.requests: list[Call] = []
         self._answers: deque[str] = deque()
@@ -141,7 +150,14 @@ class OpenAIServer:
         if not isinstance(body, dict):
             return error_reply(400, "Request body is not a JSON object", "invalid_request_error")
         call = self._record(path, body)
-        return self._faulty(call) or route(self, call)
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return self._faulty(call) or route(self, call)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def _record(self, path: str, body: dict[str, Any]) -> Call:
         with self._lock:
@@ -228,6 +244,7 @@ def embeddings(server: OpenAIServer, call: Call) -> Reply:
     "reversed" (items listed last first, each keeping its `index`).
     """
     texts = _texts(call.body)
+    time.sleep(server.embed_delay_s)
     dimension = server.dimension + 1 if call.fault == "wrong_dim" else server.dimension
     vectors = [vector_for(text, dimension) for text in texts]
     if call.fault == "nan" and vectors:

@@ -6,6 +6,7 @@ server, so retries, timeouts and malformed answers go through the client's own c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,39 @@ def test_unknown_provider_is_config_error() -> None:
 
 def test_remote_batches_in_order(server: OpenAIServer) -> None:
     texts = ["a", "b", "c", "d", "a"]
-    vectors = remote(server.base_url).embed(texts)
+    vectors = remote(server.base_url, concurrency=1).embed(texts)
     assert server.embedding_inputs == [["a", "b"], ["c", "d"], ["a"]]
     assert vectors.dtype == np.float32
     assert np.allclose(vectors, expected(texts), atol=1e-6)
+
+
+def test_remote_batches_go_out_together_and_come_back_in_order() -> None:
+    texts = [f"text {i}" for i in range(16)]
+    with OpenAIServer(embed_delay_s=0.2) as slow:
+        started = time.perf_counter()
+        vectors = remote(slow.base_url, concurrency=4).embed(texts)
+        took = time.perf_counter() - started
+    assert slow.most_in_flight == 4 and len(slow.embedding_inputs) == 8
+    assert took < 8 * 0.2  # eight batches of 0.2 s, four at a time: about 0.4 s
+    assert np.allclose(vectors, expected(texts), atol=1e-6)
+
+
+def test_remote_rate_limits_are_waited_out_batch_by_batch(server: OpenAIServer) -> None:
+    server.fail(429, 429, 429)  # three of the eight batches are told to wait, once each
+    texts = [f"text {i}" for i in range(16)]
+    vectors = remote(server.base_url, concurrency=4).embed(texts)
+    assert len(server.embedding_inputs) == 8 + 3
+    assert sorted(map(tuple, server.embedding_inputs)) == sorted(
+        [tuple(texts[i : i + 2]) for i in range(0, 16, 2)]
+        + [tuple(c.body["input"]) for c in server.requests if c.fault == 429]
+    )
+    assert np.allclose(vectors, expected(texts), atol=1e-6)
+
+
+def test_remote_failure_of_one_batch_fails_the_call(server: OpenAIServer) -> None:
+    server.fail(400)
+    with pytest.raises(UpstreamError, match="rejected the request"):
+        remote(server.base_url, concurrency=4).embed([f"text {i}" for i in range(8)])
 
 
 def test_remote_orders_results_by_index(server: OpenAIServer) -> None:

@@ -9,7 +9,9 @@ here with a clear message instead of corrupting the index.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,12 +67,16 @@ class LocalEmbedder:
 
 
 class OpenAIEmbedder:
-    """Any OpenAI-compatible `/v1/embeddings` endpoint; the client retries with backoff."""
+    """Any OpenAI-compatible `/v1/embeddings` endpoint. The batches of one call go out up to
+    `HYBRID_EMBEDDING_CONCURRENCY` at a time; each is retried by the client with exponential
+    backoff and jitter, after the provider's `Retry-After` when it sends one (429)."""
 
     def __init__(self, settings: EmbeddingSettings) -> None:
         self.model_id = f"openai/{settings.model}"
         self.dimension = settings.dimension
         self._settings = settings
+        self._executor: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._client = openai.OpenAI(
             api_key=settings.openai_api_key or "unused",
             base_url=settings.openai_base_url,
@@ -83,7 +89,18 @@ class OpenAIEmbedder:
             return _empty(self.dimension)
         size = self._settings.batch_size
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]
-        return np.concatenate([self._embed_batch(batch) for batch in batches])
+        if len(batches) == 1 or self._settings.concurrency == 1:
+            return np.concatenate([self._embed_batch(batch) for batch in batches])
+        # In the order given, whatever order they come back in; the first failure raises.
+        return np.concatenate(list(self._pool().map(self._embed_batch, batches)))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._settings.concurrency, thread_name_prefix="embed"
+                )
+            return self._executor
 
     def _embed_batch(self, batch: Sequence[str]) -> Vectors:
         try:
