@@ -158,6 +158,21 @@ def soft_delete(conn: Connection, collection_id: int, external_id: str) -> None:
     )
 
 
+def delete_matching(
+    conn: Connection, collection_id: int, matching: Visibility, *, dry_run: bool
+) -> int:
+    """Soft delete every live document `matching` shows (its filter; its principals are not
+    consulted); with `dry_run`, only count them. However many there are: the statement bound
+    is lifted, lock waits stay bounded."""
+    name = "count_matching" if dry_run else "soft_delete_matching"
+    with unbounded(conn):
+        return int(
+            conn.execute(
+                matching.statement(name), matching.bind(collection_id=collection_id)
+            ).scalar_one()
+        )
+
+
 def purge(conn: Connection, collection_id: int, external_id: str) -> None:
     removed = conn.execute(
         query("documents.sql", "purge_document"),

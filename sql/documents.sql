@@ -117,3 +117,35 @@ WITH doc AS (
     RETURNING id
 )
 SELECT count(*) FROM doc;
+
+-- name: count_matching
+-- The live documents a delete by filter would remove.
+SELECT count(*)
+FROM documents d
+WHERE d.collection_id = :collection_id
+  AND d.deleted_at IS NULL
+  AND /* visible */ TRUE;
+
+-- name: soft_delete_matching
+-- Soft delete of every live document the filter matches, as soft_delete_document does one.
+WITH doc AS (
+    UPDATE documents d
+    SET deleted_at = now(), updated_at = now(), chunk_count = 0
+    WHERE d.collection_id = :collection_id
+      AND d.deleted_at IS NULL
+      AND /* visible */ TRUE
+    RETURNING d.collection_id, d.id
+), gone AS (
+    DELETE FROM chunks c
+    USING doc
+    WHERE c.collection_id = doc.collection_id AND c.document_id = doc.id
+    RETURNING c.collection_id, c.id
+), sections_gone AS (
+    DELETE FROM sections s
+    USING doc
+    WHERE s.collection_id = doc.collection_id AND s.document_id = doc.id
+), logged AS (
+    INSERT INTO change_log (collection_id, chunk_id, op)
+    SELECT collection_id, id, 'D' FROM gone
+)
+SELECT count(*) FROM doc;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy import text
 
 from app.api.app import create_app, describe_routes
 from app.service import Services
-from tests.conftest import make_settings
+from tests.conftest import make_settings, serving
 
 Client = TestClient[Litestar]
 
@@ -642,6 +643,70 @@ def test_delete_with_purge_removes_for_good(kb: Client) -> None:
     problem(kb.get(f"{DOCUMENTS}/a"), 404)
     problem(kb.delete(f"{DOCUMENTS}/a", params={"purge": "true"}), 404)
     problem(kb.post("/v1/collections/nope/purge"), 404)
+
+
+def test_delete_by_filter_counts_first_then_deletes_only_what_matches(
+    kb: Client, services: Services
+) -> None:
+    statuses(ingest(
+        kb,
+        {"id": "a", "text": "Cats purr.", "metadata": {"team": "red", "year": 2020}},
+        {"id": "b", "text": "Cats sleep.", "metadata": {"team": "red", "year": 2024}},
+        {"id": "c", "text": "Cats hunt.", "metadata": {"team": "blue", "year": 2020}},
+    ))  # fmt: skip
+    red = '{"metadata.team": "red"}'
+    dry = kb.delete(DOCUMENTS, params={"filter": red, "dry_run": "true"})
+    assert dry.status_code == 200 and dry.json() == {"matched": 2, "deleted": 0, "dry_run": True}
+    assert kb.get(DOCUMENTS).json()["total"] == 3
+    done = kb.delete(DOCUMENTS, params={"filter": red})
+    assert done.json() == {"matched": 2, "deleted": 2, "dry_run": False}
+    listed = kb.get(DOCUMENTS, params={"include_deleted": "true"}).json()["documents"]
+    assert {d["id"]: d["deleted_at"] is not None for d in listed} == {
+        "a": True, "b": True, "c": False,
+    }  # fmt: skip
+    hits = kb.post("/v1/search", json={"collection": "kb", "query": "cats"}).json()["hits"]
+    assert [h["document_id"] for h in hits] == ["c"]
+    again = kb.delete(DOCUMENTS, params={"filter": red})
+    assert again.json()["deleted"] == 0  # deleted ones are not matched twice
+    with services.engine.connect() as conn:
+        detail = conn.execute(
+            text("SELECT detail FROM audit_log WHERE action = 'documents.deleted' ORDER BY id")
+        ).scalars().all()  # fmt: skip
+    assert detail[0] == {"filter": {"metadata.team": "red"}, "deleted": 2}
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("{not json", "filter: not JSON"),
+        ("{}", "filter: expected a non-empty JSON object"),
+        ("[1]", "filter: expected a non-empty JSON object"),
+        ('{"metadata.x": {"near": 1}}', "near"),
+    ],
+)
+def test_delete_by_filter_refuses_a_bad_filter(kb: Client, given: str, message: str) -> None:
+    body = problem(kb.delete(DOCUMENTS, params={"filter": given}), 400)
+    assert message in body["detail"] and body["field"].startswith("filter")
+    problem(kb.delete(DOCUMENTS), 400)  # the filter is required
+
+
+def test_concurrent_deletes_by_filter_delete_each_document_once(services: Services) -> None:
+    with serving(services) as http:
+        assert http.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"Note {i}.", "metadata": {"n": i}} for i in range(40)]
+        assert http.post(DOCUMENTS, json={"documents": docs}).status_code == 201
+        filters = ['{"metadata.n": {"lt": 30}}', '{"metadata.n": {"gte": 10}}'] * 4
+
+        def delete(given: str) -> int:
+            response = http.delete(DOCUMENTS, params={"filter": given})
+            assert response.status_code == 200, response.text
+            deleted: int = response.json()["deleted"]
+            return deleted
+
+        with ThreadPoolExecutor(len(filters)) as pool:
+            deleted = list(pool.map(delete, filters))
+        assert sum(deleted) == 40
+        assert http.get(DOCUMENTS).json()["total"] == 0
 
 
 # -- errors in general -------------------------------------------------------------------------

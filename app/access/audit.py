@@ -27,6 +27,7 @@ COLLECTION_CREATED = "collection.created"
 COLLECTION_DELETED = "collection.deleted"
 PURGE = "purge"
 DOCUMENT_DELETED = "document.deleted"
+DOCUMENTS_DELETED = "documents.deleted"
 REQUEST_DENIED = "request.denied"
 
 

@@ -123,6 +123,14 @@ class PurgeResult(msgspec.Struct):
     purged: int
 
 
+class DeleteResult(msgspec.Struct):
+    """What a delete by filter matched, and deleted (0 on a dry run)."""
+
+    matched: int
+    deleted: int
+    dry_run: bool
+
+
 class Check(msgspec.Struct):
     ok: bool
     detail: str

@@ -15,9 +15,17 @@ from sqlalchemy import Connection
 
 from app import collections, documents
 from app.access import audit
-from app.access.caller import ADMIN, INGEST, SEARCH, Caller, effective_principals
+from app.access.caller import (
+    ADMIN,
+    INGEST,
+    SEARCH,
+    Caller,
+    combined_filter,
+    effective_principals,
+)
 from app.api.schemas import (
     ChunkOut,
+    DeleteResult,
     DocumentIn,
     DocumentOut,
     DocumentPage,
@@ -190,6 +198,42 @@ class DocumentController(Controller):
 
         services.write(work)
 
+    @delete("/documents", sync_to_thread=True, status_code=200, opt={"scope": INGEST})
+    def delete_matching(
+        self,
+        name: str,
+        services: Services,
+        caller: Caller,
+        filter_: Annotated[
+            str,
+            Parameter(
+                query="filter",
+                description="A filter (JSON, the search filter language) naming the documents",
+            ),
+        ],
+        dry_run: bool = False,
+    ) -> DeleteResult:
+        """Soft delete every live document the `filter` matches (within the key's own filter);
+        `?dry_run=true` counts them and deletes nothing."""
+        wanted = _filter_param(filter_)
+        compiled = compile_filter(combined_filter(caller, wanted))
+        matching = Visibility(None, compiled.check_sql, compiled.params)
+
+        def work(conn: Connection) -> int:
+            collection = collections.get(conn, name)
+            count = documents.delete_matching(conn, collection.id, matching, dry_run=dry_run)
+            if not dry_run:
+                detail = {"filter": wanted, "deleted": count}
+                audit.record(conn, audit.DOCUMENTS_DELETED, caller, name, detail)
+            return count
+
+        if dry_run:
+            with services.transaction() as conn:
+                matched = work(conn)
+        else:
+            matched = services.write(work)
+        return DeleteResult(matched=matched, deleted=0 if dry_run else matched, dry_run=dry_run)
+
     @post("/purge", sync_to_thread=True, status_code=200, opt={"scope": ADMIN})
     def purge_deleted(self, name: str, services: Services, caller: Caller) -> PurgeResult:
         """Remove every soft-deleted document of the collection."""
@@ -250,6 +294,18 @@ def _load_upload(
         max_pdf_pages=limits.max_pdf_pages,
         external_id=external_id,
     )
+
+
+def _filter_param(raw: str) -> dict[str, Any]:
+    """The `filter` query parameter: a non-empty JSON object (deleting every document is
+    deleting the collection)."""
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise Invalid(f"filter: not JSON ({exc})", field="filter") from None
+    if not isinstance(value, dict) or not value:
+        raise Invalid("filter: expected a non-empty JSON object", field="filter")
+    return value
 
 
 def _form_metadata(raw: str | None) -> dict[str, Any]:
