@@ -29,7 +29,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from app import PROJECT_ROOT, collections, documents
-from app.access import keys, local
+from app.access import audit, keys, local
 from app.access.caller import SCOPES
 from app.access.keys import KeySpec
 from app.answer import generate
@@ -693,17 +693,53 @@ def documents_update(
 
 
 @documents_group.command("delete")
-@click.argument("external_id")
+@click.argument("external_id", required=False)
 @collection_option
 @click.option("--purge", is_flag=True, help="Remove for good instead of a soft delete.")
+@click.option(
+    "--filter",
+    "filter_json",
+    help="Soft-delete every live document this JSON filter matches, instead of one.",
+)
+@click.option("--dry-run", is_flag=True, help="With --filter: count, delete nothing.")
 @pass_settings
-def documents_delete(settings: Settings, external_id: str, collection: str, purge: bool) -> None:
-    """Soft-delete a document (or purge it with --purge)."""
-    action = documents.purge if purge else documents.soft_delete
-    _with_collection(
-        settings, collection, lambda conn, cid: action(conn, cid, external_id), write=True
-    )
-    console.print(f"{'purged' if purge else 'deleted'} {external_id!r}")
+def documents_delete(
+    settings: Settings,
+    external_id: str | None,
+    collection: str,
+    purge: bool,
+    filter_json: str | None,
+    dry_run: bool,
+) -> None:
+    """Soft-delete a document (or purge it with --purge), or every document a --filter
+    matches."""
+    if (external_id is None) == (filter_json is None):
+        raise Invalid("give an EXTERNAL_ID or --filter (not both)", field="external_id")
+    if external_id is not None:
+        if dry_run:
+            raise Invalid("--dry-run: only with --filter", field="--dry-run")
+        key = external_id
+        action = documents.purge if purge else documents.soft_delete
+        _with_collection(settings, collection, lambda conn, cid: action(conn, cid, key), write=True)
+        console.print(f"{'purged' if purge else 'deleted'} {external_id!r}")
+        return
+    if purge:
+        raise Invalid("--purge: not with --filter (`documents purge` then)", field="--purge")
+    spec = documents.parse_metadata(filter_json or "", name="--filter")
+    if not spec:
+        raise Invalid("--filter: expected a non-empty JSON object", field="--filter")
+    compiled = compile_filter(spec, path="--filter")
+    matching = documents.Visibility(None, compiled.check_sql, compiled.params)
+
+    def work(conn: Any, collection_id: int) -> int:
+        count = documents.delete_matching(conn, collection_id, matching, dry_run=dry_run)
+        if not dry_run:
+            detail = {"filter": spec, "deleted": count}
+            audit.record(conn, audit.DOCUMENTS_DELETED, None, collection, detail)
+        return count
+
+    count = _with_collection(settings, collection, work, write=not dry_run)
+    console.print(f"{count} documents {'match' if dry_run else 'deleted'}")
 
 
 @documents_group.command("purge")

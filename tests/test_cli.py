@@ -319,6 +319,26 @@ def test_documents_delete_purge(env: dict[str, str], kb: list[str]) -> None:
     assert hybrid(env, "documents", "show", "r2", "-c", "kb").failed_with("no document 'r2'")
 
 
+def test_documents_delete_by_filter(env: dict[str, str], kb: list[str]) -> None:
+    kept = '{"metadata.keep": 1}'
+    counted = hybrid(env, "documents", "delete", "-c", "kb", "--filter", kept, "--dry-run")
+    assert counted.code == 0 and "1 documents match" in counted.text, counted.text
+    assert "3 live, 0 deleted" in hybrid(env, "documents", "list", "-c", "kb").text
+    deleted = hybrid(env, "documents", "delete", "-c", "kb", "--filter", kept)
+    assert deleted.code == 0 and "1 documents deleted" in deleted.text, deleted.text
+    assert "2 live, 1 deleted" in hybrid(env, "documents", "list", "-c", "kb").text
+    for args, named in (
+        (["r2", "--filter", kept], ["EXTERNAL_ID or --filter"]),
+        ([], ["EXTERNAL_ID or --filter"]),
+        (["--filter", "{}"], ["--filter", "non-empty"]),
+        (["--filter", '{"metadata.x": {"near": 1}}'], ["--filter"]),
+        (["--filter", kept, "--purge"], ["--purge"]),
+        (["r2", "--dry-run"], ["--dry-run"]),
+    ):
+        assert hybrid(env, "documents", "delete", "-c", "kb", *args).failed_with(*named), args
+    assert "2 live, 1 deleted" in hybrid(env, "documents", "list", "-c", "kb").text
+
+
 @pytest.mark.parametrize(
     "args",
     [
