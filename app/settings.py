@@ -32,6 +32,7 @@ FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 AuthMode = Literal["required", "off"]
 QueryLogMode = Literal["redacted", "on", "off"]
 LogFormat = Literal["auto", "json", "console"]
+EmbeddingPrecision = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,13 @@ class EmbeddingSettings:
     )
     batch_size: int = setting(
         "HYBRID_EMBEDDING_BATCH_SIZE", 64, "Texts per embedding call", at_least(1)
+    )
+    precision: EmbeddingPrecision = setting(
+        "HYBRID_EMBEDDING_PRECISION",
+        "fp32",
+        "The bundled model computes in `fp32` or `bf16` (bfloat16 autocast: faster on CPUs "
+        "with bfloat16 units, refused on others). Part of the model's identity: a collection "
+        "keeps the precision it was embedded with",
     )
     max_tokens: int = setting(
         "HYBRID_EMBEDDING_MAX_TOKENS",

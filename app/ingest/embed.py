@@ -8,6 +8,7 @@ here with a clear message instead of corrupting the index.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -18,12 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import openai
+import structlog
 
 from app.errors import ConfigError, HybridError, Unavailable, UpstreamError
 from app.settings import EmbeddingSettings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+log = structlog.get_logger(__name__)
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 BUNDLED_NAMES = (BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}")
@@ -41,28 +45,58 @@ class Embedder(Protocol):
 
 
 class LocalEmbedder:
-    """A sentence-transformers model on the CPU, loaded from a local directory only."""
+    """A sentence-transformers model on the CPU, loaded from a local directory only.
+
+    `HYBRID_EMBEDDING_PRECISION=bf16` computes under bfloat16 autocast (the weights stay
+    float32) on a CPU with bfloat16 units; its vectors differ slightly from float32 ones, so
+    the precision is part of `model_id`, which each collection records: a collection is never
+    searched or extended with vectors computed another way."""
 
     def __init__(self, settings: EmbeddingSettings) -> None:
         path, name = _local_model(settings.model)
-        self.model_id = f"local/{name}"
+        self.precision = settings.precision
+        if self.precision == "bf16" and not cpu_has_bf16():
+            raise ConfigError(
+                "HYBRID_EMBEDDING_PRECISION=bf16: this CPU has no bfloat16 units "
+                "(avx512_bf16 or amx_bf16 in /proc/cpuinfo); use fp32",
+                field="HYBRID_EMBEDDING_PRECISION",
+            )
+        self.model_id = f"local/{name}" + ("" if self.precision == "fp32" else "+bf16")
         self.dimension = settings.dimension
         self._batch_size = settings.batch_size
         self._model = _load_sentence_transformer(path, settings.max_tokens)
         _check_model_dimension(self.model_id, self._model.get_embedding_dimension(), settings)
+        log.info(
+            "embedding model loaded",
+            model=self.model_id,
+            precision=self.precision,
+            cpu_bf16=cpu_has_bf16(),
+        )
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return _empty(self.dimension)
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        import torch
+
+        precision = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
         )
+        with precision:
+            tensor = self._model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        # float32 whatever the computation's type (numpy has no bfloat16).
         return check_vectors(
-            vectors, expected_dim=self.dimension, count=len(texts), provider=self.model_id
+            tensor.float().numpy(),
+            expected_dim=self.dimension,
+            count=len(texts),
+            provider=self.model_id,
         )
 
 
@@ -232,6 +266,15 @@ def _local_model(model: str) -> tuple[Path, str]:
         "and copy it here)",
         field="HYBRID_EMBEDDING_MODEL",
     )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (Linux: its /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _load_sentence_transformer(path: Path, max_tokens: int) -> SentenceTransformer:
