@@ -152,10 +152,8 @@ def soft_delete(conn: Connection, collection_id: int, external_id: str) -> None:
     row = _row(conn, collection_id, external_id)
     if row["deleted_at"] is not None:
         raise NotFound(f"document {external_id!r} is already deleted", field="external_id")
-    conn.execute(
-        query("documents.sql", "soft_delete_document"),
-        {"collection_id": collection_id, "external_id": external_id},
-    )
+    one = Visibility(predicate="d.external_id = :external_id", params={"external_id": external_id})
+    conn.execute(one.statement("soft_delete_matching"), one.bind(collection_id=collection_id))
 
 
 def delete_matching(

@@ -70,29 +70,6 @@ SELECT c.collection_id, c.id, 'U'
 FROM chunks c JOIN doc ON c.collection_id = doc.collection_id AND c.document_id = doc.id
 ORDER BY c.id;
 
--- name: soft_delete_document
--- The row stays as a tombstone until purge; its chunks and sections go now, so that every
--- index and the BM25 statistics forget the document at once. The change log says so.
-WITH doc AS (
-    UPDATE documents
-    SET deleted_at = now(), updated_at = now(), chunk_count = 0
-    WHERE collection_id = :collection_id
-      AND external_id = :external_id
-      AND deleted_at IS NULL
-    RETURNING collection_id, id
-), gone AS (
-    DELETE FROM chunks c
-    USING doc
-    WHERE c.collection_id = doc.collection_id AND c.document_id = doc.id
-    RETURNING c.collection_id, c.id
-), sections_gone AS (
-    DELETE FROM sections s
-    USING doc
-    WHERE s.collection_id = doc.collection_id AND s.document_id = doc.id
-)
-INSERT INTO change_log (collection_id, chunk_id, op)
-SELECT collection_id, id, 'D' FROM gone;
-
 -- name: purge_document
 -- Hard delete of one document; chunks of a live document are logged as deleted first.
 WITH doc AS (
@@ -127,7 +104,9 @@ WHERE d.collection_id = :collection_id
   AND /* visible */ TRUE;
 
 -- name: soft_delete_matching
--- Soft delete of every live document the filter matches, as soft_delete_document does one.
+-- Soft delete of every live document the filter (one document's id, or a delete by filter)
+-- matches. The row stays as a tombstone until purge; its chunks and sections go now, so that
+-- every index and the BM25 statistics forget the document at once. The change log says so.
 WITH doc AS (
     UPDATE documents d
     SET deleted_at = now(), updated_at = now(), chunk_count = 0

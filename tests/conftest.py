@@ -25,6 +25,7 @@ from app.db import embedded
 from app.service import Services
 from app.settings import Settings, load_settings
 from tests.cross_encoder import build_tiny_cross_encoder
+from tests.openai_server import OpenAIServer
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +128,21 @@ END $$
 def client(services: Services) -> Iterator[TestClient]:  # type: ignore[type-arg]
     with TestClient(app=create_app(services)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    """An OpenAI-compatible chat and embedding server on loopback (`tests/openai_server.py`)."""
+    with OpenAIServer(hang_s=5.0) as running:
+        yield running
+
+
+@pytest.fixture
+def backup() -> Iterator[OpenAIServer]:
+    """A second such server, whose answers say they come from the backup."""
+    with OpenAIServer(hang_s=5.0) as running:
+        running.say(*["Backup says cats purr [1]."] * 20)
+        yield running
 
 
 @contextmanager

@@ -47,19 +47,6 @@ DOCS = [
 ]
 
 
-@pytest.fixture
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer(hang_s=5.0) as running:
-        yield running
-
-
-@pytest.fixture
-def backup() -> Iterator[OpenAIServer]:
-    with OpenAIServer(hang_s=5.0) as running:
-        running.say(*["Backup says cats purr [1]."] * 20)
-        yield running
-
-
 @contextmanager
 def answering(services: Services, **overrides: str) -> Iterator[Client]:
     """A client whose service answers with the given settings; the model and engine are shared."""

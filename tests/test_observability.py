@@ -90,18 +90,6 @@ def value(families: dict[str, Any], name: str, **labels: str) -> float:
     )
 
 
-@pytest.fixture
-def server() -> Iterator[OpenAIServer]:
-    with OpenAIServer(hang_s=5.0) as running:
-        yield running
-
-
-@pytest.fixture
-def backup() -> Iterator[OpenAIServer]:
-    with OpenAIServer(hang_s=5.0) as running:
-        yield running
-
-
 # -- metrics -----------------------------------------------------------------------------------
 
 

@@ -31,7 +31,8 @@ EXPECTED = {
     ("documents.sql", "update_document_fields"): {
         "collection_id", "document_id", "metadata", "acl", "popularity", "published_at", "source",
     },
-    ("documents.sql", "soft_delete_document"): {"collection_id", "external_id"},
+    ("documents.sql", "count_matching"): {"collection_id"},
+    ("documents.sql", "soft_delete_matching"): {"collection_id"},
     ("documents.sql", "purge_document"): {"collection_id", "external_id"},
     ("documents.sql", "purge_deleted"): {"collection_id"},
     ("collections.sql", "create_collection"): {
