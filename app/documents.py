@@ -210,6 +210,8 @@ def parse_metadata(raw: str, *, name: str = "metadata") -> dict[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise Invalid(f"{name}: malformed JSON: {exc}", field=name) from exc
+    except RecursionError:  # hostile nesting: no metadata or filter is that deep
+        raise Invalid(f"{name}: nests too deep", field=name) from None
     if not isinstance(value, dict):
         raise Invalid(f"{name}: expected a JSON object, got {type(value).__name__}", field=name)
     return value

@@ -678,9 +678,11 @@ def test_delete_by_filter_counts_first_then_deletes_only_what_matches(
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ("{not json", "filter: not JSON"),
+        ("{not json", "filter: malformed JSON"),
         ("{}", "filter: expected a non-empty JSON object"),
-        ("[1]", "filter: expected a non-empty JSON object"),
+        ("[1]", "filter: expected a JSON object"),
+        ('{"and": [' * 1500 + "{}" + "]}" * 1500, "filter: nests too deep"),
+        ('{"and": [' * 20 + '{"metadata.a": 1}' + "]}" * 20, "nest at most 8 levels"),
         ('{"metadata.x": {"near": 1}}', "near"),
     ],
 )

@@ -299,11 +299,8 @@ def _load_upload(
 def _filter_param(raw: str) -> dict[str, Any]:
     """The `filter` query parameter: a non-empty JSON object (deleting every document is
     deleting the collection)."""
-    try:
-        value = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise Invalid(f"filter: not JSON ({exc})", field="filter") from None
-    if not isinstance(value, dict) or not value:
+    value = documents.parse_metadata(raw, name="filter")
+    if not value:
         raise Invalid("filter: expected a non-empty JSON object", field="filter")
     return value
 
