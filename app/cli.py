@@ -34,6 +34,7 @@ from app.access.caller import SCOPES
 from app.access.keys import KeySpec
 from app.answer import generate
 from app.cli_analytics import analytics_group
+from app.cli_jobs import enqueue_files, jobs_group, worker_command
 from app.db import backup, embedded, migrate
 from app.errors import ConfigError, HybridError, Invalid, Unavailable
 from app.eval import report as eval_report
@@ -111,12 +112,21 @@ pass_settings = click.make_pass_decorator(Settings)
 @click.option("--host", help="Interface to listen on (default HYBRID_HOST).")
 @click.option("--port", type=int, help="Port to listen on (default HYBRID_PORT).")
 @click.option("--sample/--no-sample", default=False, help="Ingest the bundled sample corpus first.")
+@click.option(
+    "--worker/--no-worker",
+    default=None,
+    help="Run a background-job worker in the server (default HYBRID_SERVE_WORKER).",
+)
 @pass_settings
-def serve(settings: Settings, host: str | None, port: int | None, sample: bool) -> None:
-    """Run the HTTP API (embedded PostgreSQL and bundled model by default)."""
+def serve(
+    settings: Settings, host: str | None, port: int | None, sample: bool, worker: bool | None
+) -> None:
+    """Run the HTTP API (embedded PostgreSQL and bundled model by default), and a worker for
+    the background jobs unless told not to."""
     import uvicorn
 
     from app.api.app import create_app, is_loopback
+    from app.jobs.queue import InProcessWorker
 
     host, port = host or settings.server.host, port or settings.server.port
     # uvicorn shuts down on SIGTERM as on Ctrl+C, then sends the signal to the process again.
@@ -140,6 +150,9 @@ def serve(settings: Settings, host: str | None, port: int | None, sample: bool) 
         secret = _local_key(services) if loopback else None
         _print_banner(host, port, sample, secret, settings.server.auth)
         TRACING.configure(settings.observability)
+        jobs = InProcessWorker(services) if _serve_worker(settings, worker) else None
+        if jobs is not None:
+            jobs.start()
         try:
             uvicorn.run(
                 create_app(services, bind_host=host),
@@ -153,7 +166,13 @@ def serve(settings: Settings, host: str | None, port: int | None, sample: bool) 
                 timeout_graceful_shutdown=max(1, round(settings.server.drain_s)),
             )
         finally:
+            if jobs is not None:
+                jobs.stop()  # running jobs stop at their next batch and go back to the queue
             TRACING.shutdown()  # the spans still waiting are sent
+
+
+def _serve_worker(settings: Settings, asked: bool | None) -> bool:
+    return settings.jobs.worker_in_serve if asked is None else asked
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -524,6 +543,12 @@ def keys_revoke(settings: Settings, ident: str) -> None:
     default=None,
     help="Show a progress bar (default: when stderr is a terminal).",
 )
+@click.option(
+    "--async",
+    "queued",
+    is_flag=True,
+    help="Queue a background job instead (files copied to the upload folder); print its id.",
+)
 @pass_settings
 def ingest(
     settings: Settings,
@@ -532,6 +557,7 @@ def ingest(
     metadata: str | None,
     acl: tuple[str, ...],
     progress: bool | None,
+    queued: bool,
 ) -> None:
     """Ingest files and folders (.txt .md .html .pdf .docx .json .jsonl)."""
     files = load.discover(list(paths))
@@ -539,6 +565,13 @@ def ingest(
         metadata=_metadata_option(metadata), acl=documents.check_acl(list(acl)) if acl else None
     )
     failures: list[str] = []
+    if queued:
+        collections.check_name(collection)
+        with opened(settings) as services:
+            job_id = enqueue_files(services, collection, files, defaults)
+        console.print(f"job {job_id} queued: {len(files)} file(s) into {collection!r}")
+        console.print(f"  follow it: hybrid jobs show {job_id} --follow", highlight=False)
+        return
     with opened(settings) as services:
         collections.check_name(collection)
         docs = _load_all(files, settings, failures)
@@ -1111,3 +1144,5 @@ def _when(value: datetime | None) -> str:
 
 
 cli.add_command(analytics_group)
+cli.add_command(jobs_group)
+cli.add_command(worker_command)

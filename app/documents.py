@@ -153,20 +153,27 @@ def soft_delete(conn: Connection, collection_id: int, external_id: str) -> None:
     if row["deleted_at"] is not None:
         raise NotFound(f"document {external_id!r} is already deleted", field="external_id")
     one = Visibility(predicate="d.external_id = :external_id", params={"external_id": external_id})
-    conn.execute(one.statement("soft_delete_matching"), one.bind(collection_id=collection_id))
+    conn.execute(
+        one.statement("soft_delete_matching"), one.bind(collection_id=collection_id, limit=None)
+    )
 
 
 def delete_matching(
-    conn: Connection, collection_id: int, matching: Visibility, *, dry_run: bool
+    conn: Connection,
+    collection_id: int,
+    matching: Visibility,
+    *,
+    dry_run: bool,
+    limit: int | None = None,
 ) -> int:
     """Soft delete every live document `matching` shows (its filter; its principals are not
-    consulted); with `dry_run`, only count them. However many there are: the statement bound
-    is lifted, lock waits stay bounded."""
+    consulted), or the first `limit` of them; with `dry_run`, only count them. However many
+    there are: the statement bound is lifted, lock waits stay bounded."""
     name = "count_matching" if dry_run else "soft_delete_matching"
     with unbounded(conn):
         return int(
             conn.execute(
-                matching.statement(name), matching.bind(collection_id=collection_id)
+                matching.statement(name), matching.bind(collection_id=collection_id, limit=limit)
             ).scalar_one()
         )
 

@@ -684,6 +684,77 @@ class ObservabilitySettings:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    uploads_dir: Path | None = setting(
+        "HYBRID_UPLOADS_DIR",
+        None,
+        "Where files waiting for their ingest job are kept, one copy per content hash (unset = "
+        "`uploads` in HYBRID_DATA_DIR); workers on other machines need it shared",
+    )
+    worker_in_serve: bool = setting(
+        "HYBRID_SERVE_WORKER",
+        True,
+        "`hybrid serve` runs a worker in process (off: jobs wait for `hybrid worker` processes)",
+    )
+    concurrency: int = setting(
+        "HYBRID_WORKER_CONCURRENCY",
+        1,
+        "Jobs a worker runs at once (each embeds with the process's one model)",
+        at_least(1, 64),
+    )
+    inline_max_documents: int = setting(
+        "HYBRID_INGEST_WAIT_MAX_DOCUMENTS",
+        100,
+        "Most documents an ingest request may have with `?wait=true` (written during the "
+        "request instead of by a job)",
+        at_least(1),
+    )
+    attempts: int = setting(
+        "HYBRID_JOB_ATTEMPTS",
+        6,
+        "Runs a job gets when it stops on a transient failure (database restart, embedding "
+        "provider down): the first and its retries",
+        at_least(1, 100),
+    )
+    retry_wait_s: float = setting(
+        "HYBRID_JOB_RETRY_WAIT",
+        2.0,
+        "Seconds before a job's first retry; each further retry waits twice as long as the one "
+        "before",
+        POSITIVE,
+    )
+    heartbeat_s: float = setting(
+        "HYBRID_WORKER_HEARTBEAT",
+        10.0,
+        "Seconds between a worker's heartbeats",
+        POSITIVE,
+    )
+    stalled_after_s: float = setting(
+        "HYBRID_WORKER_STALLED_AFTER",
+        30.0,
+        "A running job whose worker sent no heartbeat for this long (killed, machine lost) is "
+        "queued again and resumes where its writes stopped",
+        POSITIVE,
+    )
+    poll_s: float = setting(
+        "HYBRID_WORKER_POLL_INTERVAL",
+        5.0,
+        "Seconds between a worker's looks at the queue (new jobs also wake it at once through "
+        "LISTEN/NOTIFY) and for cancel requests",
+        POSITIVE,
+    )
+    retention_days: int = setting(
+        "HYBRID_JOB_RETENTION_DAYS",
+        30,
+        "Days a finished job (done, failed or cancelled) is kept before it is deleted",
+        at_least(1),
+    )
+
+    def uploads(self, data_dir: Path) -> Path:
+        return self.uploads_dir or data_dir / "uploads"
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings
     embedding: EmbeddingSettings
@@ -697,6 +768,7 @@ class Settings:
     server: ServerSettings
     query_log: QueryLogSettings
     observability: ObservabilitySettings
+    jobs: JobSettings
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -712,6 +784,7 @@ SECTIONS: dict[str, type[Any]] = {
     "server": ServerSettings,
     "query_log": QueryLogSettings,
     "observability": ObservabilitySettings,
+    "jobs": JobSettings,
 }
 
 
@@ -820,6 +893,10 @@ def _validate(s: Settings) -> None:
             bool(model.strip()) and (not at or base_url.startswith(("http://", "https://"))),
             f"HYBRID_ANSWER_MODELS: expected `model` or `model@http(s)://host/v1`, got {entry!r}",
         )
+    _require(
+        s.jobs.stalled_after_s > s.jobs.heartbeat_s,
+        "HYBRID_WORKER_STALLED_AFTER must be longer than HYBRID_WORKER_HEARTBEAT",
+    )
     _validate_production(s)
 
 

@@ -105,14 +105,23 @@ WHERE d.collection_id = :collection_id
 
 -- name: soft_delete_matching
 -- Soft delete of every live document the filter (one document's id, or a delete by filter)
--- matches. The row stays as a tombstone until purge; its chunks and sections go now, so that
+-- matches, or of the first `:limit` of them (NULL: all; a delete job goes a batch at a
+-- time). The row stays as a tombstone until purge; its chunks and sections go now, so that
 -- every index and the BM25 statistics forget the document at once. The change log says so.
-WITH doc AS (
-    UPDATE documents d
-    SET deleted_at = now(), updated_at = now(), chunk_count = 0
+WITH victim AS (
+    SELECT d.id
+    FROM documents d
     WHERE d.collection_id = :collection_id
       AND d.deleted_at IS NULL
       AND /* visible */ TRUE
+    ORDER BY d.id
+    LIMIT CAST(:limit AS integer)
+    FOR UPDATE
+), doc AS (
+    UPDATE documents d
+    SET deleted_at = now(), updated_at = now(), chunk_count = 0
+    FROM victim
+    WHERE d.collection_id = :collection_id AND d.id = victim.id
     RETURNING d.collection_id, d.id
 ), gone AS (
     DELETE FROM chunks c

@@ -100,8 +100,8 @@ def services(session_services: Services) -> Iterator[Services]:
     with session_services.engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE collections, change_log, api_keys, audit_log, query_log, feedback "
-                "RESTART IDENTITY CASCADE"
+                "TRUNCATE collections, change_log, api_keys, audit_log, query_log, feedback, "
+                "procrastinate_jobs, procrastinate_workers RESTART IDENTITY CASCADE"
             )
         )
         conn.execute(text(DROP_VECTOR_INDEXES))

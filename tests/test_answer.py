@@ -65,7 +65,7 @@ def answering(services: Services, **overrides: str) -> Iterator[Client]:
 def seed(client: Client) -> None:
     if client.get("/v1/collections/pets").status_code == 404:
         assert client.post("/v1/collections", json={"name": "pets"}).status_code == 201
-        response = client.post("/v1/collections/pets/documents", json={"documents": DOCS})
+        response = client.post("/v1/collections/pets/documents?wait=true", json={"documents": DOCS})
         assert response.status_code == 201, response.text
 
 
@@ -163,7 +163,7 @@ def test_a_small_parent_section_gives_the_context(services: Services, server: Op
         services, **models(server), HYBRID_CHUNK_TOKENS="32", HYBRID_CHUNK_OVERLAP="4"
     ) as client:
         client.post(
-            "/v1/collections/pets/documents",
+            "/v1/collections/pets/documents?wait=true",
             json={"documents": [{"id": "owls", "title": "Owls", "text": long_text}]},
         )
         whole = ask(client, query="owls hunt at night", k=5)

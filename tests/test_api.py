@@ -30,6 +30,8 @@ LEAKS = ("SELECT", "INSERT", "Traceback", "psycopg", "sqlalchemy")
 COLLECTION = "/v1/collections/kb"
 DOCUMENTS = f"{COLLECTION}/documents"
 FILES = f"{COLLECTION}/files"
+# Written during the request (ingest is otherwise a background job: tests/test_jobs.py).
+WAIT = {"wait": "true"}
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def ingest(client: Client, *docs: dict[str, Any], **request: Any) -> httpx.Response:
-    return client.post(DOCUMENTS, json={"documents": list(docs), **request})
+    return client.post(DOCUMENTS, params=WAIT, json={"documents": list(docs), **request})
 
 
 def statuses(response: httpx.Response) -> dict[str, str]:
@@ -74,7 +76,7 @@ def statuses(response: httpx.Response) -> dict[str, str]:
 
 def upload(client: Client, *files: tuple[str, bytes], **form: str) -> httpx.Response:
     parts = [("files", (name, data, "application/octet-stream")) for name, data in files]
-    return client.post(FILES, files=parts, data=form)
+    return client.post(FILES, params=WAIT, files=parts, data=form)
 
 
 def document(client: Client, external_id: str, **params: str) -> dict[str, Any]:
@@ -658,7 +660,7 @@ def test_delete_by_filter_counts_first_then_deletes_only_what_matches(
     dry = kb.delete(DOCUMENTS, params={"filter": red, "dry_run": "true"})
     assert dry.status_code == 200 and dry.json() == {"matched": 2, "deleted": 0, "dry_run": True}
     assert kb.get(DOCUMENTS).json()["total"] == 3
-    done = kb.delete(DOCUMENTS, params={"filter": red})
+    done = kb.delete(DOCUMENTS, params={"filter": red, **WAIT})
     assert done.json() == {"matched": 2, "deleted": 2, "dry_run": False}
     listed = kb.get(DOCUMENTS, params={"include_deleted": "true"}).json()["documents"]
     assert {d["id"]: d["deleted_at"] is not None for d in listed} == {
@@ -666,7 +668,7 @@ def test_delete_by_filter_counts_first_then_deletes_only_what_matches(
     }  # fmt: skip
     hits = kb.post("/v1/search", json={"collection": "kb", "query": "cats"}).json()["hits"]
     assert [h["document_id"] for h in hits] == ["c"]
-    again = kb.delete(DOCUMENTS, params={"filter": red})
+    again = kb.delete(DOCUMENTS, params={"filter": red, **WAIT})
     assert again.json()["deleted"] == 0  # deleted ones are not matched twice
     with services.engine.connect() as conn:
         detail = conn.execute(
@@ -696,11 +698,11 @@ def test_concurrent_deletes_by_filter_delete_each_document_once(services: Servic
     with serving(services) as http:
         assert http.post("/v1/collections", json={"name": "kb"}).status_code == 201
         docs = [{"id": f"d{i}", "text": f"Note {i}.", "metadata": {"n": i}} for i in range(40)]
-        assert http.post(DOCUMENTS, json={"documents": docs}).status_code == 201
+        assert http.post(DOCUMENTS, params=WAIT, json={"documents": docs}).status_code == 201
         filters = ['{"metadata.n": {"lt": 30}}', '{"metadata.n": {"gte": 10}}'] * 4
 
         def delete(given: str) -> int:
-            response = http.delete(DOCUMENTS, params={"filter": given})
+            response = http.delete(DOCUMENTS, params={"filter": given, **WAIT})
             assert response.status_code == 200, response.text
             deleted: int = response.json()["deleted"]
             return deleted

@@ -100,7 +100,9 @@ def test_database_gone_under_load_gives_503s_then_recovers(
     with serving(services, vector_cache=True) as client:
         assert client.post("/v1/collections", json={"name": "kb"}).status_code == 201
         docs = [{"id": f"g{i}", "text": f"Glaciers move by sliding, note {i}."} for i in range(5)]
-        assert client.post("/v1/collections/kb/documents", json={"documents": docs}).is_success
+        assert client.post(
+            "/v1/collections/kb/documents?wait=true", json={"documents": docs}
+        ).is_success
         with Load(client) as load:
             time.sleep(1)
             if how == "stop":
@@ -116,7 +118,9 @@ def test_database_gone_under_load_gives_503s_then_recovers(
         assert load.seen["200"] > 0 and load.seen["503"] > 0
 
         later = {"id": "late", "text": "Moraine deposits mark where a glacier stood."}
-        response = client.post("/v1/collections/kb/documents", json={"documents": [later]})
+        response = client.post(
+            "/v1/collections/kb/documents?wait=true", json={"documents": [later]}
+        )
         assert response.status_code == 201, response.text
         until(lambda: searchable(client, "late"), 15)
         assert client.get("/ready").status_code == 200

@@ -300,7 +300,7 @@ def test_a_span_per_stage_when_tracing_is_on(
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
         assert client.post("/v1/answer", json={"collection": "pets", "query": QUERY}).is_success
         body = {"documents": [{"id": "new", "text": "Hamsters run at night."}]}
-        assert client.post("/v1/collections/pets/documents", json=body).is_success
+        assert client.post("/v1/collections/pets/documents?wait=true", json=body).is_success
         TRACING.flush()
         names = {span.name for span in exporter.get_finished_spans()}
     root = spans["POST /v1/search"]

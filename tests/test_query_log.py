@@ -183,7 +183,9 @@ def test_a_writer_whose_database_is_down_never_fails_a_search(
         with serving(own) as client:
             assert client.post("/v1/collections", json={"name": "kb"}).status_code == 201
             docs = [{"id": "a", "text": "Cats purr."}]
-            assert client.post("/v1/collections/kb/documents", json={"documents": docs}).is_success
+            assert client.post(
+                "/v1/collections/kb/documents?wait=true", json={"documents": docs}
+            ).is_success
             for _ in range(5):
                 response = client.post("/v1/search", json={"collection": "kb", "query": "cats"})
                 assert response.status_code == 200 and response.json()["search_id"]
@@ -443,7 +445,9 @@ def test_concurrent_clicks_on_one_search_are_all_recorded(services: Services) ->
     with serving(services) as client:
         assert client.post("/v1/collections", json={"name": "kb"}).status_code == 201
         docs = [{"id": f"d{i}", "text": f"Cats number {i} purr."} for i in range(3)]
-        assert client.post("/v1/collections/kb/documents", json={"documents": docs}).is_success
+        assert client.post(
+            "/v1/collections/kb/documents?wait=true", json={"documents": docs}
+        ).is_success
         found = client.post("/v1/search", json={"collection": "kb", "query": "cats"}).json()
         hits, answers = found["hits"], []
 

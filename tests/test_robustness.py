@@ -32,7 +32,7 @@ def http(services: Services) -> Iterator[httpx.Client]:
 
 
 def ingest(client: httpx.Client, *docs: dict[str, Any]) -> httpx.Response:
-    response = client.post(DOCS, json={"documents": list(docs)})
+    response = client.post(DOCS, params={"wait": "true"}, json={"documents": list(docs)})
     assert response.status_code == 201, response.text
     return response
 
@@ -87,7 +87,7 @@ def test_concurrent_first_loads_into_a_new_collection_all_tell_the_truth(
     http: httpx.Client, services: Services
 ) -> None:
     assert http.post("/v1/collections", json={"name": "fresh"}).status_code == 201
-    path = "/v1/collections/fresh/documents"
+    path = "/v1/collections/fresh/documents?wait=true"
     calls = [
         (
             lambda i=i: http.post(
@@ -208,7 +208,7 @@ def test_an_ingest_racing_the_deletion_of_its_collection_is_never_a_500(
         responses = at_once(
             [
                 lambda name=name, docs=docs: http.post(
-                    f"/v1/collections/{name}/documents", json=docs
+                    f"/v1/collections/{name}/documents?wait=true", json=docs
                 ),
                 lambda name=name: http.delete(f"/v1/collections/{name}"),
             ]
@@ -255,9 +255,10 @@ def encode(value: Any) -> str:
          400, None),
         ("POST", "/v1/search", {"collection": "kb", "query": "q", "k": 2**70}, 400, "k"),
         ("PATCH", f"{DOCS}/doc", {"popularity": 2**64}, 400, "popularity"),
-        ("POST", DOCS, {"documents": [{"id": "x" * 10_000, "text": "t"}]}, 400, "id"),
+        ("POST", DOCS, {"documents": [{"id": "x" * 10_000, "text": "t"}]}, 400,
+         "documents[0].id"),
         ("POST", DOCS, {"documents": [{"id": "x", "text": "t", "acl": ["p" * 3000]}]},
-         400, "acl"),
+         400, "documents[0].acl"),
         ("PATCH", f"{DOCS}/doc", {"acl": ["p" * 3000]}, 400, "acl"),
     ],
 )  # fmt: skip

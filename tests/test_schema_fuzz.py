@@ -98,7 +98,9 @@ SEED = {
 def _seed(client: httpx.Client) -> None:
     for name, documents in SEED.items():
         assert client.post("/v1/collections", json={"name": name}).status_code == 201
-        answer = client.post(f"/v1/collections/{name}/documents", json={"documents": documents})
+        answer = client.post(
+            f"/v1/collections/{name}/documents?wait=true", json={"documents": documents}
+        )
         assert answer.status_code == 201, answer.text
 
 

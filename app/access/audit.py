@@ -34,16 +34,17 @@ REQUEST_DENIED = "request.denied"
 def record(
     conn: Connection,
     action: str,
-    key: Caller | None,
+    key: Caller | int | None,
     target: str | None,
     detail: Mapping[str, Any] | None = None,
 ) -> None:
-    """One action by `key` (None: the command line) on `target`, in `conn`'s transaction."""
+    """One action by `key` (a caller or a key's id; None: the command line) on `target`, in
+    `conn`'s transaction."""
     conn.execute(
         query("access.sql", "record_action"),
         {
             "action": action,
-            "key_id": key.key_id if key is not None else None,
+            "key_id": key.key_id if isinstance(key, Caller) else key,
             "target": target,
             "detail": json.dumps(dict(detail or {}), default=str),
         },

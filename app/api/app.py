@@ -28,6 +28,7 @@ from app.api.routes.collections import CollectionController
 from app.api.routes.documents import DocumentController
 from app.api.routes.feedback import feedback_post
 from app.api.routes.health import health, ready
+from app.api.routes.jobs import JobController
 from app.api.routes.keys import KeyController
 from app.api.routes.metrics import metrics
 from app.api.routes.search import search_get, search_post
@@ -68,6 +69,7 @@ def create_app(
             feedback_post,
             IndexController,
             KeyController,
+            JobController,
         ]
     )
     _configure_state(config, services, load_model, vector_cache)

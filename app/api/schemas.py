@@ -131,6 +131,59 @@ class DeleteResult(msgspec.Struct):
     dry_run: bool
 
 
+class JobFailure(msgspec.Struct):
+    """A document (`id`) or a file (`source`) the job could not write, and why."""
+
+    id: str | None
+    source: str | None
+    error: str | None
+
+
+class JobDocuments(msgspec.Struct):
+    """The job's documents: `total` in its input (null until counted), `done` of them so far,
+    and what became of them."""
+
+    total: int | None
+    done: int
+    created: int
+    updated: int
+    metadata_updated: int
+    unchanged: int
+    deleted: int
+    failed: int
+
+
+class JobOut(msgspec.Struct):
+    """A background job: an ingest, or a delete by filter."""
+
+    id: int
+    kind: Literal["ingest", "delete"]
+    collection: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    documents: JobDocuments
+    chunks: int
+    embedded: int
+    attempts: int
+    cancel_requested: bool
+    error: str | None
+    requested_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    # Documents a second in the current (or last) run, and seconds left at that rate.
+    rate: float | None
+    eta_s: float | None
+    failures: list[JobFailure]
+    url: str
+
+
+class JobPage(msgspec.Struct):
+    jobs: list[JobOut]
+    limit: int
+    offset: int
+
+
 class Check(msgspec.Struct):
     ok: bool
     detail: str

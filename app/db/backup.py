@@ -28,12 +28,11 @@ from pathlib import Path
 
 from alembic.script import ScriptDirectory
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from app.db import embedded, migrate
-from app.db.engine import driver_connection
+from app.db.engine import conninfo, driver_connection
 from app.errors import Conflict, HybridError, Invalid
 from app.settings import Settings
 
@@ -230,12 +229,10 @@ def _revisions() -> list[str]:
 
 def _connection(url: URL) -> tuple[str, dict[str, str]]:
     """A libpq connection string for the tools, and their environment carrying the password."""
-    fields = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
-    given = {key: str(value) for key, value in {**fields, **url.query}.items() if value}
     env = dict(os.environ)
     if url.password:
         env["PGPASSWORD"] = url.password
-    return make_conninfo(**given), env
+    return conninfo(url, password=False), env
 
 
 def _run(tool: str, *args: str, env: dict[str, str] | None = None) -> str:

@@ -26,8 +26,9 @@ import structlog
 from pgvector.psycopg import register_vector
 from psycopg import Connection as PgConnection
 from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
@@ -157,6 +158,16 @@ def unbounded(conn: Connection) -> Iterator[Connection]:
             conn.execute(
                 text("SELECT set_config('statement_timeout', :value, false)"), {"value": previous}
             )
+
+
+def conninfo(url: URL, *, password: bool = True) -> str:
+    """A libpq connection string for `url` (without its password when told: the tools get it
+    from their environment instead)."""
+    fields = {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database}
+    if password:
+        fields["password"] = url.password
+    given = {key: str(value) for key, value in {**fields, **url.query}.items() if value}
+    return make_conninfo(**given)
 
 
 def driver_connection(conn: Connection) -> PgConnection[Any]:

@@ -120,7 +120,7 @@ def discover(paths: Sequence[Path]) -> list[Path]:
         if path.is_dir():
             found.extend(_walk(path))
         elif path.exists():
-            _check_suffix(path.name)
+            check_suffix(path.name)
             found.append(path)
         else:
             raise NotFound(f"{path}: no such file or directory", field=str(path))
@@ -143,14 +143,14 @@ def load_path(
     name = str(path)
     if path.is_dir():
         raise Invalid(f"{name}: expected a file, got a directory", field=name)
-    _check_suffix(name)
+    check_suffix(name)
     try:
-        _check_size(path.stat().st_size, name, max_bytes)
+        check_size(path.stat().st_size, name, max_bytes)
         with path.open("rb") as file:
             data = file.read(max_bytes + 1)
     except FileNotFoundError as exc:
         raise NotFound(f"{name}: no such file", field=name) from exc
-    _check_size(len(data), name, max_bytes)
+    check_size(len(data), name, max_bytes)
     source = path.resolve().as_posix()
     limits = _Limits(max_chars, max_pdf_pages)
     return _load(data, name, stem=path.stem, external_id=source, source=source, limits=limits)
@@ -170,8 +170,8 @@ def load_bytes(
     external_id defaults to the file name (JSON records carry their own ids); source = the
     file name.
     """
-    _check_suffix(filename)
-    _check_size(len(data), filename, max_bytes)
+    check_suffix(filename)
+    check_size(len(data), filename, max_bytes)
     stem = PurePath(filename).stem
     doc_id = external_id or filename
     limits = _Limits(max_chars, max_pdf_pages)
@@ -237,7 +237,7 @@ def _suffix(name: str) -> str:
     return PurePath(name).suffix.lower()
 
 
-def _check_suffix(name: str) -> None:
+def check_suffix(name: str) -> None:
     suffix = _suffix(name)
     if suffix not in SUPPORTED_SUFFIXES:
         supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
@@ -245,7 +245,7 @@ def _check_suffix(name: str) -> None:
         raise UnsupportedMedia(f"{name}: expected one of {supported}, got {given}", field=name)
 
 
-def _check_size(size: int, name: str, max_bytes: int) -> None:
+def check_size(size: int, name: str, max_bytes: int) -> None:
     if size > max_bytes:
         raise TooLarge(f"{name}: {size} bytes is over the limit of {max_bytes} bytes", field=name)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
@@ -41,6 +41,8 @@ from app.settings import Settings
 
 # What can become of a document given to ingest.
 DOCUMENT_OUTCOMES = ("created", "updated", "metadata_updated", "unchanged")
+# ... and of a refused one, when the caller asked for failures to be isolated.
+FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,11 @@ class Defaults:
 @dataclass
 class DocumentResult:
     external_id: str
-    status: str  # created | updated | metadata_updated | unchanged
+    status: str  # created | updated | metadata_updated | unchanged | failed
     document_id: int | None
     chunks: int
+    content_hash: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -90,6 +94,13 @@ class PendingBatch:
     rewrites: list[PreparedDocument] = field(default_factory=list)
     field_updates: list[tuple[int, PreparedDocument]] = field(default_factory=list)
     results: list[DocumentResult] = field(default_factory=list)
+    # Chunks the model embedded for this batch (the others came from the cache).
+    embedded: int = 0
+
+
+# Called in a batch's write transaction with the batch's outcomes: what it records commits (or
+# rolls back) with the documents.
+BatchRecorder = Callable[[Connection, PendingBatch], None]
 
 
 class Ingestor:
@@ -116,14 +127,19 @@ class Ingestor:
         progress: bool = False,
         writers: int | None = None,
         batch: int | None = None,
+        isolate_failures: bool = False,
+        record: BatchRecorder | None = None,
     ) -> IngestReport:
         """Write `documents` into the collection (created first if `create`), `batch`
         documents a transaction (default `HYBRID_INGEST_BATCH`), up to `writers` batches at
-        once (default `HYBRID_INGEST_WRITERS`)."""
+        once (default `HYBRID_INGEST_WRITERS`). With `isolate_failures` a document that is
+        refused (no ACL, a bad id) becomes a `failed` outcome instead of failing the call;
+        `record` runs in each batch's transaction."""
         with ingest_errors_counted(), span("ingest", collection=collection_name):
             report = self._ingest(
                 collection_name, documents, defaults=defaults, create=create, total=total,
                 progress=progress, writers=writers, batch=batch,
+                isolate_failures=isolate_failures, record=record,
             )  # fmt: skip
         METRICS.observe_ingest(
             {status: report.count(status) for status in DOCUMENT_OUTCOMES},
@@ -142,6 +158,8 @@ class Ingestor:
         progress: bool,
         writers: int | None,
         batch: int | None,
+        isolate_failures: bool,
+        record: BatchRecorder | None,
     ) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
@@ -169,12 +187,18 @@ class Ingestor:
                 writer.wait_for(keys)
                 with span("ingest.prepare", documents=len(unique)):
                     pending = self._prepare_batch(
-                        collection, unique, defaults or Defaults(), report
+                        collection, unique, defaults or Defaults(), report, isolate_failures
                     )
-                write = partial(self._write_batch, collection, pending)
+                write = partial(self._write_batch, collection, pending, record)
                 writer.submit(keys, write, partial(written, len(part)))
         report.seconds = time.perf_counter() - started
         return report
+
+    def stored_hash(self, doc: SourceDocument) -> str:
+        """The content hash `doc` is stored with (after redaction, when it is on)."""
+        if self.redactor is not None:
+            doc = redact_document(doc, self.redactor)
+        return doc.content_hash()
 
     def prepare(
         self, docs: list[SourceDocument], defaults: Defaults | None = None
@@ -211,6 +235,7 @@ class Ingestor:
         batch: list[SourceDocument],
         defaults: Defaults,
         report: IngestReport,
+        isolate_failures: bool = False,
     ) -> PendingBatch:
         """Classify the batch against what is stored, chunk and embed what must be written."""
         with self.engine.connect() as conn:
@@ -219,19 +244,35 @@ class Ingestor:
         for given in batch:
             doc = given if self.redactor is None else redact_document(given, self.redactor)
             stored = existing.get(doc.external_id)
-            prepared = self._resolve(doc, stored, defaults)
+            try:
+                prepared = self._resolve(doc, stored, defaults)
+            except Invalid as exc:
+                if not isolate_failures:
+                    raise
+                pending.results.append(
+                    DocumentResult(doc.external_id, FAILED, None, 0, error=exc.message)
+                )
+                continue
             status = _classify(prepared, stored)
             if status == "metadata_updated" and stored is not None:
                 pending.field_updates.append((stored["id"], prepared))
             if status in ("created", "updated"):
                 self._chunk(doc, prepared)
                 pending.rewrites.append(prepared)
-            pending.results.append(DocumentResult(doc.external_id, status, _id(stored), 0))
+            pending.results.append(
+                DocumentResult(doc.external_id, status, _id(stored), 0, prepared.content_hash)
+            )
+        embedded_before = report.embedded
         self._embed(pending.rewrites, report)
+        pending.embedded = report.embedded - embedded_before
         return pending
 
     def _write_batch(
-        self, collection: Collection, pending: PendingBatch, conn: Connection
+        self,
+        collection: Collection,
+        pending: PendingBatch,
+        record: BatchRecorder | None,
+        conn: Connection,
     ) -> PendingBatch:
         """Write a prepared batch in the caller's transaction (a writer thread's own)."""
         ids = write_documents(conn, collection, pending.rewrites, self.settings.ingest.work_mem)
@@ -241,6 +282,8 @@ class Ingestor:
         for result in pending.results:
             result.document_id = ids.get(result.external_id, result.document_id)
             result.chunks = chunk_counts.get(result.external_id, 0)
+        if record is not None:
+            record(conn, pending)
         return pending
 
     def _resolve(

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from urllib.parse import unquote
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, Parameter
 from sqlalchemy import Connection
 
@@ -23,6 +24,7 @@ from app.access.caller import (
     combined_filter,
     effective_principals,
 )
+from app.api.routes.jobs import submit
 from app.api.schemas import (
     ChunkOut,
     DeleteResult,
@@ -33,6 +35,7 @@ from app.api.schemas import (
     DocumentStatus,
     IngestRequest,
     IngestResponse,
+    JobOut,
     PurgeResult,
 )
 from app.documents import EVERYTHING, DocumentPatch, Visibility
@@ -40,6 +43,9 @@ from app.errors import Invalid, TooLarge
 from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
+from app.jobs import records
+from app.jobs.blobs import Staged
+from app.jobs.queue import blob_store
 from app.observe.metrics import ingest_errors_counted
 from app.search.filters import compile_filter
 from app.search.request import PUBLIC
@@ -48,6 +54,22 @@ from app.service import Services
 # A request is written in one transaction, whole or not at all: a client is never told that
 # a request failed when part of it was written.
 REQUEST_WRITERS = 1
+# The name a JSON request's documents are kept under for their job (JSON lines, one record
+# each, read back by the file loader).
+JSON_BATCH_NAME = "documents.jsonl"
+QUEUED = {
+    202: ResponseSpec(
+        data_container=JobOut,
+        description="Queued as a background job (the default): the job, its URL in `Location`",
+    )
+}
+Wait = Annotated[
+    bool,
+    Parameter(
+        description="Write the documents during the request and answer with the outcome "
+        "(at most HYBRID_INGEST_WAIT_MAX_DOCUMENTS documents) instead of queueing a job"
+    ),
+]
 
 ExternalId = Annotated[
     str,
@@ -69,9 +91,19 @@ class DocumentController(Controller):
     path = "/v1/collections/{name:str}"
     tags = ["documents"]
 
-    @post("/documents", sync_to_thread=True, opt={"scope": INGEST})
-    def ingest_json(self, name: str, data: IngestRequest, services: Services) -> IngestResponse:
-        """Ingest JSON documents: new ones are created, changed ones replaced, others skipped."""
+    @post("/documents", sync_to_thread=True, opt={"scope": INGEST}, responses=QUEUED)
+    def ingest_json(
+        self,
+        name: str,
+        data: IngestRequest,
+        request: Request[Any, Any, Any],
+        services: Services,
+        caller: Caller,
+        wait: Wait = False,
+    ) -> Response[IngestResponse]:
+        """Ingest JSON documents: new ones are created, changed ones replaced, others skipped.
+        Queued as a job (202) unless `?wait=true`; an `Idempotency-Key` header makes a
+        retried request find the job its first try queued."""
         limit = services.settings.ingest.max_request_documents
         if not 1 <= len(data.documents) <= limit:
             raise Invalid(
@@ -81,16 +113,35 @@ class DocumentController(Controller):
         with ingest_errors_counted():  # a refused request is a failed ingest too
             docs = [_from_json(i, d, services) for i, d in enumerate(data.documents)]
             defaults = Defaults(metadata=data.metadata, acl=_acl(data.acl))
-        return _ingest(services, name, docs, defaults)
+        if wait:
+            _check_inline(len(docs), services)
+            return Response(_ingest(services, name, docs, defaults), status_code=201)
+        lines = b"\n".join(
+            msgspec.json.encode({k: v for k, v in msgspec.to_builtins(d).items() if v is not None})
+            for d in data.documents
+        )
+        staged = blob_store(services).stage_bytes(lines, JSON_BATCH_NAME)
+        unique = len({d.external_id for d in docs})
+        return _queue(services, caller, request, name, defaults, [staged], unique)  # type: ignore[return-value]
 
-    @post("/files", sync_to_thread=True, opt={"scope": INGEST, "upload": True})
+    @post(
+        "/files",
+        sync_to_thread=True,
+        opt={"scope": INGEST, "upload": True},
+        responses=QUEUED,
+    )
     def upload_files(
         self,
         name: str,
         data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+        request: Request[Any, Any, Any],
         services: Services,
-    ) -> IngestResponse:
-        """Upload files (.txt, .md, .html, .pdf, .docx, .json, .jsonl) as multipart `files`."""
+        caller: Caller,
+        wait: Wait = False,
+    ) -> Response[IngestResponse]:
+        """Upload files (.txt, .md, .html, .pdf, .docx, .json, .jsonl) as multipart `files`.
+        Queued as a job (202): the files are kept (once per content) until it has run, and a
+        file that cannot be read fails alone. `?wait=true` writes them during the request."""
         if not data.files:
             raise Invalid(
                 "files: expected at least one file in the multipart field 'files'", field="files"
@@ -98,16 +149,14 @@ class DocumentController(Controller):
         if data.id is not None and len(data.files) != 1:
             raise Invalid("id: only allowed when exactly one file is uploaded", field="id")
         with ingest_errors_counted():  # an unreadable file is a failed ingest too
-            docs = [d for upload in data.files for d in _load_upload(upload, data.id, services)]
-            limit = services.settings.ingest.max_request_documents
-            if len(docs) > limit:
-                raise TooLarge(
-                    f"files: {len(docs)} documents in the upload, limit {limit} a request "
-                    "(HYBRID_MAX_REQUEST_DOCUMENTS); split the file or use `hybrid ingest`",
-                    field="files",
-                )
             defaults = Defaults(metadata=_form_metadata(data.metadata), acl=_form_acl(data.acl))
-        return _ingest(services, name, docs, defaults)
+            if not wait:
+                staged = _stage_uploads(data.files, services)
+                params = {} if data.id is None else {"external_id": data.id}
+                return _queue(services, caller, request, name, defaults, staged, None, params)  # type: ignore[return-value]
+            docs = [d for upload in data.files for d in _load_upload(upload, data.id, services)]
+            _check_inline(len(docs), services)
+        return Response(_ingest(services, name, docs, defaults), status_code=201)
 
     @get("/documents", sync_to_thread=True, opt={"scope": SEARCH})
     def list_documents(
@@ -198,10 +247,17 @@ class DocumentController(Controller):
 
         services.write(work)
 
-    @delete("/documents", sync_to_thread=True, status_code=200, opt={"scope": INGEST})
+    @delete(
+        "/documents",
+        sync_to_thread=True,
+        status_code=200,
+        opt={"scope": INGEST},
+        responses=QUEUED,
+    )
     def delete_matching(
         self,
         name: str,
+        request: Request[Any, Any, Any],
         services: Services,
         caller: Caller,
         filter_: Annotated[
@@ -212,12 +268,28 @@ class DocumentController(Controller):
             ),
         ],
         dry_run: bool = False,
-    ) -> DeleteResult:
-        """Soft delete every live document the `filter` matches (within the key's own filter);
-        `?dry_run=true` counts them and deletes nothing."""
+        wait: Annotated[
+            bool, Parameter(description="Delete during the request instead of queueing a job")
+        ] = False,
+    ) -> Response[DeleteResult]:
+        """Soft delete every live document the `filter` matches (within the key's own filter),
+        as a job (202) that deletes a few hundred a transaction; `?dry_run=true` counts them
+        and deletes nothing, `?wait=true` deletes them during the request."""
         wanted = _filter_param(filter_)
-        compiled = compile_filter(combined_filter(caller, wanted))
+        combined = combined_filter(caller, wanted)
+        compiled = compile_filter(combined)
         matching = Visibility(None, compiled.check_sql, compiled.params)
+        if not dry_run and not wait:
+            with services.transaction() as conn:
+                collection = collections.get(conn, name)
+            return submit(  # type: ignore[return-value]
+                services,
+                caller,
+                request,
+                kind=records.DELETE,
+                collection_id=collection.id,
+                params={"filter": combined},
+            )
 
         def work(conn: Connection) -> int:
             collection = collections.get(conn, name)
@@ -232,7 +304,9 @@ class DocumentController(Controller):
                 matched = work(conn)
         else:
             matched = services.write(work)
-        return DeleteResult(matched=matched, deleted=0 if dry_run else matched, dry_run=dry_run)
+        return Response(
+            DeleteResult(matched=matched, deleted=0 if dry_run else matched, dry_run=dry_run)
+        )
 
     @post("/purge", sync_to_thread=True, status_code=200, opt={"scope": ADMIN})
     def purge_deleted(self, name: str, services: Services, caller: Caller) -> PurgeResult:
@@ -267,6 +341,63 @@ def _ingest(
     return _response(report)
 
 
+def _queue(
+    services: Services,
+    caller: Caller,
+    request: Request[Any, Any, Any],
+    name: str,
+    defaults: Defaults,
+    staged: list[Staged],
+    documents_total: int | None,
+    params: dict[str, Any] | None = None,
+) -> Response[JobOut]:
+    try:
+        with services.transaction() as conn:
+            collection = collections.get(conn, name)
+    except BaseException:
+        blob_store(services).discard(staged)
+        raise
+    job_params = {**(params or {}), "metadata": defaults.metadata, "acl": defaults.acl}
+    return submit(
+        services,
+        caller,
+        request,
+        kind=records.INGEST,
+        collection_id=collection.id,
+        params=job_params,
+        files=staged,
+        documents_total=documents_total,
+    )
+
+
+def _check_inline(count: int, services: Services) -> None:
+    limit = services.settings.jobs.inline_max_documents
+    if count > limit:
+        raise TooLarge(
+            f"wait: {count} documents, at most {limit} are written during a request "
+            "(HYBRID_INGEST_WAIT_MAX_DOCUMENTS); leave out `wait` to queue them as a job",
+            field="wait",
+        )
+
+
+def _stage_uploads(uploads: list[UploadFile], services: Services) -> list[Staged]:
+    """Each upload hashed into the upload folder's staging area; a file of a type that cannot
+    be read or larger than the limit refuses the request (nothing is kept)."""
+    blobs = blob_store(services)
+    limit = services.settings.ingest.max_upload_bytes
+    staged: list[Staged] = []
+    try:
+        for upload in uploads:
+            name = upload.filename or "upload"
+            load.check_suffix(name)
+            staged.append(blobs.stage(upload.file, name, max_bytes=limit))
+            load.check_size(staged[-1].size, name, limit)
+    except BaseException:
+        blobs.discard(staged)
+        raise
+    return staged
+
+
 def _from_json(index: int, doc: DocumentIn, services: Services) -> SourceDocument:
     where = f"documents[{index}]"
     limit = services.settings.ingest.max_document_chars
@@ -276,9 +407,20 @@ def _from_json(index: int, doc: DocumentIn, services: Services) -> SourceDocumen
         )
     record = {k: v for k, v in msgspec.to_builtins(doc).items() if v is not None}
     try:
-        return load.document_from_record(record, where=where)
+        loaded = load.document_from_record(record, where=where)
     except Invalid as exc:
         raise Invalid(exc.message, field=f"{where}.{exc.field}" if exc.field else where) from exc
+    # Checked here as well as by the write path: a queued request is refused now, not later.
+    try:
+        documents.check_external_id(loaded.external_id)
+    except Invalid as exc:
+        raise Invalid(f"{where}.id: {exc.message}", field=f"{where}.id") from exc
+    if loaded.acl is not None:
+        try:
+            documents.check_acl(loaded.acl)
+        except Invalid as exc:
+            raise Invalid(f"{where}.acl: {exc.message}", field=f"{where}.acl") from exc
+    return loaded
 
 
 def _load_upload(

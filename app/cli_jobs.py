@@ -1,0 +1,246 @@
+"""`hybrid worker` and `hybrid jobs`: run the background jobs, and watch or steer them.
+
+hybrid worker [--concurrency N]           run jobs until stopped (Ctrl+C / SIGTERM)
+hybrid jobs list [--state S] [-c C] [--json]
+hybrid jobs show ID [--follow] [--json]   state, progress (a live bar with --follow), failures
+hybrid jobs cancel ID
+hybrid jobs retry ID
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from app import collections
+from app.ingest import load
+from app.ingest.pipeline import Defaults
+from app.jobs import records
+from app.jobs.blobs import Staged
+from app.jobs.queue import Worker, blob_store
+from app.service import Services
+from app.settings import Settings
+
+console = Console()
+errors = Console(stderr=True)
+# Seconds between two looks at a followed job.
+FOLLOW_EVERY_S = 1.0
+
+
+@contextmanager
+def _services() -> Iterator[Services]:
+    settings: Settings = click.get_current_context().find_root().obj
+    services = Services.open(settings)
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+@click.command("worker")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    help="Jobs run at once (default HYBRID_WORKER_CONCURRENCY).",
+)
+def worker_command(concurrency: int | None) -> None:
+    """Run background jobs (ingest, delete by filter) until stopped; as many workers as wanted
+    may run, on any machine that reaches the database and the upload folder."""
+    with _services() as services:
+        services.ingestor.embedder  # noqa: B018 - the model loads before the first job
+        console.print(
+            f"worker running ({concurrency or services.settings.jobs.concurrency} at once); "
+            "Ctrl+C stops it (running jobs go back to the queue)"
+        )
+        Worker(services, concurrency=concurrency).run()
+
+
+@click.group("jobs")
+def jobs_group() -> None:
+    """Background jobs: list, show (and follow), cancel, retry."""
+
+
+@jobs_group.command("list")
+@click.option("--state", type=click.Choice(records.STATES), help="Only jobs in this state.")
+@click.option("-c", "--collection", help="Only jobs of this collection.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def jobs_list(state: str | None, collection: str | None, limit: int, as_json: bool) -> None:
+    """Jobs, newest first."""
+    with _services() as services, services.transaction() as conn:
+        found = records.page(conn, state=state, collection=collection, limit=limit)
+    if as_json:
+        click.echo(json.dumps([describe(job) for job in found], indent=2, default=str))
+        return
+    table = Table("id", "kind", "collection", "state", "documents", "chunks", "created")
+    for job in found:
+        table.add_row(
+            str(job.id),
+            job.kind,
+            job.collection,
+            job.state,
+            _progress_text(job),
+            str(job.chunks),
+            f"{job.created_at:%Y-%m-%d %H:%M:%S}",
+        )
+    console.print(table)
+
+
+@jobs_group.command("show")
+@click.argument("job_id", type=click.IntRange(min=1))
+@click.option("--follow", is_flag=True, help="Show a progress bar until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def jobs_show(job_id: int, follow: bool, as_json: bool) -> None:
+    """A job's state, progress, rate, ETA and failures; exits 1 if it failed."""
+    with _services() as services:
+        job = _follow(services, job_id) if follow else _get(services, job_id)
+    if as_json:
+        click.echo(json.dumps(describe(job), indent=2, default=str))
+    else:
+        _print_job(job)
+    if job.state == "failed":
+        sys.exit(1)
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id", type=click.IntRange(min=1))
+def jobs_cancel(job_id: int) -> None:
+    """Cancel a job (a running one stops at its next batch)."""
+    with _services() as services:
+        job = services.write(lambda conn: records.cancel(conn, job_id))
+    word = "cancelled" if job.state == "cancelled" else "asked to stop at its next batch"
+    console.print(f"job {job_id}: {word}")
+
+
+@jobs_group.command("retry")
+@click.argument("job_id", type=click.IntRange(min=1))
+def jobs_retry(job_id: int) -> None:
+    """Queue a failed or cancelled job again (it resumes where it stopped)."""
+    with _services() as services:
+        blobs = blob_store(services)
+        services.write(lambda conn: records.retry(conn, blobs, job_id))
+    console.print(f"job {job_id}: queued again")
+
+
+def enqueue_files(
+    services: Services, collection: str, files: list[Path], defaults: Defaults
+) -> int:
+    """Queue an ingest job for `files` (copied into the upload folder, once per content) into
+    `collection`, created first if needed; the job's id."""
+    ingestor = services.ingestor
+    blobs = blob_store(services)
+    with services.transaction() as conn:
+        found = collections.get_or_create(
+            conn,
+            collection,
+            embedding_model=ingestor.embedder.model_id,
+            embedding_dim=ingestor.embedder.dimension,
+        )
+    staged: list[Staged] = []
+    try:
+        for path in files:
+            load.check_suffix(path.name)
+            with path.open("rb") as file:
+                staged.append(blobs.stage(file, path.name))
+        params = {"metadata": defaults.metadata, "acl": defaults.acl}
+
+        def create(conn: Any) -> int:
+            job_id, _ = records.create(
+                conn,
+                blobs,
+                kind=records.INGEST,
+                collection_id=found.id,
+                params=params,
+                key_id=None,
+                requested_by="command line",
+                files=staged,
+            )
+            return job_id
+
+        return services.write(create)
+    except BaseException:
+        blobs.discard(staged)
+        raise
+
+
+def describe(job: records.Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "collection": job.collection,
+        "state": job.state,
+        "documents": {"total": job.documents_total, "done": job.documents_done, **job.counts},
+        "chunks": job.chunks,
+        "embedded": job.embedded,
+        "attempts": job.attempts,
+        "error": job.error,
+        "requested_by": job.requested_by,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "rate": job.rate(),
+        "eta_s": job.eta_s(),
+        "failures": job.failures,
+    }
+
+
+def _get(services: Services, job_id: int) -> records.Job:
+    with services.transaction() as conn:
+        return records.get(conn, job_id)
+
+
+def _follow(services: Services, job_id: int) -> records.Job:
+    """Poll the job with a progress bar until it ends."""
+    job = _get(services, job_id)
+    columns = (
+        TextColumn(f"job {job_id} [progress.description]{{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]} chunks"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=errors, transient=False) as bar:
+        task = bar.add_task(job.state, total=job.documents_total, chunks=job.chunks)
+        while True:
+            bar.update(
+                task,
+                description=job.state,
+                total=job.documents_total,
+                completed=job.documents_done,
+                chunks=job.chunks,
+            )
+            if job.finished:
+                return job
+            time.sleep(FOLLOW_EVERY_S)
+            job = _get(services, job_id)
+
+
+def _progress_text(job: records.Job) -> str:
+    total = "?" if job.documents_total is None else str(job.documents_total)
+    return f"{job.documents_done}/{total}"
+
+
+def _print_job(job: records.Job) -> None:
+    rate, eta = job.rate(), job.eta_s()
+    console.print(f"job {job.id}: {job.kind} into {job.collection!r}, [bold]{job.state}[/bold]")
+    console.print(f"  documents: {_progress_text(job)}  " + "  ".join(
+        f"{name}={count}" for name, count in job.counts.items() if count
+    ))  # fmt: skip
+    console.print(f"  chunks: {job.chunks} ({job.embedded} embedded)  attempts: {job.attempts}")
+    if rate is not None:
+        console.print(f"  rate: {rate:.1f} documents/s" + (f"  eta: {eta:.0f} s" if eta else ""))
+    if job.error:
+        console.print(f"  error: {job.error}", highlight=False, markup=False)
+    for failure in job.failures:
+        what = failure["external_id"] or failure["source"]
+        console.print(f"  failed {what}: {failure['error']}", highlight=False, markup=False)

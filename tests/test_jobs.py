@@ -1,0 +1,369 @@
+"""Background jobs on the PostgreSQL queue: ingest and delete by filter through the API and the
+CLI, run by real workers (in process, and `hybrid worker` processes killed with SIGKILL),
+with idempotency keys, cancel, retry, transient failures and the upload folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from app.cli import cli
+from app.jobs.queue import InProcessWorker, blob_store
+from app.service import Services
+from tests.conftest import make_settings, own_services, serving
+from tests.openai_server import OpenAIServer
+from tests.test_cli import hybrid
+
+COLLECTION = "notes"
+
+
+def records(n: int, prefix: str = "d", words: int = 40) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "title": f"Note {i}",
+            "text": " ".join(f"word{(i * 7 + j) % 97} topic{i % 5}" for j in range(words)),
+            "metadata": {"group": i % 3},
+        }
+        for i in range(n)
+    ]
+
+
+def wait_for(client: httpx.Client, job_id: int, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}: {job}"
+        time.sleep(0.2)
+
+
+def scalar(services: Services, sql: str, **params: Any) -> Any:
+    with services.engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar()
+
+
+@pytest.fixture
+def worker(services: Services) -> Iterator[InProcessWorker]:
+    running = InProcessWorker(services)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def api(services: Services) -> Iterator[httpx.Client]:
+    with serving(services) as client:
+        assert client.post("/v1/collections", json={"name": COLLECTION}).status_code == 201
+        yield client
+
+
+def test_json_ingest_is_queued_and_run_by_a_worker(
+    api: httpx.Client, worker: InProcessWorker, services: Services
+) -> None:
+    sent = api.post(f"/v1/collections/{COLLECTION}/documents", json={"documents": records(20)})
+    assert sent.status_code == 202, sent.text
+    job = sent.json()
+    assert sent.headers["location"] == f"/v1/jobs/{job['id']}" == job["url"]
+    assert job["kind"] == "ingest" and job["documents"]["total"] == 20
+    done = wait_for(api, job["id"])
+    assert done["state"] == "done", done
+    assert done["documents"] | {"total": 20} == {
+        "total": 20, "done": 20, "created": 20, "updated": 0, "metadata_updated": 0,
+        "unchanged": 0, "deleted": 0, "failed": 0,
+    }  # fmt: skip
+    assert done["chunks"] == scalar(services, "SELECT count(*) FROM chunks") > 0
+    assert done["started_at"] and done["finished_at"] and done["attempts"] == 1
+    hits = api.post("/v1/search", json={"collection": COLLECTION, "query": "word3 topic1"})
+    assert hits.json()["hits"]
+    # The JSON batch's file is not kept once its job is done.
+    with services.engine.connect() as conn:
+        sha = conn.execute(text("SELECT sha256 FROM job_files")).scalar_one()
+    assert not blob_store(services).path(sha).exists()
+    listed = api.get("/v1/jobs", params={"state": "done"}).json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+
+
+def test_wait_true_writes_during_the_request_within_its_limit(api: httpx.Client) -> None:
+    path = f"/v1/collections/{COLLECTION}/documents"
+    written = api.post(path, params={"wait": "true"}, json={"documents": records(3)})
+    assert written.status_code == 201 and written.json()["created"] == 3
+    too_many = api.post(path, params={"wait": "true"}, json={"documents": records(101)})
+    assert too_many.status_code == 413 and too_many.json()["field"] == "wait"
+
+
+def test_an_idempotency_key_makes_a_retry_find_the_first_job(
+    api: httpx.Client, services: Services
+) -> None:
+    path = f"/v1/collections/{COLLECTION}/documents"
+    body = {"documents": records(2)}
+    key = {"Idempotency-Key": "batch-0001"}
+    # Sent at once by several clients: one job.
+    with_key = [None] * 6
+
+    def send(i: int) -> None:
+        with_key[i] = api.post(path, json=body, headers=key)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {r.status_code for r in with_key} == {202}  # type: ignore[union-attr]
+    assert len({r.json()["id"] for r in with_key}) == 1  # type: ignore[union-attr]
+    assert scalar(services, "SELECT count(*) FROM jobs") == 1
+    assert scalar(services, "SELECT count(*) FROM procrastinate_jobs") == 1
+    other = api.post(path, json={"documents": records(3)}, headers=key)
+    assert other.status_code == 409 and other.json()["field"] == "Idempotency-Key"
+    assert api.post(path, json=body, headers={"Idempotency-Key": ""}).status_code == 400
+    assert api.post(path, json=body).json()["id"] != with_key[0].json()["id"]  # type: ignore[union-attr]
+
+
+def test_uploads_are_kept_once_per_content_and_a_bad_file_fails_alone(
+    api: httpx.Client, worker: InProcessWorker, services: Services
+) -> None:
+    same = b"# Cats\n\nCats purr when they are content.\n"
+    files = [
+        ("files", ("a.md", same, "text/markdown")),
+        ("files", ("b.md", same, "text/markdown")),
+        ("files", ("broken.pdf", b"%PDF-1.4 not really", "application/pdf")),
+        ("files", ("c.txt", b"Dogs bark at the mail carrier.", "text/plain")),
+    ]
+    sent = api.post(f"/v1/collections/{COLLECTION}/files", files=files)
+    assert sent.status_code == 202, sent.text
+    job_id = sent.json()["id"]
+    assert scalar(services, "SELECT count(DISTINCT sha256) FROM job_files") == 3
+    with services.engine.connect() as conn:
+        kept = [blob_store(services).path(sha) for sha in conn.execute(
+            text("SELECT DISTINCT sha256 FROM job_files")
+        ).scalars()]  # fmt: skip
+    done = wait_for(api, job_id)
+    assert done["state"] == "done"
+    assert done["documents"]["created"] == 3 and done["documents"]["failed"] == 1
+    assert [f["source"] for f in done["failures"]] == ["broken.pdf"]
+    assert "broken.pdf" in done["failures"][0]["error"]
+    assert not any(path.exists() for path in kept)
+    refused = api.post(
+        f"/v1/collections/{COLLECTION}/files", files=[("files", ("x.exe", b"MZ", "x/y"))]
+    )
+    assert refused.status_code == 415
+
+
+def test_cancel_and_retry(api: httpx.Client, services: Services) -> None:
+    # No worker yet: the job waits in the queue.
+    job = api.post(f"/v1/collections/{COLLECTION}/documents", json={"documents": records(4)}).json()
+    cancelled = api.delete(f"/v1/jobs/{job['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert scalar(services, "SELECT status::text FROM procrastinate_jobs") == "cancelled"
+    assert api.delete(f"/v1/jobs/{job['id']}").status_code == 409
+    retried = api.post(f"/v1/jobs/{job['id']}/retry")
+    assert retried.status_code == 202 and retried.json()["state"] == "queued"
+    assert api.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
+    assert api.get("/v1/jobs/999999").status_code == 404
+    running = InProcessWorker(services)
+    running.start()
+    try:
+        assert wait_for(api, job["id"])["documents"]["created"] == 4
+    finally:
+        running.stop()
+
+
+def test_a_running_job_stops_at_its_next_batch_when_cancelled(
+    database_url: str, data_dir: Path, services: Services
+) -> None:
+    with (
+        own_services(database_url, data_dir, HYBRID_INGEST_BATCH="4") as slow,
+        serving(slow) as client,
+    ):
+        client.post("/v1/collections", json={"name": COLLECTION})
+        job = client.post(
+            f"/v1/collections/{COLLECTION}/documents", json={"documents": records(400, words=120)}
+        ).json()
+        worker = InProcessWorker(slow)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/jobs/{job['id']}").json()["documents"]["done"] < 8:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            client.delete(f"/v1/jobs/{job['id']}")
+            done = wait_for(client, job["id"])
+        finally:
+            worker.stop()
+    assert done["state"] == "cancelled"
+    written = done["documents"]["created"]
+    assert 8 <= written < 400
+    # Whole documents only: every one written has all its chunks, none is half there.
+    assert scalar(services, "SELECT count(*) FROM documents") == written
+    assert (
+        scalar(
+            services,
+            "SELECT count(*) FROM documents d WHERE d.chunk_count <> "
+            "(SELECT count(*) FROM chunks c WHERE c.document_id = d.id)",
+        )
+        == 0
+    )
+
+
+def test_delete_by_filter_is_a_job_with_a_dry_run_count(
+    api: httpx.Client, worker: InProcessWorker
+) -> None:
+    path = f"/v1/collections/{COLLECTION}/documents"
+    api.post(path, params={"wait": "true"}, json={"documents": records(9)})
+    where = json.dumps({"metadata.group": 1})
+    counted = api.delete(path, params={"filter": where, "dry_run": "true"})
+    assert counted.status_code == 200 and counted.json() == {
+        "matched": 3, "deleted": 0, "dry_run": True,
+    }  # fmt: skip
+    queued = api.delete(path, params={"filter": where})
+    assert queued.status_code == 202 and queued.json()["kind"] == "delete"
+    done = wait_for(api, queued.json()["id"])
+    assert done["state"] == "done" and done["documents"]["deleted"] == 3
+    assert done["documents"]["total"] == 3
+    assert api.get(path).json()["total"] == 6
+
+
+def test_a_transient_embedding_failure_is_retried_with_backoff(
+    database_url: str, data_dir: Path, server: OpenAIServer, services: Services
+) -> None:
+    with (
+        own_services(
+            database_url,
+            data_dir,
+            HYBRID_EMBEDDING_PROVIDER="openai",
+            HYBRID_EMBEDDING_MODEL="loopback-embed",
+            HYBRID_EMBEDDING_DIM="384",
+            OPENAI_BASE_URL=server.base_url,
+            OPENAI_API_KEY="unused",
+            HYBRID_EMBEDDING_MAX_RETRIES="0",
+            HYBRID_JOB_RETRY_WAIT="0.5",
+        ) as remote,
+        serving(remote) as client,
+    ):
+        client.post("/v1/collections", json={"name": "remote"})
+        server.down = 503
+        job = client.post("/v1/collections/remote/documents", json={"documents": records(5)}).json()
+        worker = InProcessWorker(remote)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 60
+            while "retrying" not in (client.get(f"/v1/jobs/{job['id']}").json()["error"] or ""):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            waiting = client.get(f"/v1/jobs/{job['id']}").json()
+            assert waiting["state"] == "queued" and "HTTP 503" in waiting["error"]
+            server.down = None
+            done = wait_for(client, job["id"])
+        finally:
+            worker.stop()
+    assert done["state"] == "done" and done["documents"]["created"] == 5
+    assert done["attempts"] >= 2 and done["error"] is None
+
+
+def test_a_killed_worker_loses_nothing(
+    database_url: str, data_dir: Path, services: Services, tmp_path: Path
+) -> None:
+    """SIGKILL a `hybrid worker` mid-job; a second worker takes the stalled job over and it
+    ends with every document stored once, none half-written."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in records(240, words=120)))
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "HYBRID_DATA_DIR": str(data_dir),
+        "HYBRID_INGEST_BATCH": "8",
+        "HYBRID_WORKER_HEARTBEAT": "0.5",
+        "HYBRID_WORKER_STALLED_AFTER": "2",
+        "HYBRID_WORKER_POLL_INTERVAL": "0.5",
+        "HYBRID_LOG_FORMAT": "json",
+    }
+    settings = make_settings(database_url, data_dir)
+    result = CliRunner().invoke(
+        cli, ["ingest", "--async", "-c", COLLECTION, str(corpus)], obj=settings,
+        env={k: v for k, v in env.items() if k.startswith(("HYBRID_", "DATABASE_URL"))},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    job_id = int(re.search(r"job (\d+) queued", result.output).group(1))  # type: ignore[union-attr]
+
+    def done_count() -> int:
+        return int(scalar(services, "SELECT created FROM jobs WHERE id = :id", id=job_id))
+
+    command = [str(Path(sys.executable).with_name("hybrid")), "worker"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while done_count() < 16:
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    before = done_count()
+    assert before < 240
+    second = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while scalar(services, "SELECT state FROM jobs WHERE id = :id", id=job_id) != "done":
+            assert second.poll() is None, second.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(60)
+    assert done_count() == 240
+    assert scalar(services, "SELECT attempts FROM jobs WHERE id = :id", id=job_id) == 2
+    assert scalar(services, "SELECT count(*) FROM documents") == 240
+    assert scalar(services, "SELECT count(DISTINCT external_id) FROM documents") == 240
+    assert scalar(services, "SELECT count(*) FROM collections") == 1
+    assert (
+        scalar(
+            services,
+            "SELECT count(*) FROM documents d WHERE d.chunk_count = 0 OR d.chunk_count <> "
+            "(SELECT count(*) FROM chunks c WHERE c.document_id = d.id)",
+        )
+        == 0
+    )
+    assert (
+        scalar(services, "SELECT count(*) FROM job_documents WHERE job_id = :id", id=job_id) == 240
+    )
+
+
+def test_cli_jobs_commands(
+    services: Services, database_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": database_url, "HYBRID_DATA_DIR": str(data_dir)}
+    note = tmp_path / "note.md"
+    note.write_text("# Owls\n\nOwls hunt at night.\n")
+    queued = hybrid(env, "ingest", "--async", "-c", COLLECTION, str(note))
+    assert queued.code == 0, queued.err
+    job_id = re.search(r"job (\d+) queued", queued.out).group(1)  # type: ignore[union-attr]
+    listed = hybrid(env, "jobs", "list", "--json")
+    assert [j["id"] for j in json.loads(listed.out)] == [int(job_id)]
+    assert "cancelled" in hybrid(env, "jobs", "cancel", job_id).out
+    assert hybrid(env, "jobs", "cancel", job_id).failed_with("already cancelled")
+    assert hybrid(env, "jobs", "retry", job_id).code == 0
+    worker = InProcessWorker(services)
+    worker.start()
+    try:
+        shown = hybrid(env, "jobs", "show", job_id, "--follow", "--json")
+    finally:
+        worker.stop()
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["documents"]["created"] == 1
+    assert "1/1" in hybrid(env, "jobs", "show", job_id).text
