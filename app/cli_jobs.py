@@ -9,25 +9,25 @@ hybrid jobs retry ID
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from app import collections
-from app.ingest import load
+from app.api.routes.jobs import job_out
 from app.ingest.pipeline import Defaults
 from app.jobs import records
-from app.jobs.blobs import Staged
-from app.jobs.queue import Worker, blob_store
+from app.jobs.blobs import BlobStore
+from app.jobs.queue import Worker
+from app.jobs.submit import submit
 from app.service import Services
 from app.settings import Settings
 
@@ -80,7 +80,7 @@ def jobs_list(state: str | None, collection: str | None, limit: int, as_json: bo
     with _services() as services, services.transaction() as conn:
         found = records.page(conn, state=state, collection=collection, limit=limit)
     if as_json:
-        click.echo(json.dumps([describe(job) for job in found], indent=2, default=str))
+        click.echo(describe(found))
         return
     table = Table("id", "kind", "collection", "state", "documents", "chunks", "created")
     for job in found:
@@ -105,7 +105,7 @@ def jobs_show(job_id: int, follow: bool, as_json: bool) -> None:
     with _services() as services:
         job = _follow(services, job_id) if follow else _get(services, job_id)
     if as_json:
-        click.echo(json.dumps(describe(job), indent=2, default=str))
+        click.echo(describe(job))
     else:
         _print_job(job)
     if job.state == "failed":
@@ -127,7 +127,7 @@ def jobs_cancel(job_id: int) -> None:
 def jobs_retry(job_id: int) -> None:
     """Queue a failed or cancelled job again (it resumes where it stopped)."""
     with _services() as services:
-        blobs = blob_store(services)
+        blobs = BlobStore.of(services.settings)
         services.write(lambda conn: records.retry(conn, blobs, job_id))
     console.print(f"job {job_id}: queued again")
 
@@ -137,61 +137,31 @@ def enqueue_files(
 ) -> int:
     """Queue an ingest job for `files` (copied into the upload folder, once per content) into
     `collection`, created first if needed; the job's id."""
-    ingestor = services.ingestor
-    blobs = blob_store(services)
+    embedder = services.ingestor.embedder
     with services.transaction() as conn:
         found = collections.get_or_create(
-            conn,
-            collection,
-            embedding_model=ingestor.embedder.model_id,
-            embedding_dim=ingestor.embedder.dimension,
+            conn, collection, embedding_model=embedder.model_id, embedding_dim=embedder.dimension
         )
-    staged: list[Staged] = []
-    try:
-        for path in files:
-            load.check_suffix(path.name)
-            with path.open("rb") as file:
-                staged.append(blobs.stage(file, path.name))
-        params = {"metadata": defaults.metadata, "acl": defaults.acl}
-
-        def create(conn: Any) -> int:
-            job_id, _ = records.create(
-                conn,
-                blobs,
-                kind=records.INGEST,
-                collection_id=found.id,
-                params=params,
-                key_id=None,
-                requested_by="command line",
-                files=staged,
-            )
-            return job_id
-
-        return services.write(create)
-    except BaseException:
-        blobs.discard(staged)
-        raise
+    blobs = BlobStore.of(services.settings)
+    with ExitStack() as opened:
+        sources = ((path.name, opened.enter_context(path.open("rb"))) for path in files)
+        staged = blobs.stage_files(sources, services.settings.ingest.max_upload_bytes)
+    job = submit(
+        services,
+        kind=records.INGEST,
+        collection_id=found.id,
+        params={"metadata": defaults.metadata, "acl": defaults.acl},
+        key_id=None,
+        requested_by="command line",
+        files=staged,
+    )
+    return job.id
 
 
-def describe(job: records.Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "collection": job.collection,
-        "state": job.state,
-        "documents": {"total": job.documents_total, "done": job.documents_done, **job.counts},
-        "chunks": job.chunks,
-        "embedded": job.embedded,
-        "attempts": job.attempts,
-        "error": job.error,
-        "requested_by": job.requested_by,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "rate": job.rate(),
-        "eta_s": job.eta_s(),
-        "failures": job.failures,
-    }
+def describe(found: records.Job | list[records.Job]) -> str:
+    """The job (or jobs) as JSON, as `GET /v1/jobs/{id}` shows it."""
+    shown = [job_out(job) for job in found] if isinstance(found, list) else job_out(found)
+    return msgspec.json.format(msgspec.json.encode(shown), indent=2).decode()
 
 
 def _get(services: Services, job_id: int) -> records.Job:

@@ -58,7 +58,7 @@ def _run(dataset: Path, count: int, rounds: int, data_dir: Path) -> str:
     from app.db import embedded
     from app.ingest import load
     from app.jobs import records
-    from app.jobs.queue import blob_store
+    from app.jobs.blobs import BlobStore
     from app.service import Services
     from app.settings import load_settings
 
@@ -91,7 +91,7 @@ def _run(dataset: Path, count: int, rounds: int, data_dir: Path) -> str:
                     chunks = report.chunks
                 else:
                     parts = [lines] if variant.endswith("1 worker") else halves
-                    chunks = _through_queue(services, name, parts, workers, records, blob_store)
+                    chunks = _through_queue(services, name, parts, workers, records, BlobStore.of)
                 seconds = time.perf_counter() - started
                 figures[variant].append(chunks / seconds)
                 print(f"{variant}: {chunks} chunks, {seconds:.1f} s", file=sys.stderr)
@@ -110,7 +110,7 @@ def _through_queue(
 
     from app import collections
 
-    store = blobs(services)
+    store = blobs(services.settings)
     embedder = services.ingestor.embedder
     with services.transaction() as conn:
         found = collections.get_or_create(

@@ -98,14 +98,16 @@ def services(session_services: Services) -> Iterator[Services]:
     # What the test's requests logged is written now, not into the next test's tables.
     session_services.query_log.flush()
     with session_services.engine.begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE collections, change_log, api_keys, audit_log, query_log, feedback, "
-                "procrastinate_jobs, procrastinate_workers RESTART IDENTITY CASCADE"
-            )
-        )
+        conn.execute(text(EMPTY_TABLES))
         conn.execute(text(DROP_VECTOR_INDEXES))
 
+
+# Everything a test may have written (jobs go with their collections; the queue's entries
+# must go too, as job ids start again from 1).
+EMPTY_TABLES = (
+    "TRUNCATE collections, change_log, api_keys, audit_log, query_log, feedback, "
+    "procrastinate_jobs, procrastinate_workers RESTART IDENTITY CASCADE"
+)
 
 # TRUNCATE skips the trigger that drops a deleted collection's vector index, and the ids start
 # again from 1: without this, the next test's collection would find an index already built.

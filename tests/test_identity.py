@@ -29,7 +29,7 @@ from app.access.keys import KeySpec
 from app.api.app import create_app
 from app.ingest.model import Block, SourceDocument
 from app.service import Services
-from tests.conftest import DROP_VECTOR_INDEXES, make_settings
+from tests.conftest import DROP_VECTOR_INDEXES, EMPTY_TABLES, make_settings
 
 Client = TestClient[Litestar]
 TABLES = "collections, change_log, api_keys, audit_log"
@@ -104,12 +104,7 @@ def secured(database_url: str, data_dir: Path, session_services: Services) -> It
     finally:
         services.query_log.flush()
         with services.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "TRUNCATE collections, change_log, api_keys, audit_log, query_log, feedback "
-                    "RESTART IDENTITY CASCADE"
-                )
-            )
+            conn.execute(text(EMPTY_TABLES))
             conn.execute(text(DROP_VECTOR_INDEXES))
         services.close(stop_embedded=False)
 
@@ -302,6 +297,10 @@ def test_the_key_filter_cannot_be_removed_or_widened(api: Client, secrets_: dict
         ("alice", "GET", "/metrics", None),
         ("alice", "GET", "/v1/admin/index", None),
         ("alice", "GET", "/v1/admin/keys", None),
+        ("alice", "GET", "/v1/jobs", None),
+        ("alice", "GET", "/v1/jobs/1", None),
+        ("alice", "DELETE", "/v1/jobs/1", None),
+        ("alice", "POST", "/v1/jobs/1/retry", None),
         ("writer", "POST", "/v1/search", {"collection": "kb", "query": "glaciers"}),
         ("writer", "POST", "/v1/collections/kb/purge", None),
         ("backend", "POST", "/v1/admin/keys", {"name": "x", "scopes": ["admin"]}),
@@ -312,6 +311,36 @@ def test_scopes_cannot_be_escalated(
 ) -> None:
     response = api.request(method, path, json=body, headers=auth(secrets_[who]))
     assert "scope" in problem(response, 403)["detail"]
+
+
+def test_a_key_sees_and_steers_only_the_jobs_it_queued(
+    api: Client, secured: Services, secrets_: dict[str, str]
+) -> None:
+    with secured.transaction() as conn:
+        other = keys.create(
+            conn, KeySpec(name="writer-2", scopes=("ingest",), collections=("kb",))
+        ).secret
+    writer, admin = auth(secrets_["writer"]), auth(secrets_["admin"])
+    body = {"documents": [{"id": "queued-1", "text": "Glaciers carve valleys."}]}
+    queued = api.post("/v1/collections/kb/documents", json=body, headers=writer)
+    assert queued.status_code == 202, queued.text
+    job = queued.json()
+    assert "writer" in job["requested_by"]
+    path = f"/v1/jobs/{job['id']}"
+    assert api.get(path, headers=writer).json()["id"] == job["id"]
+    assert api.get(path, headers=admin).status_code == 200
+    for method, where in (("GET", path), ("DELETE", path), ("POST", f"{path}/retry")):
+        problem(api.request(method, where, headers=auth(other)), 404)
+    assert api.get("/v1/jobs", headers=auth(other)).json()["jobs"] == []
+    assert [j["id"] for j in api.get("/v1/jobs", headers=admin).json()["jobs"]] == [job["id"]]
+    # The same idempotency key of another key is another key's: no conflict, its own job.
+    retried = {"Idempotency-Key": "k-1"}
+    first = api.post("/v1/collections/kb/documents", json=body, headers={**writer, **retried})
+    again = api.post("/v1/collections/kb/documents", json=body, headers={**auth(other), **retried})
+    assert first.json()["id"] != again.json()["id"]
+    problem(api.get("/v1/jobs"), 401)
+    problem(api.get(path, headers={"Authorization": "Bearer hs_000000000000_" + "A" * 43}), 401)
+    assert api.delete(path, headers=admin).json()["state"] == "cancelled"
 
 
 def test_a_collection_outside_the_allow_list_is_403(api: Client, secrets_: dict[str, str]) -> None:

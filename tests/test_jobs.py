@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from app.cli import cli
-from app.jobs.queue import InProcessWorker, blob_store
+from app.jobs.blobs import BlobStore
+from app.jobs.queue import InProcessWorker
 from app.service import Services
 from tests.conftest import make_settings, own_services, serving
 from tests.openai_server import OpenAIServer
@@ -94,7 +96,7 @@ def test_json_ingest_is_queued_and_run_by_a_worker(
     # The JSON batch's file is not kept once its job is done.
     with services.engine.connect() as conn:
         sha = conn.execute(text("SELECT sha256 FROM job_files")).scalar_one()
-    assert not blob_store(services).path(sha).exists()
+    assert not BlobStore.of(services.settings).path(sha).exists()
     listed = api.get("/v1/jobs", params={"state": "done"}).json()["jobs"]
     assert [j["id"] for j in listed] == [job["id"]]
 
@@ -149,7 +151,7 @@ def test_uploads_are_kept_once_per_content_and_a_bad_file_fails_alone(
     job_id = sent.json()["id"]
     assert scalar(services, "SELECT count(DISTINCT sha256) FROM job_files") == 3
     with services.engine.connect() as conn:
-        kept = [blob_store(services).path(sha) for sha in conn.execute(
+        kept = [BlobStore.of(services.settings).path(sha) for sha in conn.execute(
             text("SELECT DISTINCT sha256 FROM job_files")
         ).scalars()]  # fmt: skip
     done = wait_for(api, job_id)
@@ -367,3 +369,48 @@ def test_cli_jobs_commands(
     assert shown.code == 0, shown.err
     assert json.loads(shown.out)["documents"]["created"] == 1
     assert "1/1" in hybrid(env, "jobs", "show", job_id).text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "field"),
+    [
+        ("GET", "/v1/jobs?collection=a%00b", {}, "collection"),
+        ("GET", "/v1/jobs?state=sleeping", {}, "state"),
+        ("GET", "/v1/jobs?limit=0", {}, "limit"),
+        ("GET", "/v1/jobs?offset=-1", {}, "offset"),
+        ("GET", "/v1/jobs/0", {}, "job_id"),
+        ("GET", "/v1/jobs/99999999999999999999", {}, None),
+        ("DELETE", "/v1/jobs/abc", {}, None),
+        ("POST", f"/v1/collections/{COLLECTION}/documents", {"Idempotency-Key": "x" * 256},
+         "Idempotency-Key"),
+        ("POST", f"/v1/collections/{COLLECTION}/documents", {"Idempotency-Key": "a\tb"},
+         "Idempotency-Key"),
+        ("POST", f"/v1/collections/{COLLECTION}/documents?wait=maybe", {}, "wait"),
+        ("POST", f"/v1/collections/{COLLECTION}/documents", {"content-type": "text/plain"},
+         "content-type"),
+    ],
+)  # fmt: skip
+def test_bad_input_to_the_job_routes_is_a_4xx_naming_the_field(
+    api: httpx.Client, services: Services, method: str, path: str, headers: dict[str, str],
+    field: str | None,
+) -> None:  # fmt: skip
+    body = json.dumps({"documents": records(1)})
+    sent = api.request(method, path, content=body, headers={"content-type": "application/json",
+                                                            **headers})  # fmt: skip
+    assert 400 <= sent.status_code < 500, sent.text
+    if field is not None:
+        assert sent.json()["field"] == field, sent.text
+    assert scalar(services, "SELECT count(*) FROM jobs") == 0
+
+
+def test_concurrent_cancels_and_retries_of_one_job(api: httpx.Client, services: Services) -> None:
+    job = api.post(f"/v1/collections/{COLLECTION}/documents", json={"documents": records(2)})
+    path = f"/v1/jobs/{job.json()['id']}"
+    with ThreadPoolExecutor(6) as pool:
+        cancels = list(pool.map(lambda _: api.delete(path).status_code, range(6)))
+    assert set(cancels) <= {200, 409} and 200 in cancels
+    with ThreadPoolExecutor(6) as pool:
+        retries = list(pool.map(lambda _: api.post(f"{path}/retry").status_code, range(6)))
+    assert sorted(retries) == [202] + [409] * 5
+    assert scalar(services, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'") == 1
+    assert api.get(path).json()["state"] == "queued"

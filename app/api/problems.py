@@ -55,9 +55,11 @@ def from_service_error(exc: HybridError) -> ProblemDetailsException:
 def from_validation_error(exc: ValidationException) -> ProblemDetailsException:
     errors = exc.extra if isinstance(exc.extra, list) else []
     first: dict[str, Any] = errors[0] if errors and isinstance(errors[0], dict) else {}
-    return _client_problem(
-        exc.status_code, str(first.get("message") or exc.detail), first.get("key")
-    )
+    # A parameter whose name is reserved (`state`, `filter`) is a Python argument with a
+    # trailing underscore, named by its alias on the wire: the client knows it by that.
+    key = first.get("key")
+    key = key.rstrip("_") if isinstance(key, str) and key.strip("_") else key
+    return _client_problem(exc.status_code, str(first.get("message") or exc.detail), key)
 
 
 def from_http_error(exc: HTTPException) -> ProblemDetailsException:

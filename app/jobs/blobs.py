@@ -13,7 +13,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -21,6 +21,8 @@ from typing import IO
 from sqlalchemy import Connection
 
 from app.db.queries import query
+from app.ingest.load import check_size, check_suffix
+from app.settings import Settings
 
 CHUNK = 1 << 20
 SHA256_HEX = 64
@@ -39,6 +41,11 @@ class Staged:
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @classmethod
+    def of(cls, settings: Settings) -> BlobStore:
+        """The upload folder of these settings."""
+        return cls(settings.jobs.uploads(settings.database.data_dir))
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
@@ -61,6 +68,20 @@ class BlobStore:
             out.flush()
             os.fsync(out.fileno())
         return Staged(name, digest.hexdigest(), size, Path(temporary))
+
+    def stage_files(self, files: Iterable[tuple[str, IO[bytes]]], max_bytes: int) -> list[Staged]:
+        """Stage each (name, content); a type that cannot be loaded or a file larger than
+        `max_bytes` refuses them all, and nothing stays staged."""
+        staged: list[Staged] = []
+        try:
+            for name, source in files:
+                check_suffix(name)
+                staged.append(self.stage(source, name, max_bytes=max_bytes))
+                check_size(staged[-1].size, name, max_bytes)
+        except BaseException:
+            self.discard(staged)
+            raise
+        return staged
 
     def stage_bytes(self, data: bytes, name: str) -> Staged:
         staging = self.root / "staging"

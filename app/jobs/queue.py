@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from typing import Any
 
 import structlog
@@ -37,12 +38,8 @@ log = structlog.get_logger(__name__)
 QUEUE = "jobs"
 # Staged or kept files younger than this may belong to a transaction still running.
 SWEEP_AFTER_S = 3600.0
-
-
-def blob_store(services: Services) -> BlobStore:
-    """The upload folder of this process's settings."""
-    settings = services.settings
-    return BlobStore(settings.jobs.uploads(settings.database.data_dir))
+# Seconds between two tidy-ups (old jobs deleted, unneeded files removed) by a worker.
+TIDY_EVERY_S = 60.0
 
 
 def create_queue(services: Services, concurrency: int) -> App:
@@ -56,7 +53,7 @@ def create_queue(services: Services, concurrency: int) -> App:
         kwargs={"application_name": "hybrid-worker"},
     )
     queue = App(connector=connector)
-    runner = Runner(services, blob_store(services))
+    runner = Runner(services, BlobStore.of(services.settings))
     # A job stopped by its worker's shutdown goes back to the queue at once, every time; any
     # other failure has been dealt with by the runner (retries, then a failed job).
     retry = RetryStrategy(retry_exceptions=[JobAborted])
@@ -125,6 +122,7 @@ class Worker:
     async def _housekeeping(self) -> None:
         manager = self.queue.job_manager
         every = max(self.settings.heartbeat_s, 0.5)
+        tidied = float("-inf")
         while True:
             try:
                 stalled = await manager.get_stalled_jobs(
@@ -133,7 +131,9 @@ class Worker:
                 for job in stalled:
                     log.warning("stalled job queued again", queue_job_id=job.id)
                     await manager.retry_job(job)
-                await asyncio.to_thread(self._tidy)
+                if time.monotonic() - tidied >= TIDY_EVERY_S:
+                    await asyncio.to_thread(self._tidy)
+                    tidied = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the next round tries again
@@ -142,7 +142,7 @@ class Worker:
 
     def _tidy(self) -> None:
         """Delete finished jobs past the retention and files no job needs."""
-        blobs = blob_store(self.services)
+        blobs = BlobStore.of(self.services.settings)
         with self.services.transaction() as conn:
             conn.execute(query("jobs.sql", "prune_jobs"), {"days": self.settings.retention_days})
             blobs.sweep(conn, SWEEP_AFTER_S)

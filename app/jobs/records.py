@@ -90,13 +90,14 @@ def create(
     params: dict[str, Any],
     key_id: int | None,
     requested_by: str,
-    files: list[Staged] = (),  # type: ignore[assignment]
+    files: list[Staged] | None = None,
     idempotency_key: str | None = None,
     documents_total: int | None = None,
 ) -> tuple[int, bool]:
     """A queued job (its files kept, its queue entry made), or the job an earlier request with
     the same `idempotency_key` made: (id, whether it is new). A reused key with a different
     request is a conflict."""
+    files = files or []
     fingerprint = request_hash(kind, collection_id, params, [f.sha256 for f in files])
     row = conn.execute(
         query("jobs.sql", "create_job"),
@@ -112,7 +113,7 @@ def create(
         },
     ).first()
     if row is None:
-        blobs.discard(list(files))
+        blobs.discard(files)
         return _idempotent(conn, key_id, idempotency_key, fingerprint), False
     job_id = int(row.id)
     for position, staged in enumerate(files):

@@ -24,7 +24,7 @@ from app.access.caller import (
     combined_filter,
     effective_principals,
 )
-from app.api.routes.jobs import submit
+from app.api.routes.jobs import idempotency_key, submit
 from app.api.schemas import (
     ChunkOut,
     DeleteResult,
@@ -44,8 +44,7 @@ from app.ingest import load
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport
 from app.jobs import records
-from app.jobs.blobs import Staged
-from app.jobs.queue import blob_store
+from app.jobs.blobs import BlobStore, Staged
 from app.observe.metrics import ingest_errors_counted
 from app.search.filters import compile_filter
 from app.search.request import PUBLIC
@@ -120,7 +119,7 @@ class DocumentController(Controller):
             msgspec.json.encode({k: v for k, v in msgspec.to_builtins(d).items() if v is not None})
             for d in data.documents
         )
-        staged = blob_store(services).stage_bytes(lines, JSON_BATCH_NAME)
+        staged = BlobStore.of(services.settings).stage_bytes(lines, JSON_BATCH_NAME)
         unique = len({d.external_id for d in docs})
         return _queue(services, caller, request, name, defaults, [staged], unique)  # type: ignore[return-value]
 
@@ -285,7 +284,7 @@ class DocumentController(Controller):
             return submit(  # type: ignore[return-value]
                 services,
                 caller,
-                request,
+                idempotency_key(request),
                 kind=records.DELETE,
                 collection_id=collection.id,
                 params={"filter": combined},
@@ -352,16 +351,17 @@ def _queue(
     params: dict[str, Any] | None = None,
 ) -> Response[JobOut]:
     try:
+        key = idempotency_key(request)
         with services.transaction() as conn:
             collection = collections.get(conn, name)
     except BaseException:
-        blob_store(services).discard(staged)
+        BlobStore.of(services.settings).discard(staged)
         raise
     job_params = {**(params or {}), "metadata": defaults.metadata, "acl": defaults.acl}
     return submit(
         services,
         caller,
-        request,
+        key,
         kind=records.INGEST,
         collection_id=collection.id,
         params=job_params,
@@ -383,19 +383,9 @@ def _check_inline(count: int, services: Services) -> None:
 def _stage_uploads(uploads: list[UploadFile], services: Services) -> list[Staged]:
     """Each upload hashed into the upload folder's staging area; a file of a type that cannot
     be read or larger than the limit refuses the request (nothing is kept)."""
-    blobs = blob_store(services)
     limit = services.settings.ingest.max_upload_bytes
-    staged: list[Staged] = []
-    try:
-        for upload in uploads:
-            name = upload.filename or "upload"
-            load.check_suffix(name)
-            staged.append(blobs.stage(upload.file, name, max_bytes=limit))
-            load.check_size(staged[-1].size, name, limit)
-    except BaseException:
-        blobs.discard(staged)
-        raise
-    return staged
+    files = ((upload.filename or "upload", upload.file) for upload in uploads)
+    return BlobStore.of(services.settings).stage_files(files, limit)
 
 
 def _from_json(index: int, doc: DocumentIn, services: Services) -> SourceDocument:

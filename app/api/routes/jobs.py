@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
-from sqlalchemy import Connection
 
 from app.access.caller import ADMIN, INGEST, Caller
 from app.api.schemas import JobDocuments, JobFailure, JobOut, JobPage
 from app.errors import Invalid
 from app.jobs import records
-from app.jobs.blobs import Staged
-from app.jobs.queue import blob_store
+from app.jobs import submit as jobs_submit
+from app.jobs.blobs import BlobStore, Staged
 from app.service import Services
 
 MAX_PAGE = 200
@@ -68,7 +68,7 @@ class JobController(Controller):
     @post("/{job_id:int}/retry", sync_to_thread=True, status_code=202)
     def retry_job(self, job_id: JobId, services: Services, caller: Caller) -> Response[JobOut]:
         """Queue a failed or cancelled job again: it resumes where it stopped."""
-        blobs = blob_store(services)
+        blobs = BlobStore.of(services.settings)
         job = services.write(lambda conn: records.retry(conn, blobs, job_id, owner(caller)))
         return accepted(job)
 
@@ -93,39 +93,27 @@ def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
 def submit(
     services: Services,
     caller: Caller,
-    request: Request[Any, Any, Any],
+    key: str | None,
     *,
     kind: str,
     collection_id: int,
     params: dict[str, Any],
-    files: list[Staged] = (),  # type: ignore[assignment]
+    files: Sequence[Staged] = (),
     documents_total: int | None = None,
 ) -> Response[JobOut]:
     """Queue a job for the caller (or find the one an earlier try of the same request with
-    the same Idempotency-Key queued): 202 with the job and its Location."""
-    key = idempotency_key(request)
-    blobs = blob_store(services)
-
-    def work(conn: Connection) -> records.Job:
-        job_id, _ = records.create(
-            conn,
-            blobs,
-            kind=kind,
-            collection_id=collection_id,
-            params=params,
-            key_id=caller.key_id,
-            requested_by=caller.describe(),
-            files=files,
-            idempotency_key=key,
-            documents_total=documents_total,
-        )
-        return records.get(conn, job_id)
-
-    try:
-        job = services.write(work)
-    except BaseException:
-        blobs.discard(files)
-        raise
+    the same idempotency `key` queued): 202 with the job and its Location."""
+    job = jobs_submit.submit(
+        services,
+        kind=kind,
+        collection_id=collection_id,
+        params=params,
+        key_id=caller.key_id,
+        requested_by=caller.describe(),
+        files=files,
+        idempotency_key=key,
+        documents_total=documents_total,
+    )
     return accepted(job)
 
 
