@@ -13,6 +13,16 @@ Each run goes into a new collection with the embedding cache emptied first, so t
 chunk is embedded. The queue's figures are wall time from enqueue to the last job done, the
 workers already started and their model loaded. Reports the median chunks/s per variant and
 the queue's overhead (1 worker against direct) measured in the same rounds.
+
+    python benchmarks/jobs.py ../shared/data/scifact --during 4000 [--base 1000]
+
+Search while a job ingests: `--base` documents are ingested directly into a collection that
+is then searched (hybrid, k = 10, the set's queries in turn with their vectors computed
+beforehand, so both phases time the same work: the engine), `SEARCHES_PER_S` searches a
+second, for 30 s idle, then while one `hybrid worker` process runs a job of the next
+`--during` documents. Reports search p50/p95 idle and during the job, and
+how good the job's ETA was: at 10, 25, 50 and 75% of its documents, the finish time it
+predicted (now + `eta_s`) against the real one.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ def main() -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--documents", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--during", type=int, help="documents of the job searched against")
+    parser.add_argument("--base", type=int, default=1000)
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="hybrid-jobs-bench-"))
     os.environ.update(
@@ -46,7 +58,10 @@ def main() -> None:
     from app.db import embedded
 
     try:
-        print(_run(args.dataset, args.documents, args.rounds, data_dir))
+        if args.during:
+            print(_search_during(args.dataset, args.base, args.during, data_dir))
+        else:
+            print(_run(args.dataset, args.documents, args.rounds, data_dir))
     finally:
         embedded.stop(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -141,6 +156,124 @@ def _through_queue(
         workers[1].send_signal(18)  # SIGCONT
     assert all(state == "done" for state, _ in rows), rows
     return sum(chunks for _, chunks in rows)
+
+
+# A steady moderate load: searches are started at this rate (one at a time).
+SEARCHES_PER_S = 10
+
+
+def _search_during(dataset: Path, base: int, during: int, data_dir: Path) -> str:
+    from sqlalchemy import text
+
+    from app import collections
+    from app.db import embedded
+    from app.eval.metrics import percentile
+    from app.ingest import load
+    from app.jobs import records
+    from app.jobs.blobs import BlobStore
+    from app.search.engine import search
+    from app.search.request import SearchRequest
+    from app.service import Services
+    from app.settings import load_settings
+
+    url, _ = embedded.start(data_dir)
+    os.environ["DATABASE_URL"] = url
+    services = Services.open(load_settings())
+    with (dataset / "corpus.jsonl").open() as corpus:
+        lines = list(islice(corpus, base + during))
+    queries = [json.loads(q)["text"] for q in (dataset / "queries.jsonl").open()]
+    docs = load.load_bytes(
+        "".join(lines[:base]).encode(), "corpus.jsonl", max_bytes=1 << 30, max_chars=10_000_000
+    )
+    services.ingestor.ingest("searched", docs, create=True)
+    searcher = services.searcher(rerank=False)
+    queries = queries[:300]
+    vectors = services.ingestor.embedder.embed(queries)
+    paced = {"next": time.monotonic()}
+
+    def one(i: int) -> float:
+        paced["next"] += 1 / SEARCHES_PER_S
+        time.sleep(max(paced["next"] - time.monotonic(), 0))
+        request = SearchRequest(
+            query=queries[i % len(queries)], vector=vectors[i % len(queries)].tolist()
+        )
+        started = time.perf_counter()
+        with services.transaction() as conn:
+            search(conn, "searched", request, searcher)
+        return (time.perf_counter() - started) * 1000
+
+    for i in range(20):
+        one(i)
+    idle: list[float] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        idle.append(one(len(idle)))
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("hybrid")), "worker"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(20)  # its model loads
+    store = BlobStore.of(services.settings)
+    embedder = services.ingestor.embedder
+    with services.transaction() as conn:
+        target = collections.get_or_create(
+            conn, "ingested", embedding_model=embedder.model_id, embedding_dim=embedder.dimension
+        )
+        staged = store.stage_bytes("".join(lines[base:]).encode(), "corpus.jsonl")
+        job_id, _ = records.create(
+            conn, store, kind=records.INGEST, collection_id=target.id, params={},
+            key_id=None, requested_by="benchmark", files=[staged],
+        )  # fmt: skip
+    busy: list[float] = []
+    paced["next"] = time.monotonic()
+    predictions: list[tuple[float, float]] = []  # (share done, predicted finish)
+    last_look = 0.0
+    try:
+        while True:
+            busy.append(one(len(idle) + len(busy)))
+            if time.monotonic() - last_look < 2:
+                continue
+            last_look = time.monotonic()
+            with services.transaction() as conn:
+                job = records.get(conn, job_id)
+            if job.finished:
+                break
+            eta = job.eta_s()
+            if eta is not None and job.documents_total:
+                predictions.append((job.documents_done / job.documents_total, time.time() + eta))
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    assert job.state == "done", job
+    finished = job.finished_at.timestamp()  # type: ignore[union-attr]
+    took = finished - job.started_at.timestamp()  # type: ignore[union-attr]
+    with services.engine.connect() as conn:
+        chunks = conn.execute(text("SELECT chunks FROM jobs WHERE id = :id"), {"id": job_id})
+        chunk_count = chunks.scalar_one()
+    services.close()
+    lines_out = [
+        f"machine: {os.cpu_count()} cores; searched {base} documents, job of {during} "
+        f"documents ({chunk_count} chunks) in {took:.0f} s ({chunk_count / took:.1f} chunks/s)",
+        "",
+        f"| search (hybrid, k = 10, {SEARCHES_PER_S}/s) | searches | p50 ms | p95 ms |",
+        "|---|---|---|---|",
+    ]
+    for name, values in (("idle", idle), ("during the job", busy)):
+        lines_out.append(
+            f"| {name} | {len(values)} | {percentile(values, 50):.1f} | "
+            f"{percentile(values, 95):.1f} |"
+        )
+    lines_out += [
+        "",
+        "| at | ETA error (predicted finish − real, s) | share of the run |",
+        "|---|---|---|",
+    ]
+    for mark in (0.10, 0.25, 0.50, 0.75):
+        first = next(((share, at) for share, at in predictions if share >= mark), None)
+        if first is not None:
+            error = first[1] - finished
+            lines_out.append(f"| {mark:.0%} | {error:+.1f} | {error / took:+.1%} |")
+    return "\n".join(lines_out)
 
 
 def _table(figures: dict[str, list[float]], documents: int, rounds: int) -> str:
