@@ -414,3 +414,34 @@ def test_concurrent_cancels_and_retries_of_one_job(api: httpx.Client, services: 
     assert sorted(retries) == [202] + [409] * 5
     assert scalar(services, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'") == 1
     assert api.get(path).json()["state"] == "queued"
+
+
+def test_a_stopping_worker_puts_its_running_job_back_in_the_queue(
+    database_url: str, data_dir: Path, services: Services
+) -> None:
+    with (
+        own_services(database_url, data_dir, HYBRID_INGEST_BATCH="4") as slow,
+        serving(slow) as client,
+    ):
+        client.post("/v1/collections", json={"name": COLLECTION})
+        body = {"documents": records(200, words=120)}
+        job = client.post(f"/v1/collections/{COLLECTION}/documents", json=body).json()
+        worker = InProcessWorker(slow)
+        worker.start()
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{job['id']}").json()["documents"]["done"] < 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        worker.stop()
+        stopped = client.get(f"/v1/jobs/{job['id']}").json()
+        assert stopped["state"] == "queued" and "worker stopped" in stopped["error"]
+        assert scalar(services, "SELECT status::text FROM procrastinate_jobs") == "todo"
+        again = InProcessWorker(slow)
+        again.start()
+        try:
+            done = wait_for(client, job["id"])
+        finally:
+            again.stop()
+    assert done["state"] == "done" and done["documents"]["created"] == 200
+    assert done["attempts"] == 2
+    assert scalar(services, "SELECT count(*) FROM documents") == 200
