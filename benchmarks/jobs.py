@@ -23,6 +23,13 @@ second, for 30 s idle, then while one `hybrid worker` process runs a job of the 
 `--during` documents. Reports search p50/p95 idle and during the job, and
 how good the job's ETA was: at 10, 25, 50 and 75% of its documents, the finish time it
 predicted (now + `eta_s`) against the real one.
+
+    python benchmarks/jobs.py ../shared/data/scifact --during-chunks 100000 [--base 1000]
+
+The same, with a job of at least that many chunks, more than the set holds: its documents
+are made from the set's (deterministic, seeded). Document j joins the sentences of two of
+the set's documents, shuffled, under both titles, so that no chunk repeats another's text
+and every chunk is embedded (the embedding cache never answers).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--during", type=int, help="documents of the job searched against")
+    parser.add_argument("--during-chunks", type=int, help="chunks of a synthetic job instead")
     parser.add_argument("--base", type=int, default=1000)
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="hybrid-jobs-bench-"))
@@ -58,8 +66,9 @@ def main() -> None:
     from app.db import embedded
 
     try:
-        if args.during:
-            print(_search_during(args.dataset, args.base, args.during, data_dir))
+        if args.during or args.during_chunks:
+            job = args.during, args.during_chunks
+            print(_search_during(args.dataset, args.base, *job, data_dir))
         else:
             print(_run(args.dataset, args.documents, args.rounds, data_dir))
     finally:
@@ -162,7 +171,37 @@ def _through_queue(
 SEARCHES_PER_S = 10
 
 
-def _search_during(dataset: Path, base: int, during: int, data_dir: Path) -> str:
+def _synthetic(lines: list[str], chunks: int) -> list[str]:
+    """Documents made from the set's until their chunks number at least `chunks`."""
+    import random
+    import re
+
+    from app.ingest import load
+    from app.ingest.chunk import bundled_tokenizer, chunk_document
+    from app.settings import ChunkSettings
+
+    records = [json.loads(line) for line in lines]
+    sentence = re.compile(r"(?<=[.!?])\s+")
+    rng = random.Random(7)
+    out: list[str] = []
+    total = 0
+    tokenizer = bundled_tokenizer()
+    while total < chunks:
+        j = len(out)
+        a, b = records[j % len(records)], records[(j * 7919 + 13) % len(records)]
+        sentences = sentence.split(a["text"]) + sentence.split(b["text"])
+        rng.shuffle(sentences)
+        title = f"{a['title']} / {b['title']}"
+        line = json.dumps({"_id": f"mix-{j}", "title": title, "text": " ".join(sentences)})
+        doc = load.load_bytes(line.encode(), "corpus.jsonl", max_bytes=1 << 20, max_chars=1 << 20)
+        total += len(chunk_document(doc[0], ChunkSettings(), tokenizer)[1])
+        out.append(line + "\n")
+    return out
+
+
+def _search_during(
+    dataset: Path, base: int, during: int | None, during_chunks: int | None, data_dir: Path
+) -> str:
     from sqlalchemy import text
 
     from app import collections
@@ -180,7 +219,12 @@ def _search_during(dataset: Path, base: int, during: int, data_dir: Path) -> str
     os.environ["DATABASE_URL"] = url
     services = Services.open(load_settings())
     with (dataset / "corpus.jsonl").open() as corpus:
-        lines = list(islice(corpus, base + during))
+        if during_chunks:
+            lines = list(corpus)
+            lines = lines[:base] + _synthetic(lines, during_chunks)
+        else:
+            lines = list(islice(corpus, base + (during or 0)))
+    during = len(lines) - base
     queries = [json.loads(q)["text"] for q in (dataset / "queries.jsonl").open()]
     docs = load.load_bytes(
         "".join(lines[:base]).encode(), "corpus.jsonl", max_bytes=1 << 30, max_chars=10_000_000
@@ -248,12 +292,15 @@ def _search_during(dataset: Path, base: int, during: int, data_dir: Path) -> str
     finished = job.finished_at.timestamp()  # type: ignore[union-attr]
     took = finished - job.started_at.timestamp()  # type: ignore[union-attr]
     with services.engine.connect() as conn:
-        chunks = conn.execute(text("SELECT chunks FROM jobs WHERE id = :id"), {"id": job_id})
-        chunk_count = chunks.scalar_one()
+        chunks = conn.execute(
+            text("SELECT chunks, embedded FROM jobs WHERE id = :id"), {"id": job_id}
+        )
+        chunk_count, embedded = chunks.one()
     services.close()
     lines_out = [
         f"machine: {os.cpu_count()} cores; searched {base} documents, job of {during} "
-        f"documents ({chunk_count} chunks) in {took:.0f} s ({chunk_count / took:.1f} chunks/s)",
+        f"documents ({chunk_count} chunks, {embedded} embedded) in {took:.0f} s "
+        f"({chunk_count / took:.1f} chunks/s)",
         "",
         f"| search (hybrid, k = 10, {SEARCHES_PER_S}/s) | searches | p50 ms | p95 ms |",
         "|---|---|---|---|",
