@@ -34,7 +34,7 @@ from app.access.caller import SCOPES
 from app.access.keys import KeySpec
 from app.answer import generate
 from app.cli_analytics import analytics_group
-from app.cli_jobs import enqueue_files, jobs_group, worker_command
+from app.cli_jobs import enqueue_files, jobs_group, reembed_command, worker_command
 from app.db import backup, embedded, migrate
 from app.errors import ConfigError, HybridError, Invalid, Unavailable
 from app.eval import report as eval_report
@@ -1146,3 +1146,4 @@ def _when(value: datetime | None) -> str:
 cli.add_command(analytics_group)
 cli.add_command(jobs_group)
 cli.add_command(worker_command)
+cli.add_command(reembed_command)

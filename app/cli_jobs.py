@@ -5,6 +5,8 @@ hybrid jobs list [--state S] [-c C] [--json]
 hybrid jobs show ID [--follow] [--json]   state, progress (a live bar with --follow), failures
 hybrid jobs cancel ID
 hybrid jobs retry ID
+hybrid reembed -c C --model M [--dim N] [--async]
+                                          re-embed a collection with another model
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from rich.table import Table
 
 from app import collections
 from app.api.routes.jobs import job_out
+from app.errors import Conflict
 from app.ingest.pipeline import Defaults
 from app.jobs import records
 from app.jobs.blobs import BlobStore
-from app.jobs.queue import Worker
-from app.jobs.submit import submit
+from app.jobs.queue import InProcessWorker, Worker
+from app.jobs.submit import submit, submit_reembed
 from app.service import Services
 from app.settings import Settings
 
@@ -54,8 +57,9 @@ def _services() -> Iterator[Services]:
     help="Jobs run at once (default HYBRID_WORKER_CONCURRENCY).",
 )
 def worker_command(concurrency: int | None) -> None:
-    """Run background jobs (ingest, delete by filter) until stopped; as many workers as wanted
-    may run, on any machine that reaches the database and the upload folder."""
+    """Run background jobs (ingest, delete by filter, re-embed) until stopped; as many
+    workers as wanted may run, on any machine that reaches the database and the upload
+    folder."""
     with _services() as services:
         services.ingestor.embedder  # noqa: B018 - the model loads before the first job
         console.print(
@@ -132,6 +136,64 @@ def jobs_retry(job_id: int) -> None:
     console.print(f"job {job_id}: queued again")
 
 
+@click.command("reembed")
+@click.option("-c", "--collection", required=True, help="The collection to re-embed.")
+@click.option(
+    "--model",
+    required=True,
+    help="The model to move to: local/<model or path>[+bf16] or openai/<model> "
+    "(at OPENAI_BASE_URL).",
+)
+@click.option(
+    "--dim",
+    "dimension",
+    type=click.IntRange(1, 2000),
+    help="Its vectors' dimension (default: the collection's current one).",
+)
+@click.option(
+    "--async",
+    "run_async",
+    is_flag=True,
+    help="Queue it for the workers and return; otherwise it also runs here, with a progress bar.",
+)
+def reembed_command(collection: str, model: str, dimension: int | None, run_async: bool) -> None:
+    """Re-embed a collection with another model or dimension, without downtime: searches use
+    the current vectors until the new ones are written and indexed, then switch at once. Run
+    again after an interruption, it resumes the unfinished job."""
+    with _services() as services:
+        with services.transaction() as conn:
+            found = collections.get(conn, collection)
+            running = records.unfinished(conn, found.id, records.REEMBED)
+        if running is not None:
+            asked = running.params["model"], running.params["dimension"]
+            if asked != (model, dimension or asked[1]):
+                raise Conflict(
+                    f"collection {collection!r} is being re-embedded to {asked[0]} already "
+                    f"(job {running.id}); cancel it first: hybrid jobs cancel {running.id}",
+                    field="model",
+                )
+            job = running
+            console.print(f"job {job.id}: resuming the re-embedding of {collection!r}")
+        else:
+            job = submit_reembed(services, collection, model, dimension, key=None)
+            console.print(
+                f"job {job.id}: re-embedding {collection!r} with {model}", highlight=False
+            )
+        if run_async:
+            console.print(f"  follow it: hybrid jobs show {job.id} --follow", highlight=False)
+            return
+        # A worker here runs it (unless another worker took it first: this one then follows).
+        worker = InProcessWorker(services)
+        worker.start()
+        try:
+            job = _follow(services, job.id)
+        finally:
+            worker.stop()
+        _print_job(job)
+        if job.state != "done":
+            sys.exit(1)
+
+
 def enqueue_files(
     services: Services, collection: str, files: list[Path], defaults: Defaults
 ) -> int:
@@ -180,15 +242,11 @@ def _follow(services: Services, job_id: int) -> records.Job:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=errors, transient=False) as bar:
-        task = bar.add_task(job.state, total=job.documents_total, chunks=job.chunks)
+        done, total = job.progress
+        task = bar.add_task(job.state, total=total, chunks=job.chunks)
         while True:
-            bar.update(
-                task,
-                description=job.state,
-                total=job.documents_total,
-                completed=job.documents_done,
-                chunks=job.chunks,
-            )
+            done, total = job.progress
+            bar.update(task, description=job.state, total=total, completed=done, chunks=job.chunks)
             if job.finished:
                 return job
             time.sleep(FOLLOW_EVERY_S)
@@ -196,19 +254,26 @@ def _follow(services: Services, job_id: int) -> records.Job:
 
 
 def _progress_text(job: records.Job) -> str:
-    total = "?" if job.documents_total is None else str(job.documents_total)
-    return f"{job.documents_done}/{total}"
+    done, total = job.progress
+    return f"{done}/{'?' if total is None else total}"
 
 
 def _print_job(job: records.Job) -> None:
     rate, eta = job.rate(), job.eta_s()
+    unit = "chunks" if job.kind == records.REEMBED else "documents"
     console.print(f"job {job.id}: {job.kind} into {job.collection!r}, [bold]{job.state}[/bold]")
-    console.print(f"  documents: {_progress_text(job)}  " + "  ".join(
-        f"{name}={count}" for name, count in job.counts.items() if count
-    ))  # fmt: skip
-    console.print(f"  chunks: {job.chunks} ({job.embedded} embedded)  attempts: {job.attempts}")
+    if job.kind == records.REEMBED:
+        target = f"{job.params['model']} ({job.params['dimension']} dimensions)"
+        console.print(f"  to: {target}", highlight=False, markup=False)
+        console.print(f"  chunks: {_progress_text(job)} ({job.embedded} embedded)")
+    else:
+        console.print(f"  documents: {_progress_text(job)}  " + "  ".join(
+            f"{name}={count}" for name, count in job.counts.items() if count
+        ))  # fmt: skip
+        console.print(f"  chunks: {job.chunks} ({job.embedded} embedded)")
+    console.print(f"  attempts: {job.attempts}")
     if rate is not None:
-        console.print(f"  rate: {rate:.1f} documents/s" + (f"  eta: {eta:.0f} s" if eta else ""))
+        console.print(f"  rate: {rate:.1f} {unit}/s" + (f"  eta: {eta:.0f} s" if eta else ""))
     if job.error:
         console.print(f"  error: {job.error}", highlight=False, markup=False)
     for failure in job.failures:

@@ -1,7 +1,10 @@
 """Collections: create, look up, list and delete the namespaces documents live in.
 
 A collection is tied to the embedding model that produced its vectors and to a PostgreSQL
-text search configuration (stemming and stop words of its language).
+text search configuration (stemming and stop words of its language). Its vectors live in one
+of the chunks table's two vector columns (`vector_column`), at a version that names its HNSW
+index; a re-embedding (app/ingest/reembed.py) fills the other column with the next model's
+vectors.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ COLLECTION_RANGES: dict[str, tuple[float, float]] = {
     "vector_weight": (0.0, 100.0),
     "candidates": (1.0, 10_000.0),
 }
+# The chunks table's vector columns; a collection reads one (`Collection.vector_column`).
+VECTOR_COLUMNS = ("embedding", "embedding_alt")
 # A collection may also name its vector backend (`vector_backend`), one of VECTOR_BACKENDS.
 BACKEND_SETTING = "vector_backend"
 
@@ -55,8 +60,28 @@ class Collection:
     text_config: str
     settings: dict[str, Any]
     created_at: datetime
+    vector_column: str = "embedding"
+    vectors_version: int = 1
+    next_model: str | None = None
+    next_dim: int | None = None
     documents: int = 0
     chunks: int = 0
+
+    @property
+    def next_column(self) -> str:
+        """The vector column a re-embedding writes: the one the collection does not read."""
+        return "embedding_alt" if self.vector_column == "embedding" else "embedding"
+
+    def vector_sql(self, alias: str = "c", *, next_version: bool = False) -> str:
+        """The collection's vectors as SQL: its column typed with its dimension, the
+        expression its HNSW index is on (the column name is one of two fixed names)."""
+        column, dim = (
+            (self.next_column, self.next_dim)
+            if next_version
+            else (self.vector_column, self.embedding_dim)
+        )
+        assert column in VECTOR_COLUMNS and isinstance(dim, int)
+        return f"CAST({alias}.{column} AS vector({dim}))"
 
 
 def create(
@@ -107,6 +132,18 @@ def get(conn: Connection, name: str) -> Collection:
     )
     if row is None:
         raise NotFound(f"no collection named {name!r}", field="collection")
+    return Collection(**row)
+
+
+def lock_for_write(conn: Connection, collection_id: int) -> Collection:
+    """The collection, locked against a re-embedding's switch until the transaction ends."""
+    row = (
+        conn.execute(query("collections.sql", "lock_collection"), {"collection_id": collection_id})
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound("the collection was deleted during the write", field="collection")
     return Collection(**row)
 
 

@@ -23,7 +23,7 @@ from app.answer.providers import ChatModels
 from app.db import embedded, migrate
 from app.db.engine import make_engine, resolve_database_url, retrying, transaction
 from app.ingest.chunk import Tokenizer, bundled_tokenizer
-from app.ingest.embed import Embedder, create_embedder
+from app.ingest.embed import Embedder, Embedders
 from app.ingest.pipeline import Ingestor
 from app.querylog.log import QueryLog
 from app.search.cache import SearchCache
@@ -41,7 +41,7 @@ class Services:
         self.settings = settings
         self.engine = engine
         self.started_embedded = started_embedded
-        self._embedder: Embedder | None = None
+        self.embedders = Embedders(settings.embedding)
         self._embeddings: QueryEmbeddings | None = None
         self._reranking: Reranking | None = None
         self._lock = threading.Lock()
@@ -73,18 +73,18 @@ class Services:
 
     @property
     def embedder(self) -> Embedder:
-        with self._lock:
-            if self._embedder is None:
-                self._embedder = create_embedder(self.settings.embedding)
-            return self._embedder
+        """The configured model: new collections are embedded with it."""
+        return self.embedders.default
 
     @property
     def embeddings(self) -> QueryEmbeddings:
-        """Query vectors, cached in process (bounded LRU)."""
+        """Query vectors by each collection's model, cached in process (bounded LRU)."""
         embedder = self.embedder
         with self._lock:
             if self._embeddings is None:
-                self._embeddings = QueryEmbeddings(embedder, self.settings.cache.query_embeddings)
+                self._embeddings = QueryEmbeddings(
+                    embedder, self.settings.cache.query_embeddings, self.embedders
+                )
             return self._embeddings
 
     def searcher(self, *, rerank: bool = True) -> Searcher:
@@ -120,7 +120,7 @@ class Services:
 
     @property
     def model_loaded(self) -> bool:
-        return self._embedder is not None
+        return self.embedders.default_loaded
 
     @property
     def reranking(self) -> Reranking:
@@ -142,7 +142,7 @@ class Services:
 
     @property
     def ingestor(self) -> Ingestor:
-        return Ingestor(self.engine, self.settings, self.embedder, self.tokenizer)
+        return Ingestor(self.engine, self.settings, self.embedder, self.tokenizer, self.embedders)
 
     def close(self, *, stop_embedded: bool | None = None) -> None:
         """Stop the vector cache (writing its snapshots), write what the query log holds,

@@ -233,7 +233,11 @@ def _collection(services: Services, conn: Connection) -> collections.Collection:
 def _indexes(conn: Connection, collection_id: int) -> dict[str, str]:
     """The indexes a load drops and builds again: GIN, and the collection's HNSW index."""
     name, ddl = conn.execute(
-        text("SELECT vector_index_name(:c), vector_index_ddl(:c, false)"), {"c": collection_id}
+        text(
+            "SELECT vector_index_name(id, vectors_version), vector_index_ddl(id, false, "
+            "vector_column, embedding_dim, vectors_version) FROM collections WHERE id = :c"
+        ),
+        {"c": collection_id},
     ).one()
     return {"chunks_tsv_idx": GIN_INDEX, name: ddl}
 
@@ -502,7 +506,7 @@ def _explain(services: Services, query: str, vector: list[float], k: int) -> str
              "max_scan_tuples": str(services.settings.search.max_scan_tuples),
              "collection_id": collection.id, "cache_position": None},
         )  # fmt: skip
-        statement = engine.statement(plan.filter)
+        statement = engine.statement(plan.filter, collection)
         source = engine.VectorSource("pgvector")
         params = engine.statement_parameters(
             collection, plan, vector, source, services.settings.search

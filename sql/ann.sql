@@ -5,7 +5,7 @@
 -- name: collections
 -- Every collection the cache may hold, with what identifies it beyond its id (a collection
 -- dropped and created again gets a new creation time).
-SELECT c.id, c.name, c.created_at, c.embedding_model, c.embedding_dim,
+SELECT c.id, c.name, c.created_at, c.embedding_model, c.embedding_dim, c.vectors_version,
        coalesce(s.chunks, 0) AS chunks
 FROM collections c
 LEFT JOIN corpus_stats s ON s.collection_id = c.id
@@ -28,9 +28,15 @@ WHERE l.collection_id = :collection_id AND l.op <> 'U'
 
 -- name: changes
 -- The vector changes committed since the position, in log order, each insert with its vector
--- (NULL when the chunk is gone again in this same window: its delete follows).
-SELECT l.op, l.chunk_id, c.embedding
+-- (NULL when the chunk is gone again in this same window: its delete follows), read from
+-- the collection's vector column at the cache's version (none once it was re-embedded: the
+-- cache then builds the new version's index from scratch).
+SELECT l.op, l.chunk_id,
+       CASE WHEN k.vectors_version = :version
+            THEN CASE k.vector_column WHEN 'embedding' THEN c.embedding ELSE c.embedding_alt END
+       END AS embedding
 FROM change_log l
+JOIN collections k ON k.id = l.collection_id
 LEFT JOIN chunks c ON l.op = 'I' AND c.collection_id = l.collection_id AND c.id = l.chunk_id
 WHERE l.collection_id = :collection_id AND l.op <> 'U'
   AND l.xid >= pg_snapshot_xmin(CAST(:position AS pg_snapshot))

@@ -7,8 +7,9 @@
 -- writer could still commit a position lower than one already seen: `settled` is true only when
 -- no other client session of this database holds a transaction id (every writer does, and
 -- holds a lock on it until it ends), and only then may the result be stored. Background
--- workers (autovacuum's ANALYZE takes a transaction id) never write the change log.
-SELECT c.id AS collection_id,
+-- workers (autovacuum's ANALYZE takes a transaction id) never write the change log. A
+-- re-embedding changes the collection's vector version, which is part of the key too.
+SELECT c.id AS collection_id, c.vectors_version,
        coalesce((SELECT max(l.seq) FROM change_log l WHERE l.collection_id = c.id), 0)
            AS position,
        NOT EXISTS (

@@ -1,18 +1,36 @@
--- Each collection's HNSW index (a partial index, see migration 0005 and
--- app/ingest/vector_index.py). The DDL comes from the database's own definition, so that the
--- index is defined once; the collection id is a bigint, never text from a request.
+-- Each collection's HNSW index (a partial index on a typed expression of its vector column,
+-- see alembic revisions 0005 and 0013, and app/ingest/vector_index.py). The DDL comes from the
+-- database's own definition, so that the index is defined once; the collection id is a
+-- bigint, never text from a request. With `:next`, the index of the version a re-embedding
+-- is writing (the other column, the next model's dimension, the next version's name).
 
 -- name: vector_index_state
--- One row when the collection has an index: valid, or left invalid by an interrupted build.
+-- One row when the collection has the index: valid, or left invalid by an interrupted build.
 SELECT i.indisvalid AS valid
-FROM pg_index i
-WHERE i.indexrelid = to_regclass(vector_index_name(:collection_id));
+FROM collections c
+JOIN pg_index i ON i.indexrelid = to_regclass(vector_index_name(
+    c.id, c.vectors_version + CASE WHEN CAST(:next AS boolean) THEN 1 ELSE 0 END))
+WHERE c.id = :collection_id;
 
 -- name: vector_index_ddl
-SELECT vector_index_ddl(:collection_id, true);
+SELECT CASE WHEN CAST(:next AS boolean)
+            THEN vector_index_ddl(c.id, true, other_vector_column(c.vector_column), c.next_dim,
+                                  c.vectors_version + 1)
+            ELSE vector_index_ddl(c.id, true, c.vector_column, c.embedding_dim,
+                                  c.vectors_version)
+       END
+FROM collections c
+WHERE c.id = :collection_id;
 
 -- name: drop_invalid_vector_index_ddl
-SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', vector_index_name(:collection_id));
+SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', vector_index_name(
+    c.id, c.vectors_version + CASE WHEN CAST(:next AS boolean) THEN 1 ELSE 0 END))
+FROM collections c
+WHERE c.id = :collection_id;
+
+-- name: drop_vector_index_ddl
+-- Drop one version's index (the version a re-embedding replaced, or one it abandoned).
+SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I', vector_index_name(:collection_id, :version));
 
 -- name: try_build_lock
 -- One builder per collection at a time, across sessions and instances: a concurrent load into

@@ -74,7 +74,9 @@ SELECT position, sha256, name, size FROM job_files WHERE job_id = :job_id ORDER 
 UPDATE jobs
 SET state = 'running', attempts = attempts + 1, started_at = now(), updated_at = now(),
     error = NULL,
-    done_before = created + updated + metadata_updated + unchanged + failed + deleted
+    done_before = CASE WHEN kind = 'reembed' THEN chunks
+                       ELSE created + updated + metadata_updated + unchanged + failed + deleted
+                  END
 WHERE id = :job_id AND state IN ('queued', 'running') AND NOT cancel_requested
 RETURNING id;
 
@@ -205,3 +207,10 @@ DELETE FROM jobs
 WHERE state IN ('done', 'failed', 'cancelled')
   AND finished_at < now() - make_interval(days => :days)
 RETURNING id;
+
+-- name: unfinished_job
+-- A collection's queued or running job of a kind (re-embeddings: one at most).
+SELECT id FROM jobs
+WHERE collection_id = :collection_id AND kind = :kind AND state IN ('queued', 'running')
+ORDER BY id
+LIMIT 1;

@@ -14,7 +14,9 @@
 -- filter goes where `/* filter */ TRUE` stands: in a scan the compiled predicate over `d`, in a
 -- check the same condition without what only helps an index find documents (see
 -- app/search/filters.py: whitelisted columns, values as bind parameters). A leg whose depth is
--- 0 is switched off by a constant condition, so the planner never runs it.
+-- 0 is switched off by a constant condition, so the planner never runs it. Where it says
+-- `/* embedding */ c.embedding`, the collection's vectors go: its vector column cast to its
+-- dimension, the expression its HNSW index is on (alembic revision 0013).
 
 -- name: visible
 -- A document `d` the search may see: live, shared with one of the caller's principals, and
@@ -253,8 +255,8 @@ keyword_ranked AS (
 -- chunk is gone from the table) and pass the same document checks; distances are recomputed
 -- from the stored vectors. So the cache's freshness changes recall, never correctness.
 vector_cached AS MATERIALIZED (
-    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance,
-           f.ord
+    SELECT c.id, c.document_id,
+           /* embedding */ c.embedding <=> CAST(:query_vector AS vector) AS distance, f.ord
     FROM unnest(CAST(:cached_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
     JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
     WHERE :vector_depth > 0 AND NOT CAST(:vector_exact AS boolean)
@@ -276,7 +278,7 @@ vector_exact AS (
     SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM visible_documents d
     CROSS JOIN LATERAL (
-        SELECT c.id, c.document_id, c.embedding
+        SELECT c.id, c.document_id, /* embedding */ c.embedding AS embedding
         FROM chunks c
         WHERE c.collection_id = :collection_id AND c.document_id = d.id
         OFFSET 0
@@ -294,7 +296,8 @@ vector_exact AS (
 -- ACL and the filters, checked per row as a subquery so that the index always leads; the
 -- outer ORDER BY restores the exact distance order.
 vector_ann AS (
-    SELECT c.id, c.document_id, c.embedding <=> CAST(:query_vector AS vector) AS distance
+    SELECT c.id, c.document_id,
+           /* embedding */ c.embedding <=> CAST(:query_vector AS vector) AS distance
     FROM chunks c
     WHERE c.collection_id = :collection_id
       AND :vector_depth > 0 AND NOT CAST(:vector_exact AS boolean)
@@ -302,7 +305,7 @@ vector_ann AS (
                ELSE false
           END
       AND /* visible document */ (c.document_id)
-    ORDER BY c.embedding <=> CAST(:query_vector AS vector)
+    ORDER BY /* embedding */ c.embedding <=> CAST(:query_vector AS vector)
     LIMIT :vector_fetch
 ),
 vector_ranked AS (

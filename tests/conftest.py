@@ -118,7 +118,7 @@ DECLARE
 BEGIN
     FOR index_name IN
         SELECT indexname FROM pg_indexes
-        WHERE tablename = 'chunks' AND indexname ~ '^chunks_embedding_[0-9]+$'
+        WHERE tablename = 'chunks' AND indexname ~ '^chunks_embedding_[0-9]+(_v[0-9]+)?$'
     LOOP
         EXECUTE format('DROP INDEX %I', index_name);
     END LOOP;

@@ -98,14 +98,15 @@ def test_start_up_refuses_an_old_schema_without_auto_migrate(
     engine.dispose()
 
 
-def test_start_up_refuses_a_dimension_that_differs_from_the_column(
+def test_a_service_of_another_dimension_starts_on_collections_of_this_one(
     scratch_url: str, data_dir: Path
 ) -> None:
+    """Dimensions are the collections' own (revision 0013): the configured model only decides
+    what new collections are embedded with."""
     engine = make_engine(scratch_url)
     migrate.ensure_schema(engine, make_settings(scratch_url, data_dir))
-    other = make_settings(scratch_url, data_dir, HYBRID_EMBEDDING_DIM="768")
-    with pytest.raises(ConfigError, match=r"768.*384"):
-        migrate.ensure_schema(engine, other)
+    migrate.ensure_schema(engine, make_settings(scratch_url, data_dir, HYBRID_EMBEDDING_DIM="768"))
+    assert migrate.current_revision(engine) == migrate.head_revision()
     engine.dispose()
 
 
@@ -313,10 +314,12 @@ def write_rows(engine: Engine, rows: Rows) -> None:
     delete kept the document's sections and chunks, and since 0005 the writer builds the
     collection's vector index."""
     with engine.begin() as conn:
-        statistics, own_index = conn.execute(
+        statistics, own_index, versioned = conn.execute(
             text(
                 "SELECT to_regclass('corpus_stats') IS NOT NULL, "
-                "to_regprocedure('vector_index_ddl(bigint, boolean)') IS NOT NULL"
+                "to_regprocedure('vector_index_ddl(bigint, boolean)') IS NOT NULL, "
+                "to_regprocedure('vector_index_ddl(bigint, boolean, text, integer, integer)') "
+                "IS NOT NULL"
             )
         ).one()
         deleted = {d["id"] for d in rows["documents"] if statistics and d["deleted_at"]}
@@ -324,12 +327,16 @@ def write_rows(engine: Engine, rows: Rows) -> None:
             kept = [r for r in rows[table] if r.get("document_id") not in deleted]
             conn.execute(insert_sql(table, columns), kept)
         conn.execute(text(LOG_CHUNKS))
-        if own_index:
-            for collection in rows["collections"]:
-                ddl = conn.execute(
-                    text("SELECT vector_index_ddl(:id, false)"), {"id": collection["id"]}
-                ).scalar_one()
-                conn.exec_driver_sql(ddl)
+        for collection in rows["collections"] if own_index or versioned else []:
+            ddl = conn.execute(
+                text(
+                    "SELECT vector_index_ddl(:id, false, 'embedding', :dim, 1)"
+                    if versioned
+                    else "SELECT vector_index_ddl(:id, false)"
+                ),
+                {"id": collection["id"], "dim": collection["embedding_dim"]},
+            ).scalar_one()
+            conn.exec_driver_sql(ddl)
 
 
 def search_all(engine: Engine, services: Services) -> dict[str, SearchResult]:

@@ -3,9 +3,12 @@ binds, and none formats input into SQL text."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import text
 
+from app.collections import Collection
 from app.db.queries import SQL_DIR, load
 from app.search.engine import statement
 from app.search.filters import CompiledFilter
@@ -56,15 +59,17 @@ EXPECTED = {
     ("collections.sql", "list_collections"): {"name"},
     ("collections.sql", "text_config_exists"): {"text_config"},
     ("collections.sql", "delete_collection"): {"name"},
+    ("collections.sql", "lock_collection"): {"collection_id"},
     ("cache.sql", "collection_position"): {"name"},
     ("answer.sql", "chunk_sections"): {"collection_id", "chunk_ids", "principals"},
     ("ann.sql", "collections"): set(),
     ("ann.sql", "snapshot"): set(),
     ("ann.sql", "pending"): {"collection_id", "position"},
-    ("ann.sql", "changes"): {"collection_id", "position"},
-    ("indexes.sql", "vector_index_state"): {"collection_id"},
-    ("indexes.sql", "vector_index_ddl"): {"collection_id"},
-    ("indexes.sql", "drop_invalid_vector_index_ddl"): {"collection_id"},
+    ("ann.sql", "changes"): {"collection_id", "position", "version"},
+    ("indexes.sql", "vector_index_state"): {"collection_id", "next"},
+    ("indexes.sql", "vector_index_ddl"): {"collection_id", "next"},
+    ("indexes.sql", "drop_invalid_vector_index_ddl"): {"collection_id", "next"},
+    ("indexes.sql", "drop_vector_index_ddl"): {"collection_id", "version"},
     ("indexes.sql", "try_build_lock"): {"lock_class", "collection_id"},
     ("indexes.sql", "release_build_lock"): {"lock_class", "collection_id"},
     ("indexes.sql", "set_build_memory"): {"memory"},
@@ -120,6 +125,15 @@ EXPECTED = {
     ("jobs.sql", "unused_files"): {"job_id"},
     ("jobs.sql", "file_in_use"): {"sha256"},
     ("jobs.sql", "prune_jobs"): {"days"},
+    ("jobs.sql", "unfinished_job"): {"collection_id", "kind"},
+    ("reembed.sql", "lock_collection"): {"collection_id"},
+    ("reembed.sql", "set_next"): {"collection_id", "model", "dim"},
+    ("reembed.sql", "chunk_counts"): {"collection_id"},
+    ("reembed.sql", "chunks_to_embed"): {"collection_id", "after", "limit"},
+    ("reembed.sql", "store_vectors"): {"collection_id", "ids", "vectors"},
+    ("reembed.sql", "switch"): {"collection_id"},
+    ("reembed.sql", "clear_vectors"): {"collection_id", "limit"},
+    ("reembed.sql", "job_progress"): {"job_id", "total", "done", "embedded"},
     ("query_log.sql", "feedback_daily"): {"collection", "since"},
     ("query_log.sql", "window"): {"collection", "since"},
     ("query_log.sql", "judged_queries"): {"collection", "since"},
@@ -149,9 +163,17 @@ def test_statement_parameters(filename: str, name: str) -> None:
 def test_the_search_statement_writes_out_every_mark() -> None:
     """The visibility rule and the filter reach every place sql/search.sql marks, in the form
     that place takes: a scan of the documents or the check of one."""
-    written = statement(CompiledFilter(sql="SCAN_FILTER", check_sql="CHECK_FILTER")).text
+    collection = Collection(
+        id=1, name="c", description="", embedding_model="m", embedding_dim=64,
+        text_config="english", settings={}, created_at=datetime.now(UTC),
+        vector_column="embedding_alt",
+    )  # fmt: skip
+    filters = CompiledFilter(sql="SCAN_FILTER", check_sql="CHECK_FILTER")
+    written = statement(filters, collection).text
     assert "/* visible" not in written and "/* filter" not in written
-    assert "/* document" not in written
+    assert "/* document" not in written and "/* embedding" not in written
+    # The collection's vectors, typed as its index is, wherever the vector leg reads them.
+    assert written.count("CAST(c.embedding_alt AS vector(64))") == 4
     assert written.count("SCAN_FILTER") == 2 and written.count("CHECK_FILTER") == 4
     assert written.count("d.acl && CAST(:principals AS text[])") == 6
     assert set(text(written)._bindparams) == EXPECTED[("search.sql", "search")] | {"principals"}

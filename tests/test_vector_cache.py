@@ -204,9 +204,8 @@ def explain_vector_search(
         source = engine._vector_source(plan, collection, request.vector, cache, settings)
         engine.prepare(conn, collection, plan, settings, None)  # the search's own settings
         params = engine.statement_parameters(collection, plan, request.vector, source, settings)
-        explained = conn.execute(
-            text("EXPLAIN (ANALYZE, COSTS OFF) " + engine.statement(plan.filter).text), params
-        )
+        search = engine.statement(plan.filter, collection)
+        explained = conn.execute(text("EXPLAIN (ANALYZE, COSTS OFF) " + search.text), params)
         return source, list(explained.scalars())
 
 

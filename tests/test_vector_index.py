@@ -31,7 +31,7 @@ def index_name(services: Services, collection: str) -> str:
     return str(
         scalar(
             services,
-            "SELECT vector_index_name(id) FROM collections WHERE name = :n",
+            "SELECT vector_index_name(id, vectors_version) FROM collections WHERE name = :n",
             n=collection,
         )
     )
@@ -145,7 +145,7 @@ def vector_search(
         )
         conn.execute(text("SET LOCAL enable_seqscan = off"))
         conn.execute(text("SET LOCAL enable_sort = off"))
-        search = statement(plan.filter)
+        search = statement(plan.filter, found)
         explained = conn.execute(text("EXPLAIN " + search.text), params).scalars()
         hits = [r["document_id"] for r in conn.execute(search, params).mappings()]
     return "\n".join(explained), hits

@@ -117,8 +117,9 @@ class Builder:
         entry.detail = f"building from {expected} chunks"
         with bar:
             read = source.read_all(
-                self.engine, identity.collection_id, identity.dim, expected, advance
-            )
+                self.engine, identity.collection_id, identity.dim, expected, advance,
+                identity.version,
+            )  # fmt: skip
             index = VectorIndex.build(identity.dim, read.ids, read.vectors, self.params, advance)
         entry.built_in_s = time.perf_counter() - started
         log.info(

@@ -110,12 +110,19 @@ class VectorCache:
         restriction: Hashable | None,
         exact_below: float = 0,
         ef_search: int | None = None,
+        version: int = 1,
     ) -> Candidates | None:
         """The nearest ids for a vector leg that keeps `needed` rows (see
-        `PassRates.nearest`); None when the collection's index is not ready. `ef_search`
-        overrides the HNSW search list length of the index's settings."""
+        `PassRates.nearest`); None when the collection's index is not ready, or is of another
+        vector version than the search's (`version`). `ef_search` overrides the HNSW search
+        list length of the index's settings."""
         entry = self.entry(collection_id)
-        if entry is None or entry.current is None or entry.identity.created_at != iso(created_at):
+        if (
+            entry is None
+            or entry.current is None
+            or entry.identity.created_at != iso(created_at)
+            or entry.identity.version != version
+        ):
             return None
         return self.pass_rates.nearest(
             entry.current, vector, needed, restriction, exact_below, ef_search
@@ -234,6 +241,9 @@ class VectorCache:
             rows.append(
                 {
                     "collection": entry.identity.collection_name,
+                    "model": entry.identity.model,
+                    "dimension": entry.identity.dim,
+                    "vectors_version": entry.identity.version,
                     "status": entry.status,
                     "detail": entry.detail,
                     "kind": index.kind if index else None,

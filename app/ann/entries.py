@@ -24,13 +24,14 @@ Status = Literal["loading", "ready", "failed"]
 class Identity:
     """What an index (or a snapshot of it) must match to serve a collection: the same
     collection (one dropped and created again under the same id has another creation time),
-    model and dimension."""
+    model, dimension and vector version (a re-embedded collection has a new one)."""
 
     collection_id: int
     collection_name: str
     created_at: str
     model: str
     dim: int
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Registry:
                 created_at=iso(row["created_at"]),
                 model=row["embedding_model"],
                 dim=row["embedding_dim"],
+                version=row["vectors_version"],
             )
             for row in rows
         }

@@ -73,7 +73,9 @@ class Updater:
         if waiting.changes > max(CATCH_UP_MIN, CATCH_UP_SHARE * index.size):
             self._rebuild(entry)
             return 0
-        changes = source.read_changes(self.engine, identity.collection_id, position, identity.dim)
+        changes = source.read_changes(
+            self.engine, identity.collection_id, position, identity.dim, identity.version
+        )
         index.apply(changes.inserted_ids, changes.inserted, changes.deleted_ids)
         entry.current = (index, changes.position)
         entry.applied += changes.count

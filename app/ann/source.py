@@ -20,9 +20,15 @@ from app.ann.index import Ids, Vectors
 from app.db.engine import driver_connection
 from app.db.queries import query
 
+# The collection's vectors at one version (none when it has been re-embedded since), from the
+# column it reads.
 COPY_VECTORS = (
-    "COPY (SELECT id, embedding FROM chunks WHERE collection_id = %s ORDER BY id) "
-    "TO STDOUT (FORMAT BINARY)"
+    "COPY (SELECT id, embedding FROM ("
+    " SELECT c.id, CASE k.vector_column WHEN 'embedding' THEN c.embedding"
+    " ELSE c.embedding_alt END AS embedding"
+    " FROM chunks c JOIN collections k ON k.id = c.collection_id"
+    " WHERE c.collection_id = %s AND k.vectors_version = %s) AS v"
+    " WHERE embedding IS NOT NULL ORDER BY id) TO STDOUT (FORMAT BINARY)"
 )
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 COPY_HEADER = len(COPY_SIGNATURE) + 8  # flags and header extension length
@@ -55,13 +61,15 @@ def read_all(
     dim: int,
     expected: int,
     progress: Callable[[int], None] | None = None,
+    version: int = 1,
 ) -> AllVectors:
-    """Every chunk vector of the collection, streamed with binary COPY and parsed in bulk."""
+    """Every chunk vector of the collection at `version`, streamed with binary COPY and
+    parsed in bulk."""
     parser = _CopyParser(dim, expected, progress)
     with _snapshot_transaction(engine) as (conn, position):
         parts: list[bytes] = []
         size = 0
-        with driver_connection(conn).cursor().copy(COPY_VECTORS, [collection_id]) as copy:
+        with driver_connection(conn).cursor().copy(COPY_VECTORS, [collection_id, version]) as copy:
             for block in copy:  # the server sends one message a row
                 parts.append(bytes(block))
                 size += len(block)
@@ -116,13 +124,16 @@ class _CopyParser:
         return self.ids[: self.count].copy(), np.ascontiguousarray(self.vectors[: self.count])
 
 
-def read_changes(engine: Engine, collection_id: int, since: str, dim: int) -> Changes:
+def read_changes(
+    engine: Engine, collection_id: int, since: str, dim: int, version: int = 1
+) -> Changes:
     """The vector inserts and deletes committed since the snapshot `since`, in log order.
 
     A chunk inserted and deleted within the window is left out of both lists."""
     with _snapshot_transaction(engine) as (conn, position):
         rows = conn.execute(
-            query("ann.sql", "changes"), {"collection_id": collection_id, "position": since}
+            query("ann.sql", "changes"),
+            {"collection_id": collection_id, "position": since, "version": version},
         ).all()
     inserted: dict[int, Any] = {}
     deleted: list[int] = []

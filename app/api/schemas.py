@@ -29,6 +29,14 @@ class CollectionCreate(Strict):
     settings: dict[str, Any] = {}
 
 
+class ReembedIn(Strict):
+    """The model a collection moves to: `local/<model>[+bf16]` or `openai/<model>`, with its
+    vectors' dimension (default: the collection's current one)."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    dimension: Annotated[int, msgspec.Meta(ge=1, le=2000)] | None = None
+
+
 class CollectionOut(msgspec.Struct):
     name: str
     description: str
@@ -37,6 +45,11 @@ class CollectionOut(msgspec.Struct):
     text_config: str
     settings: dict[str, Any]
     created_at: datetime
+    # Bumped each time the collection is re-embedded; while it is, the model and dimension it
+    # is moving to (searches use the current ones until the switch).
+    vectors_version: int
+    next_model: str | None
+    next_dim: int | None
     # Live documents and chunks: for callers with the `admin` scope only (the counts of
     # documents other principals may not see are not theirs to know).
     documents: int | None
@@ -154,14 +167,19 @@ class JobDocuments(msgspec.Struct):
 
 
 class JobOut(msgspec.Struct):
-    """A background job: an ingest, or a delete by filter."""
+    """A background job: an ingest, a delete by filter, or a re-embedding (its progress is
+    in chunks: `chunks` of `chunks_total`)."""
 
     id: int
-    kind: Literal["ingest", "delete"]
+    kind: Literal["ingest", "delete", "reembed"]
     collection: str
     state: Literal["queued", "running", "done", "failed", "cancelled"]
+    # What was asked: an ingest's defaults (`metadata`, `acl`), a delete's `filter`, a
+    # re-embedding's `model` and `dimension`.
+    params: dict[str, Any]
     documents: JobDocuments
     chunks: int
+    chunks_total: int | None
     embedded: int
     attempts: int
     cancel_requested: bool
@@ -171,7 +189,8 @@ class JobOut(msgspec.Struct):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
-    # Documents a second in the current (or last) run, and seconds left at that rate.
+    # Documents (a re-embedding: chunks) a second in the current (or last) run, and seconds
+    # left at that rate.
     rate: float | None
     eta_s: float | None
     failures: list[JobFailure]

@@ -16,6 +16,9 @@ from app.errors import Busy, Conflict, HybridError, Invalid, TooLarge, Unavailab
 
 NOTHING_WRITTEN = "nothing of this request was written"
 
+# The unique index that allows one unfinished re-embedding per collection (revision 0013).
+ONE_REEMBED = "jobs_one_reembed_idx"
+
 
 def translate(exc: BaseException) -> HybridError | None:
     """The service error that `exc` (a database failure) stands for, or None if it is not
@@ -63,6 +66,12 @@ def _by_state(orig: BaseException | None) -> HybridError | None:
             field="collection",
         )
     if isinstance(orig, pg.UniqueViolation):
+        if orig.diag.constraint_name == ONE_REEMBED:
+            return Conflict(
+                "the collection has a re-embedding queued or running already; one at a time "
+                "(cancel it, or wait for it to finish)",
+                field="collection",
+            )
         return Conflict(f"a concurrent request created the same item; {NOTHING_WRITTEN}")
     if isinstance(orig, pg.ProgramLimitExceeded):
         return TooLarge(f"a value is too large for the database to index; {NOTHING_WRITTEN}")

@@ -2,7 +2,8 @@
 
 The service refuses to run on a schema it does not know: at start-up it applies pending
 migrations (HYBRID_AUTO_MIGRATE, the default) or stops with a message saying what to run.
-It also refuses an embedding dimension that differs from the `chunks.embedding` column.
+Vector dimensions are the collections' own (each records its model and dimension), so a
+service configured with another model still serves the collections it finds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from app import PROJECT_ROOT
 from app.db.engine import unbounded
@@ -61,7 +62,7 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def ensure_schema(engine: Engine, settings: Settings) -> None:
-    """Bring the schema to head or refuse to start; then check the vector dimension."""
+    """Bring the schema to head or refuse to start."""
     current, head = current_revision(engine), head_revision()
     if current != head:
         if not settings.database.auto_migrate:
@@ -70,25 +71,3 @@ def ensure_schema(engine: Engine, settings: Settings) -> None:
                 f"{head}: run `hybrid migrate` (or set HYBRID_AUTO_MIGRATE=true)"
             )
         upgrade(engine, settings)
-    check_embedding_dimension(engine, settings)
-
-
-def column_dimension(engine: Engine) -> int:
-    with engine.connect() as conn:
-        typmod = conn.execute(
-            text(
-                "SELECT atttypmod FROM pg_attribute "
-                "WHERE attrelid = 'chunks'::regclass AND attname = 'embedding'"
-            )
-        ).scalar_one()
-    return int(typmod)
-
-
-def check_embedding_dimension(engine: Engine, settings: Settings) -> None:
-    actual = column_dimension(engine)
-    if actual != settings.embedding.dimension:
-        raise ConfigError(
-            f"HYBRID_EMBEDDING_DIM is {settings.embedding.dimension} but the database stores "
-            f"{actual}-dimensional vectors (chunks.embedding); use a model of {actual} dimensions "
-            "or a new database"
-        )

@@ -134,11 +134,13 @@ def evaluate(
     dataset = read_dataset(folder)
     collection = collection_name(dataset.name)
     documents = ingest(services, dataset, collection, progress=progress)
+    with services.engine.connect() as conn:
+        found = collections.get(conn, collection)
     if vector_backend in ("faiss", "auto"):
-        with services.engine.connect() as conn:
-            collection_id = collections.get(conn, collection).id
-        services.open_vector_cache().ensure(collection_id)
-    embeddings = QueryEmbeddings(services.embedder, size=len(dataset.queries) + 1)
+        services.open_vector_cache().ensure(found.id)
+    # The collection's own model (it may have been re-embedded with another).
+    embedder = services.ingestor.embedder_for(found)
+    embeddings = QueryEmbeddings(embedder, size=len(dataset.queries) + 1)
     embed_ms = _embed_all(embeddings, dataset, progress=progress)
     report = EvalReport(
         dataset=dataset.name,

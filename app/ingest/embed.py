@@ -9,6 +9,7 @@ here with a clear message instead of corrupting the index.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ import numpy.typing as npt
 import openai
 import structlog
 
-from app.errors import ConfigError, HybridError, Unavailable, UpstreamError
+from app.errors import ConfigError, HybridError, Invalid, Unavailable, UpstreamError
 from app.settings import EmbeddingSettings
 
 if TYPE_CHECKING:
@@ -167,6 +168,77 @@ class OpenAIEmbedder:
         if isinstance(exc, openai.APIStatusError):
             return UpstreamError(f"{where} rejected the request: {_reason(exc)}")
         return UpstreamError(f"{where} sent an unusable answer: {_reason(exc)}")
+
+
+class Embedders:
+    """The embedders of one process by model id: the configured one, and the model of any
+    collection embedded otherwise (an older model, another precision, the target of a
+    re-embedding), each loaded on first use and kept. A model id says how to make one:
+    `local/<name or path>[+bf16]` or `openai/<model>`; a remote model is called at the
+    configured endpoint."""
+
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        self.settings = settings
+        self._default: Embedder | None = None
+        self._loaded: dict[tuple[str, int], Embedder] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def default(self) -> Embedder:
+        """The configured model: what new collections are embedded with."""
+        with self._lock:
+            if self._default is None:
+                self._default = create_embedder(self.settings)
+                self._loaded[(self._default.model_id, self._default.dimension)] = self._default
+            return self._default
+
+    @property
+    def default_loaded(self) -> bool:
+        return self._default is not None
+
+    def get(self, model_id: str, dimension: int) -> Embedder:
+        """The embedder of `model_id` with `dimension`-dimensional vectors."""
+        if self._default is None and model_id == self.model_id_of(self.settings):
+            self.default  # noqa: B018 - loads it once, under its own name
+        with self._lock:
+            found = self._loaded.get((model_id, dimension))
+            if found is None:
+                found = create_embedder(settings_for(model_id, dimension, self.settings))
+                self._loaded[(model_id, dimension)] = found
+            return found
+
+    @staticmethod
+    def model_id_of(settings: EmbeddingSettings) -> str:
+        """The model id the embedder of `settings` has, without loading it."""
+        if settings.provider == "openai":
+            return f"openai/{settings.model}"
+        name = settings.model
+        if name in BUNDLED_NAMES:
+            name = BUNDLED_MODEL
+        elif Path(name).expanduser().is_dir():
+            name = str(Path(name).expanduser().resolve())
+        return f"local/{name}" + ("+bf16" if settings.precision == "bf16" else "")
+
+
+def settings_for(model_id: str, dimension: int, base: EmbeddingSettings) -> EmbeddingSettings:
+    """The settings that make the embedder of `model_id` (the provider's other settings, its
+    endpoint and limits, as configured)."""
+    provider, _, name = model_id.partition("/")
+    precision = "fp32"
+    if provider == "local" and name.endswith("+bf16"):
+        name, precision = name.removesuffix("+bf16"), "bf16"
+    if provider not in _PROVIDERS or not name:
+        raise Invalid(
+            f"model: expected local/<model>[+bf16] or openai/<model>, got {model_id!r}",
+            field="model",
+        )
+    return dataclasses.replace(
+        base,
+        provider=provider,  # type: ignore[arg-type]
+        model=name,
+        precision=precision,  # type: ignore[arg-type]
+        dimension=dimension,
+    )
 
 
 def create_embedder(settings: EmbeddingSettings) -> Embedder:

@@ -84,5 +84,10 @@ def chunk_context(title: str, heading_path: tuple[str, ...]) -> str:
 
 
 def embedding_text(title: str, chunk: Chunk) -> str:
-    context = chunk_context(title, chunk.heading_path)
-    return f"{context}\n{chunk.text}" if context else chunk.text
+    """What the model embeds for a chunk: its context line, then its text."""
+    return embedding_text_of(chunk_context(title, chunk.heading_path), chunk.text)
+
+
+def embedding_text_of(context: str, text: str) -> str:
+    """`embedding_text` from a stored chunk's `context` and `text` columns."""
+    return f"{context}\n{text}" if context else text

@@ -6,6 +6,11 @@ chunked and embedded outside any transaction, then the whole batch is written in
 transaction. Up to `HYBRID_INGEST_WRITERS` batches are written at once while the next one is
 prepared (see writers.py). A failure (provider down, database error, process killed) loses
 only the batches in flight, and every document in them keeps its previous version.
+
+Chunks are embedded with the collection's own model (`Embedders`). A batch's transaction
+reads the collection's model again, under a lock a re-embedding's switch waits for: vectors
+computed with a model the collection has just left are computed again before they are
+written, into the column the collection now reads.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from app.documents import check_acl, check_external_id
 from app.errors import Invalid
 from app.ingest import vector_index
 from app.ingest.chunk import Tokenizer, chunk_document
-from app.ingest.embed import Embedder
+from app.ingest.embed import Embedder, Embedders
 from app.ingest.model import SourceDocument, embedding_text
 from app.ingest.store import PreparedDocument, stored_fields, write_documents
 from app.ingest.writers import concurrent_writer
@@ -96,6 +101,8 @@ class PendingBatch:
     results: list[DocumentResult] = field(default_factory=list)
     # Chunks the model embedded for this batch (the others came from the cache).
     embedded: int = 0
+    # The model and dimension of the rewrites' vectors.
+    model: tuple[str, int] | None = None
 
 
 # Called in a batch's write transaction with the batch's outcomes: what it records commits (or
@@ -104,14 +111,21 @@ BatchRecorder = Callable[[Connection, PendingBatch], None]
 
 
 class Ingestor:
-    """Runs the write path with one embedder and tokenizer over any number of calls."""
+    """Runs the write path over any number of calls: `embedder` embeds new collections (and
+    those of its model), `embedders` (when given) the collections of other models."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, embedder: Embedder, tokenizer: Tokenizer
+        self,
+        engine: Engine,
+        settings: Settings,
+        embedder: Embedder,
+        tokenizer: Tokenizer,
+        embedders: Embedders | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.embedder = embedder
+        self.embedders = embedders
         self.tokenizer = tokenizer
         # HYBRID_INGEST_REDACT: documents are redacted before anything is hashed or stored.
         self.redactor = redact.load(settings.query_log.redactor) if settings.ingest.redact else None
@@ -207,7 +221,7 @@ class Ingestor:
         prepared = [self._resolve(doc, None, defaults or Defaults()) for doc in docs]
         for doc, ready in zip(docs, prepared, strict=True):
             self._chunk(doc, ready)
-        self._embed(prepared, IngestReport())
+        self._embed(prepared, IngestReport(), self.embedder)
         return prepared
 
     def collection(self, name: str, *, create: bool) -> Collection:
@@ -221,13 +235,22 @@ class Ingestor:
                 )
             else:
                 found = collections.get(conn, name)
-        if found.embedding_model != self.embedder.model_id:
+        self.embedder_for(found)
+        return found
+
+    def embedder_for(self, collection: Collection) -> Embedder:
+        """The embedder of the collection's vectors."""
+        model = (collection.embedding_model, collection.embedding_dim)
+        if model == (self.embedder.model_id, self.embedder.dimension):
+            return self.embedder
+        if self.embedders is None:
             raise Invalid(
-                f"collection {name!r} holds vectors of model {found.embedding_model!r}, but this "
-                f"service embeds with {self.embedder.model_id!r}",
+                f"collection {collection.name!r} holds vectors of model "
+                f"{collection.embedding_model!r}, but this service embeds with "
+                f"{self.embedder.model_id!r}",
                 field="collection",
             )
-        return found
+        return self.embedders.get(*model)
 
     def _prepare_batch(
         self,
@@ -263,8 +286,10 @@ class Ingestor:
                 DocumentResult(doc.external_id, status, _id(stored), 0, prepared.content_hash)
             )
         embedded_before = report.embedded
-        self._embed(pending.rewrites, report)
+        embedder = self.embedder_for(collection)
+        self._embed(pending.rewrites, report, embedder)
         pending.embedded = report.embedded - embedded_before
+        pending.model = (embedder.model_id, embedder.dimension)
         return pending
 
     def _write_batch(
@@ -275,7 +300,14 @@ class Ingestor:
         conn: Connection,
     ) -> PendingBatch:
         """Write a prepared batch in the caller's transaction (a writer thread's own)."""
-        ids = write_documents(conn, collection, pending.rewrites, self.settings.ingest.work_mem)
+        # The collection as it is now, held against a re-embedding's switch until commit.
+        current = collections.lock_for_write(conn, collection.id)
+        if pending.rewrites and pending.model != (current.embedding_model, current.embedding_dim):
+            # Switched to another model since the batch was embedded.
+            report = IngestReport()
+            self._embed(pending.rewrites, report, self.embedder_for(current))
+            pending.embedded += report.embedded
+        ids = write_documents(conn, current, pending.rewrites, self.settings.ingest.work_mem)
         for document_id, prepared in pending.field_updates:
             update_fields(conn, collection.id, document_id, prepared)
         chunk_counts = {p.external_id: len(p.chunks) for p in pending.rewrites}
@@ -320,21 +352,30 @@ class Ingestor:
             doc, self.settings.chunking, self.tokenizer
         )
 
-    def _embed(self, docs: list[PreparedDocument], report: IngestReport) -> None:
+    def _embed(
+        self, docs: list[PreparedDocument], report: IngestReport, embedder: Embedder
+    ) -> None:
         texts = [embedding_text(d.title, c) for d in docs for c in d.chunks]
         if not texts:
             return
-        vectors = self.embed_cached(texts, report)
+        vectors = self.embed_cached(texts, report, embedder)
         offset = 0
         for doc in docs:
             doc.embeddings = vectors[offset : offset + len(doc.chunks)]
             offset += len(doc.chunks)
 
-    def embed_cached(self, texts: list[str], report: IngestReport | None = None) -> np.ndarray:
-        """Vectors for `texts`, from the embedding cache where possible, the model otherwise."""
+    def embed_cached(
+        self,
+        texts: list[str],
+        report: IngestReport | None = None,
+        embedder: Embedder | None = None,
+    ) -> np.ndarray:
+        """Vectors for `texts` by `embedder` (default: this ingestor's), from the embedding
+        cache where possible, the model otherwise."""
+        embedder = embedder or self.embedder
         hashes = [hashlib.sha256(t.encode()).digest() for t in texts]
         # The token cap changes what the local model sees, so it is part of the cache key.
-        model = f"{self.embedder.model_id}#{self.settings.embedding.max_tokens}"
+        model = f"{embedder.model_id}#{self.settings.embedding.max_tokens}"
         with self.engine.connect() as conn:
             rows = conn.execute(
                 query("write.sql", "cached_embeddings"),
@@ -344,7 +385,7 @@ class Ingestor:
         missing = list(dict.fromkeys(h for h in hashes if h not in found))
         if missing:
             text_of = dict(zip(hashes, texts, strict=True))
-            fresh = self.embedder.embed([text_of[h] for h in missing])
+            fresh = embedder.embed([text_of[h] for h in missing])
             new = dict(zip(missing, fresh, strict=True))
             self._store_cache(model, new)
             found.update(new)

@@ -17,7 +17,7 @@ import numpy as np
 from psycopg import Connection as PgConnection
 from sqlalchemy import Connection, RowMapping
 
-from app.collections import Collection
+from app.collections import VECTOR_COLUMNS, Collection
 from app.db.engine import driver_connection
 from app.db.queries import query
 from app.ingest.model import Chunk, Section, chunk_context
@@ -26,8 +26,9 @@ SECTION_COLUMNS = ("collection_id", "document_id", "ordinal", "heading_path", "t
 SECTION_TYPES = ("bigint", "bigint", "integer", "text[]", "text")
 CHUNK_COLUMNS = (
     "collection_id", "document_id", "ordinal", "section_ordinal", "heading_path",
-    "context", "text", "token_count", "text_config", "embedding",
+    "context", "text", "token_count", "text_config",
 )  # fmt: skip
+# ... and the vector, into the collection's vector column.
 # regconfig travels as its OID: the binary form of both types is the same four bytes.
 CHUNK_TYPES = (
     "bigint", "bigint", "integer", "integer", "text[]", "text", "text", "integer", "oid", "vector",
@@ -85,7 +86,7 @@ def write_documents(
     pg = driver_connection(conn)
     config_oid = _regconfig_oid(pg, collection.text_config)
     _copy_sections(pg, collection.id, ids, docs)
-    _copy_chunks(pg, collection.id, config_oid, ids, docs)
+    _copy_chunks(pg, collection, config_oid, ids, docs)
     conn.execute(query("write.sql", "log_inserted_chunks"), params)
     return ids
 
@@ -125,12 +126,16 @@ def _copy_sections(
 
 def _copy_chunks(
     pg: PgConnection[Any],
-    collection_id: int,
+    collection: Collection,
     config_oid: int,
     ids: dict[str, int],
     docs: list[PreparedDocument],
 ) -> None:
-    statement = f"COPY chunks ({', '.join(CHUNK_COLUMNS)}) FROM STDIN WITH (FORMAT BINARY)"
+    """The chunks, their vectors into the column the collection reads."""
+    assert collection.vector_column in VECTOR_COLUMNS
+    columns = ", ".join((*CHUNK_COLUMNS, collection.vector_column))
+    statement = f"COPY chunks ({columns}) FROM STDIN WITH (FORMAT BINARY)"
+    collection_id = collection.id
     with pg.cursor().copy(statement) as copy:
         copy.set_types(CHUNK_TYPES)
         for doc in docs:

@@ -13,6 +13,9 @@ loads into one collection leave the build to one of them (an advisory lock). The
 after the load has committed, so it can never turn a written load into a failed one: when it
 fails (a lock it waited for too long, the server going away) it is logged and left to the
 next load, and searches scan exactly meanwhile.
+
+A re-embedding builds the index of the version it writes (`next_version`) the same way,
+beside the one searches use, before it switches the collection over.
 """
 
 from __future__ import annotations
@@ -56,15 +59,16 @@ def deferred(engine: Engine, collection_id: int, memory: str) -> Iterator[bool]:
             )
 
 
-def is_built(conn: Connection, collection_id: int) -> bool:
+def is_built(conn: Connection, collection_id: int, *, next_version: bool = False) -> bool:
     """Whether the collection has a valid vector index (new rows then go into it one by one)."""
-    return _state(conn, collection_id) is True
+    return _state(conn, collection_id, next_version) is True
 
 
-def build(engine: Engine, collection_id: int, memory: str) -> bool:
-    """Build the collection's index if it has no valid one and no other session is building
-    it; `memory` is the build's maintenance_work_mem (the graph should fit in it). Returns
-    whether this call did the work (or found it done)."""
+def build(engine: Engine, collection_id: int, memory: str, *, next_version: bool = False) -> bool:
+    """Build the collection's index (`next_version`: the one a re-embedding writes) if it has
+    no valid one and no other session is building it; `memory` is the build's
+    maintenance_work_mem (the graph should fit in it). Returns whether this call did the work
+    (or found it done)."""
     lock = {"lock_class": BUILD_LOCK_CLASS, "collection_id": collection_id}
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -72,34 +76,48 @@ def build(engine: Engine, collection_id: int, memory: str) -> bool:
             return False
         try:
             with unbounded(conn):
-                _build_locked(conn, collection_id, memory)
+                _build_locked(conn, collection_id, memory, next_version)
         finally:
             conn.execute(query("indexes.sql", "release_build_lock"), lock)
     return True
 
 
-def _build_locked(conn: Connection, collection_id: int, memory: str) -> None:
-    state = _state(conn, collection_id)
+def _build_locked(conn: Connection, collection_id: int, memory: str, next_version: bool) -> None:
+    state = _state(conn, collection_id, next_version)
     if state is True:
         return
     if state is False:
-        conn.exec_driver_sql(_ddl(conn, "drop_invalid_vector_index_ddl", collection_id))
+        conn.exec_driver_sql(
+            _ddl(conn, "drop_invalid_vector_index_ddl", collection_id, next_version)
+        )
     conn.execute(query("indexes.sql", "set_build_memory"), {"memory": memory})
     try:
-        conn.exec_driver_sql(_ddl(conn, "vector_index_ddl", collection_id))
+        conn.exec_driver_sql(_ddl(conn, "vector_index_ddl", collection_id, next_version))
     finally:
         conn.exec_driver_sql("RESET maintenance_work_mem")
 
 
-def _ddl(conn: Connection, name: str, collection_id: int) -> str:
-    return str(
-        conn.execute(query("indexes.sql", name), {"collection_id": collection_id}).scalar_one()
-    )
+def drop(engine: Engine, collection_id: int, version: int) -> None:
+    """Drop one version's index of the collection, without blocking its searches or writes."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        ddl = conn.execute(
+            query("indexes.sql", "drop_vector_index_ddl"),
+            {"collection_id": collection_id, "version": version},
+        ).scalar_one()
+        with unbounded(conn):
+            conn.exec_driver_sql(str(ddl))
 
 
-def _state(conn: Connection, collection_id: int) -> bool | None:
+def _ddl(conn: Connection, name: str, collection_id: int, next_version: bool) -> str:
+    params = {"collection_id": collection_id, "next": next_version}
+    return str(conn.execute(query("indexes.sql", name), params).scalar_one())
+
+
+def _state(conn: Connection, collection_id: int, next_version: bool = False) -> bool | None:
     """True: a valid index; False: an invalid one (an interrupted build); None: none."""
     row = conn.execute(
-        query("indexes.sql", "vector_index_state"), {"collection_id": collection_id}
+        query("indexes.sql", "vector_index_state"),
+        {"collection_id": collection_id, "next": next_version},
     ).first()
     return None if row is None else bool(row.valid)

@@ -17,8 +17,9 @@ from app.jobs.blobs import BlobStore, Staged
 
 INGEST = "ingest"
 DELETE = "delete"
+REEMBED = "reembed"
 # The queue's task of each kind of job (app/jobs/queue.py registers them).
-TASKS = {INGEST: "hybrid.ingest", DELETE: "hybrid.delete"}
+TASKS = {INGEST: "hybrid.ingest", DELETE: "hybrid.delete", REEMBED: "hybrid.reembed"}
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 OUTCOMES = ("created", "updated", "metadata_updated", "unchanged", "deleted", "failed")
@@ -47,6 +48,7 @@ class Job:
     finished_at: datetime | None
     updated_at: datetime
     done_before: int
+    chunks_total: int | None = None
     failures: list[dict[str, str | None]] = field(default_factory=list)
 
     @property
@@ -57,21 +59,30 @@ class Job:
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        """Work done and its total (unknown: None): documents, or for a re-embedding the
+        collection's chunks."""
+        if self.kind == REEMBED:
+            return self.chunks, self.chunks_total
+        return self.documents_done, self.documents_total
+
     def rate(self, now: datetime | None = None) -> float | None:
-        """Documents a second in the current (or last) run."""
+        """Documents (a re-embedding: chunks) a second in the current (or last) run."""
         if self.started_at is None:
             return None
         end = self.finished_at or now or datetime.now(UTC)
         seconds = (end - self.started_at).total_seconds()
-        done = self.documents_done - self.done_before
+        done = self.progress[0] - self.done_before
         return done / seconds if seconds > 0 and done > 0 else None
 
     def eta_s(self, now: datetime | None = None) -> float | None:
         """Seconds left at the current rate (running jobs whose total is known)."""
         rate = self.rate(now)
-        if self.state != "running" or rate is None or self.documents_total is None:
+        done, total = self.progress
+        if self.state != "running" or rate is None or total is None:
             return None
-        return max(self.documents_total - self.documents_done, 0) / rate
+        return max(total - done, 0) / rate
 
 
 def request_hash(kind: str, collection_id: int, params: dict[str, Any], shas: list[str]) -> bytes:
@@ -173,6 +184,14 @@ def page(
     return [_job(row) for row in rows]
 
 
+def unfinished(conn: Connection, collection_id: int, kind: str) -> Job | None:
+    """The collection's queued or running job of `kind`, if any."""
+    found = conn.execute(
+        query("jobs.sql", "unfinished_job"), {"collection_id": collection_id, "kind": kind}
+    ).scalar()
+    return None if found is None else get(conn, int(found))
+
+
 def cancel(conn: Connection, job_id: int, key_id: int | None = None) -> Job:
     """Cancel a queued job at once, or ask a running one to stop at its next batch (what it
     wrote stays, whole documents only). A finished job is a conflict."""
@@ -247,4 +266,5 @@ def _job(row: RowMapping) -> Job:
         finished_at=row["finished_at"],
         updated_at=row["updated_at"],
         done_before=row["done_before"],
+        chunks_total=row["chunks_total"],
     )

@@ -1,10 +1,12 @@
-"""What a worker does with a job: ingest its files, or delete what its filter matches.
+"""What a worker does with a job: ingest its files, delete what its filter matches, or
+re-embed a collection with another model (app/ingest/reembed.py).
 
 A run is safe to repeat. Ingest writes whole batches, each in one transaction that also records
 its documents' outcomes in `job_documents`; a run that starts again (after a crash, a stop or a
 retry) skips the documents already recorded, and the write path's content hashes make a
 document written twice an `unchanged` one, never a second copy. A delete writes a few hundred
-documents a transaction and counts them in the same transaction.
+documents a transaction and counts them in the same transaction. A re-embedding resumes from
+what the collection's tables say: chunks that have their next vector are not embedded again.
 
 A run stops between batches when the job is cancelled (`cancelled`) or the worker is stopping
 (`Interrupted`: the job goes back to the queue for another worker). A transient failure (the
@@ -32,7 +34,7 @@ from app.db.failures import translate
 from app.db.queries import query
 from app.documents import Visibility
 from app.errors import HybridError, Unavailable, UpstreamError
-from app.ingest import load
+from app.ingest import load, reembed
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, PendingBatch
 from app.jobs import records
@@ -94,7 +96,11 @@ class Runner:
         if job is None:
             raise Cancelled  # cancelled meanwhile (a finished job is left as it is)
         log.info("job started", job_id=job_id, kind=job.kind, attempt=attempt + 1)
-        work = self._ingest if job.kind == records.INGEST else self._delete
+        work = {
+            records.INGEST: self._ingest,
+            records.DELETE: self._delete,
+            records.REEMBED: self._reembed,
+        }[job.kind]
         work(job, lambda: self._check_stop(job_id, should_stop))
         self._finish(job_id, "done")
 
@@ -214,6 +220,58 @@ class Runner:
             check()
             if self.services.write(batch) < DELETE_BATCH:
                 break
+
+    # Re-embedding
+
+    def _reembed(self, job: records.Job, check: Callable[[], None]) -> None:
+        services, engine = self.services, self.services.engine
+        target = reembed.Target(job.params["model"], int(job.params["dimension"]))
+        with services.transaction() as conn:
+            collection = collections.get(conn, job.collection)
+        model = (collection.embedding_model, collection.embedding_dim)
+        if collection.next_model is None and model == (target.model, target.dimension):
+            reembed.retire(engine, collection.id)  # an earlier run switched it
+            return
+        embedder = services.embedders.get(target.model, target.dimension)
+        ingestor = services.ingestor
+
+        def embed(texts: list[str]) -> Any:
+            return ingestor.embed_cached(texts, None, embedder)
+
+        recorded = {"embedded": 0}
+
+        def record(progress: reembed.Progress) -> None:
+            with services.transaction() as conn:
+                conn.execute(
+                    query("reembed.sql", "job_progress"),
+                    {
+                        "job_id": job.id,
+                        "total": progress.total,
+                        "done": progress.done,
+                        "embedded": progress.embedded - recorded["embedded"],
+                    },
+                )
+            recorded["embedded"] = progress.embedded
+
+        def between(progress: reembed.Progress) -> None:
+            record(progress)
+            check()
+
+        try:
+            collection = reembed.begin(engine, collection.id, target)
+            progress = reembed.counts(engine, collection)
+            between(progress)
+            reembed.fill(engine, collection, embed, progress, between)
+            reembed.build_index(engine, collection, self.settings.ingest.index_memory)
+            check()
+            # What was written during the build, so that the switch's own share stays small.
+            reembed.fill(engine, collection, embed, progress, between)
+            reembed.switch(engine, collection, embed, progress)
+        except Cancelled:
+            reembed.abandon(engine, collection.id)
+            raise
+        record(progress)
+        reembed.retire(engine, collection.id)
 
     # State
 

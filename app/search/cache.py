@@ -124,6 +124,7 @@ def cached_search(
         row["collection_id"],
         collection_name,
         row["position"],
+        row["vectors_version"],
         request_key(request, model, reranker),
     )
     if cache.enabled and (hit := cache.get(key)) is not None:

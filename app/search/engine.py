@@ -28,7 +28,7 @@ from app.ann.candidates import Candidates
 from app.collections import Collection
 from app.db.queries import load
 from app.errors import Conflict, Invalid, Unavailable
-from app.ingest.embed import Embedder
+from app.ingest.embed import Embedder, Embedders
 from app.observe.tracing import span
 from app.search.filters import CompiledFilter
 from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
@@ -41,6 +41,7 @@ VISIBLE_MARK = "/* visible */ TRUE"
 VISIBLE_DOCUMENT = re.compile(r"/\* visible document \*/ \(([\w.]+)\)")
 FILTER_MARK = "/* filter */ TRUE"
 DOCUMENT_MARK = "/* document */ NULL"
+EMBEDDING_MARK = "/* embedding */ c.embedding"
 MARK_START, MARK_END = "\ue000", "\ue001"
 HEADLINE_OPTIONS = (
     f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=40, MinWords=15, "
@@ -52,22 +53,29 @@ PER_DOCUMENT_FETCH = 3
 
 
 class QueryEmbeddings:
-    """A bounded LRU of query vectors, so repeated queries skip the model."""
+    """A bounded LRU of query vectors, so repeated queries skip the model. Queries are
+    embedded by `embedder`, or for a collection of another model by its embedder from
+    `embedders` (without them, such a collection is searched with a given vector only)."""
 
-    def __init__(self, embedder: Embedder, size: int = 1024) -> None:
+    def __init__(
+        self, embedder: Embedder, size: int = 1024, embedders: Embedders | None = None
+    ) -> None:
         self.embedder = embedder
+        self.embedders = embedders
         self.size = size
-        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, query: str) -> list[float]:
+    def __call__(self, query: str, embedder: Embedder | None = None) -> list[float]:
+        embedder = embedder or self.embedder
+        key = (embedder.model_id, query)
         with self._lock:
-            if query in self._cache:
-                self._cache.move_to_end(query)
-                return self._cache[query]
-        vector: list[float] = self.embedder.embed([query])[0].tolist()
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        vector: list[float] = embedder.embed([query])[0].tolist()
         with self._lock:
-            self._cache[query] = vector
+            self._cache[key] = vector
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
         return vector
@@ -161,6 +169,7 @@ def _vector_source(
             restriction,
             exact_below=settings.exact_threshold,
             ef_search=plan.requested_ef_search,
+            version=collection.vectors_version,
         )
         if vectors is not None
         else None
@@ -203,14 +212,18 @@ def _query_vector(
         return _checked_vector(plan.vector, collection.embedding_dim)
     if embeddings is None:
         raise Invalid("vector: this caller cannot embed queries; give a vector", field="vector")
-    if embeddings.embedder.model_id != collection.embedding_model:
-        raise Conflict(
-            f"collection {collection.name!r} holds {collection.embedding_model} vectors but "
-            f"the service embeds with {embeddings.embedder.model_id}; "
-            "use mode keyword or give a vector",
-            field="mode",
-        )
-    return embeddings(plan.query)
+    embedder = embeddings.embedder
+    model = (collection.embedding_model, collection.embedding_dim)
+    if model != (embedder.model_id, embedder.dimension):
+        if embeddings.embedders is None:
+            raise Conflict(
+                f"collection {collection.name!r} holds {collection.embedding_model} vectors but "
+                f"the service embeds with {embedder.model_id}; "
+                "use mode keyword or give a vector",
+                field="mode",
+            )
+        embedder = embeddings.embedders.get(*model)
+    return embeddings(plan.query, embedder)
 
 
 def _checked_vector(vector: list[float], dimension: int) -> list[float]:
@@ -241,7 +254,7 @@ def _execute(
     if not fresh and plan.vector_backend == "auto":
         source, fresh = VectorSource("pgvector"), True
     params = statement_parameters(collection, plan, vector, source, settings)
-    rows = list(conn.execute(statement(plan.filter), params).mappings())
+    rows = list(conn.execute(statement(plan.filter, collection), params).mappings())
     return rows, source, fresh
 
 
@@ -271,15 +284,17 @@ def prepare(
     )
 
 
-def statement(compiled: CompiledFilter) -> TextClause:
-    """The search statement with a compiled filter predicate in each leg."""
-    return _statement(compiled.sql, compiled.check_sql)
+def statement(compiled: CompiledFilter, collection: Collection) -> TextClause:
+    """The search statement with a compiled filter predicate in each leg, reading the
+    collection's vectors."""
+    return _statement(compiled.sql, compiled.check_sql, collection.vector_sql("c"))
 
 
 @lru_cache(maxsize=256)
-def _statement(filter_sql: str, check_sql: str) -> TextClause:
-    """sql/search.sql's statement with its one visibility rule written out: with the filter
-    in scans of the documents, with the filter's check form where one document is checked."""
+def _statement(filter_sql: str, check_sql: str, vectors: str) -> TextClause:
+    """sql/search.sql's statement with its one visibility rule written out (with the filter
+    in scans of the documents, with the filter's check form where one document is checked)
+    and the collection's vectors where it reads them."""
     sql = load("search.sql")
     rule = _expression(sql["visible"])
     in_scan = rule.replace(FILTER_MARK, f"({filter_sql})")
@@ -287,6 +302,7 @@ def _statement(filter_sql: str, check_sql: str) -> TextClause:
         VISIBLE_MARK, f"({rule.replace(FILTER_MARK, f'({check_sql})')})"
     )
     source = sql["search"].text.replace(VISIBLE_MARK, f"({in_scan})")
+    source = source.replace(EMBEDDING_MARK, vectors)
     return text(
         VISIBLE_DOCUMENT.sub(lambda found: in_check.replace(DOCUMENT_MARK, found[1]), source)
     )

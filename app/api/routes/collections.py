@@ -1,19 +1,24 @@
-"""Collections: create, list, show, delete (the last two of them with the `admin` scope).
+"""Collections: create, list, show, delete and re-embed (the last three with the `admin`
+scope).
 
 A caller sees the collections of its allow-list, and their counts only with `admin`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from litestar import Controller, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from sqlalchemy import Connection
 
 from app import collections
 from app.access import audit
 from app.access.caller import ADMIN, SEARCH, Caller, may_use_collection
-from app.api.schemas import CollectionCreate, CollectionOut
+from app.api.routes.jobs import accepted, idempotency_key
+from app.api.schemas import CollectionCreate, CollectionOut, JobOut, ReembedIn
 from app.collections import Collection
+from app.jobs.submit import submit_reembed
 from app.service import Services
 
 
@@ -70,3 +75,26 @@ class CollectionController(Controller):
             audit.record(conn, audit.COLLECTION_DELETED, caller, name)
 
         services.write(remove)
+
+    @post("/{name:str}/reembed", sync_to_thread=True, opt={"scope": ADMIN}, status_code=202)
+    def reembed_collection(
+        self,
+        name: str,
+        data: ReembedIn,
+        services: Services,
+        caller: Caller,
+        request: Request[Any, Any, Any],
+    ) -> Response[JobOut]:
+        """Re-embed the collection with another model (or dimension), as a background job:
+        searches go on with the current vectors until the new ones are all written and
+        indexed, then switch at once. 202 with the job; 409 while another re-embedding of the
+        collection is queued or running, or when it has that model already."""
+        job = submit_reembed(
+            services,
+            name,
+            data.model,
+            data.dimension,
+            key=caller,
+            idempotency_key=idempotency_key(request),
+        )
+        return accepted(job)

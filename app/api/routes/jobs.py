@@ -129,8 +129,10 @@ def job_out(job: records.Job) -> JobOut:
         kind=job.kind,  # type: ignore[arg-type]
         collection=job.collection,
         state=job.state,  # type: ignore[arg-type]
+        params=job.params,
         documents=JobDocuments(total=job.documents_total, done=job.documents_done, **counts),
         chunks=job.chunks,
+        chunks_total=job.chunks_total,
         embedded=job.embedded,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
