@@ -168,7 +168,8 @@ class EmbeddingSettings:
     dimension: int = setting(
         "HYBRID_EMBEDDING_DIM",
         384,
-        "Vector dimension; must match the chunks.embedding column",
+        "Vector dimension of the configured model (new collections get it; each collection "
+        "keeps its own)",
         at_least(1),
     )
     batch_size: int = setting(
@@ -748,6 +749,13 @@ class JobSettings:
         30,
         "Days a finished job (done, failed or cancelled) is kept before it is deleted",
         at_least(1),
+    )
+    reembed_batch: int = setting(
+        "HYBRID_REEMBED_BATCH",
+        256,
+        "Chunks a re-embedding embeds and writes per transaction (a resumed one starts again "
+        "at the first chunk without its new vector)",
+        at_least(1, 100_000),
     )
 
     def uploads(self, data_dir: Path) -> Path:

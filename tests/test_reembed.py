@@ -8,7 +8,11 @@ vector cache follows."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +62,7 @@ def own(services: Services, database_url: str, data_dir: Path, remote: OpenAISer
         OPENAI_API_KEY="test",
         HYBRID_EMBEDDING_MAX_RETRIES="1",
         HYBRID_FAISS_POLL_INTERVAL="0.2",
+        HYBRID_REEMBED_BATCH="8",
     ) as running:
         yield running
 
@@ -194,7 +199,7 @@ def test_searches_during_it_are_those_before_it_and_writes_go_on(
 
     started = reembed.begin(engine, collection_of(own).id, target)
     progress = reembed.counts(engine, started)
-    reembed.fill(engine, started, embed, progress, lambda _: None)
+    reembed.fill(engine, started, embed, progress, lambda _: None, 16)
     reembed.build_index(engine, started, "64MB")
     assert everything(own) == before
     assert collection_of(own).next_model == MODEL
@@ -208,7 +213,7 @@ def test_searches_during_it_are_those_before_it_and_writes_go_on(
     ingestor = own.ingestor
     pending = ingestor._prepare_batch(collection_of(own), docs, Defaults(), IngestReport())
     assert pending.model == ("local/all-MiniLM-L6-v2", 384)
-    reembed.switch(engine, started, embed, progress)
+    reembed.switch(engine, started, embed, progress, 16)
     with engine.begin() as conn:
         ingestor._write_batch(collection_of(own), pending, None, conn)
     reembed.retire(engine, started.id)
@@ -218,9 +223,8 @@ def test_searches_during_it_are_those_before_it_and_writes_go_on(
 
 
 def test_an_interrupted_reembedding_resumes_where_it_stopped(
-    own: Services, remote: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+    own: Services, remote: OpenAIServer
 ) -> None:
-    monkeypatch.setattr(reembed, "FILL_BATCH", 8)
     ingest(own, 30)
     before = everything(own)
     chunks = scalar(own, "SELECT count(*) FROM chunks")
@@ -246,9 +250,8 @@ def test_an_interrupted_reembedding_resumes_where_it_stopped(
 
 
 def test_a_cancelled_reembedding_leaves_the_collection_as_it_was(
-    own: Services, remote: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+    own: Services, remote: OpenAIServer
 ) -> None:
-    monkeypatch.setattr(reembed, "FILL_BATCH", 4)
     remote.embed_delay_s = 0.2
     ingest(own, 30)
     before = everything(own)
@@ -388,3 +391,61 @@ def test_the_command_line_runs_it_and_resumes_it(
     assert_embedded_with_the_remote_model_in(own, COLLECTION)
     again = hybrid(env, "reembed", "-c", COLLECTION, "--model", MODEL, "--dim", "64")
     assert again.code == 1 and "already" in again.err
+
+
+def test_a_killed_worker_loses_nothing_and_the_next_one_finishes(
+    own: Services, remote: OpenAIServer, database_url: str, data_dir: Path
+) -> None:
+    """SIGKILL a `hybrid worker` mid-re-embedding; a second worker takes the stalled job over
+    and finishes it, embedding only the chunks the first had not stored."""
+    remote.embed_delay_s = 0.3
+    ingest(own, 40)
+    before = everything(own)
+    chunks = scalar(own, "SELECT count(*) FROM chunks")
+    with own.engine.begin() as conn:  # earlier tests embedded these texts with this model
+        conn.execute(text("DELETE FROM embedding_cache WHERE model LIKE 'openai/%'"))
+    job = submit_reembed(own, COLLECTION, MODEL, DIM, key=None)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "HYBRID_DATA_DIR": str(data_dir),
+        "OPENAI_BASE_URL": remote.base_url,
+        "OPENAI_API_KEY": "test",
+        "HYBRID_REEMBED_BATCH": "8",
+        "HYBRID_WORKER_HEARTBEAT": "0.5",
+        "HYBRID_WORKER_STALLED_AFTER": "2",
+        "HYBRID_WORKER_POLL_INTERVAL": "0.5",
+        "HYBRID_LOG_FORMAT": "json",
+    }
+    command = [str(Path(sys.executable).with_name("hybrid")), "worker"]
+
+    def stored() -> int:
+        return int(scalar(own, "SELECT chunks FROM jobs WHERE id = :id", id=job.id))
+
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while stored() < 16:
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    assert 16 <= stored() < chunks
+    assert everything(own) == before
+    second = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while scalar(own, "SELECT state FROM jobs WHERE id = :id", id=job.id) != "done":
+            assert second.poll() is None, second.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(60)
+    assert scalar(own, "SELECT attempts FROM jobs WHERE id = :id", id=job.id) == 2
+    assert_embedded_with_the_remote_model_in(own, COLLECTION)
+    # At most the batch the first worker was embedding when it died is embedded again.
+    sent = sum(len(texts) for texts in remote.embedding_inputs)
+    assert chunks <= sent <= chunks + 8

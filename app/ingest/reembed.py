@@ -44,12 +44,8 @@ from app.ingest.model import embedding_text_of
 
 log = structlog.get_logger(__name__)
 
-# Chunks embedded per transaction, and emptied per transaction.
-FILL_BATCH = 256
+# Chunks emptied per transaction.
 CLEAR_BATCH = 2000
-# The switch embeds what was written since the fill under its lock; before it, the fill runs
-# again until at most this many chunks are left.
-SWITCH_AT_MOST = 256
 # Widest vector an HNSW index takes (pgvector's limit for `vector`).
 MAX_DIMENSION = 2000
 
@@ -142,10 +138,11 @@ def fill(
     embed: Embed,
     progress: Progress,
     between: Callable[[Progress], None],
+    batch: int,
 ) -> None:
-    """Give every chunk without one its next vector, `FILL_BATCH` chunks a transaction;
-    `between` runs after each batch (it records progress, and raises to stop)."""
-    after, batch = 0, FILL_BATCH
+    """Give every chunk without one its next vector, `batch` chunks a transaction; `between`
+    runs after each batch (it records progress, and raises to stop)."""
+    after = 0
     while True:
         with engine.connect() as conn:
             rows = conn.execute(
@@ -171,17 +168,20 @@ def build_index(engine: Engine, collection: Collection, memory: str) -> None:
         time.sleep(1.0)
 
 
-def switch(engine: Engine, collection: Collection, embed: Embed, progress: Progress) -> int:
+def switch(
+    engine: Engine, collection: Collection, embed: Embed, progress: Progress, batch: int
+) -> int:
     """Make the next version the collection's, in one transaction that first embeds the chunks
     written since the fill; returns the new version (the current one if it already switched)."""
     with engine.begin() as conn:
         current = lock(conn, collection.id)
+        locked = time.perf_counter()
         if current.next_model is None:
             return current.vectors_version  # an earlier run switched it
         while True:
             rows = conn.execute(
                 _next(current, "chunks_to_embed"),
-                {"collection_id": current.id, "after": 0, "limit": FILL_BATCH},
+                {"collection_id": current.id, "after": 0, "limit": batch},
             ).all()
             if not rows:
                 break
@@ -199,6 +199,7 @@ def switch(engine: Engine, collection: Collection, embed: Embed, progress: Progr
         model=current.next_model,
         dim=current.next_dim,
         version=version,
+        writes_held_ms=round((time.perf_counter() - locked) * 1000, 1),
     )
     return int(version)
 

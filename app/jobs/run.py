@@ -261,12 +261,13 @@ class Runner:
             collection = reembed.begin(engine, collection.id, target)
             progress = reembed.counts(engine, collection)
             between(progress)
-            reembed.fill(engine, collection, embed, progress, between)
+            batch = self.settings.jobs.reembed_batch
+            reembed.fill(engine, collection, embed, progress, between, batch)
             reembed.build_index(engine, collection, self.settings.ingest.index_memory)
             check()
             # What was written during the build, so that the switch's own share stays small.
-            reembed.fill(engine, collection, embed, progress, between)
-            reembed.switch(engine, collection, embed, progress)
+            reembed.fill(engine, collection, embed, progress, between, batch)
+            reembed.switch(engine, collection, embed, progress, batch)
         except Cancelled:
             reembed.abandon(engine, collection.id)
             raise
