@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 from litestar.concurrency import set_asyncio_executor
@@ -33,6 +34,7 @@ from app.access import audit, keys, local
 from app.access.caller import SCOPES
 from app.access.keys import KeySpec
 from app.answer import generate
+from app.api.pages import SUGGESTED_QUERY
 from app.cli_analytics import analytics_group
 from app.cli_jobs import enqueue_files, jobs_group, reembed_command, worker_command
 from app.db import backup, embedded, migrate
@@ -200,6 +202,11 @@ def _local_key(services: Services) -> str | None:
 def _print_banner(host: str, port: int, sample: bool, secret: str | None, auth: str) -> None:
     base = f"http://{host}:{port}"
     console.print(f"\nHybrid search is running at [bold]{base}[/bold]")
+    if sample:
+        query = urlencode({"collection": SAMPLE_COLLECTION, "q": SUGGESTED_QUERY})
+        console.print(f"  search page: {base}/?{query}", highlight=False)
+    else:
+        console.print(f"  search page: {base}/", highlight=False)
     console.print(f"  API docs:    {base}/docs")
     console.print(f"  readiness:   curl {base}/ready")
     if secret is not None:

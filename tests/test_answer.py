@@ -53,7 +53,7 @@ def answering(services: Services, **overrides: str) -> Iterator[Client]:
     base = services.settings
     settings = make_settings(base.database.url or "", base.database.data_dir, **overrides)
     own = Services(settings, services.engine)
-    own._embedder = services.embedder
+    own.embedders = services.embedders
     try:
         with TestClient(app=create_app(own)) as client:
             seed(client)

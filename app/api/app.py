@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
@@ -22,6 +21,7 @@ from app.api.edge import EdgeChecks
 from app.api.observe import Observe, send_request_id
 from app.api.openapi import document
 from app.api.options import AllowedMethods
+from app.api.pages import PAGES, template_config
 from app.api.routes.admin import IndexController
 from app.api.routes.answer import answer_post
 from app.api.routes.collections import CollectionController
@@ -70,8 +70,10 @@ def create_app(
             IndexController,
             KeyController,
             JobController,
+            *PAGES,
         ]
     )
+    config.template_config = template_config()
     _configure_state(config, services, load_model, vector_cache)
     _configure_dependencies(config)
     _configure_errors(config)
@@ -185,9 +187,13 @@ def is_loopback(host: str | None) -> bool:
 
 
 def describe_routes(app: Litestar) -> list[tuple[str, str]]:
-    """(method, path) of every API route, for the documentation check."""
+    """(method, path) of every API route (the web pages are not), for the documentation
+    check."""
     routes: list[tuple[str, str]] = []
     for route in app.routes:
-        methods: Any = getattr(route, "methods", set())
-        routes.extend((m, route.path) for m in sorted(methods) if m not in ("HEAD", "OPTIONS"))
-    return routes
+        for handler in getattr(route, "route_handlers", []):
+            if handler.opt.get("page"):
+                continue
+            methods = handler.http_methods - {"HEAD", "OPTIONS"}
+            routes.extend((m, route.path) for m in sorted(methods))
+    return sorted(set(routes))

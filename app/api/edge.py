@@ -5,8 +5,9 @@ Every request passes the same checks, so no route can forget one:
   listens on loopback), so a page on another site cannot reach it by DNS rebinding;
 - the path and the query string are valid percent-encoded UTF-8 without NUL characters;
 - a request with a body sends the media type its route reads (`application/json`, or
-  `multipart/form-data` for uploads), else 415: a page on another origin cannot drive the JSON
-  routes with a plain form post;
+  `multipart/form-data` for uploads, or a form for the web pages' own forms, which carry a
+  CSRF token), else 415: a page on another origin cannot drive the JSON routes with a plain
+  form post;
 - a JSON body is at most the upload limit, nests at most `MAX_DEPTH` levels, and holds no NUL
   character (PostgreSQL text cannot store it), no integer beyond 64 bits and no number that is
   not finite;
@@ -34,6 +35,7 @@ MAX_DEPTH = 32
 INT64 = 2**63
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON, MULTIPART = "application/json", "multipart/form-data"
+FORM = "application/x-www-form-urlencoded"
 
 
 class EdgeChecks(ASGIMiddleware):
@@ -153,6 +155,8 @@ def _expected_media(scope: Scope) -> str | None:
     handler = scope.get("route_handler")
     if handler is None or "data" not in handler.parsed_fn_signature.parameters:
         return None
+    if handler.opt.get("form"):
+        return FORM
     return MULTIPART if handler.opt.get("upload") else JSON
 
 

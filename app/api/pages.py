@@ -1,0 +1,258 @@
+"""The web pages: server-rendered HTML over the same service functions as the API.
+
+Every page works before any script runs: a search is a GET form whose URL carries its state
+(`/?collection=C&q=Q&mode=M&k=K&filter=F`), rendered by the server, so that it can be shared,
+bookmarked and navigated with back and forward. The vendored htmx (`/static/htmx/`) only
+swaps the results in place and pushes the URL.
+
+Security, in one place for every page:
+- the pages act as the caller the API would see: with `HYBRID_AUTH=required`, the API key a
+  person signed in with, kept in an HttpOnly, SameSite=Strict cookie (`/login`), never in
+  the URL or the page; the same scopes, allow-lists, principals and filters apply;
+- every state-changing form carries a CSRF token that must equal its cookie (double submit);
+- a strict Content-Security-Policy: scripts, styles and images from this origin only, no
+  inline script or style, no framing;
+- templates escape everything (Jinja2 autoescape); the only markup inserted as is, a hit's
+  highlight, is escaped by the engine except for its `<mark>` tags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import Cookie
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.template.config import TemplateConfig
+from markupsafe import Markup
+
+from app import collections
+from app.access.caller import SEARCH, Caller, may_use_collection, require_scope
+from app.api.routes.search import _run
+from app.api.schemas import SearchOut
+from app.documents import parse_metadata
+from app.errors import Forbidden, HybridError, Unauthorized
+from app.search.request import MODES, SearchRequest
+from app.service import Services
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
+KEY_COOKIE = "hybrid_key"
+CSRF_COOKIE = "hybrid_csrf"
+CSRF_FIELD = "_csrf"
+SESSION_S = 12 * 3600
+# A page authenticates its viewer itself (`page_caller`); a page's form is read as a form
+# (app/api/edge.py), and its CSRF token checked.
+PAGE_ROUTE = {"page": True}
+FORM_ROUTE = {"page": True, "form": True}
+MAX_K = 50
+SUGGESTED_QUERY = "how does hybrid search rank results"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    def configure(engine: JinjaTemplateEngine) -> None:
+        engine.engine.globals["asset"] = _asset
+
+    return TemplateConfig(
+        directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=configure
+    )
+
+
+def _asset(path: str) -> str:
+    """A static file's URL with its content's hash: cached for good, replaced when it
+    changes."""
+    digest = hashlib.sha256((STATIC / path).read_bytes()).hexdigest()[:12]
+    return f"/static/{path}?v={digest}"
+
+
+@dataclass(frozen=True)
+class Form:
+    """The search form's state, as its URL carries it."""
+
+    collection: str = ""
+    q: str = ""
+    mode: str = ""
+    k: int = 10
+    filter: str = ""
+
+
+@get("/", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+def search_page(
+    request: Request[Any, Any, Any],
+    services: Services,
+    collection: str = "",
+    q: str = "",
+    mode: str = "",
+    k: int = 10,
+    filter: str = "",
+) -> Response[Any]:
+    """The search page; with `HX-Request`, only its results."""
+    caller = page_caller(request, services)
+    if caller is None:
+        return Redirect("/login", status_code=303)
+    require_scope(caller, SEARCH)
+    with services.transaction() as conn:
+        names = [c.name for c in collections.list_all(conn) if may_use_collection(caller, c.name)]
+    form = Form(collection or (names[0] if names else ""), q, mode, max(1, min(k, MAX_K)), filter)
+    result, problem = (
+        _search(services, caller, form) if form.q and form.collection else (None, None)
+    )
+    context = {
+        "form": form,
+        "collections": names,
+        "modes": [m for m in MODES if m != "hybrid+rerank" or _reranks(services)],
+        "result": result,
+        "problem": problem,
+        "hits": [_hit(h) for h in result.hits] if result else [],
+        "suggested": SUGGESTED_QUERY,
+        "signed_in": caller.key_id is not None,
+        "caller": caller.describe(),
+    }
+    name = "_results.html" if request.headers.get("hx-request") else "search.html"
+    return page(request, name, context)
+
+
+def _reranks(services: Services) -> bool:
+    status = services.reranker_status
+    return status is not None and status.available
+
+
+def _search(
+    services: Services, caller: Caller, form: Form
+) -> tuple[SearchOut | None, HybridError | None]:
+    try:
+        parsed = parse_metadata(form.filter, name="filter") if form.filter.strip() else None
+        asked = SearchRequest(
+            query=form.q, mode=form.mode or None, k=form.k, filter=parsed, explain=True
+        )
+        return _run(services, caller, form.collection, asked), None
+    except HybridError as exc:
+        return None, exc
+
+
+def _hit(hit: Any) -> dict[str, Any]:
+    return {
+        "hit": hit,
+        # Escaped by the engine but for its <mark> tags (app/search/engine.py `highlight`).
+        "highlight": Markup(hit.highlight),
+        "metadata": json.dumps(hit.metadata, ensure_ascii=False, sort_keys=True),
+    }
+
+
+@get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
+def login_page(request: Request[Any, Any, Any], services: Services) -> Response[Any]:
+    return page(request, "login.html", {"problem": None, "required": _required(services)})
+
+
+@post("/login", include_in_schema=False, sync_to_thread=True, status_code=303, opt=FORM_ROUTE)
+def login(
+    request: Request[Any, Any, Any],
+    services: Services,
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    """Sign in with an API key: checked as the API checks it, then kept in a cookie."""
+    check_csrf(request, data)
+    key = data.get("key", "").strip()
+    try:
+        caller = _gate(request).authenticator.authenticate(f"Bearer {key}", services.transaction)
+    except HybridError as exc:
+        context = {"problem": exc, "required": _required(services)}
+        return page(request, "login.html", context, status_code=401)
+    response = Redirect("/", status_code=303)
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        KEY_COOKIE, key, max_age=SESSION_S, httponly=True, samesite="strict", secure=secure
+    )
+    del caller
+    return response
+
+
+@post("/logout", include_in_schema=False, sync_to_thread=False, status_code=303, opt=FORM_ROUTE)
+def logout(
+    request: Request[Any, Any, Any],
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    check_csrf(request, data)
+    response = Redirect("/login", status_code=303)
+    response.delete_cookie(KEY_COOKIE)
+    return response
+
+
+def page_caller(request: Request[Any, Any, Any], services: Services) -> Caller | None:
+    """Who is looking at a page: anyone when authentication is off; else the key it signed in
+    with (None: not signed in, or the key no longer works)."""
+    key = request.cookies.get(KEY_COOKIE)
+    if _required(services) and not key:
+        return None
+    try:
+        return _gate(request).authenticator.authenticate(
+            f"Bearer {key}" if key else None, services.transaction
+        )
+    except Unauthorized:
+        return None
+
+
+def _gate(request: Request[Any, Any, Any]) -> Any:
+    return request.app.state.gate
+
+
+def _required(services: Services) -> bool:
+    return services.settings.server.auth == "required"
+
+
+def page(
+    request: Request[Any, Any, Any],
+    name: str,
+    context: dict[str, Any],
+    *,
+    status_code: int = 200,
+) -> Response[Any]:
+    """A page with the security headers, and the CSRF token its forms carry (its cookie set
+    when the browser has none yet)."""
+    token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+    response = Template(
+        template_name=name,
+        context={**context, "csrf_field": CSRF_FIELD, "csrf_token": token},
+        headers=SECURITY_HEADERS,
+        status_code=status_code,
+        media_type="text/html",
+    )
+    if request.cookies.get(CSRF_COOKIE) != token:
+        response.cookies.append(
+            Cookie(key=CSRF_COOKIE, value=token, httponly=True, samesite="strict", path="/")
+        )
+    return response
+
+
+def check_csrf(request: Request[Any, Any, Any], data: dict[str, str]) -> None:
+    """A state-changing form must carry the token of its cookie: another site can make the
+    browser send the cookie, but cannot read it to put it in the form."""
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = data.get(CSRF_FIELD, "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        raise Forbidden(
+            f"{CSRF_FIELD}: missing or not this browser's form token; reload the page",
+            field=CSRF_FIELD,
+        )
+
+
+PAGES = [search_page, login_page, login, logout]

@@ -1,0 +1,178 @@
+"""The web pages over real HTTP: the search page rendered by the server (shareable URLs, the
+htmx partial), escaping of hostile documents, inline problems, the security headers, the
+vendored assets, and signing in with an API key (cookie, CSRF, allow-lists)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.access import keys
+from app.access.keys import KeySpec
+from app.ingest.model import Block, SourceDocument
+from app.service import Services
+from tests.conftest import DROP_VECTOR_INDEXES, EMPTY_TABLES, make_settings, serving
+
+HOSTILE_TITLE = "<script>alert('title')</script>"
+HOSTILE_TEXT = (
+    "Glaciers <img src=x onerror=alert('text')> retreat; see "
+    "<a href=\"javascript:alert('link')\">this</a> about glaciers."
+)
+
+
+def docs() -> list[SourceDocument]:
+    return [
+        SourceDocument(
+            external_id="glaciers",
+            title="Glaciers and ice sheets",
+            blocks=[Block(text="Glaciers retreat as the climate warms; ice sheets thin.")],
+            metadata={"lang": "en"},
+        ),
+        SourceDocument(
+            external_id="hostile",
+            title=HOSTILE_TITLE,
+            blocks=[Block(text=HOSTILE_TEXT)],
+            metadata={"lang": "<b>en</b>"},
+        ),
+    ]
+
+
+@pytest.fixture
+def site(services: Services) -> Iterator[httpx.Client]:
+    services.ingestor.ingest("kb", docs(), create=True)
+    services.ingestor.ingest("other", docs()[:1], create=True)
+    with serving(services) as client:
+        yield client
+
+
+def test_the_search_page_renders_results_from_its_url(site: httpx.Client) -> None:
+    empty = site.get("/")
+    assert empty.status_code == 200 and empty.headers["content-type"].startswith("text/html")
+    assert '<option value="kb" selected>kb</option>' in empty.text
+    assert "Try <a href=" in empty.text  # a suggested query
+    page = site.get("/", params={"collection": "kb", "q": "glaciers retreat", "mode": "hybrid"})
+    assert page.status_code == 200
+    assert "Glaciers and ice sheets" in page.text
+    assert "<mark>" in page.text and "Explain" in page.text
+    assert re.search(r"embed [\d.]+ ms · sql [\d.]+ ms", page.text)
+    assert 'value="glaciers retreat"' in page.text
+    assert '<option value="hybrid" selected>' in page.text
+    # The same search from htmx: only the results.
+    partial = site.get(
+        "/", params={"collection": "kb", "q": "glaciers"}, headers={"HX-Request": "true"}
+    )
+    assert (
+        partial.status_code == 200
+        and "<html" not in partial.text
+        and '<ol class="hits">' in partial.text
+    )
+
+
+def test_hostile_documents_render_as_text(site: httpx.Client) -> None:
+    page = site.get("/", params={"collection": "kb", "q": "glaciers retreat this"})
+    assert "&lt;script&gt;alert(&#39;title&#39;)&lt;/script&gt;" in page.text
+    assert "<script>alert" not in page.text
+    assert (
+        "<img src=x" not in page.text
+        and "onerror=alert" not in page.text.replace("&#39;", "'").split("&lt;img")[0]
+    )
+    assert 'href="javascript:' not in page.text
+    assert "&lt;b&gt;en&lt;/b&gt;" in page.text  # metadata, in the explain view
+
+
+def test_a_bad_filter_is_shown_on_the_page(site: httpx.Client) -> None:
+    page = site.get("/", params={"collection": "kb", "q": "glaciers", "filter": "{not json"})
+    assert page.status_code == 200
+    assert 'role="alert"' in page.text and "<strong>filter</strong>" in page.text
+    unknown = site.get("/", params={"collection": "kb", "q": "glaciers", "filter": '{"nope": 1}'})
+    assert 'role="alert"' in unknown.text
+
+
+def test_pages_carry_the_security_headers_and_assets_are_vendored(site: httpx.Client) -> None:
+    page = site.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "'unsafe-inline'" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "hybrid_csrf" in page.headers.get("set-cookie", "")
+    for url in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        asset = site.get(url)
+        assert asset.status_code == 200 and "immutable" in asset.headers["cache-control"], url
+    assert not re.search(r'(?:src|href)="https?://', page.text)  # nothing from elsewhere
+    license_file = Path("app/api/static/htmx/2.0.11/LICENSE")
+    assert license_file.exists()
+
+
+@pytest.fixture
+def secured_site(
+    database_url: str, data_dir: Path, session_services: Services
+) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    services = Services.open(make_settings(database_url, data_dir, HYBRID_AUTH="required"))
+    services.embedders = session_services.embedders
+    services.ingestor.ingest("kb", docs(), create=True)
+    services.ingestor.ingest("other", docs()[:1], create=True)
+    with services.transaction() as conn:
+        secrets = {
+            "reader": keys.create(
+                conn, KeySpec(name="reader", scopes=("search",), collections=("kb",))
+            ).secret,
+            "writer": keys.create(conn, KeySpec(name="writer", scopes=("ingest",))).secret,
+        }
+    try:
+        with serving(services) as client:
+            yield client, secrets
+    finally:
+        services.query_log.flush()
+        with services.engine.begin() as conn:
+            conn.execute(text(EMPTY_TABLES))
+            conn.execute(text(DROP_VECTOR_INDEXES))
+        services.close(stop_embedded=False)
+
+
+def csrf(client: httpx.Client, path: str = "/login") -> str:
+    page = client.get(path)
+    found = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def test_signing_in_keeps_the_key_in_an_http_only_cookie(
+    secured_site: tuple[httpx.Client, dict[str, str]],
+) -> None:
+    site, secrets = secured_site
+    assert site.get("/").status_code == 303  # to /login
+    token = csrf(site)
+    # Without the form token, or with another: refused.
+    forged = site.post("/login", data={"key": secrets["reader"], "_csrf": "forged"})
+    assert forged.status_code == 403 and forged.json()["field"] == "_csrf"
+    bad = site.post("/login", data={"key": "hs_nope", "_csrf": token})
+    assert bad.status_code == 401 and 'role="alert"' in bad.text
+    signed = site.post("/login", data={"key": secrets["reader"], "_csrf": token})
+    assert signed.status_code == 303
+    cookie = next(c for c in signed.headers.get_list("set-cookie") if c.startswith("hybrid_key="))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    page = site.get("/", params={"collection": "kb", "q": "glaciers"})
+    assert page.status_code == 200 and "Glaciers and ice sheets" in page.text
+    assert secrets["reader"] not in page.text
+    # The key's allow-list: "other" is neither offered nor searchable.
+    assert 'value="other"' not in page.text
+    denied = site.get("/", params={"collection": "other", "q": "glaciers"})
+    assert 'role="alert"' in denied.text and "Glaciers and ice sheets" not in denied.text
+    out = site.post("/logout", data={"_csrf": csrf(site, "/")})
+    assert out.status_code == 303
+    assert site.get("/").status_code == 303
+
+
+def test_a_key_without_the_search_scope_is_refused(
+    secured_site: tuple[httpx.Client, dict[str, str]],
+) -> None:
+    site, secrets = secured_site
+    token = csrf(site)
+    assert site.post("/login", data={"key": secrets["writer"], "_csrf": token}).status_code == 303
+    page = site.get("/")
+    assert page.status_code == 403
