@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -71,11 +72,18 @@ def list_page(
     offset: int,
     include_deleted: bool,
     visibility: Visibility = EVERYTHING,
+    title: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """A page of documents and the counts (live, deleted); `title`: only documents whose
+    title contains it (case-insensitive)."""
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid(f"limit: expected 1 to {MAX_PAGE}, got {limit}", field="limit")
     if offset < 0:
         raise Invalid(f"offset: expected 0 or more, got {offset}", field="offset")
+    if title is not None and ("\x00" in title or len(title) > 500):
+        raise Invalid("title: expected at most 500 characters, no NUL", field="title")
+    # The text as typed: LIKE's wildcards and escape character match themselves.
+    pattern = None if not title else re.sub(r"([\\%_])", r"\\\1", title)
     rows = conn.execute(
         visibility.statement("list_documents"),
         visibility.bind(
@@ -83,11 +91,13 @@ def list_page(
             limit=limit,
             offset=offset,
             include_deleted=include_deleted,
+            title=pattern,
         ),
     ).mappings()
     counts = (
         conn.execute(
-            visibility.statement("count_documents"), visibility.bind(collection_id=collection_id)
+            visibility.statement("count_documents"),
+            visibility.bind(collection_id=collection_id, title=pattern),
         )
         .mappings()
         .one()

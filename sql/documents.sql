@@ -5,13 +5,15 @@
 -- where `/* visible */ TRUE` stands (app/documents.py).
 
 -- name: list_documents
--- Most recently updated first; offset pagination, bounded by the caller's limit.
+-- Most recently updated first; offset pagination, bounded by the caller's limit. `:title`: only
+-- titles that contain it (a LIKE pattern whose wildcards the caller escaped).
 SELECT d.id, d.external_id, d.title, d.source, d.version, d.metadata, d.acl, d.popularity,
        d.chunk_count, d.created_at, d.updated_at, d.published_at, d.deleted_at
 FROM documents d
 WHERE d.collection_id = :collection_id
   AND (CAST(:include_deleted AS boolean) OR d.deleted_at IS NULL)
   AND (CAST(:principals AS text[]) IS NULL OR d.acl && CAST(:principals AS text[]))
+  AND (CAST(:title AS text) IS NULL OR d.title ILIKE '%' || CAST(:title AS text) || '%')
   AND /* visible */ TRUE
 ORDER BY d.updated_at DESC, d.id DESC
 LIMIT :limit OFFSET :offset;
@@ -22,6 +24,7 @@ SELECT count(*) FILTER (WHERE d.deleted_at IS NULL) AS live,
 FROM documents d
 WHERE d.collection_id = :collection_id
   AND (CAST(:principals AS text[]) IS NULL OR d.acl && CAST(:principals AS text[]))
+  AND (CAST(:title AS text) IS NULL OR d.title ILIKE '%' || CAST(:title AS text) || '%')
   AND /* visible */ TRUE;
 
 -- name: get_document

@@ -176,3 +176,33 @@ def test_a_key_without_the_search_scope_is_refused(
     assert site.post("/login", data={"key": secrets["writer"], "_csrf": token}).status_code == 303
     page = site.get("/")
     assert page.status_code == 403
+
+
+def test_collections_and_documents_pages(site: httpx.Client, services: Services) -> None:
+    listed = site.get("/collections")
+    assert listed.status_code == 200
+    assert "local/all-MiniLM-L6-v2" in listed.text and "vectors version 1" in listed.text
+    assert "<dt>Documents</dt><dd>2</dd>" in listed.text  # counts: HYBRID_AUTH=off is admin
+    page = site.get("/collections/kb/documents")
+    assert page.status_code == 200 and "2 documents." in page.text
+    assert "&lt;script&gt;" in page.text and "<script>alert" not in page.text
+    typed = site.get(
+        "/collections/kb/documents", params={"title": "ice"}, headers={"HX-Request": "true"}
+    )
+    assert "1 document with" in typed.text and "<html" not in typed.text
+    # LIKE's wildcards are text here.
+    assert "0 documents" in site.get("/collections/kb/documents", params={"title": "%"}).text
+    one = site.get("/collections/kb/documents/glaciers")
+    assert one.status_code == 200 and "Chunks (1)" in one.text and "&#34;lang&#34;" in one.text
+    assert "Delete this document" in one.text
+    token = re.search(r'name="_csrf" value="([^"]+)"', one.text).group(1)  # type: ignore[union-attr]
+    forged = site.post(
+        "/collections/kb/documents/glaciers", data={"action": "delete", "_csrf": "x"}
+    )
+    assert forged.status_code == 403
+    gone = site.post(
+        "/collections/kb/documents/glaciers", data={"action": "delete", "_csrf": token}
+    )
+    assert gone.status_code == 303 and gone.headers["location"] == "/collections/kb/documents"
+    assert site.get("/collections/kb/documents/glaciers").status_code == 404
+    assert "1 document." in site.get("/collections/kb/documents").text

@@ -25,9 +25,9 @@ EXPECTED = {
     ("write.sql", "log_inserted_chunks"): {"collection_id", "document_ids"},
     ("write.sql", "cached_embeddings"): {"model", "text_hashes"},
     ("documents.sql", "list_documents"): {
-        "collection_id", "include_deleted", "limit", "offset", "principals",
+        "collection_id", "include_deleted", "limit", "offset", "principals", "title",
     },
-    ("documents.sql", "count_documents"): {"collection_id", "principals"},
+    ("documents.sql", "count_documents"): {"collection_id", "principals", "title"},
     ("documents.sql", "get_document"): {"collection_id", "external_id", "principals"},
     ("documents.sql", "lock_document"): {"collection_id", "external_id"},
     ("documents.sql", "document_chunks"): {"collection_id", "document_id"},

@@ -21,7 +21,7 @@ from app.api.edge import EdgeChecks
 from app.api.observe import Observe, send_request_id
 from app.api.openapi import document
 from app.api.options import AllowedMethods
-from app.api.pages import PAGES, template_config
+from app.api.pages import Pages, template_config
 from app.api.routes.admin import IndexController
 from app.api.routes.answer import answer_post
 from app.api.routes.collections import CollectionController
@@ -70,7 +70,7 @@ def create_app(
             IndexController,
             KeyController,
             JobController,
-            *PAGES,
+            Pages,
         ]
     )
     config.template_config = template_config()

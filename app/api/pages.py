@@ -25,8 +25,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from litestar import Request, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
@@ -34,13 +35,25 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 from markupsafe import Markup
+from sqlalchemy import Connection
 
-from app import collections
-from app.access.caller import SEARCH, Caller, may_use_collection, require_scope
+from app import collections, documents
+from app.access import audit
+from app.access.caller import (
+    ADMIN,
+    INGEST,
+    SEARCH,
+    Caller,
+    may_use_collection,
+    require_collection,
+    require_scope,
+)
+from app.api.routes.documents import visibility as document_visibility
 from app.api.routes.search import _run
 from app.api.schemas import SearchOut
 from app.documents import parse_metadata
-from app.errors import Forbidden, HybridError, Unauthorized
+from app.errors import Forbidden, HybridError, Invalid, Unauthorized
+from app.ingest import vector_index
 from app.search.request import MODES, SearchRequest
 from app.service import Services
 
@@ -55,6 +68,7 @@ SESSION_S = 12 * 3600
 PAGE_ROUTE = {"page": True}
 FORM_ROUTE = {"page": True, "form": True}
 MAX_K = 50
+DOCUMENTS_PAGE = 50
 SUGGESTED_QUERY = "how does hybrid search rank results"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -95,42 +109,6 @@ class Form:
     filter: str = ""
 
 
-@get("/", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
-def search_page(
-    request: Request[Any, Any, Any],
-    services: Services,
-    collection: str = "",
-    q: str = "",
-    mode: str = "",
-    k: int = 10,
-    filter: str = "",
-) -> Response[Any]:
-    """The search page; with `HX-Request`, only its results."""
-    caller = page_caller(request, services)
-    if caller is None:
-        return Redirect("/login", status_code=303)
-    require_scope(caller, SEARCH)
-    with services.transaction() as conn:
-        names = [c.name for c in collections.list_all(conn) if may_use_collection(caller, c.name)]
-    form = Form(collection or (names[0] if names else ""), q, mode, max(1, min(k, MAX_K)), filter)
-    result, problem = (
-        _search(services, caller, form) if form.q and form.collection else (None, None)
-    )
-    context = {
-        "form": form,
-        "collections": names,
-        "modes": [m for m in MODES if m != "hybrid+rerank" or _reranks(services)],
-        "result": result,
-        "problem": problem,
-        "hits": [_hit(h) for h in result.hits] if result else [],
-        "suggested": SUGGESTED_QUERY,
-        "signed_in": caller.key_id is not None,
-        "caller": caller.describe(),
-    }
-    name = "_results.html" if request.headers.get("hx-request") else "search.html"
-    return page(request, name, context)
-
-
 def _reranks(services: Services) -> bool:
     status = services.reranker_status
     return status is not None and status.available
@@ -158,43 +136,9 @@ def _hit(hit: Any) -> dict[str, Any]:
     }
 
 
-@get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
-def login_page(request: Request[Any, Any, Any], services: Services) -> Response[Any]:
-    return page(request, "login.html", {"problem": None, "required": _required(services)})
-
-
-@post("/login", include_in_schema=False, sync_to_thread=True, status_code=303, opt=FORM_ROUTE)
-def login(
-    request: Request[Any, Any, Any],
-    services: Services,
-    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
-) -> Response[Any]:
-    """Sign in with an API key: checked as the API checks it, then kept in a cookie."""
-    check_csrf(request, data)
-    key = data.get("key", "").strip()
-    try:
-        caller = _gate(request).authenticator.authenticate(f"Bearer {key}", services.transaction)
-    except HybridError as exc:
-        context = {"problem": exc, "required": _required(services)}
-        return page(request, "login.html", context, status_code=401)
-    response = Redirect("/", status_code=303)
-    secure = request.url.scheme == "https"
-    response.set_cookie(
-        KEY_COOKIE, key, max_age=SESSION_S, httponly=True, samesite="strict", secure=secure
-    )
-    del caller
-    return response
-
-
-@post("/logout", include_in_schema=False, sync_to_thread=False, status_code=303, opt=FORM_ROUTE)
-def logout(
-    request: Request[Any, Any, Any],
-    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
-) -> Response[Any]:
-    check_csrf(request, data)
-    response = Redirect("/login", status_code=303)
-    response.delete_cookie(KEY_COOKIE)
-    return response
+def _frame(caller: Caller) -> dict[str, Any]:
+    """What every page's frame shows."""
+    return {"signed_in": caller.key_id is not None, "caller": caller.describe()}
 
 
 def page_caller(request: Request[Any, Any, Any], services: Services) -> Caller | None:
@@ -255,4 +199,213 @@ def check_csrf(request: Request[Any, Any, Any], data: dict[str, str]) -> None:
         )
 
 
-PAGES = [search_page, login_page, login, logout]
+class Pages(Controller):
+    """Every page (a controller, so that each application gets its own handlers)."""
+
+    path = "/"
+    include_in_schema = False
+
+    @get("/", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def search_page(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        collection: str = "",
+        q: str = "",
+        mode: str = "",
+        k: int = 10,
+        filter: str = "",
+    ) -> Response[Any]:
+        """The search page; with `HX-Request`, only its results."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, SEARCH)
+        with services.transaction() as conn:
+            names = [
+                c.name for c in collections.list_all(conn) if may_use_collection(caller, c.name)
+            ]
+        form = Form(
+            collection or (names[0] if names else ""), q, mode, max(1, min(k, MAX_K)), filter
+        )
+        result, problem = (
+            _search(services, caller, form) if form.q and form.collection else (None, None)
+        )
+        context = {
+            "form": form,
+            "collections": names,
+            "modes": [m for m in MODES if m != "hybrid+rerank" or _reranks(services)],
+            "result": result,
+            "problem": problem,
+            "hits": [_hit(h) for h in result.hits] if result else [],
+            "suggested": SUGGESTED_QUERY,
+            **_frame(caller),
+        }
+        name = "_results.html" if request.headers.get("hx-request") else "search.html"
+        return page(request, name, context)
+
+    @get("/collections", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def collections_page(
+        self, request: Request[Any, Any, Any], services: Services
+    ) -> Response[Any]:
+        """Every collection the viewer may use: counts (for admins), model, vector version and
+        index state, search settings."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, SEARCH)
+        with services.transaction() as conn:
+            found = [c for c in collections.list_all(conn) if may_use_collection(caller, c.name)]
+            built = {c.id: vector_index.is_built(conn, c.id) for c in found}
+        cache = {}
+        if services.vector_cache is not None and services.vector_cache.started:
+            cache = {row["collection"]: row for row in services.vector_cache.status()}
+        rows = [
+            {
+                "collection": c,
+                "counts": ADMIN in caller.scopes,
+                "hnsw": built[c.id],
+                "faiss": cache.get(c.name),
+                "settings": collections.collection_defaults(c.settings),
+            }
+            for c in found
+        ]
+        return page(request, "collections.html", _frame(caller) | {"rows": rows})
+
+    @get("/collections/{name:str}/documents", include_in_schema=False, sync_to_thread=True,
+         opt=PAGE_ROUTE)  # fmt: skip
+    def documents_page(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        name: str,
+        title: str = "",
+        offset: int = 0,
+    ) -> Response[Any]:
+        """A collection's documents the viewer may see, newest first, 50 a page; `title` narrows
+        them to titles containing it (typed into the page's box, results as one types)."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, SEARCH)
+        require_collection(caller, name)
+        offset = max(offset, 0)
+        with services.transaction() as conn:
+            collection = collections.get(conn, name)
+            rows, counts = documents.list_page(
+                conn, collection.id, limit=DOCUMENTS_PAGE, offset=offset, include_deleted=False,
+                visibility=document_visibility(caller), title=title or None,
+            )  # fmt: skip
+        context = _frame(caller) | {
+            "collection": collection.name,
+            "title": title,
+            "documents": rows,
+            "total": counts["live"],
+            "offset": offset,
+            "page_size": DOCUMENTS_PAGE,
+        }
+        name_ = "_documents.html" if request.headers.get("hx-request") else "documents.html"
+        return page(request, name_, context)
+
+    @get("/collections/{name:str}/documents/{external_id:path}", include_in_schema=False,
+         sync_to_thread=True, opt=PAGE_ROUTE)  # fmt: skip
+    def document_page(
+        self, request: Request[Any, Any, Any], services: Services, name: str, external_id: str
+    ) -> Response[Any]:
+        """One document: its fields, metadata, ACL, version, and its chunks under their headings;
+        a delete button for keys that may delete."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, SEARCH)
+        require_collection(caller, name)
+        key = external_id.lstrip("/")
+        with services.transaction() as conn:
+            collection = collections.get(conn, name)
+            row = documents.get(
+                conn,
+                collection.id,
+                key,
+                include_deleted=False,
+                visibility=document_visibility(caller),
+            )
+            chunks = documents.chunks_of(conn, collection.id, row["id"])
+        context = _frame(caller) | {
+            "collection": collection.name,
+            "document": row,
+            "metadata": json.dumps(row["metadata"], ensure_ascii=False, indent=2, sort_keys=True),
+            "chunks": chunks,
+            "may_delete": INGEST in caller.scopes,
+        }
+        return page(request, "document.html", context)
+
+    @post("/collections/{name:str}/documents/{external_id:path}", include_in_schema=False,
+          sync_to_thread=True, status_code=303, opt=FORM_ROUTE)  # fmt: skip
+    def delete_document_form(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        name: str,
+        external_id: str,
+        data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        """The document page's delete form (a soft delete, as `DELETE` on the API)."""
+        check_csrf(request, data)
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, INGEST)
+        require_collection(caller, name)
+        if data.get("action") != "delete":
+            raise Invalid("action: expected delete", field="action")
+        key = external_id.lstrip("/")
+
+        def work(conn: Connection) -> None:
+            collection = collections.get(conn, name)
+            # Only a document the viewer can see (its principals, its key's filter).
+            documents.get(conn, collection.id, key, visibility=document_visibility(caller))
+            documents.soft_delete(conn, collection.id, key)
+            audit.record(conn, audit.DOCUMENT_DELETED, caller, f"{name}/{key}", {"purge": False})
+
+        services.write(work)
+        return Redirect(f"/collections/{quote(name)}/documents", status_code=303)
+
+    @get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
+    def login_page(self, request: Request[Any, Any, Any], services: Services) -> Response[Any]:
+        return page(request, "login.html", {"problem": None, "required": _required(services)})
+
+    @post("/login", include_in_schema=False, sync_to_thread=True, status_code=303, opt=FORM_ROUTE)
+    def login(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        """Sign in with an API key: checked as the API checks it, then kept in a cookie."""
+        check_csrf(request, data)
+        key = data.get("key", "").strip()
+        try:
+            caller = _gate(request).authenticator.authenticate(
+                f"Bearer {key}", services.transaction
+            )
+        except HybridError as exc:
+            context = {"problem": exc, "required": _required(services)}
+            return page(request, "login.html", context, status_code=401)
+        response = Redirect("/", status_code=303)
+        secure = request.url.scheme == "https"
+        response.set_cookie(
+            KEY_COOKIE, key, max_age=SESSION_S, httponly=True, samesite="strict", secure=secure
+        )
+        del caller
+        return response
+
+    @post("/logout", include_in_schema=False, sync_to_thread=False, status_code=303, opt=FORM_ROUTE)
+    def logout(
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        check_csrf(request, data)
+        response = Redirect("/login", status_code=303)
+        response.delete_cookie(KEY_COOKIE)
+        return response

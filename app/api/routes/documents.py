@@ -166,8 +166,11 @@ class DocumentController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=documents.MAX_PAGE)] = 50,
         offset: Annotated[int, Parameter(ge=0)] = 0,
         include_deleted: bool = False,
+        title: Annotated[
+            str | None, Parameter(max_length=500, description="Only titles containing this")
+        ] = None,
     ) -> DocumentPage:
-        """Documents, most recently updated first."""
+        """Documents, most recently updated first (`title`: whose title contains it)."""
         with services.transaction() as conn:
             collection = collections.get(conn, name)
             rows, counts = documents.list_page(
@@ -177,6 +180,7 @@ class DocumentController(Controller):
                 offset=offset,
                 include_deleted=include_deleted,
                 visibility=visibility(caller),
+                title=title,
             )
         return DocumentPage(
             documents=[_document_out(r) for r in rows],
