@@ -30,7 +30,7 @@ from app.ingest.pipeline import Defaults
 from app.jobs import records
 from app.jobs.blobs import BlobStore
 from app.jobs.queue import InProcessWorker, Worker
-from app.jobs.submit import submit, submit_reembed
+from app.jobs.submit import cancel, submit, submit_reembed
 from app.service import Services
 from app.settings import Settings
 
@@ -121,7 +121,7 @@ def jobs_show(job_id: int, follow: bool, as_json: bool) -> None:
 def jobs_cancel(job_id: int) -> None:
     """Cancel a job (a running one stops at its next batch)."""
     with _services() as services:
-        job = services.write(lambda conn: records.cancel(conn, job_id))
+        job = cancel(services, job_id)
     word = "cancelled" if job.state == "cancelled" else "asked to stop at its next batch"
     console.print(f"job {job_id}: {word}")
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from app import collections
 from app.db import embedded
 from app.db.queries import query
 from app.ingest import load, vector_index
@@ -182,17 +183,27 @@ def _overlap(services: Services, collection_id: int, vector: list[float]) -> flo
             text("SELECT set_config('hnsw.ef_search', :e, true)"),
             {"e": str(services.settings.search.ef_search)},
         )
-        exact = set(conn.execute(text(NEAREST.replace("{order}", "+ 0")), params).scalars())
+        vectors = _vectors(conn, collection_id)
+        nearest = NEAREST.replace("{vectors}", vectors)
+        exact = set(conn.execute(text(nearest.replace("{order}", "+ 0")), params).scalars())
         # With sorting switched off the planner answers ORDER BY distance with the index.
         conn.execute(text("SET LOCAL enable_sort = off"))
-        ann = set(conn.execute(text(NEAREST.replace("{order}", "")), params).scalars())
+        ann = set(conn.execute(text(nearest.replace("{order}", "")), params).scalars())
     return len(exact & ann) / len(exact)
 
 
+# {vectors}: the collection's vectors as its HNSW index reads them (`Collection.vector_sql`).
 NEAREST = (
-    "SELECT id FROM chunks WHERE collection_id = :c "
-    "ORDER BY (embedding <=> CAST(:q AS vector)) {order} LIMIT 10"
+    "SELECT id FROM chunks c WHERE collection_id = :c "
+    "ORDER BY ({vectors} <=> CAST(:q AS vector)) {order} LIMIT 10"
 )
+
+
+def _vectors(conn: Any, collection_id: int) -> str:
+    name = conn.execute(
+        text("SELECT name FROM collections WHERE id = :c"), {"c": collection_id}
+    ).scalar_one()
+    return collections.get(conn, name).vector_sql("c")
 
 
 def _timed(

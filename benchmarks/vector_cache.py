@@ -104,8 +104,9 @@ def _build(
 ) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, VectorIndex]]:
     started = time.perf_counter()
     everything = read_all(
-        services.engine, collection.id, collection.embedding_dim, collection.chunks
-    )
+        services.engine, collection.id, collection.embedding_dim, collection.chunks, None,
+        collection.vectors_version,
+    )  # fmt: skip
     read_s = time.perf_counter() - started
     rows = [{"step": "read (binary COPY)", "seconds": read_s,
              "rate": len(everything.ids) / read_s, "bytes": everything.vectors.nbytes}]  # fmt: skip
@@ -217,8 +218,8 @@ def _pgvector_leg(
     services: Services, collection: collections.Collection, vectors: list[list[float]], setting: str
 ) -> tuple[list[float], list[np.ndarray]]:
     statement = text(
-        "SELECT id FROM chunks WHERE collection_id = :c "
-        "ORDER BY embedding <=> CAST(:v AS vector) LIMIT :k"
+        "SELECT id FROM chunks c WHERE collection_id = :c "
+        f"ORDER BY {collection.vector_sql('c')} <=> CAST(:v AS vector) LIMIT :k"
     )
     times, found = [], []
     for warm_up in (True, False):
@@ -324,13 +325,27 @@ def _catch_up(
             body = f"Catch-up probe {i} {rng.integers(1 << 30)}."
             vector = services.embedder.embed([body])[0].tolist()
             # Its own vector is its nearest neighbour once the cache has it.
-            before = cache.candidates(collection.id, collection.created_at, vector, 1, None)
+            before = cache.candidates(
+                collection.id,
+                collection.created_at,
+                vector,
+                1,
+                None,
+                version=collection.vectors_version,
+            )
             assert before is not None
             doc = SourceDocument(f"catch-up-{i}", "", [Block(body)], acl=["team-0"])
             services.ingestor.ingest(scale.COLLECTION, [doc])
             committed = time.perf_counter()
             while True:
-                found = cache.candidates(collection.id, collection.created_at, vector, 1, None)
+                found = cache.candidates(
+                    collection.id,
+                    collection.created_at,
+                    vector,
+                    1,
+                    None,
+                    version=collection.vectors_version,
+                )
                 if found is not None and found.ids != before.ids:
                     break
                 time.sleep(0.0005)

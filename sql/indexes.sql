@@ -51,3 +51,9 @@ SELECT set_config('maintenance_work_mem', :memory, false);
 -- they were before it (a new collection's documents and chunks are not in them), and until
 -- autovacuum catches up it can check a candidate's document through the wrong index.
 ANALYZE documents, sections, chunks, term_stats;
+
+-- name: vector_indexes
+-- Every version's index of the collection there is (a version's name: vector_index_name).
+SELECT indexname FROM pg_indexes
+WHERE tablename = 'chunks'
+  AND indexname ~ ('^chunks_embedding_' || CAST(:collection_id AS text) || '(_v[0-9]+)?$');

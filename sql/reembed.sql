@@ -13,6 +13,13 @@ FROM collections
 WHERE id = :collection_id
 FOR UPDATE;
 
+-- name: get_collection
+SELECT id, name, description, embedding_model, embedding_dim,
+       CAST(text_config AS text) AS text_config, settings, created_at,
+       vector_column, vectors_version, next_model, next_dim
+FROM collections
+WHERE id = :collection_id;
+
 -- name: set_next
 UPDATE collections SET next_model = :model, next_dim = :dim WHERE id = :collection_id;
 
@@ -47,14 +54,16 @@ WHERE id = :collection_id AND next_model IS NOT NULL
 RETURNING vectors_version;
 
 -- name: clear_vectors
--- Empty the column the collection does not read, a batch at a time (the old version's
--- vectors after a switch, an abandoned re-embedding's before a new one).
+-- Empty the column the collection does not read, a batch at a time in id order (the old
+-- version's vectors after a switch, an abandoned re-embedding's before a new one).
 UPDATE chunks SET /* next */ embedding_alt = NULL
 WHERE collection_id = :collection_id
   AND id IN (SELECT id FROM chunks
-             WHERE collection_id = :collection_id AND /* next */ embedding_alt IS NOT NULL
+             WHERE collection_id = :collection_id AND id > :after
+               AND /* next */ embedding_alt IS NOT NULL
              ORDER BY id
-             LIMIT :limit);
+             LIMIT :limit)
+RETURNING id;
 
 -- name: job_progress
 -- A re-embedding job's chunks: how many the collection has, how many are done.

@@ -214,10 +214,11 @@ def test_searches_during_it_are_those_before_it_and_writes_go_on(
     pending = ingestor._prepare_batch(collection_of(own), docs, Defaults(), IngestReport())
     assert pending.model == ("local/all-MiniLM-L6-v2", 384)
     reembed.switch(engine, started, embed, progress, 16)
+    # The chunks written during it were embedded by the switch.
+    assert scalar(own, "SELECT count(*) FROM chunks WHERE embedding_alt IS NULL") == 0
     with engine.begin() as conn:
         ingestor._write_batch(collection_of(own), pending, None, conn)
     reembed.retire(engine, started.id)
-    assert progress.total == progress.done == scalar(own, "SELECT count(*) FROM chunks") - 1
     assert_embedded_with_the_remote_model_in(own, COLLECTION)
     assert everything(own) != before
 
@@ -239,13 +240,22 @@ def test_an_interrupted_reembedding_resumes_where_it_stopped(
     assert 0 < stopped < chunks
     assert scalar(own, "SELECT state FROM jobs WHERE id = :id", id=job.id) == "queued"
     assert everything(own) == before
+    # An index of a version the collection never reaches (left by a crash): dropped by the end.
+    notes = collection_of(own)
+    with own.engine.begin() as conn:
+        conn.execute(text(
+            f"CREATE INDEX chunks_embedding_{notes.id}_v7 ON chunks (id) "
+            f"WHERE collection_id = {notes.id}"
+        ))  # fmt: skip
     runner.run(job.id, lambda: False)
+    assert indexes(own) == {f"chunks_embedding_{notes.id}_v2"}
     with own.engine.connect() as conn:
         row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job.id}).one()
     assert row.state == "done" and row.attempts == 2
     # Each chunk was embedded once over both runs.
     assert row.embedded == row.chunks == row.chunks_total == chunks
-    assert sum(len(texts) for texts in remote.embedding_inputs) == chunks
+    # (and the one text the model embeds when the job is asked for, to check it)
+    assert sum(len(texts) for texts in remote.embedding_inputs) == chunks + 1
     assert_embedded_with_the_remote_model_in(own, COLLECTION)
 
 
@@ -291,6 +301,8 @@ def test_bad_requests_are_refused_before_anything_is_queued(own: Services) -> No
             ({"model": MODEL, "dimension": 5000}, 400, "dimension"),
             ({"model": "local/all-MiniLM-L6-v2"}, 409, "model"),
             ({"dimension": 64}, 400, "model"),
+            # The model does not give vectors of that dimension.
+            ({"model": MODEL, "dimension": 32}, 400, "model"),
         ):
             answer = api.post(path, json=body)
             assert answer.status_code == status, (body, answer.text)
@@ -300,7 +312,7 @@ def test_bad_requests_are_refused_before_anything_is_queued(own: Services) -> No
         # One at a time: the first waits in the queue (no worker runs here).
         first = api.post(path, json={"model": MODEL, "dimension": DIM})
         assert first.status_code == 202
-        second = api.post(path, json={"model": MODEL, "dimension": 32})
+        second = api.post(path, json={"model": MODEL, "dimension": DIM})
         assert second.status_code == 409 and second.json()["field"] == "collection"
     assert scalar(own, "SELECT count(*) FROM jobs") == 1
     assert scalar(own, "SELECT count(*) FROM audit_log WHERE action = 'collection.reembed'") == 1
@@ -448,4 +460,25 @@ def test_a_killed_worker_loses_nothing_and_the_next_one_finishes(
     assert_embedded_with_the_remote_model_in(own, COLLECTION)
     # At most the batch the first worker was embedding when it died is embedded again.
     sent = sum(len(texts) for texts in remote.embedding_inputs)
-    assert chunks <= sent <= chunks + 8
+    assert chunks + 1 <= sent <= chunks + 1 + 8  # the check of the model at submit: 1
+
+
+def test_cancelling_a_queued_reembedding_that_had_begun_undoes_it(
+    own: Services, remote: OpenAIServer
+) -> None:
+    ingest(own, 20)
+    before = everything(own)
+    job = submit_reembed(own, COLLECTION, MODEL, DIM, key=None)
+    looks = iter(range(1_000))
+    with pytest.raises(Interrupted):  # its worker stopped: back in the queue, half done
+        Runner(own, BlobStore.of(own.settings)).run(job.id, lambda: next(looks) >= 2)
+    assert collection_of(own).next_model == MODEL
+    assert scalar(own, "SELECT count(embedding_alt) FROM chunks") > 0
+    with serving(own) as api:
+        cancelled = api.delete(f"/v1/jobs/{job.id}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    found = collection_of(own)
+    assert (found.next_model, found.vectors_version) == (None, 1)
+    assert scalar(own, "SELECT count(embedding_alt) FROM chunks") == 0
+    assert indexes(own) == {f"chunks_embedding_{found.id}"}
+    assert everything(own) == before

@@ -487,7 +487,9 @@ def test_no_filter_widens_the_acl(secured: Services, trick: dict[str, Any]) -> N
 
 
 def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Services) -> None:
-    forgetful = statement(CompiledFilter()).text.replace(
+    with secured.engine.connect() as conn:
+        kb = collections.get(conn, "kb")
+    forgetful = statement(CompiledFilter(), kb).text.replace(
         "d.acl && CAST(:principals AS text[])", "TRUE"
     )
     assert "acl &&" not in forgetful

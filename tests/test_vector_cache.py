@@ -282,13 +282,13 @@ def test_a_restriction_seen_to_pass_rarely_asks_the_cache_for_nothing(
     cache.ensure(cid)
     vector = query_vector(3)
     wide, narrow = ("wide",), ("narrow",)
-    first = cache.candidates(cid, created, vector, 10, wide, exact_below=100)
+    first = cache.candidates(cid, created, vector, 10, wide, exact_below=100, version=1)
     assert first is not None and first.asked == 48  # a quarter expected to pass, plus 20%
     cache.observe(wide, 100, 100)
-    assert cache.candidates(cid, created, vector, 10, wide, exact_below=100).asked == 12
+    assert cache.candidates(cid, created, vector, 10, wide, exact_below=100, version=1).asked == 12
     # 1% of 2,000 is below the limit: the statement scans those chunks exactly.
     cache.observe(narrow, 100, 1)
-    assert cache.candidates(cid, created, vector, 10, narrow, exact_below=100).ids == []
+    assert cache.candidates(cid, created, vector, 10, narrow, exact_below=100, version=1).ids == []
 
 
 # --- following the change log ---------------------------------------------------------------------

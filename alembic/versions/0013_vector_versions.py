@@ -9,7 +9,10 @@
   `CAST(embedding AS vector(384))` (pgvector indexes need a dimension), partial on the
   collection as before (0005). Its name carries the collection's vector version
   (`collections.vectors_version`, 1 for the name it had), so that the next version's index is
-  built beside the serving one before the switch. The indexes are rebuilt by this revision.
+  built beside the serving one before the switch. The indexes are rebuilt by this revision,
+  which holds the chunks table meanwhile: on a large database, plan the upgrade for a quiet
+  moment (a minute or two per million chunks on two cores).
+- The embedding cache's key gains the dimension (`<model>#<tokens>@<dim>`).
 - `collections.next_model` / `next_dim`: the model and dimension a re-embedding is moving the
   collection to (NULL when none is).
 - Jobs gain the `reembed` kind and `chunks_total` (what a re-embedding counts in); a
@@ -53,6 +56,11 @@ DROP FUNCTION vector_index_name(bigint);
 
 ALTER TABLE chunks ALTER COLUMN embedding TYPE vector, ALTER COLUMN embedding DROP NOT NULL,
     ADD COLUMN embedding_alt vector;
+-- A type change resets the storage to the type's default: vectors stay in the row (0004).
+ALTER TABLE chunks ALTER COLUMN embedding SET STORAGE MAIN,
+    ALTER COLUMN embedding_alt SET STORAGE MAIN;
+-- The embedding cache's key names the dimension too: one model may give vectors of several.
+UPDATE embedding_cache SET model = model || '@' || vector_dims(embedding);
 
 ALTER TABLE collections
     ADD COLUMN vector_column text NOT NULL DEFAULT 'embedding'
@@ -150,6 +158,8 @@ ALTER TABLE collections DROP CONSTRAINT collections_next_check, DROP COLUMN next
     DROP COLUMN next_model, DROP COLUMN vectors_version, DROP COLUMN vector_column;
 ALTER TABLE chunks DROP COLUMN embedding_alt,
     ALTER COLUMN embedding TYPE vector({dim}), ALTER COLUMN embedding SET NOT NULL;
+ALTER TABLE chunks ALTER COLUMN embedding SET STORAGE MAIN;
+UPDATE embedding_cache SET model = regexp_replace(model, '@[0-9]+$', '');
 
 CREATE FUNCTION vector_index_name(collection bigint) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE

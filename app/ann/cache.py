@@ -110,7 +110,8 @@ class VectorCache:
         restriction: Hashable | None,
         exact_below: float = 0,
         ef_search: int | None = None,
-        version: int = 1,
+        *,
+        version: int,
     ) -> Candidates | None:
         """The nearest ids for a vector leg that keeps `needed` rows (see
         `PassRates.nearest`); None when the collection's index is not ready, or is of another
@@ -181,8 +182,9 @@ class VectorCache:
     def _round(self, woken: set[int] | None) -> None:
         """Catch up the entries of the collections notified (None: every one), and submit a
         snapshot of each one saved longer ago than the snapshot interval."""
-        if woken is None or any(self.entry(cid) is None for cid in woken):
-            self._sync_collections()
+        # Every round: a collection created, dropped or re-embedded (a new vector version)
+        # is seen at once, whatever else is changing (one small query).
+        self._sync_collections()
         for entry in self.entries():
             if entry.status != "ready" or (woken is not None and entry.identity.collection_id
                                            not in woken):  # fmt: skip

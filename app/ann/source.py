@@ -60,8 +60,8 @@ def read_all(
     collection_id: int,
     dim: int,
     expected: int,
-    progress: Callable[[int], None] | None = None,
-    version: int = 1,
+    progress: Callable[[int], None] | None,
+    version: int,
 ) -> AllVectors:
     """Every chunk vector of the collection at `version`, streamed with binary COPY and
     parsed in bulk."""
@@ -124,9 +124,7 @@ class _CopyParser:
         return self.ids[: self.count].copy(), np.ascontiguousarray(self.vectors[: self.count])
 
 
-def read_changes(
-    engine: Engine, collection_id: int, since: str, dim: int, version: int = 1
-) -> Changes:
+def read_changes(engine: Engine, collection_id: int, since: str, dim: int, version: int) -> Changes:
     """The vector inserts and deletes committed since the snapshot `since`, in log order.
 
     A chunk inserted and deleted within the window is left out of both lists."""

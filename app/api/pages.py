@@ -48,6 +48,7 @@ from app.access.caller import (
     require_collection,
     require_scope,
 )
+from app.api.auth import Gate
 from app.api.routes.documents import visibility as document_visibility
 from app.api.routes.search import _run
 from app.api.schemas import SearchOut
@@ -155,8 +156,9 @@ def page_caller(request: Request[Any, Any, Any], services: Services) -> Caller |
         return None
 
 
-def _gate(request: Request[Any, Any, Any]) -> Any:
-    return request.app.state.gate
+def _gate(request: Request[Any, Any, Any]) -> Gate:
+    gate: Gate = request.app.state.gate
+    return gate
 
 
 def _required(services: Services) -> bool:

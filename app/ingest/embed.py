@@ -202,10 +202,13 @@ class Embedders:
             self.default  # noqa: B018 - loads it once, under its own name
         with self._lock:
             found = self._loaded.get((model_id, dimension))
-            if found is None:
-                found = create_embedder(settings_for(model_id, dimension, self.settings))
-                self._loaded[(model_id, dimension)] = found
-            return found
+        if found is None:
+            # Loaded outside the lock: the other models' callers do not wait for this one (two
+            # first callers may both load it; one copy is kept).
+            made = create_embedder(settings_for(model_id, dimension, self.settings))
+            with self._lock:
+                found = self._loaded.setdefault((model_id, dimension), made)
+        return found
 
     @staticmethod
     def model_id_of(settings: EmbeddingSettings) -> str:

@@ -263,6 +263,8 @@ class Ingestor:
         """Classify the batch against what is stored, chunk and embed what must be written."""
         with self.engine.connect() as conn:
             existing = _existing(conn, collection.id, [d.external_id for d in batch])
+            # Its model now (a re-embedding may have switched it since the ingest began).
+            collection = collections.get(conn, collection.name)
         pending = PendingBatch()
         for given in batch:
             doc = given if self.redactor is None else redact_document(given, self.redactor)
@@ -305,8 +307,10 @@ class Ingestor:
         if pending.rewrites and pending.model != (current.embedding_model, current.embedding_dim):
             # Switched to another model since the batch was embedded.
             report = IngestReport()
-            self._embed(pending.rewrites, report, self.embedder_for(current))
+            embedder = self.embedder_for(current)
+            self._embed(pending.rewrites, report, embedder)
             pending.embedded += report.embedded
+            pending.model = (embedder.model_id, embedder.dimension)
         ids = write_documents(conn, current, pending.rewrites, self.settings.ingest.work_mem)
         for document_id, prepared in pending.field_updates:
             update_fields(conn, collection.id, document_id, prepared)
@@ -374,8 +378,9 @@ class Ingestor:
         cache where possible, the model otherwise."""
         embedder = embedder or self.embedder
         hashes = [hashlib.sha256(t.encode()).digest() for t in texts]
-        # The token cap changes what the local model sees, so it is part of the cache key.
-        model = f"{embedder.model_id}#{self.settings.embedding.max_tokens}"
+        # The token cap changes what the local model sees, and one model may give vectors of
+        # several dimensions: both are part of the cache key.
+        model = f"{embedder.model_id}#{self.settings.embedding.max_tokens}@{embedder.dimension}"
         with self.engine.connect() as conn:
             rows = conn.execute(
                 query("write.sql", "cached_embeddings"),

@@ -96,23 +96,18 @@ def refuse_current(collection: Collection, target: Target) -> None:
 
 def begin(engine: Engine, collection_id: int, target: Target) -> Collection:
     """Record `target` as the collection's next model (resuming when it is already). Whatever
-    another, abandoned re-embedding left in the other column is emptied first."""
-    with engine.begin() as conn:
-        collection = lock(conn, collection_id)
-        if (collection.next_model, collection.next_dim) == (target.model, target.dimension):
-            return collection
-        if collection.next_model is not None:
-            log.info(
-                "abandoned re-embedding replaced",
-                collection=collection.name,
-                abandoned=collection.next_model,
-            )
-            conn.execute(
-                query("reembed.sql", "set_next"),
-                {"collection_id": collection_id, "model": None, "dim": None},
-            )
+    another, abandoned re-embedding (or a crash) left, its vectors and its index, goes first."""
+    with engine.connect() as conn:
+        collection = get(conn, collection_id)
+    if (collection.next_model, collection.next_dim) == (target.model, target.dimension):
+        return collection
     if collection.next_model is not None:
-        vector_index.drop(engine, collection_id, collection.vectors_version + 1)
+        log.info(
+            "abandoned re-embedding replaced",
+            collection=collection.name,
+            abandoned=collection.next_model,
+        )
+    vector_index.drop_others(engine, collection.id, {collection.vectors_version})
     clear(engine, collection)
     with engine.begin() as conn:
         collection = lock(conn, collection_id)
@@ -161,6 +156,8 @@ def fill(
 
 def build_index(engine: Engine, collection: Collection, memory: str) -> None:
     """The next version's HNSW index (another session building it is waited for)."""
+    if collection.next_model is None:
+        raise Conflict(f"collection {collection.name!r} is not being re-embedded")
     while not vector_index.build(engine, collection.id, memory, next_version=True):
         with engine.connect() as conn:
             if vector_index.is_built(conn, collection.id, next_version=True):
@@ -172,72 +169,95 @@ def switch(
     engine: Engine, collection: Collection, embed: Embed, progress: Progress, batch: int
 ) -> int:
     """Make the next version the collection's, in one transaction that first embeds the chunks
-    written since the fill; returns the new version (the current one if it already switched)."""
+    written since the fill (held writes wait meanwhile); returns the new version (the current
+    one if it already switched)."""
     with engine.begin() as conn:
         current = lock(conn, collection.id)
         locked = time.perf_counter()
         if current.next_model is None:
             return current.vectors_version  # an earlier run switched it
-        while True:
-            rows = conn.execute(
-                _next(current, "chunks_to_embed"),
-                {"collection_id": current.id, "after": 0, "limit": batch},
-            ).all()
-            if not rows:
-                break
+        after = 0
+        while rows := conn.execute(
+            _next(current, "chunks_to_embed"),
+            {"collection_id": current.id, "after": after, "limit": batch},
+        ).all():
             progress.done += _store(conn, current, rows, embed)
             progress.embedded += len(rows)
-        # Exact now that no write can come between: every chunk has its next vector.
-        row = conn.execute(_next(current, "chunk_counts"), {"collection_id": current.id}).one()
-        progress.total, progress.done = int(row.total), int(row.done)
+            after = rows[-1].id
         version = conn.execute(
             query("reembed.sql", "switch"), {"collection_id": current.id}
         ).scalar_one()
+        held_ms = (time.perf_counter() - locked) * 1000
     log.info(
         "collection switched to its next model",
         collection=current.name,
         model=current.next_model,
         dim=current.next_dim,
         version=version,
-        writes_held_ms=round((time.perf_counter() - locked) * 1000, 1),
+        writes_held_ms=round(held_ms, 1),
     )
     return int(version)
 
 
 def retire(engine: Engine, collection_id: int) -> None:
     """After the switch: drop the old version's index and empty its column."""
-    with engine.begin() as conn:
-        collection = lock(conn, collection_id)
-    if collection.vectors_version > 1:
-        vector_index.drop(engine, collection.id, collection.vectors_version - 1)
+    with engine.connect() as conn:
+        collection = get(conn, collection_id)
+    vector_index.drop_others(engine, collection.id, _versions(collection))
     clear(engine, collection)
 
 
 def abandon(engine: Engine, collection_id: int) -> None:
-    """Undo a re-embedding that has not switched: forget the next model, drop its index and
-    empty its column."""
+    """Undo a re-embedding that has not switched: drop its index, empty its column, then
+    forget the next model (each step safe to repeat)."""
+    with engine.connect() as conn:
+        collection = get(conn, collection_id)
+    if collection.next_model is None:
+        return
+    vector_index.drop_others(engine, collection.id, {collection.vectors_version})
+    clear(engine, collection)
     with engine.begin() as conn:
-        collection = lock(conn, collection_id)
-        if collection.next_model is None:
-            return
         conn.execute(
             query("reembed.sql", "set_next"),
             {"collection_id": collection_id, "model": None, "dim": None},
         )
-    vector_index.drop(engine, collection_id, collection.vectors_version + 1)
-    clear(engine, collection)
+    log.info("re-embedding abandoned", collection=collection.name, model=collection.next_model)
 
 
 def clear(engine: Engine, collection: Collection) -> None:
     """Empty the column the collection does not read, a batch a transaction."""
-    statement = _next(collection, "clear_vectors")
+    statement, after = _next(collection, "clear_vectors"), 0
     while True:
         with engine.begin() as conn, unbounded(conn):
-            cleared = conn.execute(
-                statement, {"collection_id": collection.id, "limit": CLEAR_BATCH}
-            ).rowcount
-        if cleared < CLEAR_BATCH:
+            cleared = (
+                conn.execute(
+                    statement,
+                    {"collection_id": collection.id, "after": after, "limit": CLEAR_BATCH},
+                )
+                .scalars()
+                .all()
+            )
+        if not cleared:
             return
+        after = max(cleared)
+
+
+def _versions(collection: Collection) -> set[int]:
+    """The vector versions whose indexes the collection needs: its own, and the next while a
+    re-embedding writes it."""
+    version = collection.vectors_version
+    return {version, version + 1} if collection.next_model else {version}
+
+
+def get(conn: Connection, collection_id: int) -> Collection:
+    row = (
+        conn.execute(query("reembed.sql", "get_collection"), {"collection_id": collection_id})
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise NotFound("the collection was deleted", field="collection")
+    return Collection(**row)
 
 
 def lock(conn: Connection, collection_id: int) -> Collection:

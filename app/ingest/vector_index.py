@@ -97,16 +97,28 @@ def _build_locked(conn: Connection, collection_id: int, memory: str, next_versio
         conn.exec_driver_sql("RESET maintenance_work_mem")
 
 
-def drop(engine: Engine, collection_id: int, version: int) -> None:
-    """Drop one version's index of the collection, without blocking its searches or writes."""
+def drop_others(engine: Engine, collection_id: int, keep: set[int]) -> None:
+    """Drop every version's index of the collection but those of the `keep` versions, without
+    blocking its searches or writes (a version abandoned, replaced, or left by a crash)."""
+    kept = {index_name(collection_id, version) for version in keep}
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        ddl = conn.execute(
-            query("indexes.sql", "drop_vector_index_ddl"),
-            {"collection_id": collection_id, "version": version},
-        ).scalar_one()
-        with unbounded(conn):
-            conn.exec_driver_sql(str(ddl))
+        found = conn.execute(
+            query("indexes.sql", "vector_indexes"), {"collection_id": collection_id}
+        ).scalars()
+        for name in sorted(set(found) - kept):
+            version = int(name.rpartition("_v")[2]) if "_v" in name else 1
+            ddl = conn.execute(
+                query("indexes.sql", "drop_vector_index_ddl"),
+                {"collection_id": collection_id, "version": version},
+            ).scalar_one()
+            with unbounded(conn):
+                conn.exec_driver_sql(str(ddl))
+
+
+def index_name(collection_id: int, version: int) -> str:
+    """As the database names it (`vector_index_name`, alembic revision 0013)."""
+    return f"chunks_embedding_{collection_id}" + ("" if version == 1 else f"_v{version}")
 
 
 def _ddl(conn: Connection, name: str, collection_id: int, next_version: bool) -> str:

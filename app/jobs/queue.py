@@ -43,7 +43,7 @@ TIDY_EVERY_S = 60.0
 
 
 def create_queue(services: Services, concurrency: int) -> App:
-    """The procrastinate app over the service's database, with the two tasks registered."""
+    """The procrastinate app over the service's database, with a task per kind of job."""
     connector = PsycopgConnector(
         conninfo=conninfo(services.engine.url),
         min_size=1,

@@ -73,6 +73,7 @@ class Runner:
                 self._attempt(job_id, attempt, should_stop)
                 return
             except Cancelled:
+                self._abandon(job_id)
                 self._finish(job_id, "cancelled")
                 return
             except Interrupted:
@@ -257,20 +258,17 @@ class Runner:
             record(progress)
             check()
 
-        try:
-            collection = reembed.begin(engine, collection.id, target)
-            progress = reembed.counts(engine, collection)
-            between(progress)
-            batch = self.settings.jobs.reembed_batch
-            reembed.fill(engine, collection, embed, progress, between, batch)
-            reembed.build_index(engine, collection, self.settings.ingest.index_memory)
-            check()
-            # What was written during the build, so that the switch's own share stays small.
-            reembed.fill(engine, collection, embed, progress, between, batch)
-            reembed.switch(engine, collection, embed, progress, batch)
-        except Cancelled:
-            reembed.abandon(engine, collection.id)
-            raise
+        collection = reembed.begin(engine, collection.id, target)
+        progress = reembed.counts(engine, collection)
+        between(progress)
+        batch = self.settings.jobs.reembed_batch
+        reembed.fill(engine, collection, embed, progress, between, batch)
+        reembed.build_index(engine, collection, self.settings.ingest.index_memory)
+        check()
+        # What was written during the build, so that the switch's own share stays small.
+        reembed.fill(engine, collection, embed, progress, between, batch)
+        reembed.switch(engine, collection, embed, progress, batch)
+        progress.total = progress.done = reembed.counts(engine, collection).total
         record(progress)
         reembed.retire(engine, collection.id)
 
@@ -290,6 +288,15 @@ class Runner:
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
             if should_stop():
                 raise Interrupted
+
+    def _abandon(self, job_id: int) -> None:
+        """A re-embedding cancelled before its switch leaves its collection as it was."""
+        with self.services.transaction() as conn:
+            job = records.get(conn, job_id)
+            if job.kind != records.REEMBED:
+                return
+            collection = collections.get(conn, job.collection)
+        reembed.abandon(self.services.engine, collection.id)
 
     def _finish(self, job_id: int, state: str, error: str | None = None) -> None:
         with self.services.transaction() as conn:

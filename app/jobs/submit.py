@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from app import collections
 from app.access import audit
 from app.access.caller import Caller
-from app.errors import ConfigError, Invalid
+from app.errors import ConfigError, HybridError, Invalid
 from app.ingest import reembed
 from app.jobs import records
 from app.jobs.blobs import BlobStore, Staged
@@ -70,13 +70,16 @@ def submit_reembed(
     collection has. `key`: who asks (None: the command line)."""
     with services.transaction() as conn:
         collection = collections.get(conn, collection_name)
-    target = reembed.Target(model, dimension or collection.embedding_dim).check()
-    reembed.refuse_current(collection, target)
+    asked = reembed.Target(model, dimension or collection.embedding_dim).check()
     try:
-        services.embedders.get(target.model, target.dimension)
+        embedder = services.embedders.get(asked.model, asked.dimension)
     except ConfigError as exc:
         raise Invalid(f"model: {exc.message}", field="model") from exc
+    # As the embedder names itself, so that another spelling of the same model is the same.
+    target = reembed.Target(embedder.model_id, asked.dimension)
+    reembed.refuse_current(collection, target)
     params = {"model": target.model, "dimension": target.dimension}
+    _probe(services, target)
     blobs = BlobStore.of(services.settings)
 
     def work(conn: Connection) -> records.Job:
@@ -96,3 +99,25 @@ def submit_reembed(
         return records.get(conn, job_id)
 
     return services.write(work)
+
+
+def cancel(services: Services, job_id: int, key_id: int | None = None) -> records.Job:
+    """Cancel a job (see `records.cancel`). A queued re-embedding that had begun is abandoned
+    here (a running one abandons itself at its next batch)."""
+    job = services.write(lambda conn: records.cancel(conn, job_id, key_id))
+    if job.kind == records.REEMBED and job.state == "cancelled":
+        with services.transaction() as conn:
+            collection = collections.get(conn, job.collection)
+        reembed.abandon(services.engine, collection.id)
+    return job
+
+
+def _probe(services: Services, target: reembed.Target) -> None:
+    """Embed one text with the target model: a wrong model name, a dimension it does not give,
+    or an unreachable provider is said now, not after the job has started."""
+    try:
+        services.embedders.get(target.model, target.dimension).embed(["dimension check"])
+    except HybridError as exc:
+        raise Invalid(
+            f"model: {target.model} cannot embed here: {exc.message}", field="model"
+        ) from exc

@@ -63,12 +63,12 @@ class QueryEmbeddings:
         self.embedder = embedder
         self.embedders = embedders
         self.size = size
-        self._cache: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, query: str, embedder: Embedder | None = None) -> list[float]:
         embedder = embedder or self.embedder
-        key = (embedder.model_id, query)
+        key = (embedder.model_id, embedder.dimension, query)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)

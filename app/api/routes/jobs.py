@@ -63,7 +63,7 @@ class JobController(Controller):
     def cancel_job(self, job_id: JobId, services: Services, caller: Caller) -> JobOut:
         """Cancel a job: a queued one at once, a running one at its next batch (what it has
         written stays, whole documents only). A finished job is 409."""
-        return job_out(services.write(lambda conn: records.cancel(conn, job_id, owner(caller))))
+        return job_out(jobs_submit.cancel(services, job_id, owner(caller)))
 
     @post("/{job_id:int}/retry", sync_to_thread=True, status_code=202)
     def retry_job(self, job_id: JobId, services: Services, caller: Caller) -> Response[JobOut]:
