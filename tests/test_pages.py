@@ -206,3 +206,23 @@ def test_collections_and_documents_pages(site: httpx.Client, services: Services)
     assert gone.status_code == 303 and gone.headers["location"] == "/collections/kb/documents"
     assert site.get("/collections/kb/documents/glaciers").status_code == 404
     assert "1 document." in site.get("/collections/kb/documents").text
+
+
+def test_the_answer_page_answers_with_its_sources_and_takes_feedback(site: httpx.Client) -> None:
+    page = site.get("/answer", params={"collection": "kb", "q": "why do glaciers retreat"})
+    assert page.status_code == 200
+    assert "Extractive answer" in page.text  # no chat model is configured in the tests
+    assert 'id="source-1"' in page.text and 'class="cite"' in page.text
+    assert "<script>alert" not in page.text
+    token = re.search(r'name="_csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    search_id = re.search(r'name="search_id" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    thanks = site.post(
+        "/answer/feedback", data={"_csrf": token, "search_id": search_id, "kind": "thumbs_up"}
+    )
+    assert thanks.status_code == 200 and "Thanks" in thanks.text
+    with site.stream(
+        "GET", "/answer/stream", params={"collection": "kb", "q": "why do glaciers retreat"}
+    ) as streamed:
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        events = re.findall(r"^event: (\w+)", streamed.read().decode(), re.MULTILINE)
+    assert events[0] == "sources" and events[-1] == "done" and "delta" in events

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from litestar.params import Body
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from sqlalchemy import Connection
 
 from app import collections, documents
@@ -49,12 +50,14 @@ from app.access.caller import (
     require_scope,
 )
 from app.api.auth import Gate
+from app.api.routes.answer import run as answer_run
 from app.api.routes.documents import visibility as document_visibility
 from app.api.routes.search import _run
-from app.api.schemas import SearchOut
+from app.api.schemas import AnswerIn, SearchOut
 from app.documents import parse_metadata
 from app.errors import Forbidden, HybridError, Invalid, Unauthorized
 from app.ingest import vector_index
+from app.querylog import feedback
 from app.search.request import MODES, SearchRequest
 from app.service import Services
 
@@ -70,6 +73,7 @@ PAGE_ROUTE = {"page": True}
 FORM_ROUTE = {"page": True, "form": True}
 MAX_K = 50
 DOCUMENTS_PAGE = 50
+CITATION = re.compile(r"\[(\d{1,3})\]")
 SUGGESTED_QUERY = "how does hybrid search rank results"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -135,6 +139,18 @@ def _hit(hit: Any) -> dict[str, Any]:
         "highlight": Markup(hit.highlight),
         "metadata": json.dumps(hit.metadata, ensure_ascii=False, sort_keys=True),
     }
+
+
+def _cited(text: str, sources: int) -> Markup:
+    """The answer's text, escaped, with each citation [n] a link to its source."""
+
+    def link(found: re.Match[str]) -> str:
+        number = int(found[1])
+        if not 1 <= number <= sources:
+            return found[0]
+        return f'<a href="#source-{number}" class="cite">[{number}]</a>'
+
+    return Markup(CITATION.sub(link, str(escape(text))))
 
 
 def _frame(caller: Caller) -> dict[str, Any]:
@@ -371,6 +387,77 @@ class Pages(Controller):
 
         services.write(work)
         return Redirect(f"/collections/{quote(name)}/documents", status_code=303)
+
+    @get("/answer", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def answer_page(
+        self, request: Request[Any, Any, Any], services: Services, collection: str = "", q: str = ""
+    ) -> Response[Any]:
+        """Ask a question: the answer, its numbered citations and the passages cited. Without
+        scripts the page is rendered whole; with them it streams (`/answer/stream`)."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, SEARCH)
+        with services.transaction() as conn:
+            found = collections.list_all(conn)
+        names = [c.name for c in found if may_use_collection(caller, c.name)]
+        form = Form(collection or (names[0] if names else ""), q)
+        answer, problem = None, None
+        if form.q and form.collection:
+            try:
+                response = answer_run(services, caller, AnswerIn(form.collection, query=form.q))
+                answer = response.content
+            except HybridError as exc:
+                problem = exc
+        context = _frame(caller) | {
+            "form": form,
+            "collections": names,
+            "answer": answer,
+            "answer_html": _cited(answer.answer, len(answer.sources)) if answer else None,
+            "problem": problem,
+        }
+        return page(request, "answer.html", context)
+
+    @get("/answer/stream", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def answer_stream(
+        self, request: Request[Any, Any, Any], services: Services, collection: str, q: str
+    ) -> Response[Any]:
+        """The answer page's stream: server-sent events as `POST /v1/answer` sends them."""
+        caller = page_caller(request, services)
+        if caller is None:
+            raise Unauthorized("sign in first", reason="missing")
+        require_scope(caller, SEARCH)
+        return answer_run(services, caller, AnswerIn(collection, query=q, stream=True))
+
+    @post("/answer/feedback", include_in_schema=False, sync_to_thread=True, opt=FORM_ROUTE)
+    def answer_feedback(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+    ) -> Response[Any]:
+        """Thumbs up or down for an answer (`POST /v1/feedback`, for the viewer's key)."""
+        check_csrf(request, data)
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, SEARCH)
+        kind = data.get("kind", "")
+        if kind not in ("thumbs_up", "thumbs_down"):
+            raise Invalid("kind: expected thumbs_up or thumbs_down", field="kind")
+        given = feedback.Feedback(search_id=data.get("search_id", ""), kind=kind)
+        services.write(
+            lambda conn: feedback.record(
+                conn,
+                services.query_log,
+                given,
+                caller.key_id,
+                admin=ADMIN in caller.scopes,
+                subject=caller.subject,
+            )
+        )
+        thanks = "Thanks: noted." if kind == "thumbs_up" else "Thanks: noted, we will look."
+        return page(request, "_thanks.html", _frame(caller) | {"message": thanks})
 
     @get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
     def login_page(self, request: Request[Any, Any, Any], services: Services) -> Response[Any]:

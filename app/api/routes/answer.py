@@ -58,6 +58,12 @@ def answer_post(data: AnswerIn, services: Services, caller: Caller) -> Response[
 
     With `"stream": true` the response is `text/event-stream`; otherwise an `AnswerOut` body.
     """
+    return run(services, caller, data)
+
+
+def run(services: Services, caller: Caller, data: AnswerIn) -> Response[Any]:
+    """The answer as `caller` may ask it (the API's and the answer page's), logged however it
+    ends."""
     entry = new_entry("answer", caller, data.collection, data.query)
     with Recording(services.query_log, entry) as recording:
         with services.transaction() as conn:
