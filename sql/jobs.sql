@@ -214,3 +214,10 @@ SELECT id FROM jobs
 WHERE collection_id = :collection_id AND kind = :kind AND state IN ('queued', 'running')
 ORDER BY id
 LIMIT 1;
+
+-- name: job_outcomes
+-- What became of each document (or unreadable file) a job took, in the order it wrote them.
+SELECT external_id, source, status, chunks, error FROM job_documents
+WHERE job_id = :job_id
+ORDER BY id
+LIMIT :limit;

@@ -5,6 +5,7 @@ vendored assets, and signing in with an API key (cookie, CSRF, allow-lists)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from app.access import keys
 from app.access.keys import KeySpec
 from app.ingest.model import Block, SourceDocument
+from app.jobs.queue import InProcessWorker
 from app.service import Services
 from tests.conftest import DROP_VECTOR_INDEXES, EMPTY_TABLES, make_settings, serving
 
@@ -226,3 +228,35 @@ def test_the_answer_page_answers_with_its_sources_and_takes_feedback(site: httpx
         assert streamed.headers["content-type"].startswith("text/event-stream")
         events = re.findall(r"^event: (\w+)", streamed.read().decode(), re.MULTILINE)
     assert events[0] == "sources" and events[-1] == "done" and "delta" in events
+
+
+def test_files_uploaded_on_the_ingest_page_are_queued_and_followed(
+    site: httpx.Client, services: Services
+) -> None:
+    page = site.get("/ingest")
+    assert page.status_code == 200 and 'type="file" multiple' in page.text
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    files = [
+        (
+            "files",
+            ("moraines.md", b"# Moraines\n\nRidges of debris a glacier leaves.", "text/markdown"),
+        ),
+        ("files", ("bad.pdf", b"not a pdf", "application/pdf")),
+    ]
+    forged = site.post("/ingest", data={"collection": "kb", "csrf": "x"}, files=files)
+    assert forged.status_code == 403
+    sent = site.post("/ingest", data={"collection": "kb", "csrf": token}, files=files)
+    assert sent.status_code == 303 and re.fullmatch(r"/jobs/\d+", sent.headers["location"])
+    worker = InProcessWorker(services)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "hx-trigger" in (job := site.get(sent.headers["location"])).text:
+            assert time.monotonic() < deadline, job.text
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    assert "done" in job.text and ">moraines.md<" in job.text and "created" in job.text
+    assert "bad.pdf" in job.text and "failed:" in job.text
+    found = site.get("/", params={"collection": "kb", "q": "ridges of debris"})
+    assert "Moraines" in found.text

@@ -127,6 +127,7 @@ EXPECTED = {
     ("jobs.sql", "file_in_use"): {"sha256"},
     ("jobs.sql", "prune_jobs"): {"days"},
     ("jobs.sql", "unfinished_job"): {"collection_id", "kind"},
+    ("jobs.sql", "job_outcomes"): {"job_id", "limit"},
     ("reembed.sql", "lock_collection"): {"collection_id"},
     ("reembed.sql", "set_next"): {"collection_id", "model", "dim"},
     ("reembed.sql", "chunk_counts"): {"collection_id"},

@@ -23,13 +23,13 @@ import hmac
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import Cookie
+from litestar.datastructures import Cookie, UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -56,7 +56,10 @@ from app.api.routes.search import _run
 from app.api.schemas import AnswerIn, SearchOut
 from app.documents import parse_metadata
 from app.errors import Forbidden, HybridError, Invalid, Unauthorized
-from app.ingest import vector_index
+from app.ingest import load, vector_index
+from app.jobs import records
+from app.jobs.blobs import BlobStore
+from app.jobs.submit import submit
 from app.querylog import feedback
 from app.search.request import MODES, SearchRequest
 from app.service import Services
@@ -71,6 +74,7 @@ SESSION_S = 12 * 3600
 # (app/api/edge.py), and its CSRF token checked.
 PAGE_ROUTE = {"page": True}
 FORM_ROUTE = {"page": True, "form": True}
+UPLOAD_ROUTE = {"page": True, "upload": True}
 MAX_K = 50
 DOCUMENTS_PAGE = 50
 CITATION = re.compile(r"\[(\d{1,3})\]")
@@ -101,6 +105,15 @@ def _asset(path: str) -> str:
     changes."""
     digest = hashlib.sha256((STATIC / path).read_bytes()).hexdigest()[:12]
     return f"/static/{path}?v={digest}"
+
+
+@dataclass
+class PageUpload:
+    """The upload form: the collection, its files, and the form's CSRF token."""
+
+    collection: str = ""
+    files: list[UploadFile] = field(default_factory=list)
+    csrf: str = ""
 
 
 @dataclass(frozen=True)
@@ -458,6 +471,80 @@ class Pages(Controller):
         )
         thanks = "Thanks: noted." if kind == "thumbs_up" else "Thanks: noted, we will look."
         return page(request, "_thanks.html", _frame(caller) | {"message": thanks})
+
+    @get("/ingest", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def ingest_page(
+        self, request: Request[Any, Any, Any], services: Services, collection: str = ""
+    ) -> Response[Any]:
+        """Upload files into a collection (as many as wanted, dropped or picked)."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, INGEST)
+        with services.transaction() as conn:
+            found = collections.list_all(conn)
+        names = [c.name for c in found if may_use_collection(caller, c.name)]
+        context = _frame(caller) | {
+            "collections": names,
+            "collection": collection or (names[0] if names else ""),
+            "suffixes": ", ".join(sorted(load.SUPPORTED_SUFFIXES)),
+            "max_mb": services.settings.ingest.max_upload_bytes // (1 << 20),
+        }
+        return page(request, "ingest.html", context)
+
+    @post("/ingest", include_in_schema=False, sync_to_thread=True, status_code=303,
+          opt=UPLOAD_ROUTE)  # fmt: skip
+    def ingest_upload(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        data: Annotated[PageUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
+    ) -> Response[Any]:
+        """The upload form: the files queued as an ingest job, then its page."""
+        check_csrf(request, {CSRF_FIELD: data.csrf})
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, INGEST)
+        require_collection(caller, data.collection)
+        if not data.files:
+            raise Invalid("files: choose at least one file", field="files")
+        with services.transaction() as conn:
+            collection = collections.get(conn, data.collection)
+        limit = services.settings.ingest.max_upload_bytes
+        uploads = ((upload.filename or "upload", upload.file) for upload in data.files)
+        staged = BlobStore.of(services.settings).stage_files(uploads, limit)
+        job = submit(
+            services, kind=records.INGEST, collection_id=collection.id,
+            params={"metadata": {}, "acl": None}, key_id=caller.key_id,
+            requested_by=caller.describe(), files=staged,
+        )  # fmt: skip
+        return Redirect(f"/jobs/{job.id}", status_code=303)
+
+    @get("/jobs/{job_id:int}", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def job_page(
+        self, request: Request[Any, Any, Any], services: Services, job_id: int
+    ) -> Response[Any]:
+        """A job's progress (the page looks again every second until it ends) and what became
+        of each document."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, INGEST)
+        owner = None if ADMIN in caller.scopes else caller.key_id
+        with services.transaction() as conn:
+            job = records.get(conn, job_id, owner)
+            outcomes = records.outcomes(conn, job_id)
+        done, total = job.progress
+        context = _frame(caller) | {
+            "job": job,
+            "done": done,
+            "total": total,
+            "eta": job.eta_s(),
+            "outcomes": outcomes,
+        }
+        name = "_job.html" if request.headers.get("hx-request") else "job.html"
+        return page(request, name, context)
 
     @get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
     def login_page(self, request: Request[Any, Any, Any], services: Services) -> Response[Any]:

@@ -184,6 +184,15 @@ def page(
     return [_job(row) for row in rows]
 
 
+def outcomes(conn: Connection, job_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+    """The outcome of each document (or unreadable file) the job took: created, updated,
+    metadata_updated, unchanged or failed (with the reason)."""
+    rows = conn.execute(
+        query("jobs.sql", "job_outcomes"), {"job_id": job_id, "limit": limit}
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
 def unfinished(conn: Connection, collection_id: int, kind: str) -> Job | None:
     """The collection's queued or running job of `kind`, if any."""
     found = conn.execute(
