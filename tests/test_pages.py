@@ -260,3 +260,16 @@ def test_files_uploaded_on_the_ingest_page_are_queued_and_followed(
     assert "bad.pdf" in job.text and "failed:" in job.text
     found = site.get("/", params={"collection": "kb", "q": "ridges of debris"})
     assert "Moraines" in found.text
+
+
+def test_the_analytics_page_charts_what_was_searched(
+    site: httpx.Client, services: Services
+) -> None:
+    for query in ("glaciers", "glaciers", "<i>zebra</i> nothing matches qqqq"):
+        site.get("/", params={"collection": "kb", "q": query, "mode": "keyword"})
+    services.query_log.flush()
+    page = site.get("/analytics", params={"collection": "kb"})
+    assert page.status_code == 200
+    assert page.text.count("<svg") == 3 and '<rect x="' in page.text
+    assert "<td>glaciers</td><td>2</td>" in page.text
+    assert "&lt;i&gt;zebra&lt;/i&gt;" in page.text and "<i>zebra" not in page.text

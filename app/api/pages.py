@@ -60,7 +60,7 @@ from app.ingest import load, vector_index
 from app.jobs import records
 from app.jobs.blobs import BlobStore
 from app.jobs.submit import submit
-from app.querylog import feedback
+from app.querylog import analytics, feedback
 from app.search.request import MODES, SearchRequest
 from app.service import Services
 
@@ -77,6 +77,7 @@ FORM_ROUTE = {"page": True, "form": True}
 UPLOAD_ROUTE = {"page": True, "upload": True}
 MAX_K = 50
 DOCUMENTS_PAGE = 50
+CHART_WIDTH, CHART_HEIGHT = 600, 160
 CITATION = re.compile(r"\[(\d{1,3})\]")
 SUGGESTED_QUERY = "how does hybrid search rank results"
 SECURITY_HEADERS = {
@@ -164,6 +165,47 @@ def _cited(text: str, sources: int) -> Markup:
         return f'<a href="#source-{number}" class="cite">[{number}]</a>'
 
     return Markup(CITATION.sub(link, str(escape(text))))
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    label: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A bar chart drawn as SVG by the template (no script, no inline style)."""
+
+    title: str
+    bars: list[Bar]
+    top: str
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+
+
+def chart(title: str, labels: list[str], values: list[float], fmt: str) -> Chart:
+    """Bars of `values` scaled to the chart's height, each with its label and its value."""
+    highest = max((float(v) for v in values), default=0.0) or 1.0
+    step = CHART_WIDTH / max(len(values), 1)
+    bars = []
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        height = (CHART_HEIGHT - 20) * float(value) / highest
+        bars.append(
+            Bar(
+                x=round(i * step + step * 0.1, 1),
+                y=round(CHART_HEIGHT - 20 - height, 1),
+                width=round(step * 0.8, 1),
+                height=round(height, 1),
+                label=label,
+                value=fmt.format(float(value)),
+            )  # fmt: skip
+        )
+    return Chart(title, bars, fmt.format(highest))
 
 
 def _frame(caller: Caller) -> dict[str, Any]:
@@ -545,6 +587,44 @@ class Pages(Controller):
         }
         name = "_job.html" if request.headers.get("hx-request") else "job.html"
         return page(request, name, context)
+
+    @get("/analytics", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def analytics_page(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        collection: str = "",
+        days: int = 30,
+    ) -> Response[Any]:
+        """How search is used (admins): daily searches, p95 latency and zero-result rate as
+        charts, the top queries and those that found nothing."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, ADMIN)
+        days = max(1, min(days, 366))
+        window = {"collection": collection or None, "since": analytics.since(days)}
+        report = analytics.rows(services.engine, "report", **window)
+        top = analytics.rows(services.engine, "top_queries", **window, limit=20)
+        zero = analytics.rows(services.engine, "zero_queries", **window, limit=20)
+        with services.transaction() as conn:
+            names = [c.name for c in collections.list_all(conn)]
+        days_shown = [str(r["day"])[5:] for r in report]
+        charts = [
+            chart("Searches a day", days_shown, [r["requests"] for r in report], "{:.0f}"),
+            chart("p95 latency, ms", days_shown, [r["p95_ms"] or 0 for r in report], "{:.1f}"),
+            chart("Zero-result rate", days_shown, [r["zero_rate"] or 0 for r in report], "{:.1%}"),
+        ]
+        context = _frame(caller) | {
+            "collection": collection,
+            "collections": names,
+            "days": days,
+            "report": report,
+            "charts": charts,
+            "top": top,
+            "zero": zero,
+        }
+        return page(request, "analytics.html", context)
 
     @get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
     def login_page(self, request: Request[Any, Any, Any], services: Services) -> Response[Any]:
