@@ -203,7 +203,7 @@ def chart(title: str, labels: list[str], values: list[float], fmt: str) -> Chart
                 height=round(height, 1),
                 label=label,
                 value=fmt.format(float(value)),
-            )  # fmt: skip
+            )
         )
     return Chart(title, bars, fmt.format(highest))
 
