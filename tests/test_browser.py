@@ -107,7 +107,7 @@ def test_search_modes_explain_filters_and_history(page: Page, site: str) -> None
     page.get_by_label("Query").fill("why do glaciers retreat")
     page.get_by_role("button", name="Search").click()
     expect(page.locator(".hit").first).to_contain_text("Glaciers and ice sheets")
-    assert "q=why+do+glaciers+retreat" in page.url  # the URL carries the search
+    assert "q=why%20do%20glaciers%20retreat" in page.url  # the URL carries the search
     shot(page, "search")
     # Explain: each leg's rank and the fused score.
     page.locator(".hit details summary").first.click()
@@ -168,7 +168,7 @@ def test_an_answer_streams_with_its_citations(page: Page, site: str) -> None:
     expect(page.locator("a.cite").first).to_be_visible()
     expect(page.locator(".note")).to_contain_text("Extractive answer")
     shot(page, "answer")
-    page.get_by_role("button", name="Helpful").click()
+    page.get_by_role("button", name="Helpful", exact=True).click()
     expect(page.get_by_role("status")).to_contain_text("Thanks")
 
 
