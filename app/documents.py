@@ -121,6 +121,16 @@ def get(
     return dict(row)
 
 
+def metadata_keys(
+    conn: Connection, collection_id: int, visibility: Visibility = EVERYTHING
+) -> list[str]:
+    """The top-level metadata keys of the reader's most recent documents (a sample)."""
+    rows = conn.execute(
+        visibility.statement("metadata_keys"), visibility.bind(collection_id=collection_id)
+    ).scalars()
+    return list(rows)
+
+
 def chunks_of(conn: Connection, collection_id: int, document_id: int) -> list[dict[str, Any]]:
     rows = conn.execute(
         query("documents.sql", "document_chunks"),

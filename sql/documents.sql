@@ -140,3 +140,18 @@ WITH victim AS (
     SELECT collection_id, id, 'D' FROM gone
 )
 SELECT count(*) FROM doc;
+
+-- name: metadata_keys
+-- The top-level metadata keys of the most recently updated documents the reader may see (for
+-- the search page's filter builder): a sample, so that it costs the same on any collection.
+SELECT DISTINCT k.key
+FROM (SELECT d.metadata
+      FROM documents d
+      WHERE d.collection_id = :collection_id AND d.deleted_at IS NULL
+        AND (CAST(:principals AS text[]) IS NULL OR d.acl && CAST(:principals AS text[]))
+        AND /* visible */ TRUE
+      ORDER BY d.updated_at DESC
+      LIMIT 1000) AS recent
+CROSS JOIN LATERAL jsonb_object_keys(recent.metadata) AS k(key)
+ORDER BY k.key
+LIMIT 200;

@@ -273,3 +273,18 @@ def test_the_analytics_page_charts_what_was_searched(
     assert page.text.count("<svg") == 3 and '<rect x="' in page.text
     assert "<td>glaciers</td><td>2</td>" in page.text
     assert "&lt;i&gt;zebra&lt;/i&gt;" in page.text and "<i>zebra" not in page.text
+
+
+def test_the_filter_builder_offers_the_metadata_keys_and_filters(site: httpx.Client) -> None:
+    page = site.get("/", params={"collection": "kb"})
+    assert '<option value="lang">metadata.lang</option>' in page.text
+    narrowed = site.get(
+        "/", params={"collection": "kb", "q": "glaciers", "key": "lang", "value": "en"}
+    )
+    assert "Glaciers and ice sheets" in narrowed.text and "&lt;script&gt;" not in narrowed.text
+    both = site.get(
+        "/",
+        params={"collection": "kb", "q": "glaciers", "key": "lang", "value": "en",
+                "filter": '{"title": "Deserts"}', "per_document": "true"},
+    )  # fmt: skip
+    assert "0 results" in both.text

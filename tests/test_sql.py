@@ -28,6 +28,7 @@ EXPECTED = {
         "collection_id", "include_deleted", "limit", "offset", "principals", "title",
     },
     ("documents.sql", "count_documents"): {"collection_id", "principals", "title"},
+    ("documents.sql", "metadata_keys"): {"collection_id", "principals"},
     ("documents.sql", "get_document"): {"collection_id", "external_id", "principals"},
     ("documents.sql", "lock_document"): {"collection_id", "external_id"},
     ("documents.sql", "document_chunks"): {"collection_id", "document_id"},

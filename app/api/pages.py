@@ -126,6 +126,10 @@ class Form:
     mode: str = ""
     k: int = 10
     filter: str = ""
+    # The filter builder: one metadata key and the value it must equal (joined to `filter`).
+    key: str = ""
+    value: str = ""
+    per_document: bool = False
 
 
 def _reranks(services: Services) -> bool:
@@ -138,12 +142,25 @@ def _search(
 ) -> tuple[SearchOut | None, HybridError | None]:
     try:
         parsed = parse_metadata(form.filter, name="filter") if form.filter.strip() else None
+        if form.key:
+            picked = {f"metadata.{form.key}": form.value}
+            parsed = {"and": [parsed, picked]} if parsed else picked
         asked = SearchRequest(
-            query=form.q, mode=form.mode or None, k=form.k, filter=parsed, explain=True
-        )
+            query=form.q, mode=form.mode or None, k=form.k, filter=parsed, explain=True,
+            per_document=form.per_document,
+        )  # fmt: skip
         return _run(services, caller, form.collection, asked), None
     except HybridError as exc:
         return None, exc
+
+
+def _metadata_keys(conn: Connection, caller: Caller, name: str) -> list[str]:
+    """The collection's metadata keys the viewer's documents have (for the filter builder)."""
+    try:
+        collection = collections.get(conn, name)
+    except HybridError:
+        return []
+    return documents.metadata_keys(conn, collection.id, document_visibility(caller))
 
 
 def _hit(hit: Any) -> dict[str, Any]:
@@ -288,6 +305,9 @@ class Pages(Controller):
         mode: str = "",
         k: int = 10,
         filter: str = "",
+        key: str = "",
+        value: str = "",
+        per_document: bool = False,
     ) -> Response[Any]:
         """The search page; with `HX-Request`, only its results."""
         caller = page_caller(request, services)
@@ -298,9 +318,9 @@ class Pages(Controller):
             names = [
                 c.name for c in collections.list_all(conn) if may_use_collection(caller, c.name)
             ]
-        form = Form(
-            collection or (names[0] if names else ""), q, mode, max(1, min(k, MAX_K)), filter
-        )
+            chosen = collection or (names[0] if names else "")
+            keys = _metadata_keys(conn, caller, chosen) if chosen in names else []
+        form = Form(chosen, q, mode, max(1, min(k, MAX_K)), filter, key, value, per_document)
         result, problem = (
             _search(services, caller, form) if form.q and form.collection else (None, None)
         )
@@ -310,6 +330,7 @@ class Pages(Controller):
             "modes": [m for m in MODES if m != "hybrid+rerank" or _reranks(services)],
             "result": result,
             "problem": problem,
+            "keys": keys,
             "hits": [_hit(h) for h in result.hits] if result else [],
             "suggested": SUGGESTED_QUERY,
             **_frame(caller),
