@@ -124,6 +124,9 @@ def secured_site(
                 conn, KeySpec(name="reader", scopes=("search",), collections=("kb",))
             ).secret,
             "writer": keys.create(conn, KeySpec(name="writer", scopes=("ingest",))).secret,
+            "limited": keys.create(
+                conn, KeySpec(name="limited", scopes=("search",), rate_per_minute=3)
+            ).secret,
         }
     try:
         with serving(services) as client:
@@ -288,3 +291,13 @@ def test_the_filter_builder_offers_the_metadata_keys_and_filters(site: httpx.Cli
                 "filter": '{"title": "Deserts"}', "per_document": "true"},
     )  # fmt: skip
     assert "0 results" in both.text
+
+
+def test_pages_spend_the_key_s_rate_budget(
+    secured_site: tuple[httpx.Client, dict[str, str]],
+) -> None:
+    site, secrets = secured_site
+    token = csrf(site)
+    assert site.post("/login", data={"key": secrets["limited"], "_csrf": token}).status_code == 303
+    answers = [site.get("/").status_code for _ in range(5)]
+    assert answers[:3] == [200, 200, 200] and answers[3] == 429

@@ -49,6 +49,7 @@ from app.access.caller import (
     require_collection,
     require_scope,
 )
+from app.access.limits import ANSWER, REQUEST
 from app.api.auth import Gate
 from app.api.routes.answer import run as answer_run
 from app.api.routes.documents import visibility as document_visibility
@@ -230,18 +231,26 @@ def _frame(caller: Caller) -> dict[str, Any]:
     return {"signed_in": caller.key_id is not None, "caller": caller.describe()}
 
 
-def page_caller(request: Request[Any, Any, Any], services: Services) -> Caller | None:
+def page_caller(
+    request: Request[Any, Any, Any], services: Services, budget: str = REQUEST
+) -> Caller | None:
     """Who is looking at a page: anyone when authentication is off; else the key it signed in
-    with (None: not signed in, or the key no longer works)."""
+    with (None: not signed in, or the key no longer works). A page spends the key's rate
+    budget (`budget`: requests, or answers) as the API does: over it, 429."""
     key = request.cookies.get(KEY_COOKIE)
     if _required(services) and not key:
         return None
+    gate = _gate(request)
     try:
-        return _gate(request).authenticator.authenticate(
+        caller = gate.authenticator.authenticate(
             f"Bearer {key}" if key else None, services.transaction
         )
     except Unauthorized:
         return None
+    decision = gate.limiter.admit(caller, budget)
+    if decision is not None and not decision.allowed:
+        raise decision.refusal()
+    return caller
 
 
 def _gate(request: Request[Any, Any, Any]) -> Gate:
@@ -470,7 +479,7 @@ class Pages(Controller):
     ) -> Response[Any]:
         """Ask a question: the answer, its numbered citations and the passages cited. Without
         scripts the page is rendered whole; with them it streams (`/answer/stream`)."""
-        caller = page_caller(request, services)
+        caller = page_caller(request, services, ANSWER if q else REQUEST)
         if caller is None:
             return Redirect("/login", status_code=303)
         require_scope(caller, SEARCH)
@@ -499,7 +508,7 @@ class Pages(Controller):
         self, request: Request[Any, Any, Any], services: Services, collection: str, q: str
     ) -> Response[Any]:
         """The answer page's stream: server-sent events as `POST /v1/answer` sends them."""
-        caller = page_caller(request, services)
+        caller = page_caller(request, services, ANSWER)
         if caller is None:
             raise Unauthorized("sign in first", reason="missing")
         require_scope(caller, SEARCH)
