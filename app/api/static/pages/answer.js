@@ -53,8 +53,8 @@
       hidden(target.dataset.csrfField, target.dataset.csrfToken),
       hidden("search_id", searchId),
       element("span", {}, "Was this helpful? "),
-      element("button", { type: "submit", name: "kind", value: "thumbs_up", "aria-label": "Helpful" }, "👍"),
-      element("button", { type: "submit", name: "kind", value: "thumbs_down", "aria-label": "Not helpful" }, "👎"),
+      element("button", { type: "submit", name: "kind", value: "thumbs_up" }, "Helpful"),
+      element("button", { type: "submit", name: "kind", value: "thumbs_down" }, "Not helpful"),
     );
     thanks.addEventListener("submit", async (event) => {
       event.preventDefault();
