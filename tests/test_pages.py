@@ -301,3 +301,15 @@ def test_pages_spend_the_key_s_rate_budget(
     assert site.post("/login", data={"key": secrets["limited"], "_csrf": token}).status_code == 303
     answers = [site.get("/").status_code for _ in range(5)]
     assert answers[:3] == [200, 200, 200] and answers[3] == 429
+
+
+def test_boosts_from_the_form(site: httpx.Client) -> None:
+    # Empty boxes, as a browser sends them: no boost.
+    plain = site.get(
+        "/", params={"collection": "kb", "q": "glaciers", "recency": "", "popularity": ""}
+    )
+    assert "Glaciers and ice sheets" in plain.text
+    boosted = site.get("/", params={"collection": "kb", "q": "glaciers", "popularity": "0.5"})
+    assert "popularity ×" in boosted.text and 'value="0.5"' in boosted.text
+    bad = site.get("/", params={"collection": "kb", "q": "glaciers", "recency": "soon"})
+    assert 'role="alert"' in bad.text and "<strong>recency</strong>" in bad.text

@@ -62,7 +62,13 @@ from app.jobs import records
 from app.jobs.blobs import BlobStore
 from app.jobs.submit import submit
 from app.querylog import analytics, feedback
-from app.search.request import MODES, SearchRequest
+from app.search.request import (
+    MODES,
+    Boosts,
+    PopularityBoost,
+    RecencyBoost,
+    SearchRequest,
+)
 from app.service import Services
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -131,6 +137,10 @@ class Form:
     key: str = ""
     value: str = ""
     per_document: bool = False
+    # Boosts, as typed (an empty box: none): newer documents first (a half-life in days),
+    # popular ones (a weight).
+    recency: str = ""
+    popularity: str = ""
 
 
 def _reranks(services: Services) -> bool:
@@ -146,13 +156,31 @@ def _search(
         if form.key:
             picked = {f"metadata.{form.key}": form.value}
             parsed = {"and": [parsed, picked]} if parsed else picked
+        recency, popularity = (
+            _number(form.recency, "recency"),
+            _number(form.popularity, "popularity"),
+        )
+        boosts = Boosts(
+            recency=RecencyBoost(recency) if recency else None,
+            popularity=PopularityBoost(popularity) if popularity else None,
+        )
         asked = SearchRequest(
             query=form.q, mode=form.mode or None, k=form.k, filter=parsed, explain=True,
-            per_document=form.per_document,
+            per_document=form.per_document, boosts=boosts,
         )  # fmt: skip
         return _run(services, caller, form.collection, asked), None
     except HybridError as exc:
         return None, exc
+
+
+def _number(text: str, name: str) -> float | None:
+    """A number box of the form: empty is none."""
+    if not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise Invalid(f"{name}: expected a number, got {text!r}", field=name) from None
 
 
 def _metadata_keys(conn: Connection, caller: Caller, name: str) -> list[str]:
@@ -317,6 +345,8 @@ class Pages(Controller):
         key: str = "",
         value: str = "",
         per_document: bool = False,
+        recency: str = "",
+        popularity: str = "",
     ) -> Response[Any]:
         """The search page; with `HX-Request`, only its results."""
         caller = page_caller(request, services)
@@ -329,7 +359,8 @@ class Pages(Controller):
             ]
             chosen = collection or (names[0] if names else "")
             keys = _metadata_keys(conn, caller, chosen) if chosen in names else []
-        form = Form(chosen, q, mode, max(1, min(k, MAX_K)), filter, key, value, per_document)
+        k = max(1, min(k, MAX_K))
+        form = Form(chosen, q, mode, k, filter, key, value, per_document, recency, popularity)
         result, problem = (
             _search(services, caller, form) if form.q and form.collection else (None, None)
         )
