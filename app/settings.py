@@ -612,6 +612,11 @@ class ServerSettings:
         "Longest a tenant token may live, in seconds from now to its `exp`",
         at_least(1),
     )
+    eval_reports: Path = setting(
+        "HYBRID_EVAL_REPORTS",
+        Path("eval-results"),
+        "Where the evaluation page finds `hybrid eval`'s JSON reports (its `--out` default)",
+    )
 
     @property
     def in_flight_limit(self) -> int:

@@ -30,7 +30,8 @@ OUTPUT = Path(os.environ.get("HYBRID_TEST_OUTPUT", "test-output"))
 AXE = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
 HOSTILE = "<img src=x onerror=alert('pwned')> <script>alert('pwned')</script>"
 PAGES = ("/", "/?collection=kb&q=glaciers", "/answer", "/collections", "/collections/kb/documents",
-         "/collections/kb/documents/glaciers", "/ingest", "/analytics", "/login")  # fmt: skip
+         "/collections/kb/documents/glaciers", "/ingest", "/analytics", "/evaluation",
+         "/login")  # fmt: skip
 
 
 def corpus() -> list[SourceDocument]:

@@ -4,6 +4,7 @@ vendored assets, and signing in with an API key (cookie, CSRF, allow-lists)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -313,3 +314,28 @@ def test_boosts_from_the_form(site: httpx.Client) -> None:
     assert "popularity ×" in boosted.text and 'value="0.5"' in boosted.text
     bad = site.get("/", params={"collection": "kb", "q": "glaciers", "recency": "soon"})
     assert 'role="alert"' in bad.text and "<strong>recency</strong>" in bad.text
+
+
+def test_the_evaluation_page_shows_the_reports(
+    database_url: str, data_dir: Path, session_services: Services, tmp_path: Path
+) -> None:
+    report = {
+        "dataset": "scifact", "collection": "eval-scifact", "documents": 5183, "queries": 300,
+        "k": 100, "embed_p50_ms": 9.5, "vector_backend": "auto",
+        "modes": [
+            {"mode": "keyword", "queries": 300, "ndcg_10": 0.665, "recall_100": 0.9,
+             "mrr_10": 0.63, "hit_5": 0.75, "latency_p50_ms": 12.0, "latency_p95_ms": 20.0},
+            {"mode": "hybrid", "queries": 300, "ndcg_10": 0.712, "recall_100": 0.95,
+             "mrr_10": 0.68, "hit_5": 0.8, "latency_p50_ms": 18.0, "latency_p95_ms": 25.0},
+        ],
+    }  # fmt: skip
+    (tmp_path / "scifact.json").write_text(json.dumps(report))
+    (tmp_path / "notes.json").write_text("not a report")
+    settings = make_settings(database_url, data_dir, HYBRID_EVAL_REPORTS=str(tmp_path))
+    services = Services(settings, session_services.engine)
+    services.embedders = session_services.embedders
+    with serving(services) as site:
+        page = site.get("/evaluation")
+    assert page.status_code == 200
+    assert "<h2" in page.text and "scifact" in page.text and "<td>0.712</td>" in page.text
+    assert page.text.count("<rect") == 2

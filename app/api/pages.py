@@ -687,6 +687,28 @@ class Pages(Controller):
         }
         return page(request, "analytics.html", context)
 
+    @get("/evaluation", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
+    def evaluation_page(self, request: Request[Any, Any, Any], services: Services) -> Response[Any]:
+        """The reports `hybrid eval` wrote (admins): per set, each mode's quality and latency,
+        as a table and a chart of nDCG@10."""
+        caller = page_caller(request, services)
+        if caller is None:
+            return Redirect("/login", status_code=303)
+        require_scope(caller, ADMIN)
+        folder = services.settings.server.eval_reports
+        reports = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                report = json.loads(path.read_text())
+                modes = report["modes"]
+                ndcg = [float(m["ndcg_10"]) for m in modes]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a report of `hybrid eval`
+            labels = [str(m["mode"]) for m in modes]
+            reports.append({"report": report, "chart": chart("nDCG@10", labels, ndcg, "{:.3f}")})
+        context = _frame(caller) | {"reports": reports, "folder": str(folder)}
+        return page(request, "evaluation.html", context)
+
     @get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
     def login_page(self, request: Request[Any, Any, Any], services: Services) -> Response[Any]:
         return page(request, "login.html", {"problem": None, "required": _required(services)})
