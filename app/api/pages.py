@@ -404,7 +404,9 @@ class Pages(Controller):
             }
             for c in found
         ]
-        return page(request, "collections.html", _frame(caller) | {"rows": rows})
+        chunking = services.settings.chunking
+        context = _frame(caller) | {"rows": rows, "chunking": chunking}
+        return page(request, "collections.html", context)
 
     @get("/collections/{name:str}/documents", include_in_schema=False, sync_to_thread=True,
          opt=PAGE_ROUTE)  # fmt: skip
