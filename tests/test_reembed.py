@@ -107,6 +107,8 @@ def test_a_collection_moves_to_another_model_and_dimension(
 ) -> None:
     ingest(own, 30)
     ingest(own, 10, collection="other")
+    with own.engine.begin() as conn:  # every chunk embedded by the model, none from the cache
+        conn.execute(text("DELETE FROM embedding_cache WHERE model LIKE 'openai/%'"))
     other_before = ranked(own, "word3 topic1", "hybrid", "other")
     chunks = scalar(own, "SELECT count(*) FROM chunks c JOIN collections k ON k.id = "
                     "c.collection_id WHERE k.name = :n", n=COLLECTION)  # fmt: skip

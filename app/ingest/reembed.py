@@ -78,7 +78,6 @@ class Progress:
 
     total: int = 0
     done: int = 0
-    embedded: int = 0
 
 
 def refuse_current(collection: Collection, target: Target) -> None:
@@ -150,7 +149,6 @@ def fill(
             stored = _store(conn, collection, rows, embed)
         after = rows[-1].id
         progress.done += stored
-        progress.embedded += len(rows)
         between(progress)
 
 
@@ -182,7 +180,6 @@ def switch(
             {"collection_id": current.id, "after": after, "limit": batch},
         ).all():
             progress.done += _store(conn, current, rows, embed)
-            progress.embedded += len(rows)
             after = rows[-1].id
         version = conn.execute(
             query("reembed.sql", "switch"), {"collection_id": current.id}

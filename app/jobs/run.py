@@ -36,7 +36,7 @@ from app.documents import Visibility
 from app.errors import HybridError, Unavailable, UpstreamError
 from app.ingest import load, reembed
 from app.ingest.model import SourceDocument
-from app.ingest.pipeline import Defaults, PendingBatch
+from app.ingest.pipeline import Defaults, IngestReport, PendingBatch
 from app.jobs import records
 from app.jobs.blobs import BlobStore
 from app.search.filters import compile_filter
@@ -236,8 +236,10 @@ class Runner:
         embedder = services.embedders.get(target.model, target.dimension)
         ingestor = services.ingestor
 
+        counted = IngestReport()  # what the model embedded (the rest came from the cache)
+
         def embed(texts: list[str]) -> Any:
-            return ingestor.embed_cached(texts, None, embedder)
+            return ingestor.embed_cached(texts, counted, embedder)
 
         recorded = {"embedded": 0}
 
@@ -249,10 +251,10 @@ class Runner:
                         "job_id": job.id,
                         "total": progress.total,
                         "done": progress.done,
-                        "embedded": progress.embedded - recorded["embedded"],
+                        "embedded": counted.embedded - recorded["embedded"],
                     },
                 )
-            recorded["embedded"] = progress.embedded
+            recorded["embedded"] = counted.embedded
 
         def between(progress: reembed.Progress) -> None:
             record(progress)
