@@ -612,6 +612,12 @@ class ServerSettings:
         "Longest a tenant token may live, in seconds from now to its `exp`",
         at_least(1),
     )
+    secure_cookies: bool = setting(
+        "HYBRID_SECURE_COOKIES",
+        False,
+        "Mark the web pages' cookies Secure even when the service itself sees plain HTTP (set it "
+        "behind a proxy that terminates TLS); over HTTPS they always are",
+    )
     eval_reports: Path = setting(
         "HYBRID_EVAL_REPORTS",
         Path("eval-results"),

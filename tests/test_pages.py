@@ -151,15 +151,29 @@ def test_signing_in_keeps_the_key_in_an_http_only_cookie(
     secured_site: tuple[httpx.Client, dict[str, str]],
 ) -> None:
     site, secrets = secured_site
-    assert site.get("/").status_code == 303  # to /login
+    shared = site.get("/", params={"collection": "kb", "q": "glaciers"})
+    assert shared.status_code == 303 and shared.headers["location"].startswith("/login?next=")
+    # An htmx request is told where to go, whole.
+    assert site.get("/", headers={"HX-Request": "true"}).headers["hx-redirect"].startswith("/login")
+    back = site.get(shared.headers["location"])
+    assert 'name="next" value="/?collection=kb&amp;q=glaciers"' in back.text
     token = csrf(site)
     # Without the form token, or with another: refused.
     forged = site.post("/login", data={"key": secrets["reader"], "_csrf": "forged"})
-    assert forged.status_code == 403 and forged.json()["field"] == "_csrf"
+    assert forged.status_code == 403 and "<strong>_csrf</strong>" in forged.text
     bad = site.post("/login", data={"key": "hs_nope", "_csrf": token})
     assert bad.status_code == 401 and 'role="alert"' in bad.text
-    signed = site.post("/login", data={"key": secrets["reader"], "_csrf": token})
-    assert signed.status_code == 303
+    signed = site.post(
+        "/login",
+        data={"key": secrets["reader"], "_csrf": token, "next": "/?collection=kb&q=glaciers"},
+    )
+    assert signed.status_code == 303 and signed.headers["location"] == "/?collection=kb&q=glaciers"
+    token = re.search(r'name="_csrf" value="([^"]+)"', site.get("/").text).group(1)  # type: ignore[union-attr]
+    # Another site's address is never where a sign-in goes.
+    elsewhere = site.post(
+        "/login", data={"key": secrets["reader"], "_csrf": token, "next": "//evil.example/"}
+    )
+    assert elsewhere.headers["location"] == "/"
     cookie = next(c for c in signed.headers.get_list("set-cookie") if c.startswith("hybrid_key="))
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     page = site.get("/", params={"collection": "kb", "q": "glaciers"})
@@ -339,3 +353,32 @@ def test_the_evaluation_page_shows_the_reports(
     assert page.status_code == 200
     assert "<h2" in page.text and "scifact" in page.text and "<td>0.712</td>" in page.text
     assert page.text.count("<rect") == 2
+
+
+def test_documents_whose_ids_hold_slashes_open_and_delete(
+    site: httpx.Client, services: Services
+) -> None:
+    odd = ["/abs/notes.md", "a//b", "a/../b"]
+    services.ingestor.ingest(
+        "kb",
+        [SourceDocument(external_id=i, title=f"Odd {i}", blocks=[Block("Ice.")]) for i in odd],
+    )
+    listing = site.get("/collections/kb/documents", params={"title": "Odd"})
+    links = re.findall(r'href="(/collections/kb/documents/[^"]+)"', listing.text)
+    assert len(links) == 3 and all("%2F" in link for link in links)
+    for link in links:
+        opened = site.get(link)
+        assert opened.status_code == 200, link
+        shown = re.search(r"<dt>Id</dt><dd><code>([^<]+)</code>", opened.text).group(1)  # type: ignore[union-attr]
+        assert shown in odd
+        token = re.search(r'name="_csrf" value="([^"]+)"', opened.text).group(1)  # type: ignore[union-attr]
+        assert site.post(link, data={"action": "delete", "_csrf": token}).status_code == 303
+    assert "0 documents" in site.get("/collections/kb/documents", params={"title": "Odd"}).text
+
+
+def test_a_refusal_on_a_page_is_a_page(site: httpx.Client) -> None:
+    missing = site.get("/collections/nothing/documents")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in missing.text and "content-security-policy" in missing.headers
+    part = site.get("/collections/kb/documents/none", headers={"HX-Request": "true"})
+    assert part.status_code == 404 and "<html" not in part.text and 'role="alert"' in part.text

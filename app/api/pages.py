@@ -18,6 +18,7 @@ Security, in one place for every page:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie, UploadFile
@@ -52,8 +53,9 @@ from app.access.caller import (
 from app.access.limits import ANSWER, REQUEST
 from app.api.auth import Gate
 from app.api.routes.answer import run as answer_run
+from app.api.routes.documents import external_id_of
 from app.api.routes.documents import visibility as document_visibility
-from app.api.routes.search import _run
+from app.api.routes.search import run as search_run
 from app.api.schemas import AnswerIn, SearchOut
 from app.documents import parse_metadata
 from app.errors import Forbidden, HybridError, Invalid, Unauthorized
@@ -84,6 +86,11 @@ FORM_ROUTE = {"page": True, "form": True}
 UPLOAD_ROUTE = {"page": True, "upload": True}
 MAX_K = 50
 DOCUMENTS_PAGE = 50
+MAX_OFFSET = 2**31 - 1
+# What the evaluation page shows of each mode of a `hybrid eval` report.
+EVAL_FIELDS = (
+    "ndcg_10", "recall_100", "mrr_10", "hit_5", "latency_p50_ms", "latency_p95_ms",
+)  # fmt: skip
 CHART_WIDTH, CHART_HEIGHT = 600, 160
 CITATION = re.compile(r"\[(\d{1,3})\]")
 SUGGESTED_QUERY = "how does hybrid search rank results"
@@ -96,18 +103,23 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
+    # A page and its htmx part share a URL.
+    "Vary": "HX-Request",
 }
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     def configure(engine: JinjaTemplateEngine) -> None:
         engine.engine.globals["asset"] = _asset
+        # One path segment, every reserved character encoded ('/' too: ids may hold it).
+        engine.engine.filters["segment"] = lambda value: quote(str(value), safe="")
 
     return TemplateConfig(
         directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=configure
     )
 
 
+@functools.cache
 def _asset(path: str) -> str:
     """A static file's URL with its content's hash: cached for good, replaced when it
     changes."""
@@ -154,7 +166,7 @@ def _search(
     try:
         parsed = parse_metadata(form.filter, name="filter") if form.filter.strip() else None
         if form.key:
-            picked = {f"metadata.{form.key}": form.value}
+            picked = {f"metadata.{form.key}": _scalar(form.value)}
             parsed = {"and": [parsed, picked]} if parsed else picked
         recency, popularity = (
             _number(form.recency, "recency"),
@@ -168,9 +180,22 @@ def _search(
             query=form.q, mode=form.mode or None, k=form.k, filter=parsed, explain=True,
             per_document=form.per_document, boosts=boosts,
         )  # fmt: skip
-        return _run(services, caller, form.collection, asked), None
+        return search_run(services, caller, form.collection, asked), None
     except HybridError as exc:
         return None, exc
+
+
+def _scalar(text: str) -> Any:
+    """A value typed into the filter builder: a JSON number, boolean or null when it reads as
+    one (metadata compares values of the same JSON type), else the text itself; empty: the
+    key must exist."""
+    if not text.strip():
+        return {"exists": True}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float | bool) or value is None else text
 
 
 def _number(text: str, name: str) -> float | None:
@@ -254,6 +279,12 @@ def chart(title: str, labels: list[str], values: list[float], fmt: str) -> Chart
     return Chart(title, bars, fmt.format(highest))
 
 
+def _partial(request: Request[Any, Any, Any]) -> bool:
+    """An htmx request for a part of the page (a history restore wants the whole page)."""
+    headers = request.headers
+    return bool(headers.get("hx-request")) and not headers.get("hx-history-restore-request")
+
+
 def _frame(caller: Caller) -> dict[str, Any]:
     """What every page's frame shows."""
     return {"signed_in": caller.key_id is not None, "caller": caller.describe()}
@@ -308,10 +339,58 @@ def page(
         media_type="text/html",
     )
     if request.cookies.get(CSRF_COOKIE) != token:
-        response.cookies.append(
-            Cookie(key=CSRF_COOKIE, value=token, httponly=True, samesite="strict", path="/")
-        )
+        _set_csrf(response, request, _services(request), token)
     return response
+
+
+def _set_csrf(
+    response: Response[Any], request: Request[Any, Any, Any], services: Services, token: str
+) -> None:
+    # Lax: a link followed from elsewhere keeps the token the open forms carry (it is no
+    # credential; the key's cookie is the Strict one).
+    response.cookies.append(
+        Cookie(
+            key=CSRF_COOKIE,
+            value=token,
+            httponly=True,
+            samesite="lax",
+            path="/",
+            secure=_secure(request, services),
+        )
+    )
+
+
+def _secure(request: Request[Any, Any, Any], services: Services) -> bool:
+    return request.url.scheme == "https" or services.settings.server.secure_cookies
+
+
+def _services(request: Request[Any, Any, Any]) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _local_path(value: str | None) -> str | None:
+    """A path on this site to go back to after signing in (never another site's URL)."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return None
+    return value if "\\" not in value and len(value) <= 4000 else None
+
+
+def to_login(request: Request[Any, Any, Any]) -> Response[Any]:
+    """To the sign-in page, and back here after it (an htmx request is told to go there
+    whole, not to put the sign-in page in its part)."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = f"/login?{urlencode({'next': here})}"
+    if request.headers.get("hx-request"):
+        return Response(b"", status_code=200, headers={"HX-Redirect": target})
+    return Redirect(target, status_code=303)
+
+
+def _first_page(caller: Caller) -> str:
+    """Where a key lands after signing in: the first page its scopes open."""
+    if SEARCH in caller.scopes:
+        return "/"
+    return "/ingest" if INGEST in caller.scopes else "/collections"
 
 
 def check_csrf(request: Request[Any, Any, Any], data: dict[str, str]) -> None:
@@ -326,11 +405,21 @@ def check_csrf(request: Request[Any, Any, Any], data: dict[str, str]) -> None:
         )
 
 
+def problem_page(request: Request[Any, Any, Any], exc: HybridError) -> Response[Any]:
+    """A refusal on a page, as a page (the API answers problems as JSON): its status, its
+    reason and field; only the part when htmx asked for one."""
+    name = "_problem.html" if _partial(request) else "problem.html"
+    response = page(request, name, {"problem": exc}, status_code=exc.status)
+    response.headers.update(exc.headers())
+    return response
+
+
 class Pages(Controller):
     """Every page (a controller, so that each application gets its own handlers)."""
 
     path = "/"
     include_in_schema = False
+    exception_handlers = {HybridError: problem_page}
 
     @get("/", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
     def search_page(
@@ -351,7 +440,7 @@ class Pages(Controller):
         """The search page; with `HX-Request`, only its results."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, SEARCH)
         with services.transaction() as conn:
             names = [
@@ -375,7 +464,7 @@ class Pages(Controller):
             "suggested": SUGGESTED_QUERY,
             **_frame(caller),
         }
-        name = "_results.html" if request.headers.get("hx-request") else "search.html"
+        name = "_results.html" if _partial(request) else "search.html"
         return page(request, name, context)
 
     @get("/collections", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
@@ -386,7 +475,7 @@ class Pages(Controller):
         index state, search settings."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, SEARCH)
         with services.transaction() as conn:
             found = [c for c in collections.list_all(conn) if may_use_collection(caller, c.name)]
@@ -422,10 +511,10 @@ class Pages(Controller):
         them to titles containing it (typed into the page's box, results as one types)."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, SEARCH)
         require_collection(caller, name)
-        offset = max(offset, 0)
+        offset = max(0, min(offset, MAX_OFFSET))
         with services.transaction() as conn:
             collection = collections.get(conn, name)
             rows, counts = documents.list_page(
@@ -440,7 +529,7 @@ class Pages(Controller):
             "offset": offset,
             "page_size": DOCUMENTS_PAGE,
         }
-        name_ = "_documents.html" if request.headers.get("hx-request") else "documents.html"
+        name_ = "_documents.html" if _partial(request) else "documents.html"
         return page(request, name_, context)
 
     @get("/collections/{name:str}/documents/{external_id:path}", include_in_schema=False,
@@ -452,10 +541,10 @@ class Pages(Controller):
         a delete button for keys that may delete."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, SEARCH)
         require_collection(caller, name)
-        key = external_id.lstrip("/")
+        key = external_id_of(request)
         with services.transaction() as conn:
             collection = collections.get(conn, name)
             row = documents.get(
@@ -489,12 +578,12 @@ class Pages(Controller):
         check_csrf(request, data)
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, INGEST)
         require_collection(caller, name)
         if data.get("action") != "delete":
             raise Invalid("action: expected delete", field="action")
-        key = external_id.lstrip("/")
+        key = external_id_of(request)
 
         def work(conn: Connection) -> None:
             collection = collections.get(conn, name)
@@ -514,7 +603,7 @@ class Pages(Controller):
         scripts the page is rendered whole; with them it streams (`/answer/stream`)."""
         caller = page_caller(request, services, ANSWER if q else REQUEST)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, SEARCH)
         with services.transaction() as conn:
             found = collections.list_all(conn)
@@ -558,7 +647,7 @@ class Pages(Controller):
         check_csrf(request, data)
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, SEARCH)
         kind = data.get("kind", "")
         if kind not in ("thumbs_up", "thumbs_down"):
@@ -584,7 +673,7 @@ class Pages(Controller):
         """Upload files into a collection (as many as wanted, dropped or picked)."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, INGEST)
         with services.transaction() as conn:
             found = collections.list_all(conn)
@@ -609,7 +698,7 @@ class Pages(Controller):
         check_csrf(request, {CSRF_FIELD: data.csrf})
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, INGEST)
         require_collection(caller, data.collection)
         if not data.files:
@@ -634,7 +723,7 @@ class Pages(Controller):
         of each document."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, INGEST)
         owner = None if ADMIN in caller.scopes else caller.key_id
         with services.transaction() as conn:
@@ -648,7 +737,7 @@ class Pages(Controller):
             "eta": job.eta_s(),
             "outcomes": outcomes,
         }
-        name = "_job.html" if request.headers.get("hx-request") else "job.html"
+        name = "_job.html" if _partial(request) else "job.html"
         return page(request, name, context)
 
     @get("/analytics", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
@@ -663,7 +752,7 @@ class Pages(Controller):
         charts, the top queries and those that found nothing."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, ADMIN)
         days = max(1, min(days, 366))
         window = {"collection": collection or None, "since": analytics.since(days)}
@@ -695,25 +784,33 @@ class Pages(Controller):
         as a table and a chart of nDCG@10."""
         caller = page_caller(request, services)
         if caller is None:
-            return Redirect("/login", status_code=303)
+            return to_login(request)
         require_scope(caller, ADMIN)
         folder = services.settings.server.eval_reports
         reports = []
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
                 report = json.loads(path.read_text())
-                modes = report["modes"]
-                ndcg = [float(m["ndcg_10"]) for m in modes]
-            except (OSError, ValueError, KeyError, TypeError):
+                modes = [
+                    {"mode": str(m["mode"])} | {field: float(m[field]) for field in EVAL_FIELDS}
+                    for m in report["modes"]
+                ]
+                about = {key: report[key] for key in ("dataset", "queries", "documents", "k")}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # not a report of `hybrid eval`
             labels = [str(m["mode"]) for m in modes]
-            reports.append({"report": report, "chart": chart("nDCG@10", labels, ndcg, "{:.3f}")})
+            ndcg = [float(m["ndcg_10"]) for m in modes]
+            about |= {"modes": modes, "vector_backend": report.get("vector_backend")}
+            reports.append({"report": about, "chart": chart("nDCG@10", labels, ndcg, "{:.3f}")})
         context = _frame(caller) | {"reports": reports, "folder": str(folder)}
         return page(request, "evaluation.html", context)
 
     @get("/login", include_in_schema=False, sync_to_thread=False, opt=PAGE_ROUTE)
-    def login_page(self, request: Request[Any, Any, Any], services: Services) -> Response[Any]:
-        return page(request, "login.html", {"problem": None, "required": _required(services)})
+    def login_page(
+        self, request: Request[Any, Any, Any], services: Services, next: str = ""
+    ) -> Response[Any]:
+        context = {"problem": None, "required": _required(services), "next": _local_path(next)}
+        return page(request, "login.html", context)
 
     @post("/login", include_in_schema=False, sync_to_thread=True, status_code=303, opt=FORM_ROUTE)
     def login(
@@ -730,14 +827,16 @@ class Pages(Controller):
                 f"Bearer {key}", services.transaction
             )
         except HybridError as exc:
-            context = {"problem": exc, "required": _required(services)}
+            context = {"problem": exc, "required": _required(services), "next": data.get("next")}
             return page(request, "login.html", context, status_code=401)
-        response = Redirect("/", status_code=303)
-        secure = request.url.scheme == "https"
+        landing = _local_path(data.get("next")) or _first_page(caller)
+        response = Redirect(landing, status_code=303)
         response.set_cookie(
-            KEY_COOKIE, key, max_age=SESSION_S, httponly=True, samesite="strict", secure=secure
-        )
-        del caller
+            KEY_COOKIE, key, max_age=SESSION_S, httponly=True, samesite="strict",
+            secure=_secure(request, services),
+        )  # fmt: skip
+        # A new form token with each sign-in.
+        _set_csrf(response, request, services, secrets.token_urlsafe(32))
         return response
 
     @post("/logout", include_in_schema=False, sync_to_thread=False, status_code=303, opt=FORM_ROUTE)

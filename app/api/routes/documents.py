@@ -204,7 +204,7 @@ class DocumentController(Controller):
         `?include_deleted=true`); `?chunks=true` adds its chunks."""
         with services.transaction() as conn:
             collection = collections.get(conn, name)
-            key = _external_id(request)
+            key = external_id_of(request)
             row = documents.get(
                 conn, collection.id, key, include_deleted=False, visibility=visibility(caller)
             )
@@ -227,7 +227,7 @@ class DocumentController(Controller):
         update = DocumentPatch(**msgspec.structs.asdict(data))
         with services.transaction() as conn:
             collection = collections.get(conn, name)
-            row = documents.update(conn, collection.id, _external_id(request), update)
+            row = documents.update(conn, collection.id, external_id_of(request), update)
         return _document_out(row)
 
     @delete("/documents/{external_id:path}", sync_to_thread=True, opt={"scope": INGEST})
@@ -242,7 +242,7 @@ class DocumentController(Controller):
     ) -> None:
         """Soft delete (hidden at once, kept until purge); `?purge=true` removes it for good."""
         remove = documents.purge if purge else documents.soft_delete
-        key = _external_id(request)
+        key = external_id_of(request)
 
         def work(conn: Connection) -> None:
             remove(conn, collections.get(conn, name).id, key)
@@ -455,7 +455,7 @@ def _acl(acl: list[str] | None) -> list[str] | None:
     return None if acl is None else documents.check_acl(acl)
 
 
-def _external_id(request: Request[Any, Any, Any]) -> str:
+def external_id_of(request: Request[Any, Any, Any]) -> str:
     """The id exactly as the client encoded it: routing decodes the path and merges slashes,
     so ids that start with '/' or hold '//' are read from the raw path (send '/' as %2F)."""
     raw = bytes(request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")

@@ -37,7 +37,7 @@ SEARCH_POST = (
 def search_post(data: SearchIn, services: Services, caller: Caller) -> SearchOut:
     """Hybrid (optionally reranked), keyword or vector search with filters, ACL principals,
     boosts and explain."""
-    return _run(services, caller, data.collection, to_request(data))
+    return run(services, caller, data.collection, to_request(data))
 
 
 @get("/v1/search", sync_to_thread=True, tags=["search"], opt={"scope": SEARCH})
@@ -65,7 +65,7 @@ def search_get(
         rerank_depth=rerank_depth,
         vector_backend=vector_backend,
     )
-    return _run(services, caller, collection, request)
+    return run(services, caller, collection, request)
 
 
 def to_request(data: Retrieval) -> SearchRequest:
@@ -73,7 +73,7 @@ def to_request(data: Retrieval) -> SearchRequest:
     return msgspec.convert(data, SearchRequest, from_attributes=True)
 
 
-def _run(services: Services, caller: Caller, collection: str, asked: SearchRequest) -> SearchOut:
+def run(services: Services, caller: Caller, collection: str, asked: SearchRequest) -> SearchOut:
     """The search as `caller` may make it, logged however it ends."""
     entry = new_entry("search", caller, collection, asked.query)
     with Recording(services.query_log, entry):
