@@ -326,16 +326,15 @@ def test_provider_down_keeps_previous_version_and_retry_succeeds(services: Servi
         assert scalar(services, "SELECT count(*) FROM documents") == 2
 
 
-def test_collection_of_another_model_is_refused(services: Services) -> None:
+def test_collection_of_a_model_this_service_cannot_load_is_refused(services: Services) -> None:
     from app import collections
     from app.errors import Invalid
 
     with services.engine.begin() as conn:
-        collections.create(
-            conn, "other", embedding_model="openai/text-embedding-3-small", embedding_dim=384
-        )
-    with pytest.raises(Invalid, match="model"):
+        collections.create(conn, "other", embedding_model="local//no/such/model", embedding_dim=384)
+    with pytest.raises(Invalid, match="cannot load") as refused:
         services.ingestor.ingest("other", [doc("a", "Text.")])
+    assert refused.value.field == "collection"
 
 
 def test_unknown_collection_is_not_found(services: Services) -> None:

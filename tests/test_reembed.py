@@ -264,9 +264,11 @@ def test_an_interrupted_reembedding_resumes_where_it_stopped(
 def test_a_cancelled_reembedding_leaves_the_collection_as_it_was(
     own: Services, remote: OpenAIServer
 ) -> None:
-    remote.embed_delay_s = 0.2
+    remote.embed_delay_s = 0.3
     ingest(own, 30)
     before = everything(own)
+    with own.engine.begin() as conn:  # so that every batch waits for the (slow) model
+        conn.execute(text("DELETE FROM embedding_cache WHERE model LIKE 'openai/%'"))
     worker = InProcessWorker(own)
     worker.start()
     try:

@@ -158,6 +158,7 @@ class Counting:
     """An embedder that counts the texts it embeds."""
 
     model_id = "counting"
+    dimension = 3
 
     def __init__(self) -> None:
         self.texts: list[str] = []

@@ -54,6 +54,7 @@ class VectorCache:
         self.engine = engine
         self.settings = settings
         self.root = root
+        self._synced_at = 0.0
         self.params = IndexParams(
             kind=settings.index,
             exact_below=settings.exact_below,
@@ -182,9 +183,12 @@ class VectorCache:
     def _round(self, woken: set[int] | None) -> None:
         """Catch up the entries of the collections notified (None: every one), and submit a
         snapshot of each one saved longer ago than the snapshot interval."""
-        # Every round: a collection created, dropped or re-embedded (a new vector version)
-        # is seen at once, whatever else is changing (one small query).
-        self._sync_collections()
+        # New or dropped collections when they are notified or all is quiet; a re-embedded one
+        # (a new vector version) at least once a poll interval, however busy the log is.
+        stale = time.monotonic() - self._synced_at >= self.settings.poll_s
+        if woken is None or stale or any(self.entry(cid) is None for cid in woken):
+            self._synced_at = time.monotonic()
+            self._sync_collections()
         for entry in self.entries():
             if entry.status != "ready" or (woken is not None and entry.identity.collection_id
                                            not in woken):  # fmt: skip

@@ -33,7 +33,7 @@ from app.collections import Collection
 from app.db.engine import driver_connection
 from app.db.queries import query
 from app.documents import check_acl, check_external_id
-from app.errors import Invalid
+from app.errors import ConfigError, Invalid
 from app.ingest import vector_index
 from app.ingest.chunk import Tokenizer, chunk_document
 from app.ingest.embed import Embedder, Embedders
@@ -250,7 +250,14 @@ class Ingestor:
                 f"{self.embedder.model_id!r}",
                 field="collection",
             )
-        return self.embedders.get(*model)
+        try:
+            return self.embedders.get(*model)
+        except ConfigError as exc:
+            raise Invalid(
+                f"collection {collection.name!r} holds vectors of model "
+                f"{collection.embedding_model!r}, which this service cannot load: {exc.message}",
+                field="collection",
+            ) from exc
 
     def _prepare_batch(
         self,

@@ -27,7 +27,7 @@ from app.ann.cache import VectorCache
 from app.ann.candidates import Candidates
 from app.collections import Collection
 from app.db.queries import load
-from app.errors import Conflict, Invalid, Unavailable
+from app.errors import ConfigError, Conflict, Invalid, Unavailable
 from app.ingest.embed import Embedder, Embedders
 from app.observe.tracing import span
 from app.search.filters import CompiledFilter
@@ -222,7 +222,15 @@ def _query_vector(
                 "use mode keyword or give a vector",
                 field="mode",
             )
-        embedder = embeddings.embedders.get(*model)
+        try:
+            embedder = embeddings.embedders.get(*model)
+        except ConfigError as exc:
+            raise Conflict(
+                f"collection {collection.name!r} holds {collection.embedding_model} vectors, "
+                f"which this service cannot load ({exc.message}); use mode keyword or give a "
+                "vector",
+                field="mode",
+            ) from exc
     return embeddings(plan.query, embedder)
 
 
