@@ -18,7 +18,8 @@ import psycopg
 import pytest
 import uvicorn
 from litestar.testing import TestClient
-from sqlalchemy import text
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from app.api.app import create_app
 from app.db import embedded
@@ -97,9 +98,23 @@ def services(session_services: Services) -> Iterator[Services]:
     yield session_services
     # What the test's requests logged is written now, not into the next test's tables.
     session_services.query_log.flush()
-    with session_services.engine.begin() as conn:
-        conn.execute(text(EMPTY_TABLES))
-        conn.execute(text(DROP_VECTOR_INDEXES))
+    empty_tables(session_services.engine)
+
+
+def empty_tables(engine: Engine) -> None:
+    """Empty every table a test may have written. A vector cache still following the log
+    (started by an earlier test's application) may deadlock with the TRUNCATE: PostgreSQL
+    rolls one of them back, and this tries again."""
+    for attempt in range(5):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(EMPTY_TABLES))
+                conn.execute(text(DROP_VECTOR_INDEXES))
+            return
+        except OperationalError as exc:
+            if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 4:
+                raise
+            time.sleep(0.2)
 
 
 # Everything a test may have written (jobs go with their collections; the queue's entries

@@ -29,7 +29,7 @@ from app.access.keys import KeySpec
 from app.api.app import create_app
 from app.ingest.model import Block, SourceDocument
 from app.service import Services
-from tests.conftest import DROP_VECTOR_INDEXES, EMPTY_TABLES, make_settings
+from tests.conftest import empty_tables, make_settings
 
 Client = TestClient[Litestar]
 TABLES = "collections, change_log, api_keys, audit_log"
@@ -103,9 +103,7 @@ def secured(database_url: str, data_dir: Path, session_services: Services) -> It
         yield services
     finally:
         services.query_log.flush()
-        with services.engine.begin() as conn:
-            conn.execute(text(EMPTY_TABLES))
-            conn.execute(text(DROP_VECTOR_INDEXES))
+        empty_tables(services.engine)
         services.close(stop_embedded=False)
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from app.access import keys
 from app.access.keys import KeySpec
 from app.ingest.model import Block, SourceDocument
 from app.jobs.queue import InProcessWorker
 from app.service import Services
-from tests.conftest import DROP_VECTOR_INDEXES, EMPTY_TABLES, make_settings, serving
+from tests.conftest import empty_tables, make_settings, serving
 
 HOSTILE_TITLE = "<script>alert('title')</script>"
 HOSTILE_TEXT = (
@@ -134,9 +133,7 @@ def secured_site(
             yield client, secrets
     finally:
         services.query_log.flush()
-        with services.engine.begin() as conn:
-            conn.execute(text(EMPTY_TABLES))
-            conn.execute(text(DROP_VECTOR_INDEXES))
+        empty_tables(services.engine)
         services.close(stop_embedded=False)
 
 
