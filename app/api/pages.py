@@ -285,6 +285,11 @@ def _partial(request: Request[Any, Any, Any]) -> bool:
     return bool(headers.get("hx-request")) and not headers.get("hx-history-restore-request")
 
 
+def _allowed(conn: Connection, caller: Caller) -> list[str]:
+    """The names of the collections the viewer's key may use."""
+    return [c.name for c in collections.list_all(conn) if may_use_collection(caller, c.name)]
+
+
 def _frame(caller: Caller) -> dict[str, Any]:
     """What every page's frame shows."""
     return {"signed_in": caller.key_id is not None, "caller": caller.describe()}
@@ -443,9 +448,7 @@ class Pages(Controller):
             return to_login(request)
         require_scope(caller, SEARCH)
         with services.transaction() as conn:
-            names = [
-                c.name for c in collections.list_all(conn) if may_use_collection(caller, c.name)
-            ]
+            names = _allowed(conn, caller)
             chosen = collection or (names[0] if names else "")
             keys = _metadata_keys(conn, caller, chosen) if chosen in names else []
         k = max(1, min(k, MAX_K))
@@ -606,8 +609,7 @@ class Pages(Controller):
             return to_login(request)
         require_scope(caller, SEARCH)
         with services.transaction() as conn:
-            found = collections.list_all(conn)
-        names = [c.name for c in found if may_use_collection(caller, c.name)]
+            names = _allowed(conn, caller)
         form = Form(collection or (names[0] if names else ""), q)
         answer, problem = None, None
         if form.q and form.collection:
@@ -676,8 +678,7 @@ class Pages(Controller):
             return to_login(request)
         require_scope(caller, INGEST)
         with services.transaction() as conn:
-            found = collections.list_all(conn)
-        names = [c.name for c in found if may_use_collection(caller, c.name)]
+            names = _allowed(conn, caller)
         context = _frame(caller) | {
             "collections": names,
             "collection": collection or (names[0] if names else ""),
