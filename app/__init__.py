@@ -1,5 +1,23 @@
 """Hybrid keyword + vector search and retrieval on PostgreSQL."""
 
+import sys
+import traceback
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _thread_safe_tracebacks() -> None:
+    """On CPython 3.11, formatting a traceback parses each frame's source line with `ast.parse`
+    to place the `~~~^^^` markers, and `ast.parse` is not safe in two threads at once there:
+    its depth counter is shared, so two threads logging an exception together (or one logging
+    while another imports through a parser) can fail with "AST constructor recursion depth
+    mismatch" or crash the process (CPython gh-106905). Without the markers the
+    traceback is the same, underlined by plain `^^^`."""
+    if sys.version_info[:2] == (3, 11) and hasattr(
+        traceback, "_extract_caret_anchors_from_line_segment"
+    ):
+        traceback._extract_caret_anchors_from_line_segment = lambda segment: None  # type: ignore[attr-defined]
+
+
+_thread_safe_tracebacks()

@@ -13,6 +13,8 @@ and documents, so that reads and writes reach real rows; deletions get rows of t
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,16 +23,27 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-
-# Imported here, not lazily deep inside a stateful run: compiling a module at that recursion
-# depth trips CPython 3.11's AST depth check ("recursion depth mismatch").
-import schemathesis.engine.errors
 from schemathesis import BaseSchema, Case
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.hooks import HookContext
 
 from app.service import Services
 from tests.conftest import own_services, serving
+
+
+def _import_all_of(package: Any) -> None:
+    """Import every module of `package` now, at collection. Schemathesis imports many lazily,
+    deep inside a run; pytest rewrites a plugin's modules with `ast.parse` as they are imported,
+    and parsing at that recursion depth trips CPython 3.11's AST depth check ("recursion depth
+    mismatch"). A module needing an optional package that is not installed is skipped."""
+    for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        try:
+            importlib.import_module(module.name)
+        except ImportError:
+            continue
+
+
+_import_all_of(schemathesis)
 
 # As a `schemathesis.toml` would say it; the dictionaries hold the names and ids of `SEED`.
 # `positive_data_acceptance` is off: it takes any 4xx answer to a schema-valid request for a

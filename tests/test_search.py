@@ -316,6 +316,7 @@ class RandomEmbedder:
 
     model_id = "test/random"
     dimension = 384
+    runtime = "test"
 
     def embed(self, texts: Any) -> np.ndarray:
         seeds = [abs(hash(t)) % 2**32 for t in texts]

@@ -159,6 +159,7 @@ class Counting:
 
     model_id = "counting"
     dimension = 3
+    runtime = "test"
 
     def __init__(self) -> None:
         self.texts: list[str] = []

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +24,7 @@ import openai
 import structlog
 
 from app.errors import ConfigError, HybridError, Invalid, Unavailable, UpstreamError
-from app.settings import EmbeddingSettings
+from app.settings import EmbeddingPrecision, EmbeddingSettings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -41,6 +42,7 @@ class Embedder(Protocol):
 
     model_id: str
     dimension: int
+    runtime: str  # how it computes, for people: `/ready` and the logs say it
 
     def embed(self, texts: Sequence[str]) -> Vectors: ...
 
@@ -55,7 +57,7 @@ class LocalEmbedder:
 
     def __init__(self, settings: EmbeddingSettings) -> None:
         path, name = _local_model(settings.model)
-        self.precision = settings.precision
+        self.precision = resolved_precision(settings.precision)
         if self.precision == "bf16" and not cpu_has_bf16():
             raise ConfigError(
                 "HYBRID_EMBEDDING_PRECISION=bf16: this CPU has no bfloat16 units "
@@ -63,6 +65,9 @@ class LocalEmbedder:
                 field="HYBRID_EMBEDDING_PRECISION",
             )
         self.model_id = f"local/{name}" + ("" if self.precision == "fp32" else "+bf16")
+        self.runtime = (
+            "torch, bfloat16 autocast" if self.precision == "bf16" else "torch, float32"
+        ) + f" (CPU bfloat16 units: {'yes' if cpu_has_bf16() else 'no'})"
         self.dimension = settings.dimension
         self._batch_size = settings.batch_size
         self._model = _load_sentence_transformer(path, settings.max_tokens)
@@ -71,6 +76,7 @@ class LocalEmbedder:
             "embedding model loaded",
             model=self.model_id,
             precision=self.precision,
+            configured=settings.precision,
             cpu_bf16=cpu_has_bf16(),
         )
 
@@ -109,6 +115,9 @@ class OpenAIEmbedder:
     def __init__(self, settings: EmbeddingSettings) -> None:
         self.model_id = f"openai/{settings.model}"
         self.dimension = settings.dimension
+        self.runtime = (
+            f"{settings.openai_base_url or 'OpenAI'}, up to {settings.concurrency} requests at once"
+        )
         self._settings = settings
         self._executor: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -220,7 +229,9 @@ class Embedders:
             name = BUNDLED_MODEL
         elif Path(name).expanduser().is_dir():
             name = str(Path(name).expanduser().resolve())
-        return f"local/{name}" + ("+bf16" if settings.precision == "bf16" else "")
+        return f"local/{name}" + (
+            "+bf16" if resolved_precision(settings.precision) == "bf16" else ""
+        )
 
 
 def settings_for(model_id: str, dimension: int, base: EmbeddingSettings) -> EmbeddingSettings:
@@ -343,6 +354,14 @@ def _local_model(model: str) -> tuple[Path, str]:
     )
 
 
+def resolved_precision(precision: EmbeddingPrecision) -> Literal["fp32", "bf16"]:
+    """The precision `precision` stands for on this CPU (`auto`: bf16 where it has the units)."""
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return precision
+
+
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (Linux: its /proc/cpuinfo flags)."""
     try:

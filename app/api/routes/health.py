@@ -76,8 +76,12 @@ def _checks(services: Services) -> dict[str, Check]:
         "schema": _schema(services),
         "model": Check(
             ok=services.model_loaded,
-            # The model as collections record it (`+bf16`: computed in bfloat16).
-            detail=services.embedder.model_id if services.model_loaded else "loading",
+            # The model as collections record it (`+bf16`: computed in bfloat16), and how.
+            detail=(
+                f"{services.embedder.model_id}: {services.embedder.runtime}"
+                if services.model_loaded
+                else "loading"
+            ),
         ),
         "reranker": _reranker(services),
         "vector_cache": _vector_cache(services),
