@@ -41,7 +41,7 @@ class Services:
         self.settings = settings
         self.engine = engine
         self.started_embedded = started_embedded
-        self.embedders = Embedders(settings.embedding)
+        self.embedders = Embedders(settings.embedding, settings.database.data_dir / "embed-onnx")
         self._embeddings: QueryEmbeddings | None = None
         self._reranking: Reranking | None = None
         self._lock = threading.Lock()

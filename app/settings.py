@@ -32,7 +32,7 @@ FaissIndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 AuthMode = Literal["required", "off"]
 QueryLogMode = Literal["redacted", "on", "off"]
 LogFormat = Literal["auto", "json", "console"]
-EmbeddingPrecision = Literal["auto", "fp32", "bf16"]
+EmbeddingPrecision = Literal["auto", "fp32", "bf16", "int8"]
 
 
 @dataclass(frozen=True)
@@ -178,9 +178,10 @@ class EmbeddingSettings:
     precision: EmbeddingPrecision = setting(
         "HYBRID_EMBEDDING_PRECISION",
         "auto",
-        "The bundled model computes in `fp32` or `bf16` (bfloat16 autocast: 1.6-1.8x faster "
-        "where the CPU has bfloat16 units, refused where it has none); `auto` picks `bf16` on "
-        "a CPU with them and `fp32` elsewhere. Part of the model's identity: a collection "
+        "How the bundled model computes: `fp32`; `bf16` (bfloat16 autocast, on CPUs with "
+        "bfloat16 units only); `int8` (ONNX Runtime with int8 weights, exported once into "
+        "the data directory; needs the `onnx` extra); `auto` picks `bf16` on a CPU with "
+        "bfloat16 units and `fp32` elsewhere. Part of the model's identity: a collection "
         "keeps the precision it was embedded with",
     )
     max_tokens: int = setting(

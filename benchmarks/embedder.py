@@ -1,7 +1,7 @@
 """The bundled embedder's precisions: ingest speed, memory, query embedding time and quality.
 
     python benchmarks/embedder.py ../shared/data/scifact ../shared/data/nfcorpus-pre ...
-        [--precisions fp32,bf16] [--out FILE]
+        [--precisions fp32,bf16,int8] [--out FILE]
 
 For each precision (`HYBRID_EMBEDDING_PRECISION`), in a process of its own (so that its peak
 memory is its own) over a throwaway embedded PostgreSQL (so that no vector is shared through
@@ -30,7 +30,7 @@ from typing import Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sets", nargs="+", type=Path)
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="fp32,bf16,int8")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one precision
     args = parser.parse_args()

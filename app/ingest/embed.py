@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ import openai
 import structlog
 
 from app.errors import ConfigError, HybridError, Invalid, Unavailable, UpstreamError
+from app.ingest.onnx_model import OnnxSentenceEmbedder
 from app.settings import EmbeddingPrecision, EmbeddingSettings
 
 if TYPE_CHECKING:
@@ -50,39 +53,47 @@ class Embedder(Protocol):
 class LocalEmbedder:
     """A sentence-transformers model on the CPU, loaded from a local directory only.
 
-    `HYBRID_EMBEDDING_PRECISION=bf16` computes under bfloat16 autocast (the weights stay
-    float32) on a CPU with bfloat16 units; its vectors differ slightly from float32 ones, so
-    the precision is part of `model_id`, which each collection records: a collection is never
-    searched or extended with vectors computed another way."""
+    `HYBRID_EMBEDDING_PRECISION` says how it computes: `fp32` in torch; `bf16` in torch under
+    bfloat16 autocast (the weights stay float32), on a CPU with bfloat16 units; `int8` in ONNX
+    Runtime with int8 weights, exported from the model's own files once into `onnx_dir`. The
+    vectors of each differ slightly from float32 ones, so the precision is part of `model_id`,
+    which each collection records: a collection is never searched or extended with vectors
+    computed another way."""
 
-    def __init__(self, settings: EmbeddingSettings) -> None:
+    def __init__(self, settings: EmbeddingSettings, onnx_dir: Path | None = None) -> None:
         path, name = _local_model(settings.model)
         self.precision = resolved_precision(settings.precision)
-        if self.precision == "bf16" and not cpu_has_bf16():
-            raise ConfigError(
-                "HYBRID_EMBEDDING_PRECISION=bf16: this CPU has no bfloat16 units "
-                "(avx512_bf16 or amx_bf16 in /proc/cpuinfo); use fp32",
-                field="HYBRID_EMBEDDING_PRECISION",
-            )
-        self.model_id = f"local/{name}" + ("" if self.precision == "fp32" else "+bf16")
-        self.runtime = (
-            "torch, bfloat16 autocast" if self.precision == "bf16" else "torch, float32"
-        ) + f" (CPU bfloat16 units: {'yes' if cpu_has_bf16() else 'no'})"
+        _check_cpu(self.precision)
+        self.model_id = f"local/{name}" + ("" if self.precision == "fp32" else f"+{self.precision}")
         self.dimension = settings.dimension
         self._batch_size = settings.batch_size
         self._model = _load_sentence_transformer(path, settings.max_tokens)
         _check_model_dimension(self.model_id, self._model.get_embedding_dimension(), settings)
+        self._onnx: OnnxSentenceEmbedder | None = None
+        if self.precision == "int8":
+            folder = onnx_dir or Path(tempfile.mkdtemp(prefix="hybrid-embed-onnx-"))
+            self._onnx = OnnxSentenceEmbedder(
+                self._model, path, folder, int8=True, threads=os.cpu_count() or 1
+            )
+        self.runtime = f"{_RUNTIMES[self.precision]} ({cpu_units()})"
         log.info(
             "embedding model loaded",
             model=self.model_id,
-            precision=self.precision,
+            runtime=self.runtime,
             configured=settings.precision,
-            cpu_bf16=cpu_has_bf16(),
         )
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return _empty(self.dimension)
+        rows = self._torch(texts) if self._onnx is None else self._onnx(texts, self._batch_size)
+        return check_vectors(
+            rows, expected_dim=self.dimension, count=len(texts), provider=self.model_id
+        )
+
+    def _torch(self, texts: Sequence[str]) -> Vectors:
+        """The model's own modules (transformer, pooling, normalisation) on batches of similar
+        lengths, called directly: `encode()`'s bookkeeping costs a query a third of its time."""
         import torch
 
         precision = (
@@ -90,21 +101,23 @@ class LocalEmbedder:
             if self.precision == "bf16"
             else contextlib.nullcontext()
         )
-        with precision:
-            tensor = self._model.encode(
-                list(texts),
-                batch_size=self._batch_size,
-                normalize_embeddings=True,
-                convert_to_tensor=True,
-                show_progress_bar=False,
-            )
-        # float32 whatever the computation's type (numpy has no bfloat16).
-        return check_vectors(
-            tensor.float().numpy(),
-            expected_dim=self.dimension,
-            count=len(texts),
-            provider=self.model_id,
-        )
+        order = np.argsort([-len(text) for text in texts], kind="stable")
+        rows = np.empty((len(texts), self._model.get_embedding_dimension() or 0), np.float32)
+        with torch.inference_mode(), precision:
+            for start in range(0, len(texts), self._batch_size):
+                picked = order[start : start + self._batch_size]
+                features = self._model.preprocess([texts[i] for i in picked])
+                embedded = self._model(features)["sentence_embedding"]
+                # float32 whatever the computation's type (numpy has no bfloat16).
+                rows[picked] = embedded.float().numpy()
+        return rows
+
+
+_RUNTIMES = {
+    "fp32": "torch, float32",
+    "bf16": "torch, bfloat16 autocast",
+    "int8": "ONNX Runtime, int8 weights",
+}
 
 
 class OpenAIEmbedder:
@@ -186,8 +199,9 @@ class Embedders:
     `local/<name or path>[+bf16]` or `openai/<model>`; a remote model is called at the
     configured endpoint."""
 
-    def __init__(self, settings: EmbeddingSettings) -> None:
+    def __init__(self, settings: EmbeddingSettings, onnx_dir: Path | None = None) -> None:
         self.settings = settings
+        self._onnx_dir = onnx_dir
         self._default: Embedder | None = None
         self._loaded: dict[tuple[str, int], Embedder] = {}
         self._lock = threading.Lock()
@@ -197,7 +211,7 @@ class Embedders:
         """The configured model: what new collections are embedded with."""
         with self._lock:
             if self._default is None:
-                self._default = create_embedder(self.settings)
+                self._default = create_embedder(self.settings, self._onnx_dir)
                 self._loaded[(self._default.model_id, self._default.dimension)] = self._default
             return self._default
 
@@ -214,7 +228,7 @@ class Embedders:
         if found is None:
             # Loaded outside the lock: the other models' callers do not wait for this one (two
             # first callers may both load it; one copy is kept).
-            made = create_embedder(settings_for(model_id, dimension, self.settings))
+            made = create_embedder(settings_for(model_id, dimension, self.settings), self._onnx_dir)
             with self._lock:
                 found = self._loaded.setdefault((model_id, dimension), made)
         return found
@@ -239,11 +253,12 @@ def settings_for(model_id: str, dimension: int, base: EmbeddingSettings) -> Embe
     endpoint and limits, as configured)."""
     provider, _, name = model_id.partition("/")
     precision = "fp32"
-    if provider == "local" and name.endswith("+bf16"):
-        name, precision = name.removesuffix("+bf16"), "bf16"
+    base_name, _, suffix = name.rpartition("+")
+    if provider == "local" and base_name and suffix in ("bf16", "int8"):
+        name, precision = base_name, suffix
     if provider not in _PROVIDERS or not name:
         raise Invalid(
-            f"model: expected local/<model>[+bf16] or openai/<model>, got {model_id!r}",
+            f"model: expected local/<model>[+bf16|+int8] or openai/<model>, got {model_id!r}",
             field="model",
         )
     return dataclasses.replace(
@@ -255,8 +270,9 @@ def settings_for(model_id: str, dimension: int, base: EmbeddingSettings) -> Embe
     )
 
 
-def create_embedder(settings: EmbeddingSettings) -> Embedder:
-    """The embedder for `settings.provider`."""
+def create_embedder(settings: EmbeddingSettings, onnx_dir: Path | None = None) -> Embedder:
+    """The embedder for `settings.provider` (a local model run in ONNX Runtime is exported into
+    `onnx_dir`, or a temporary folder)."""
     factory = _PROVIDERS.get(settings.provider)
     if factory is None:
         raise ConfigError(
@@ -264,7 +280,7 @@ def create_embedder(settings: EmbeddingSettings) -> Embedder:
             f"got {settings.provider!r}",
             field="HYBRID_EMBEDDING_PROVIDER",
         )
-    return factory(settings)
+    return factory(settings, onnx_dir)
 
 
 def check_vectors(
@@ -354,21 +370,49 @@ def _local_model(model: str) -> tuple[Path, str]:
     )
 
 
-def resolved_precision(precision: EmbeddingPrecision) -> Literal["fp32", "bf16"]:
+def resolved_precision(precision: EmbeddingPrecision) -> Literal["fp32", "bf16", "int8"]:
     """The precision `precision` stands for on this CPU (`auto`: bf16 where it has the units)."""
     if precision == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"
     return precision
 
 
-@functools.cache
+def _check_cpu(precision: str) -> None:
+    if precision == "bf16" and not cpu_has_bf16():
+        raise ConfigError(
+            "HYBRID_EMBEDDING_PRECISION=bf16: this CPU has no bfloat16 units "
+            "(avx512_bf16 or amx_bf16 in /proc/cpuinfo); use fp32 or int8",
+            field="HYBRID_EMBEDDING_PRECISION",
+        )
+    if precision == "int8" and importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError(
+            "HYBRID_EMBEDDING_PRECISION=int8 runs the model in ONNX Runtime: install the "
+            "`onnx` extra (pip install 'hybrid-search[onnx]')",
+            field="HYBRID_EMBEDDING_PRECISION",
+        )
+
+
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (Linux: its /proc/cpuinfo flags)."""
+    """Whether this CPU computes in bfloat16 natively."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_units() -> str:
+    """This CPU's bfloat16 and int8 dot-product units, as people read them."""
+    bf16 = sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    int8 = sorted(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return (
+        f"CPU bfloat16 units: {', '.join(bf16) or 'none'}; int8 units: {', '.join(int8) or 'none'}"
+    )
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux: /proc/cpuinfo; elsewhere none are known)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
 
 
 def _load_sentence_transformer(path: Path, max_tokens: int) -> SentenceTransformer:
@@ -406,7 +450,7 @@ def _empty(dimension: int) -> Vectors:
     return np.zeros((0, dimension), dtype=np.float32)
 
 
-_PROVIDERS: dict[str, Callable[[EmbeddingSettings], Embedder]] = {
+_PROVIDERS: dict[str, Callable[[EmbeddingSettings, Path | None], Embedder]] = {
     "local": LocalEmbedder,
-    "openai": OpenAIEmbedder,
+    "openai": lambda settings, _: OpenAIEmbedder(settings),
 }

@@ -8,7 +8,6 @@ Needs the `onnx` extra (`onnxruntime`, `onnx`); nothing here touches the network
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import warnings
 from collections.abc import Sequence
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.ingest.onnx_model import exported, session
+
 Scores = npt.NDArray[np.float32]
 
 
@@ -25,11 +26,7 @@ class OnnxScorer:
     """Scores (query, passage) pairs with an ONNX Runtime session on the CPU."""
 
     def __init__(self, file: Path, tokenizer: Any, max_length: int, threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per physical core
-        self._session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        self._session = session(file, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._tokenizer = tokenizer
         self._max_length = max_length
@@ -51,18 +48,7 @@ class OnnxScorer:
 def exported_model(model: Any, source: Path, cache_dir: Path, *, int8: bool) -> Path:
     """The ONNX file of `model` (a sentence-transformers CrossEncoder loaded from `source`),
     exported and quantised on first use."""
-    folder = cache_dir / _fingerprint(source)
-    plain, quantised = folder / "model.onnx", folder / "model_int8.onnx"
-    if not plain.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        _export(model, plain)
-    if int8 and not quantised.exists():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        partial = quantised.with_suffix(".partial")
-        quantize_dynamic(str(plain), str(partial), weight_type=QuantType.QInt8)
-        partial.replace(quantised)
-    return quantised if int8 else plain
+    return exported(source, cache_dir, lambda target: _export(model, target), int8=int8)
 
 
 def _export(model: Any, target: Path) -> None:
@@ -79,14 +65,13 @@ def _export(model: Any, target: Path) -> None:
     # The exporter numbers graph inputs in the order of `forward`'s parameters.
     names = [n for n in inspect.signature(model.model.forward).parameters if n in sample]
     axes = {name: {0: "batch", 1: "tokens"} for name in names}
-    partial = target.with_suffix(".partial")
     with warnings.catch_warnings(), torch.inference_mode():
         # The TorchScript exporter needs no extra package (the newer one needs onnxscript).
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.model.eval(),
             (),
-            str(partial),
+            str(target),
             kwargs={name: sample[name] for name in names},
             input_names=names,
             output_names=["logits"],
@@ -94,14 +79,3 @@ def _export(model: Any, target: Path) -> None:
             opset_version=17,
             dynamo=False,
         )
-    partial.replace(target)
-
-
-def _fingerprint(source: Path) -> str:
-    """Names the export after the model's files (path, size, modification time)."""
-    digest = hashlib.sha256(str(source).encode())
-    for path in sorted(source.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
