@@ -37,6 +37,7 @@ from app.answer import generate
 from app.api.pages import SUGGESTED_QUERY
 from app.cli_analytics import analytics_group
 from app.cli_jobs import enqueue_files, jobs_group, reembed_command, worker_command
+from app.collections import FUSIONS
 from app.db import backup, embedded, migrate
 from app.errors import ConfigError, HybridError, Invalid, Unavailable
 from app.eval import report as eval_report
@@ -812,8 +813,13 @@ def search_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--principal", "principals", multiple=True, help="Caller principal (repeatable)."
         ),
-        click.option("--keyword-weight", type=float, help="RRF weight of the keyword leg."),
-        click.option("--vector-weight", type=float, help="RRF weight of the vector leg."),
+        click.option("--keyword-weight", type=float, help="Fusion weight of the keyword leg."),
+        click.option("--vector-weight", type=float, help="Fusion weight of the vector leg."),
+        click.option(
+            "--fusion",
+            type=click.Choice(FUSIONS),
+            help="How the legs are fused (default: the collection's, else rrf).",
+        ),
         click.option("--recency-half-life", type=float, help="Recency boost: half-life in days."),
         click.option("--recency-floor", type=float, default=0.5, show_default=True),
         click.option(

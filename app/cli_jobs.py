@@ -141,7 +141,7 @@ def jobs_retry(job_id: int) -> None:
 @click.option(
     "--model",
     required=True,
-    help="The model to move to: local/<model or path>[+bf16] or openai/<model> "
+    help="The model to move to: local/<model or path>[+bf16|+int8] or openai/<model> "
     "(at OPENAI_BASE_URL).",
 )
 @click.option(

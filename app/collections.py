@@ -46,8 +46,13 @@ COLLECTION_RANGES: dict[str, tuple[float, float]] = {
 }
 # The chunks table's vector columns; a collection reads one (`Collection.vector_column`).
 VECTOR_COLUMNS = ("embedding", "embedding_alt")
-# A collection may also name its vector backend (`vector_backend`), one of VECTOR_BACKENDS.
+# A collection may also name its vector backend (`vector_backend`), one of VECTOR_BACKENDS,
+# and how its legs are fused (`fusion`), one of FUSIONS.
 BACKEND_SETTING = "vector_backend"
+FUSION_SETTING = "fusion"
+# Reciprocal rank fusion, or a weighted sum of each leg's scores normalised per query.
+FUSIONS = ("rrf", "minmax", "zscore")
+_NAMED_SETTINGS = (BACKEND_SETTING, FUSION_SETTING)
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,8 @@ def collection_defaults(collection_settings: dict[str, Any]) -> dict[str, float]
     """The collection's numeric search defaults, validated (stored settings were checked on
     write)."""
     checked = check_collection_settings(collection_settings)
-    checked.pop(BACKEND_SETTING, None)
+    for name in _NAMED_SETTINGS:
+        checked.pop(name, None)
     return {**COLLECTION_DEFAULTS, **checked}
 
 
@@ -205,14 +211,22 @@ def check_collection_settings(values: dict[str, Any], path: str = "settings") ->
         if key == BACKEND_SETTING:
             checked[key] = vector_backend(f"{path}.{key}", value)
             continue
+        if key == FUSION_SETTING:
+            checked[key] = fusion_method(f"{path}.{key}", value)
+            continue
         if key not in COLLECTION_RANGES:
-            known = ", ".join([*COLLECTION_RANGES, BACKEND_SETTING])
+            known = ", ".join([*COLLECTION_RANGES, *_NAMED_SETTINGS])
             raise Invalid(
                 f"{path}.{key}: unknown setting; expected one of {known}", field=f"{path}.{key}"
             )
         low, high = COLLECTION_RANGES[key]
         checked[key] = float_in(f"{path}.{key}", value, low, high)
     return checked
+
+
+def fusion_method(name: str, value: Any) -> str:
+    method: str = one_of(name, value, FUSIONS)
+    return method
 
 
 def vector_backend(name: str, value: Any) -> VectorBackend:

@@ -181,8 +181,9 @@ class EmbeddingSettings:
         "How the bundled model computes: `fp32`; `bf16` (bfloat16 autocast, on CPUs with "
         "bfloat16 units only); `int8` (ONNX Runtime with int8 weights, exported once into "
         "the data directory; needs the `onnx` extra); `auto` picks `bf16` on a CPU with "
-        "bfloat16 units and `fp32` elsewhere. Part of the model's identity: a collection "
-        "keeps the precision it was embedded with",
+        "bfloat16 units, else `int8` on a CPU with int8 dot-product units (VNNI) when ONNX "
+        "Runtime is installed, else `fp32`. Part of the model's identity: a collection keeps "
+        "the precision it was embedded with",
     )
     max_tokens: int = setting(
         "HYBRID_EMBEDDING_MAX_TOKENS",

@@ -320,18 +320,51 @@ vector_ranked AS (
     ORDER BY distance, id
     LIMIT :vector_depth
 ),
--- Weighted reciprocal rank fusion; with one hit per document, the chunk shown is the one from
--- the leg that ranked the document higher.
+-- Weighted reciprocal rank fusion (`rrf`), or a weighted sum of the legs' scores, each on its
+-- own scale for this query (`minmax`: 0 for the leg's last hit, 1 for its first; `zscore`:
+-- standard deviations above the mean of its hits; a distance counts the other way). A hit that
+-- one leg did not return counts as that leg's last (with `minmax`, 0 even when the leg returned
+-- one hit, or none).
+-- With one hit per document, the chunk shown is the one from the leg that ranked the
+-- document higher.
+-- Each leg's scale for this query (only for score fusion): its hits' scores, higher better.
+leg_scales AS MATERIALIZED (
+    SELECT k.low AS k_low, k.high AS k_high, k.mean AS k_mean, k.spread AS k_spread,
+           v.low AS v_low, v.high AS v_high, v.mean AS v_mean, v.spread AS v_spread
+    FROM (SELECT min(score) AS low, max(score) AS high, avg(score) AS mean,
+                 stddev_pop(score) AS spread
+          FROM keyword_ranked WHERE CAST(:fusion AS text) <> 'rrf') AS k,
+         (SELECT min(-distance) AS low, max(-distance) AS high, avg(-distance) AS mean,
+                 stddev_pop(-distance) AS spread
+          FROM vector_ranked WHERE CAST(:fusion AS text) <> 'rrf') AS v
+),
 fused AS MATERIALIZED (
     SELECT CASE WHEN v.rank IS NULL OR k.rank <= v.rank THEN k.id ELSE v.id END AS id,
            coalesce(k.document_id, v.document_id) AS document_id,
            k.rank AS keyword_rank, k.score AS keyword_score,
            v.rank AS vector_rank, v.distance AS vector_distance,
-           coalesce(CAST(:keyword_weight AS float8) / (CAST(:rrf_k AS float8) + k.rank), 0)
-             + coalesce(CAST(:vector_weight AS float8) / (CAST(:rrf_k AS float8) + v.rank), 0)
-             AS fused_score
+           CASE CAST(:fusion AS text)
+               WHEN 'rrf'
+               THEN coalesce(CAST(:keyword_weight AS float8) / (CAST(:rrf_k AS float8) + k.rank), 0)
+                    + coalesce(CAST(:vector_weight AS float8) / (CAST(:rrf_k AS float8) + v.rank), 0)
+               WHEN 'minmax'
+               THEN CAST(:keyword_weight AS float8)
+                      * CASE WHEN k.score IS NULL THEN 0
+                             ELSE coalesce((k.score - s.k_low) / nullif(s.k_high - s.k_low, 0), 1)
+                        END
+                    + CAST(:vector_weight AS float8)
+                      * CASE WHEN v.distance IS NULL THEN 0
+                             ELSE coalesce((-v.distance - s.v_low) / nullif(s.v_high - s.v_low, 0), 1)
+                        END
+               ELSE CAST(:keyword_weight AS float8)
+                      * coalesce((coalesce(k.score, s.k_low) - s.k_mean) / nullif(s.k_spread, 0), 0)
+                    + CAST(:vector_weight AS float8)
+                      * coalesce((coalesce(-v.distance, s.v_low) - s.v_mean)
+                                 / nullif(s.v_spread, 0), 0)
+           END AS fused_score
     FROM keyword_ranked k
     FULL JOIN vector_ranked v ON v.key = k.key
+    CROSS JOIN leg_scales s
 ),
 -- Boosts multiply the fused score and stay within bounds: recency decays from 1 to a floor
 -- (documents without the date get the floor), popularity grows logarithmically to a cap.

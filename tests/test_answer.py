@@ -5,6 +5,7 @@ model, access control, and a 4xx naming the field for every bad request."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -16,6 +17,7 @@ import pytest
 from litestar.testing import TestClient
 from structlog.testing import capture_logs
 
+from app.answer import generate
 from app.answer.context import Section, assemble
 from app.answer.generate import MODELS_DOWN, NO_MODEL, NO_SOURCES
 from app.answer.prompt import NOT_IN_CONTEXT, cited
@@ -209,6 +211,26 @@ def test_stream_ends_with_an_error_event_when_the_model_stalls(
     assert kinds[0] == "sources" and kinds[1] == "delta" and kinds[-1] == "error"
     assert events[-1][1]["status"] == 502
     assert "failed mid-answer" in events[-1][1]["detail"]
+
+
+def test_a_defect_mid_stream_ends_it_with_an_error_event(
+    services: Services, server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status line is sent with the first event: what fails after it is told in the
+    stream, not left to the HTTP server as a broken response."""
+    server.say("Cats purr when they are content [1].")
+
+    def broken(prepared: Any, chat: Any) -> Iterator[Any]:
+        yield from itertools.islice(real_events(prepared, chat), 2)
+        raise RuntimeError("a defect")
+
+    real_events = generate.events
+    monkeypatch.setattr(generate, "events", broken)
+    with answering(services, **models(server)) as client:
+        events = stream(client)
+    assert [kind for kind, _ in events] == ["sources", "delta", "error"]
+    assert events[-1][1]["status"] == 500
+    assert "logged with search id" in events[-1][1]["detail"]
 
 
 def test_stream_falls_back_to_an_extractive_answer_flagged_degraded(

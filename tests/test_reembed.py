@@ -214,7 +214,7 @@ def test_searches_during_it_are_those_before_it_and_writes_go_on(
     docs = load.load_bytes(body.encode(), "corpus.jsonl", max_bytes=1 << 20, max_chars=1 << 20)
     ingestor = own.ingestor
     pending = ingestor._prepare_batch(collection_of(own), docs, Defaults(), IngestReport())
-    assert pending.model == ("local/all-MiniLM-L6-v2", 384)
+    assert pending.model == (own.embedder.model_id, 384)
     reembed.switch(engine, started, embed, progress, 16)
     # The chunks written during it were embedded by the switch.
     assert scalar(own, "SELECT count(*) FROM chunks WHERE embedding_alt IS NULL") == 0
@@ -303,7 +303,7 @@ def test_bad_requests_are_refused_before_anything_is_queued(own: Services) -> No
             ({"model": "local/no/such/model"}, 400, "model"),
             ({"model": MODEL, "dimension": 0}, 400, "dimension"),
             ({"model": MODEL, "dimension": 5000}, 400, "dimension"),
-            ({"model": "local/all-MiniLM-L6-v2"}, 409, "model"),
+            ({"model": own.embedder.model_id}, 409, "model"),
             ({"dimension": 64}, 400, "model"),
             # The model does not give vectors of that dimension.
             ({"model": MODEL, "dimension": 32}, 400, "model"),
@@ -364,23 +364,42 @@ def test_the_vector_cache_follows_the_switch(own: Services, remote: OpenAIServer
         worker.stop()
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 units")
-def test_the_bundled_model_moves_from_float32_to_bfloat16(own: Services) -> None:
+BUNDLED = "local/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize(
+    ("precision", "closest"),
+    [
+        pytest.param(
+            "fp32 or bf16", 0.999,
+            marks=pytest.mark.skipif(not cpu_has_bf16(), reason="no bfloat16 units"),
+        ),
+        ("int8", 0.98),
+    ],
+)  # fmt: skip
+def test_the_bundled_model_moves_to_another_precision(
+    own: Services, precision: str, closest: float
+) -> None:
     ingest(own, 30)
     before = {q: ranked(own, q, "vector")[:3] for q in QUERIES}
-    job = submit_reembed(own, COLLECTION, "local/all-MiniLM-L6-v2+bf16", None, key=None)
+    source = own.embedder.model_id
+    if precision == "int8":
+        target = f"{BUNDLED}+int8"
+    else:  # whichever of the two the service does not default to
+        target = BUNDLED if source == f"{BUNDLED}+bf16" else f"{BUNDLED}+bf16"
+    job = submit_reembed(own, COLLECTION, target, None, key=None)
     Runner(own, BlobStore.of(own.settings)).run(job.id, lambda: False)
     found = collection_of(own)
-    assert (found.embedding_model, found.embedding_dim) == ("local/all-MiniLM-L6-v2+bf16", 384)
+    assert (found.embedding_model, found.embedding_dim) == (target, 384)
     assert scalar(own, "SELECT count(*) FROM chunks WHERE embedding_alt IS NULL") == 0
-    # Nearly the same vectors as float32's, and the same best hit.
+    # Nearly the same vectors as the other precision's, and the same best hit.
     with own.engine.connect() as conn:
         rows = conn.execute(
             text("SELECT context, text, CAST(embedding_alt AS text) AS v FROM chunks")
         ).all()
     stored = np.array([json.loads(r.v) for r in rows], dtype=np.float32)
-    fp32 = own.embedder.embed([embedding_text_of(r.context, r.text) for r in rows])
-    assert (stored * fp32).sum(axis=1).min() > 0.999
+    others = own.embedder.embed([embedding_text_of(r.context, r.text) for r in rows])
+    assert (stored * others).sum(axis=1).min() > closest
     for query in QUERIES:
         assert ranked(own, query, "vector")[0][0] == before[query][0][0], query
 

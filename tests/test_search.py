@@ -436,6 +436,68 @@ def test_fusion_is_weighted_rrf_of_the_two_legs(corpus: Services) -> None:
     assert [h.chunk_id for h in hybrid] == sorted(expected, key=lambda c: (-expected[c], c))
 
 
+def normalised(scores: dict[int, float], method: str) -> dict[int, float]:
+    """A leg's scores on its own scale, as `fusion` puts them (higher is better)."""
+    values = list(scores.values())
+    if method == "minmax":
+        low, high = min(values), max(values)
+        return {c: (v - low) / (high - low) if high > low else 1.0 for c, v in scores.items()}
+    mean = sum(values) / len(values)
+    spread = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return {c: (v - mean) / spread if spread else 0.0 for c, v in scores.items()}
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore"])
+def test_score_fusion_weighs_each_legs_normalised_scores(corpus: Services, method: str) -> None:
+    query = "cats and dogs"
+    keyword = run(corpus, query=query, mode="keyword", k=50, explain=True).hits
+    vector = run(corpus, query=query, mode="vector", k=50, explain=True).hits
+    legs = {
+        # BM25 as it is; a distance the other way round.
+        "keyword": normalised({h.chunk_id: h.explain["keyword"]["bm25"] for h in keyword
+                               if h.explain}, method),
+        "vector": normalised({h.chunk_id: -h.explain["vector"]["distance"] for h in vector
+                              if h.explain}, method),
+    }  # fmt: skip
+    weights = {"keyword": 0.3, "vector": 0.7}
+    expected: Counter[int] = Counter()
+    for leg, scores in legs.items():
+        for chunk in {*legs["keyword"], *legs["vector"]}:
+            # A hit the leg did not return counts as its last.
+            expected[chunk] += weights[leg] * scores.get(chunk, min(scores.values()))
+    assert len(legs["keyword"]) < len(legs["vector"])  # some hits come from one leg only
+    hybrid = run(
+        corpus, query=query, k=50, weights=Weights(**weights), fusion=method, explain=True
+    ).hits
+    assert {h.chunk_id: h.score for h in hybrid} == pytest.approx(dict(expected), abs=1e-9)
+    assert [h.chunk_id for h in hybrid] == sorted(expected, key=lambda c: (-expected[c], c))
+
+
+def test_a_collection_names_its_fusion_and_a_request_overrides_it(corpus: Services) -> None:
+    query = "cats and dogs"
+    model = corpus.embedder
+    with corpus.engine.begin() as conn:
+        for name, fusion in (("kb_minmax", "minmax"), ("kb_borda", "borda")):
+            try:
+                collections.create(
+                    conn, name, embedding_model=model.model_id,
+                    embedding_dim=model.dimension, settings={"fusion": fusion},
+                )  # fmt: skip
+            except Invalid as refused:
+                assert (fusion, refused.field) == ("borda", "settings.fusion")
+    corpus.ingestor.ingest("kb_minmax", CORPUS)
+    rrf = run(corpus, query=query, k=20, explain=True).hits
+    minmax = run(corpus, "kb_minmax", query=query, k=20).hits
+    as_asked = run(corpus, query=query, k=20, fusion="minmax").hits
+    assert [(h.document_id, h.score) for h in minmax] == [
+        (h.document_id, h.score) for h in as_asked
+    ]
+    assert max(h.score for h in minmax) <= 2.0  # weights 1 and 1, each leg within [0, 1]
+    assert [h.score for h in minmax] != [h.score for h in rrf]
+    again = run(corpus, "kb_minmax", query=query, k=20, fusion="rrf").hits
+    assert [(h.document_id, h.score) for h in again] == [(h.document_id, h.score) for h in rrf]
+
+
 def test_per_document_keeps_one_hit_per_document(corpus: Services) -> None:
     long_doc = doc("long", "\n\n".join(f"Cats paragraph {i}. " + "cat " * 150 for i in range(4)))
     corpus.ingestor.ingest("kb", [long_doc])
@@ -608,6 +670,7 @@ def test_pagination_pages_through_the_same_ranking(corpus: Services) -> None:
         ({"query": "cats", "filter": {"colour": "red"}}, "filter.colour"),
         ({"query": "cats", "filter": {"published_at": {"gt": 5}}}, "filter.published_at.gt"),
         ({"query": "cats", "weights": Weights(keyword=-1.0)}, "weights.keyword"),
+        ({"query": "cats", "fusion": "borda"}, "fusion"),
         ({"query": "cats", "principals": [""]}, "principals[0]"),
         (
             {"query": "cats", "boosts": Boosts(recency=RecencyBoost(half_life_days=0))},

@@ -30,7 +30,7 @@ class CollectionCreate(Strict):
 
 
 class ReembedIn(Strict):
-    """The model a collection moves to: `local/<model>[+bf16]` or `openai/<model>`, with its
+    """The model a collection moves to: `local/<model>[+bf16|+int8]` or `openai/<model>`, with its
     vectors' dimension (default: the collection's current one)."""
 
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
@@ -264,6 +264,7 @@ class Retrieval(Strict):
     vector: list[float] | None = None
     weights: WeightsIn | None = None
     rrf_k: float | None = None
+    fusion: str | None = None
     candidates: int | None = None
     ef_search: int | None = None
     boosts: BoostsIn | None = None

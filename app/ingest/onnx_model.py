@@ -58,6 +58,9 @@ def session(file: Path, threads: int) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory patterns pay off for fixed shapes; with a new (batch, tokens) shape nearly every
+    # call they only add to the peak (1.7 GB instead of 2.4 GB embedding 512 passages).
+    options.enable_mem_pattern = False
     return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
 
 
@@ -74,13 +77,10 @@ def fingerprint(source: Path) -> str:
 class OnnxSentenceEmbedder:
     """Embeds texts with a sentence-transformers `model`, its transformer run by ONNX Runtime."""
 
-    def __init__(self, model: Any, source: Path, folder: Path, *, int8: bool, threads: int):
+    def __init__(self, model: Any, file: Path, threads: int):
         self._model = model
         self._tokenizer = model.tokenizer
         self._max_length = model.max_seq_length
-        file = exported(
-            source, folder, lambda target: _export_transformer(model, target), int8=int8
-        )
         self._session = session(file, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
 
@@ -116,7 +116,13 @@ class OnnxSentenceEmbedder:
         return np.stack(rows)
 
 
-def _export_transformer(model: Any, target: Path) -> None:
+def exported_sentence_transformer(model: Any, source: Path, folder: Path, *, int8: bool) -> Path:
+    """The ONNX file of the transformer of `model` (a sentence-transformers model loaded from
+    `source`): token ids in, token embeddings out."""
+    return exported(source, folder, lambda target: export_transformer(model, target), int8=int8)
+
+
+def export_transformer(model: Any, target: Path) -> None:
     """Exports the transformer of a sentence-transformers model: token ids in, token
     embeddings out."""
     import torch

@@ -360,6 +360,7 @@ def statement_parameters(
         "keyword_weight": plan.keyword_weight,
         "vector_weight": plan.vector_weight,
         "rrf_k": plan.rrf_k,
+        "fusion": plan.fusion,
         "recency_half_life_days": recency.half_life_days if recency else None,
         "recency_floor": recency.floor if recency else 1.0,
         "recency_field": recency.field if recency else "published_at",

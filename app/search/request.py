@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from app.access.caller import MAX_PRINCIPAL_CHARS
 from app.checks import float_in, int_in, one_of
-from app.collections import BACKEND_SETTING, collection_defaults, vector_backend
+from app.collections import (
+    BACKEND_SETTING,
+    FUSION_SETTING,
+    collection_defaults,
+    fusion_method,
+    vector_backend,
+)
 from app.errors import Invalid, Unavailable
 from app.search.filters import CompiledFilter, compile_filter
 from app.settings import SearchSettings, VectorBackend
@@ -79,6 +85,7 @@ class SearchRequest:
     vector: list[float] | None = None
     weights: Weights | None = None
     rrf_k: float | None = None
+    fusion: str | None = None
     candidates: int | None = None
     ef_search: int | None = None
     boosts: Boosts | None = None
@@ -104,6 +111,7 @@ class Plan:
     keyword_weight: float
     vector_weight: float
     rrf_k: float
+    fusion: str
     candidates: int
     ef_search: int
     # `ef_search` when the request gave it: the FAISS cache otherwise keeps its own setting.
@@ -183,6 +191,9 @@ def resolve(
         keyword_weight=_weight("weights.keyword", weights.keyword, defaults["keyword_weight"]),
         vector_weight=_weight("weights.vector", weights.vector, defaults["vector_weight"]),
         rrf_k=float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
+        fusion=fusion_method(
+            "fusion", _pick(request.fusion, collection_settings.get(FUSION_SETTING, "rrf"))
+        ),
         candidates=max(candidates, offset + k),
         ef_search=ef_search,
         requested_ef_search=None if request.ef_search is None else ef_search,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import structlog
 from litestar import Response, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -34,6 +35,8 @@ from app.api.schemas import AnswerIn, AnswerOut, RerankOut, SearchIn, SourceOut
 from app.errors import HybridError
 from app.querylog.log import Entry
 from app.service import Services
+
+log = structlog.get_logger(__name__)
 
 # What the log records for a stream the client closed before its end (nginx's code for it).
 CLIENT_LEFT = 499
@@ -116,9 +119,17 @@ def _messages(
         problem = {"status": exc.status, "title": exc.title, "detail": exc.message}
         yield ServerSentEventMessage(event="error", data=_json(problem))
     except Exception as exc:
+        # The status line went out with the first event: a defect ends the stream with an
+        # error event too, instead of reaching the server as a broken response.
+        log.exception("answer stream failed", search_id=str(entry.id))
         recording.failed(exc)
         finished = True
-        raise
+        problem = {
+            "status": 500,
+            "title": "Internal Server Error",
+            "detail": f"the answer failed (logged with search id {entry.id})",
+        }
+        yield ServerSentEventMessage(event="error", data=_json(problem))
     finally:
         if not finished:
             entry.status, entry.error = CLIENT_LEFT, "the client closed the stream"
