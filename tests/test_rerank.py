@@ -548,7 +548,7 @@ def test_onnx_backends_score_like_torch_and_reuse_their_export(
     assert scores == pytest.approx(expected, abs=tolerance)
     exports = sorted(tmp_path.rglob("*.onnx"))
     assert [p.name for p in exports][-1] == (
-        "model_int8.onnx" if backend == "onnx-int8" else "model.onnx"
+        "model_int8_per_channel.onnx" if backend == "onnx-int8" else "model.onnx"
     )
     stamps = [p.stat().st_mtime_ns for p in exports]
     assert load_reranker(settings, tmp_path).available

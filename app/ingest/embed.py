@@ -242,9 +242,8 @@ class Embedders:
             name = BUNDLED_MODEL
         elif Path(name).expanduser().is_dir():
             name = str(Path(name).expanduser().resolve())
-        return f"local/{name}" + (
-            "+bf16" if resolved_precision(settings.precision) == "bf16" else ""
-        )
+        precision = resolved_precision(settings.precision)
+        return f"local/{name}" + ("" if precision == "fp32" else f"+{precision}")
 
 
 def settings_for(model_id: str, dimension: int, base: EmbeddingSettings) -> EmbeddingSettings:
