@@ -55,6 +55,7 @@ SPECS = {
     "backend": KeySpec(name="backend", scopes=("search", "act-as")),
     "admin": KeySpec(name="admin", scopes=("admin", "search", "ingest")),
     "writer": KeySpec(name="writer", scopes=("ingest",), collections=("kb",)),
+    "team-writer": KeySpec(name="team-writer", scopes=("ingest",), principals=("team-a",)),
     "elsewhere": KeySpec(
         name="elsewhere", scopes=("search",), principals=("alice",), collections=("other",)
     ),
@@ -226,6 +227,28 @@ def test_document_routes_show_only_what_the_key_may_see(
             assert shown.json()["chunks"]
         else:
             problem(shown, 404)
+
+
+def test_a_key_with_principals_changes_only_documents_it_may_see(
+    api: Client, secrets_: dict[str, str]
+) -> None:
+    writer, admin = auth(secrets_["team-writer"]), auth(secrets_["admin"])
+    before = api.get("/v1/collections/kb/documents/bob-diary", headers=admin).json()
+    for attempt in (
+        api.patch("/v1/collections/kb/documents/bob-diary", headers=writer,
+                  json={"acl": ["team-a"]}),
+        api.delete("/v1/collections/kb/documents/bob-diary", headers=writer),
+        api.delete("/v1/collections/kb/documents/bob-diary", params={"purge": "true"},
+                   headers=writer),
+    ):  # fmt: skip
+        # As for a document that does not exist: the id is not confirmed either.
+        assert problem(attempt, 404)["field"] == "external_id"
+    assert api.get("/v1/collections/kb/documents/bob-diary", headers=admin).json() == before
+    mine = api.patch(
+        "/v1/collections/kb/documents/team-plan", headers=writer,
+        json={"metadata": {"tenant": "globex"}},
+    )  # fmt: skip
+    assert mine.status_code == 200, mine.text
 
 
 def test_collection_counts_are_only_for_admins(api: Client, secrets_: dict[str, str]) -> None:

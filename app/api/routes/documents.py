@@ -222,12 +222,15 @@ class DocumentController(Controller):
         request: Request[Any, Any, Any],
         data: DocumentPatchIn,
         services: Services,
+        caller: Caller,
     ) -> DocumentOut:
         """Change metadata (merge patch), ACL, popularity, dates or source: no re-embedding."""
         update = DocumentPatch(**msgspec.structs.asdict(data))
+        key = external_id_of(request)
         with services.transaction() as conn:
             collection = collections.get(conn, name)
-            row = documents.update(conn, collection.id, external_id_of(request), update)
+            check_may_change(conn, collection.id, key, caller)
+            row = documents.update(conn, collection.id, key, update)
         return _document_out(row)
 
     @delete("/documents/{external_id:path}", sync_to_thread=True, opt={"scope": INGEST})
@@ -245,7 +248,9 @@ class DocumentController(Controller):
         key = external_id_of(request)
 
         def work(conn: Connection) -> None:
-            remove(conn, collections.get(conn, name).id, key)
+            collection_id = collections.get(conn, name).id
+            check_may_change(conn, collection_id, key, caller)
+            remove(conn, collection_id, key)
             audit.record(conn, audit.DOCUMENT_DELETED, caller, f"{name}/{key}", {"purge": purge})
 
         services.write(work)
@@ -321,6 +326,14 @@ class DocumentController(Controller):
             return purged
 
         return PurgeResult(purged=services.write(work))
+
+
+def check_may_change(conn: Connection, collection_id: int, key: str, caller: Caller) -> None:
+    """A key with principals or a filter changes only a document it may see: one it may not
+    is a 404, as if it did not exist (its id is not confirmed either). A key with neither
+    writes documents of any ACL, and changes them too."""
+    if caller.principals or caller.filter:
+        documents.get(conn, collection_id, key, visibility=visibility(caller))
 
 
 def visibility(caller: Caller) -> Visibility:
