@@ -401,7 +401,11 @@ def test_hnsw_and_exact_scan_agree_on_a_small_filtered_set(many: Services) -> No
     found = []
     for threshold in (0, 100_000):
         settings = replace(many.settings.search, exact_threshold=threshold)
-        request = SearchRequest(vector=query_vector(2), mode="vector", k=5, principals=["team-x"])
+        # A wide search: random 384-dimensional vectors are nearly equidistant, the hardest
+        # case for a graph, and 20 of the 2,000 pass the ACL.
+        request = SearchRequest(
+            vector=query_vector(2), mode="vector", k=5, principals=["team-x"], ef_search=400
+        )
         with many.engine.begin() as conn:
             found.append(ids(search(conn, "many", request, Searcher(settings=settings))))
     # HNSW is approximate: its graph (levels drawn at random) may leave a vector unreachable.

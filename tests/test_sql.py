@@ -52,7 +52,7 @@ EXPECTED = {
         "title_weight", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
         "vector_depth", "vector_fetch", "exact_threshold", "vector_exact", "cached_ids",
         "cached_partial", "per_document", "keyword_weight",
-        "vector_weight", "rrf_k",
+        "vector_weight", "rrf_k", "fusion",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
         "popularity_max", "limit", "offset", "highlight", "headline_options",
     },
