@@ -64,7 +64,7 @@ class LocalEmbedder:
         path, name = _local_model(settings.model)
         self.precision = resolved_precision(settings.precision)
         _check_cpu(self.precision)
-        self.model_id = f"local/{name}" + ("" if self.precision == "fp32" else f"+{self.precision}")
+        self.model_id = _local_model_id(name, self.precision)
         self.dimension = settings.dimension
         self._batch_size = settings.batch_size
         self._model = _load_sentence_transformer(path, settings.max_tokens)
@@ -241,8 +241,7 @@ class Embedders:
             name = BUNDLED_MODEL
         elif Path(name).expanduser().is_dir():
             name = str(Path(name).expanduser().resolve())
-        precision = resolved_precision(settings.precision)
-        return f"local/{name}" + ("" if precision == "fp32" else f"+{precision}")
+        return _local_model_id(name, resolved_precision(settings.precision))
 
 
 def settings_for(model_id: str, dimension: int, base: EmbeddingSettings) -> EmbeddingSettings:
@@ -367,6 +366,15 @@ def _local_model(model: str) -> tuple[Path, str]:
     )
 
 
+def _local_model_id(name: str, precision: str) -> str:
+    """How collections record a local model: its name, and how it computes unless float32."""
+    return f"local/{name}" + ("" if precision == "fp32" else f"+{precision}")
+
+
+def _onnx_runtime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def resolved_precision(precision: EmbeddingPrecision) -> Literal["fp32", "bf16", "int8"]:
     """The precision `precision` stands for on this CPU. `auto`: bf16 where the CPU has
     bfloat16 units (as fast as int8 here, closer to float32, less memory); else int8 where it
@@ -375,7 +383,7 @@ def resolved_precision(precision: EmbeddingPrecision) -> Literal["fp32", "bf16",
         return precision
     if cpu_has_bf16():
         return "bf16"
-    if cpu_has_int8() and importlib.util.find_spec("onnxruntime") is not None:
+    if cpu_has_int8() and _onnx_runtime_installed():
         return "int8"
     return "fp32"
 
@@ -387,7 +395,7 @@ def _check_cpu(precision: str) -> None:
             "(avx512_bf16 or amx_bf16 in /proc/cpuinfo); use fp32 or int8",
             field="HYBRID_EMBEDDING_PRECISION",
         )
-    if precision == "int8" and importlib.util.find_spec("onnxruntime") is None:
+    if precision == "int8" and not _onnx_runtime_installed():
         raise ConfigError(
             "HYBRID_EMBEDDING_PRECISION=int8 runs the model in ONNX Runtime: install the "
             "`onnx` extra (pip install 'hybrid-search[onnx]')",
