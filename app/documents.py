@@ -169,7 +169,9 @@ def update(
 
 
 def soft_delete(conn: Connection, collection_id: int, external_id: str) -> None:
-    row = _row(conn, collection_id, external_id)
+    # Locked: of concurrent deletes of one document, one deletes it and the others find it
+    # deleted (unlocked, each saw it live and answered as if it had deleted it).
+    row = _row(conn, collection_id, external_id, lock=True)
     if row["deleted_at"] is not None:
         raise NotFound(f"document {external_id!r} is already deleted", field="external_id")
     one = Visibility(predicate="d.external_id = :external_id", params={"external_id": external_id})

@@ -568,3 +568,28 @@ def test_concurrent_creates_of_one_key_name_give_one_201(
             )
         )
     assert sorted(r.status_code for r in answers) == [201] + [409] * 7
+
+
+def test_concurrent_deletes_by_a_key_with_principals_delete_once(
+    api: Client, secrets_: dict[str, str]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer, admin = auth(secrets_["team-writer"]), auth(secrets_["admin"])
+    body = {"documents": [{"id": "scratch", "title": "Scratch", "text": "To be deleted.",
+                           "acl": ["team-a"]}]}  # fmt: skip
+    made = api.post("/v1/collections/kb/documents", params={"wait": "true"}, json=body,
+                    headers=admin)  # fmt: skip
+    assert made.status_code in (200, 201), made.text
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: api.delete("/v1/collections/kb/documents/scratch", headers=writer),
+                    range(6),
+                )
+            )
+        assert sorted(r.status_code for r in answers) == [204] + [404] * 5
+    finally:
+        api.delete("/v1/collections/kb/documents/scratch", params={"purge": "true"},
+                   headers=admin)  # fmt: skip
