@@ -4,6 +4,7 @@ metadata update), and identical concurrent searches run one computation."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -12,9 +13,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
-from app.search.cache import CachedSearch, SearchCache, SingleFlight, cached_search
+from app.db.queries import query as statement
+from app.search.cache import (
+    CHANGE_LOG_LOCK_CLASS,
+    CachedSearch,
+    SearchCache,
+    SingleFlight,
+    _settled,
+    cached_search,
+)
 from app.search.engine import QueryEmbeddings, Searcher
 from app.search.request import SearchRequest
 from app.service import Services
@@ -96,15 +105,48 @@ def test_metadata_update_retires_cached_results(kb: Client) -> None:
     assert search(kb, filter={"metadata.n": 2}) == (["owls"], "computed")
 
 
+def log_a_change(conn: Connection, collection: str = "kb") -> None:
+    """Append a change-log row as every writer of the collection does (uncommitted)."""
+    conn.execute(
+        text(
+            "INSERT INTO change_log (collection_id, chunk_id, op) "
+            "SELECT id, 0, 'U' FROM collections WHERE name = :name"
+        ),
+        {"name": collection},
+    )
+
+
 def test_results_are_not_stored_while_a_write_is_in_flight(kb: Client, services: Services) -> None:
-    # A transaction holding a transaction id may still commit a lower change-log position.
+    # A transaction writing the log may still commit a lower position than one already read.
     with services.engine.connect() as writer:
-        writer.execute(text("SELECT pg_current_xact_id()"))
+        log_a_change(writer)
         search(kb)
         assert search(kb)[1] == "computed"
         writer.rollback()
     search(kb)
     assert search(kb)[1] == "cached"
+
+
+def test_writes_elsewhere_do_not_hold_results_back(kb: Client, services: Services) -> None:
+    assert kb.post("/v1/collections", json={"name": "elsewhere"}).status_code == 201
+    with services.engine.connect() as writer:
+        writer.execute(text("SELECT pg_current_xact_id()"))  # any write: the query log's too
+        log_a_change(writer, "elsewhere")
+        search(kb)
+        assert search(kb)[1] == "cached"
+        writer.rollback()
+
+
+def test_a_write_committed_during_the_search_unsettles_it(kb: Client, services: Services) -> None:
+    # The writer was in flight when the position was read and ended before the search did.
+    with services.engine.connect() as reader:
+        row = reader.execute(statement("cache.sql", "collection_position"), {"name": "kb"})
+        position = row.mappings().one()
+        reader.commit()
+        assert _settled(reader, position)
+        with services.engine.begin() as writer:
+            log_a_change(writer)
+        assert not _settled(reader, position)
 
 
 def test_recreated_collection_does_not_see_old_results(kb: Client) -> None:
@@ -243,3 +285,10 @@ def test_concurrent_identical_searches_run_once(kb: Client, services: Services) 
     assert cache.flights.computations - before == 1
     assert origins.count("computed") == 1
     assert len(origins) == callers
+
+
+def test_the_log_writers_lock_is_the_one_the_cache_looks_for(services: Services) -> None:
+    with services.engine.connect() as conn:
+        body = conn.execute(text("SELECT prosrc FROM pg_proc WHERE proname = 'change_log_writer'"))
+        taken = re.search(r"pg_advisory_xact_lock_shared\(\s*(\d+),", body.scalar_one())
+        assert taken and int(taken[1]) == CHANGE_LOG_LOCK_CLASS

@@ -62,6 +62,7 @@ EXPECTED = {
     ("collections.sql", "delete_collection"): {"name"},
     ("collections.sql", "lock_collection"): {"collection_id"},
     ("cache.sql", "collection_position"): {"name"},
+    ("cache.sql", "settled"): {"lock_class", "collection_id", "snapshot"},
     ("answer.sql", "chunk_sections"): {"collection_id", "chunk_ids", "principals"},
     ("ann.sql", "collections"): set(),
     ("ann.sql", "snapshot"): set(),

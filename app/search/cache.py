@@ -8,8 +8,10 @@ loaded). Every write that can change a result appends to the change log, so the
 position read at the start of a search retires older entries at once; the TTL bounds how long
 an entry lives in any case. Reading the position is one indexed query per search, which is what
 keeps the cache correct when several service instances write to one database. While another
-transaction is writing, results are computed but not stored: its log position, taken before
-it commits, could be lower than one already seen. Nor is a partly reranked result stored (the
+transaction is writing to the collection, results are computed but not stored: its log
+position, taken before it commits, could be lower than one already seen (writers announce
+themselves with an advisory lock per collection; writes elsewhere, the query log's included,
+do not hold a search's result back). Nor is a partly reranked result stored (the
 time budget ran out before every candidate was scored): the next identical search may have the
 time to rerank fully, so it runs again.
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from cachetools import TTLCache
-from sqlalchemy import Connection
+from sqlalchemy import Connection, RowMapping
 
 from app.db.queries import query
 from app.search.engine import Searcher, search
@@ -39,6 +41,10 @@ from app.search.results import SearchResult
 from app.settings import CacheSettings
 
 T = TypeVar("T")
+
+# Every writer of a collection's change log holds a shared advisory lock on (this class, the
+# collection's id) until it ends; alembic revision 0014 takes it (and must use the same number).
+CHANGE_LOG_LOCK_CLASS = 1_406_000_002
 
 
 class SingleFlight(Generic[T]):
@@ -134,7 +140,7 @@ def cached_search(
         result = search(conn, collection_name, request, searcher)
         # Stored before the flight ends, so that no caller finds neither the flight nor the entry.
         # A result from a vector cache that lagged behind the log is never stored.
-        if cache.enabled and row["settled"] and result.fresh and _complete(result):
+        if cache.enabled and result.fresh and _complete(result) and _settled(conn, row):
             cache.put(key, result)
         return result
 
@@ -151,6 +157,16 @@ def request_key(
     return json.dumps(
         {"request": fields, "model": model, "reranker": reranker}, sort_keys=True, default=repr
     )
+
+
+def _settled(conn: Connection, position: RowMapping) -> bool:
+    """No write to the collection was in flight while the search ran (sql/cache.sql)."""
+    params = {
+        "lock_class": CHANGE_LOG_LOCK_CLASS,
+        "collection_id": position["collection_id"],
+        "snapshot": position["snapshot"],
+    }
+    return bool(conn.execute(query("cache.sql", "settled"), params).scalar_one())
 
 
 def _complete(result: SearchResult) -> bool:
