@@ -4,7 +4,8 @@
 the engine; the embedding model and the cross-encoder load on first use (or eagerly for the
 API server), so that commands that only read the database start fast. The in-process vector
 cache exists only where something starts it (`start_vector_cache`: the API server, or an
-evaluation that asks for the `faiss` backend).
+evaluation that asks for the `faiss` backend); so does the keyword index
+(`start_keyword_cache`: the API server, evaluations).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from app.db.engine import make_engine, resolve_database_url, retrying, transacti
 from app.ingest.chunk import Tokenizer, bundled_tokenizer
 from app.ingest.embed import Embedder, Embedders
 from app.ingest.pipeline import Ingestor
+from app.lexical.cache import KeywordCache
 from app.querylog.log import QueryLog
 from app.search.cache import SearchCache
 from app.search.engine import QueryEmbeddings, Searcher
@@ -49,6 +51,7 @@ class Services:
         self.search_cache = SearchCache(settings.cache)
         self.chat_models = _chat_models(settings)
         self.vector_cache: VectorCache | None = None
+        self.keyword_cache: KeywordCache | None = None
         self.query_log = QueryLog(
             engine, settings.query_log, redact.load(settings.query_log.redactor)
         )
@@ -95,6 +98,7 @@ class Services:
             self.embeddings,
             self.reranking if rerank else None,
             self.vector_cache,
+            self.keyword_cache,
         )
 
     def answer_readers(self, *, rerank: bool = True) -> Readers:
@@ -111,6 +115,19 @@ class Services:
                 root = self.settings.vectors.directory or self.settings.database.data_dir / "faiss"
                 self.vector_cache = VectorCache(self.engine, self.settings.vectors, root)
             return self.vector_cache
+
+    def open_keyword_cache(self) -> KeywordCache:
+        """The in-process keyword index, created (not started) on first call."""
+        with self._lock:
+            if self.keyword_cache is None:
+                self.keyword_cache = KeywordCache(self.engine, self.settings.vectors)
+            return self.keyword_cache
+
+    def start_keyword_cache(self) -> KeywordCache:
+        """Build every collection's keyword index in the background and follow the log."""
+        cache = self.open_keyword_cache()
+        cache.start()
+        return cache
 
     def start_vector_cache(self) -> VectorCache:
         """Load or build every collection's index in the background and follow the log."""
@@ -149,6 +166,8 @@ class Services:
         release connections, and stop the embedded server if this process started it."""
         if self.vector_cache is not None:
             self.vector_cache.stop()
+        if self.keyword_cache is not None:
+            self.keyword_cache.stop()
         self.query_log.close()
         self.engine.dispose()
         if self.started_embedded if stop_embedded is None else stop_embedded:

@@ -357,6 +357,12 @@ class SearchSettings:
         "`pgvector` or `exact` (per collection: setting `vector_backend`; per request: "
         "`vector_backend`)",
     )
+    keyword_cache: bool = setting(
+        "HYBRID_KEYWORD_CACHE",
+        True,
+        "`hybrid serve` keeps an in-process keyword index of every collection, from which the "
+        "keyword leg takes its exact BM25 top candidates (see Ranking)",
+    )
     require_principals: bool = setting(
         "HYBRID_SEARCH_REQUIRE_PRINCIPALS",
         False,

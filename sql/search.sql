@@ -53,7 +53,37 @@ SELECT set_config('role', 'hybrid_reader', true),
                 WHERE l.collection_id = :collection_id AND l.op <> 'U'
                   AND l.xid >= pg_snapshot_xmin(CAST(:cache_position AS pg_snapshot))
                   AND NOT pg_visible_in_snapshot(l.xid, CAST(:cache_position AS pg_snapshot)))
-       END AS cache_fresh;
+       END AS cache_fresh,
+       -- The same for the in-process keyword index (app/lexical) at `keyword_position`.
+       CASE WHEN CAST(:keyword_position AS text) IS NOT NULL
+            THEN NOT EXISTS (
+                SELECT FROM change_log l
+                WHERE l.collection_id = :collection_id AND l.op <> 'U'
+                  AND l.xid >= pg_snapshot_xmin(CAST(:keyword_position AS pg_snapshot))
+                  AND NOT pg_visible_in_snapshot(l.xid, CAST(:keyword_position AS pg_snapshot)))
+       END AS keyword_fresh;
+
+-- name: keyword_terms
+-- What the keyword index scores with, read as the statement reads it: the query's lexemes
+-- (rarest first, bounded), each one's BM25 weight (Lucene's idf times the query term
+-- frequency), and the collection's average chunk length.
+WITH kept AS (
+    SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf
+    FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
+    JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
+    WHERE t.chunks > 0
+    ORDER BY t.chunks, t.lexeme
+    LIMIT :max_terms
+),
+corpus AS (
+    SELECT CAST(chunks AS float8) AS n, CAST(total_length AS float8) / greatest(chunks, 1) AS avgdl
+    FROM corpus_stats
+    WHERE collection_id = :collection_id
+)
+SELECT coalesce(array_agg(k.lexeme), '{}') AS lexemes,
+       coalesce(array_agg(k.qtf * ln(1 + (c.n - k.df + 0.5) / (k.df + 0.5))), '{}') AS weights,
+       (SELECT avgdl FROM corpus) AS avgdl
+FROM kept k, corpus c;
 
 -- name: search
 WITH
@@ -162,11 +192,35 @@ visible_documents AS (
 -- search whose budget candidates leave fewer visible chunks than the leg needs, while its
 -- visible chunks are not many (`small`), reads those directly too: the budget is a guess
 -- about the whole collection, and a selective filter can leave it short.
+-- With the in-process keyword index, its candidates come first: the chunks with the highest
+-- BM25 scores in the collection, best first, computed from the same postings and statistics
+-- (app/lexical/index.py). In that order, each must still exist and pass the document checks,
+-- until the leg has enough; they are then scored again below, so the index's freshness and
+-- arithmetic change which chunks are read, never their scores. The index left the leg short
+-- when it returned fewer than every match (`keyword_partial`) and too few of them are
+-- visible; then, or when it gave none, the leg runs without it.
+keyword_indexed AS MATERIALIZED (
+    SELECT c.id, c.document_id, c.tsv, c.length
+    FROM unnest(CAST(:keyword_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
+    JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
+    WHERE :keyword_depth > 0 AND /* visible document */ (c.document_id)
+    ORDER BY f.ord
+    LIMIT :keyword_fetch
+),
+keyword_indexed_short AS MATERIALIZED (
+    SELECT CAST(:keyword_ids AS bigint[]) IS NULL
+           OR (CAST(:keyword_partial AS boolean)
+               AND (SELECT count(*) FROM keyword_indexed) < :keyword_fetch) AS short
+),
 keyword_budget_candidates AS MATERIALIZED (
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM chunks c
     WHERE c.collection_id = :collection_id
-      AND :keyword_depth > 0 AND NOT (SELECT few FROM visible_few)
+      AND :keyword_depth > 0
+      AND CASE WHEN (SELECT short FROM keyword_indexed_short)
+               THEN NOT (SELECT few FROM visible_few)
+               ELSE false
+          END
       AND c.tsv @@ (SELECT candidates FROM keyword_query)
 ),
 -- The budget's own count comes first: the visible chunks are counted up to the larger limit
@@ -183,9 +237,16 @@ keyword_budget_short AS MATERIALIZED (
            AND (SELECT small FROM visible_small) AS short
 ),
 keyword_candidates AS MATERIALIZED (
+    SELECT i.id, i.document_id, i.tsv, i.length
+    FROM keyword_indexed i
+    WHERE NOT (SELECT short FROM keyword_indexed_short)
+    UNION ALL
     SELECT b.id, b.document_id, b.tsv, b.length
     FROM keyword_budget_candidates b
-    WHERE NOT (SELECT short FROM keyword_budget_short)
+    WHERE CASE WHEN (SELECT short FROM keyword_indexed_short)
+               THEN NOT (SELECT short FROM keyword_budget_short)
+               ELSE false
+          END
     UNION ALL
     SELECT c.id, c.document_id, c.tsv, c.length
     FROM visible_documents d
@@ -196,7 +257,10 @@ keyword_candidates AS MATERIALIZED (
         OFFSET 0
     ) AS c
     WHERE :keyword_depth > 0
-      AND ((SELECT few FROM visible_few) OR (SELECT short FROM keyword_budget_short))
+      AND CASE WHEN (SELECT short FROM keyword_indexed_short)
+               THEN (SELECT few FROM visible_few) OR (SELECT short FROM keyword_budget_short)
+               ELSE false
+          END
       AND c.tsv @@ (SELECT tsq FROM keyword_query)
 ),
 -- Exact BM25: term frequencies come from the stored tsvector, cut down to the query's
@@ -412,6 +476,8 @@ SELECT p.id AS chunk_id, p.external_id AS document_id, c.ordinal, c.heading_path
        -- How many of the cache's candidates passed, and how far down its list that took.
        (SELECT count(*) FROM vector_cached) AS cached_visible,
        (SELECT max(ord) FROM vector_cached) AS cached_examined,
+       -- Whether the keyword index's candidates served the keyword leg.
+       NOT (SELECT short FROM keyword_indexed_short) AS keyword_indexed,
        -- ts_headline costs a few milliseconds a hit: only when asked.
        CASE WHEN CAST(:highlight AS boolean)
             THEN ts_headline(c.text_config, c.text, (SELECT tsq FROM keyword_query),

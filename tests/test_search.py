@@ -570,6 +570,7 @@ def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Service
                 "max_scan_tuples": "1000",
                 "collection_id": run_params["collection_id"],
                 "cache_position": None,
+                "keyword_position": None,
             },
         )
         found = {r["document_id"] for r in conn.execute(text(forgetful), run_params).mappings()}

@@ -37,7 +37,7 @@ def test_post_search_returns_hits_with_highlights_and_explain(notes: Client) -> 
     assert "<mark>" in hit["highlight"]
     assert hit["explain"]["keyword"]["rank"] == 1
     assert hit["explain"]["vector"]["rank"] >= 1
-    assert {"embed", "sql"} <= set(body["timings_ms"]) <= {"embed", "sql", "faiss"}
+    assert {"embed", "sql"} <= set(body["timings_ms"]) <= {"embed", "sql", "faiss", "keyword_index"}
 
 
 def test_filters_and_principals_over_http(notes: Client) -> None:

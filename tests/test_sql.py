@@ -44,14 +44,18 @@ EXPECTED = {
     },
     ("search.sql", "prepare"): {
         "principals", "ef_search", "max_scan_tuples", "collection_id", "cache_position",
+        "keyword_position",
     },
+    ("search.sql", "keyword_terms"): {"collection_id", "text_config", "query_text", "max_terms"},
+    ("lexical.sql", "postings"): {"collection_id", "ids"},
+    ("lexical.sql", "changes"): {"collection_id", "position"},
     ("search.sql", "visible"): {"principals"},
     ("search.sql", "visible_document"): {"collection_id"},
     ("search.sql", "search"): {
         "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
         "title_weight", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
         "vector_depth", "vector_fetch", "exact_threshold", "vector_exact", "cached_ids",
-        "cached_partial", "per_document", "keyword_weight",
+        "cached_partial", "keyword_ids", "keyword_partial", "per_document", "keyword_weight",
         "vector_weight", "rrf_k", "fusion",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
         "popularity_max", "limit", "offset", "highlight", "headline_options",
@@ -179,6 +183,6 @@ def test_the_search_statement_writes_out_every_mark() -> None:
     assert "/* document" not in written and "/* embedding" not in written
     # The collection's vectors, typed as its index is, wherever the vector leg reads them.
     assert written.count("CAST(c.embedding_alt AS vector(64))") == 4
-    assert written.count("SCAN_FILTER") == 2 and written.count("CHECK_FILTER") == 4
-    assert written.count("d.acl && CAST(:principals AS text[])") == 6
+    assert written.count("SCAN_FILTER") == 2 and written.count("CHECK_FILTER") == 5
+    assert written.count("d.acl && CAST(:principals AS text[])") == 7
     assert set(text(written)._bindparams) == EXPECTED[("search.sql", "search")] | {"principals"}

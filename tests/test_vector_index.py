@@ -141,6 +141,7 @@ def vector_search(
                 "max_scan_tuples": "1000",
                 "collection_id": found.id,
                 "cache_position": None,
+                "keyword_position": None,
             },
         )
         conn.execute(text("SET LOCAL enable_seqscan = off"))

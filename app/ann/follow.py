@@ -101,10 +101,12 @@ class Follower:
         engine: Engine,
         settings: VectorCacheSettings,
         round: Callable[[set[int] | None], None],
+        name: str = "vector cache",
     ) -> None:
         self.engine = engine
         self.settings = settings
         self._round = round
+        self.name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -112,7 +114,10 @@ class Follower:
         # Listening before the thread starts: no change committed after `start()` is missed.
         listening = self._listen()
         self._thread = threading.Thread(
-            target=self._follow, args=(listening,), name="vector-cache-follow", daemon=True
+            target=self._follow,
+            args=(listening,),
+            name=f"{self.name.replace(' ', '-')}-follow",
+            daemon=True,
         )
         self._thread.start()
 
@@ -133,12 +138,12 @@ class Follower:
                         self._round(self._wait(listening))
             except psycopg.OperationalError as exc:
                 conn = None
-                log.warning("vector cache follower lost its connection (%s); retrying",
-                            str(exc).splitlines()[0])  # fmt: skip
+                log.warning("%s follower lost its connection (%s); retrying",
+                            self.name, str(exc).splitlines()[0])  # fmt: skip
                 self._stop.wait(self.settings.poll_s)
             except Exception:
                 conn = None
-                log.exception("vector cache follower failed; retrying")
+                log.exception("%s follower failed; retrying", self.name)
                 self._stop.wait(self.settings.poll_s)
 
     def _listen(self) -> psycopg.Connection[Any]:

@@ -66,7 +66,7 @@ def read_all(
     """Every chunk vector of the collection at `version`, streamed with binary COPY and
     parsed in bulk."""
     parser = _CopyParser(dim, expected, progress)
-    with _snapshot_transaction(engine) as (conn, position):
+    with snapshot_transaction(engine) as (conn, position):
         parts: list[bytes] = []
         size = 0
         with driver_connection(conn).cursor().copy(COPY_VECTORS, [collection_id, version]) as copy:
@@ -128,7 +128,7 @@ def read_changes(engine: Engine, collection_id: int, since: str, dim: int, versi
     """The vector inserts and deletes committed since the snapshot `since`, in log order.
 
     A chunk inserted and deleted within the window is left out of both lists."""
-    with _snapshot_transaction(engine) as (conn, position):
+    with snapshot_transaction(engine) as (conn, position):
         rows = conn.execute(
             query("ann.sql", "changes"),
             {"collection_id": collection_id, "position": since, "version": version},
@@ -172,7 +172,7 @@ def pending(engine: Engine, collection_id: int, since: str) -> Pending:
 
 
 @contextmanager
-def _snapshot_transaction(engine: Engine) -> Iterator[tuple[Connection, str]]:
+def snapshot_transaction(engine: Engine) -> Iterator[tuple[Connection, str]]:
     """A REPEATABLE READ, read-only transaction and the snapshot it reads in."""
     with (
         engine.connect().execution_options(

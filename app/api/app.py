@@ -97,6 +97,8 @@ def _configure_state(
     config.on_startup.append(services.query_log.start)
     if vector_cache and services.settings.vectors.enabled:
         config.on_startup.append(services.start_vector_cache)
+    if vector_cache and services.settings.search.keyword_cache:
+        config.on_startup.append(services.start_keyword_cache)
     if load_model:
         config.on_startup.append(lambda: _load_model(services))
 

@@ -331,6 +331,7 @@ class SearchOut(msgspec.Struct):
     cache: str = "computed"
     vector_backend: str | None = None
     vector_cache_fresh: bool = True
+    keyword_backend: str | None = None
 
 
 class AnswerIn(Retrieval):

@@ -176,7 +176,9 @@ def _complete(result: SearchResult) -> bool:
 
 def _without_timings(result: SearchResult) -> SearchResult:
     report = result.rerank and dataclasses.replace(result.rerank, ms=0.0)
-    return dataclasses.replace(result, embed_ms=0.0, sql_ms=0.0, faiss_ms=0.0, rerank=report)
+    return dataclasses.replace(
+        result, embed_ms=0.0, sql_ms=0.0, faiss_ms=0.0, keyword_index_ms=0.0, rerank=report
+    )
 
 
 def _origin(shared: bool) -> str:

@@ -29,6 +29,8 @@ from app.collections import Collection
 from app.db.queries import load
 from app.errors import ConfigError, Conflict, Invalid, Unavailable
 from app.ingest.embed import Embedder, Embedders
+from app.lexical.cache import KeywordCache
+from app.lexical.index import KeywordIndex, Scoring
 from app.observe.tracing import span
 from app.search.filters import CompiledFilter
 from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
@@ -50,6 +52,8 @@ HEADLINE_OPTIONS = (
 SNIPPET_WORDS = 40
 # Per-document collapsing reads this many more chunks per leg, as documents have chunks.
 PER_DOCUMENT_FETCH = 3
+# A restricted search asks the keyword index for this many times the chunks it keeps.
+RESTRICTED_KEYWORD_FETCH = 10
 
 
 class QueryEmbeddings:
@@ -85,12 +89,14 @@ class QueryEmbeddings:
 class Searcher:
     """What a search runs with: the service's search settings, the query embeddings (None: the
     request brings its vector), the cross-encoder (None: `hybrid+rerank` is refused) and the
-    in-process vector cache (None: pgvector or an exact scan)."""
+    in-process vector cache (None: pgvector or an exact scan) and keyword index (None: the
+    keyword leg reads the GIN index)."""
 
     settings: SearchSettings
     embeddings: QueryEmbeddings | None = None
     reranking: Reranking | None = None
     vectors: VectorCache | None = None
+    keywords: KeywordCache | None = None
 
 
 def search(
@@ -110,8 +116,10 @@ def search(
     with span("search.faiss"):
         source = _vector_source(plan, collection, vector, vectors, settings)
     sourced = time.perf_counter()
+    keywords = _keyword_index(plan, collection, searcher.keywords)
     with span("search.sql", mode=plan.mode):
-        rows, source, fresh = _execute(conn, collection, plan, vector, source, settings)
+        executed = _execute(conn, collection, plan, vector, source, keywords, settings)
+    rows, source, fresh = executed.rows, executed.source, executed.fresh
     if source.candidates is not None and source.restriction is not None and vectors:
         _observe(vectors, source, rows)
     done = time.perf_counter()
@@ -129,7 +137,17 @@ def search(
         rerank=report,
         vector_backend=source.backend,
         fresh=fresh,
+        keyword_backend=_keyword_backend(plan, rows, executed.keywords),
+        keyword_index_ms=executed.keyword_ms,
     )
+
+
+@dataclass(frozen=True)
+class KeywordCandidates:
+    """Chunk ids from the keyword index, best first, and whether more chunks match."""
+
+    ids: list[int]
+    partial: bool
 
 
 @dataclass(frozen=True)
@@ -184,6 +202,49 @@ def _vector_source(
             field="vector_backend",
         )
     return VectorSource("pgvector")
+
+
+def _keyword_index(
+    plan: Plan, collection: Collection, keywords: KeywordCache | None
+) -> tuple[KeywordIndex, str] | None:
+    """The collection's in-process keyword index and its position, when the keyword leg runs
+    and one is built."""
+    if not plan.uses_keyword or keywords is None:
+        return None
+    return keywords.current(collection.id, collection.created_at)
+
+
+def _keyword_candidates(
+    conn: Connection,
+    collection: Collection,
+    plan: Plan,
+    index: KeywordIndex,
+    settings: SearchSettings,
+) -> KeywordCandidates:
+    """The chunks with the highest BM25 scores by the index, for the statement to check and
+    score again: as many as the leg keeps for an open search, more for a restricted one (its
+    checks drop some; when too few pass, the statement reads the GIN index instead)."""
+    terms = conn.execute(
+        load("search.sql")["keyword_terms"],
+        {
+            "collection_id": collection.id,
+            "text_config": collection.text_config,
+            "query_text": plan.query,
+            "max_terms": settings.max_terms,
+        },
+    ).one()
+    needed = plan.candidates * (PER_DOCUMENT_FETCH if plan.per_document else 1)
+    asked = min(needed * RESTRICTED_KEYWORD_FETCH, settings.max_candidates * PER_DOCUMENT_FETCH)
+    scoring = Scoring(
+        lexemes=terms.lexemes,
+        weights=terms.weights,
+        avgdl=float(terms.avgdl or 1.0),
+        k1=plan.k1,
+        b=plan.b,
+        title_weight=plan.title_weight,
+    )
+    ids, _, partial = index.top(scoring, max(needed, asked) if plan.restricted else needed)
+    return KeywordCandidates(ids.tolist(), partial)
 
 
 def _observe(vectors: VectorCache, source: VectorSource, rows: list[Any]) -> None:
@@ -243,27 +304,58 @@ def _checked_vector(vector: list[float], dimension: int) -> list[float]:
     return [float(x) for x in vector]
 
 
+@dataclass(frozen=True)
+class Executed:
+    """The statement's rows, the vector source it used and whether that was fresh for the
+    transaction, and the keyword index's candidates (None: not used) and their cost."""
+
+    rows: list[Any]
+    source: VectorSource
+    fresh: bool
+    keywords: KeywordCandidates | None
+    keyword_ms: float
+
+
 def _execute(
     conn: Connection,
     collection: Collection,
     plan: Plan,
     vector: list[float] | None,
     source: VectorSource,
+    keywords: tuple[KeywordIndex, str] | None,
     settings: SearchSettings,
-) -> tuple[list[Any], VectorSource, bool]:
-    """The hits, the vector source used, and whether it was fresh for this transaction.
+) -> Executed:
+    """Run the statement.
 
     Backend `auto` uses the vector cache only when it has applied every change this
     transaction can see (so a search always finds what was written before it); `faiss` uses
-    it regardless and says whether it was fresh."""
+    it regardless and says whether it was fresh. The keyword index is used only when fresh."""
     cached = source.candidates
-    prepared = prepare(conn, collection, plan, settings, cached.position if cached else None)
+    prepared = prepare(
+        conn, collection, plan, settings,
+        cached.position if cached else None, keywords[1] if keywords else None,
+    )  # fmt: skip
     fresh = prepared["cache_fresh"] is not False
     if not fresh and plan.vector_backend == "auto":
         source, fresh = VectorSource("pgvector"), True
-    params = statement_parameters(collection, plan, vector, source, settings)
+    indexed, started = None, time.perf_counter()
+    if keywords is not None and prepared["keyword_fresh"]:
+        with span("search.keyword_index"):
+            indexed = _keyword_candidates(conn, collection, plan, keywords[0], settings)
+    keyword_ms = (time.perf_counter() - started) * 1000 if indexed else 0.0
+    params = statement_parameters(collection, plan, vector, source, settings, indexed)
     rows = list(conn.execute(statement(plan.filter, collection), params).mappings())
-    return rows, source, fresh
+    return Executed(rows, source, fresh, indexed, keyword_ms)
+
+
+def _keyword_backend(plan: Plan, rows: list[Any], indexed: KeywordCandidates | None) -> str | None:
+    """`index` when the keyword index gave the leg its candidates, `sql` when the statement
+    found them itself; None without a keyword leg."""
+    if not plan.uses_keyword:
+        return None
+    if indexed is not None and (not rows or rows[0]["keyword_indexed"]):
+        return "index"
+    return "sql"
 
 
 def prepare(
@@ -272,6 +364,7 @@ def prepare(
     plan: Plan,
     settings: SearchSettings,
     cache_position: str | None,
+    keyword_position: str | None = None,
 ) -> RowMapping:
     """Set the search's transaction up (reader role and principals, no parallel workers, the
     HNSW search parameters); `cache_fresh` says whether a vector cache at `cache_position`
@@ -285,6 +378,7 @@ def prepare(
                 "max_scan_tuples": str(settings.max_scan_tuples),
                 "collection_id": collection.id,
                 "cache_position": cache_position,
+                "keyword_position": keyword_position,
             },
         )
         .mappings()
@@ -328,6 +422,7 @@ def statement_parameters(
     vector: list[float] | None,
     source: VectorSource,
     settings: SearchSettings,
+    keywords: KeywordCandidates | None = None,
 ) -> dict[str, Any]:
     keyword_depth = plan.candidates if plan.uses_keyword else 0
     vector_depth = plan.candidates if plan.uses_vector else 0
@@ -356,6 +451,8 @@ def statement_parameters(
         "vector_exact": source.backend == "exact",
         "cached_ids": source.candidates.ids if source.candidates else None,
         "cached_partial": source.candidates.partial if source.candidates else False,
+        "keyword_ids": keywords.ids if keywords else None,
+        "keyword_partial": keywords.partial if keywords else False,
         "per_document": plan.per_document,
         "keyword_weight": plan.keyword_weight,
         "vector_weight": plan.vector_weight,

@@ -55,6 +55,10 @@ class SearchResult:
     # leg), and False when they came from a cache that had not applied every visible change.
     vector_backend: str | None = None
     fresh: bool = True
+    # Where keyword candidates came from: `index` (the in-process keyword index) or `sql`
+    # (the GIN index or the visible chunks); None without a keyword leg. And the index's time.
+    keyword_backend: str | None = None
+    keyword_index_ms: float = 0.0
 
     @property
     def reranked(self) -> bool:

@@ -107,6 +107,8 @@ def to_out(result: SearchResult, *, cache: str = "computed", search_id: str = ""
     timings = {"embed": round(result.embed_ms, 3), "sql": round(result.sql_ms, 3)}
     if result.faiss_ms:
         timings["faiss"] = round(result.faiss_ms, 3)
+    if result.keyword_index_ms:
+        timings["keyword_index"] = round(result.keyword_index_ms, 3)
     report = result.rerank
     if report:
         timings["rerank"] = round(report.ms, 3)
@@ -125,4 +127,5 @@ def to_out(result: SearchResult, *, cache: str = "computed", search_id: str = ""
         cache=cache,
         vector_backend=result.vector_backend,
         vector_cache_fresh=result.fresh,
+        keyword_backend=result.keyword_backend,
     )

@@ -1,0 +1,235 @@
+"""The in-process keyword index: its top-k is the exhaustive BM25 top-k (against brute force,
+and chunk by chunk against the SQL leg on a real test collection), searches with it return
+what searches without it return, and it never serves a deleted, forbidden or stale chunk."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import collections
+from app.eval.runner import collection_name, ingest, read_dataset
+from app.lexical.cache import KeywordCache
+from app.lexical.index import KeywordIndex, Scoring
+from app.search import engine
+from app.search.engine import Searcher
+from app.search.request import SearchRequest
+from app.service import Services
+from tests.test_api import Client
+from tests.test_api import ingest as ingest_documents
+
+ADI = Path(__file__).resolve().parents[2] / "shared" / "data" / "adi"
+UNBOUNDED = 10**12
+
+# Per chunk id: its length and, per term, its frequency and whether it is in the title.
+Chunks = dict[int, tuple[int, dict[str, tuple[int, bool]]]]
+
+
+def brute_force(chunks: Chunks, scoring: Scoring) -> dict[int, float]:
+    """BM25 of every chunk with a query term, as the SQL leg defines it."""
+    scores: dict[int, float] = {}
+    weights = dict(zip(scoring.lexemes, scoring.weights, strict=True))
+    for chunk_id, (length, terms) in chunks.items():
+        total = 0.0
+        for lexeme, (tf, title) in terms.items():
+            if lexeme in weights:
+                f = tf + (scoring.title_weight - 1) * title
+                norm = scoring.k1 * (1 - scoring.b + scoring.b * length / scoring.avgdl)
+                total += weights[lexeme] * f * (scoring.k1 + 1) / (f + norm)
+        if total:
+            scores[chunk_id] = total
+    return scores
+
+
+def random_chunk(rng: random.Random, words: list[str]) -> tuple[int, dict[str, tuple[int, bool]]]:
+    terms = {
+        w: (rng.randint(1, 5), rng.random() < 0.2) for w in rng.sample(words, rng.randint(1, 12))
+    }
+    return sum(tf for tf, _ in terms.values()), terms
+
+
+def as_rows(chunks: dict[int, tuple[int, dict[str, tuple[int, bool]]]]):
+    return [
+        (c, n, [(w, tf, t) for w, (tf, t) in terms.items()]) for c, (n, terms) in chunks.items()
+    ]
+
+
+def check_top(index: KeywordIndex, chunks: Chunks, rng: random.Random, words: list[str]) -> None:
+    for _ in range(30):
+        lexemes = rng.sample(words, rng.randint(1, 6))
+        scoring = Scoring(lexemes, [rng.uniform(0.1, 3) for _ in lexemes], avgdl=20.0,
+                          title_weight=rng.choice([1.0, 1.5]))  # fmt: skip
+        expected = brute_force(chunks, scoring)
+        k = rng.randint(1, 40)
+        ids, scores, partial = index.top(scoring, k)
+        best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
+        assert partial == (len(best) > k)
+        assert ids.tolist()[:k] == [c for c, _ in best[:k]]
+        np.testing.assert_allclose(scores[:k], [s for _, s in best[:k]], rtol=1e-12)
+
+
+def test_top_k_is_the_brute_force_top_k_through_inserts_deletes_and_compaction() -> None:
+    rng = random.Random(7)
+    words = [f"w{i}" for i in range(60)]
+    chunks = {chunk_id: random_chunk(rng, words) for chunk_id in range(1, 400)}
+    index = KeywordIndex.build(as_rows(chunks))
+    check_top(index, chunks, rng, words)
+    for step in range(4):
+        gone = rng.sample(sorted(chunks), 40)
+        added = {1000 * (step + 1) + i: random_chunk(rng, [*words, "new"]) for i in range(50)}
+        before = index
+        index = index.apply(as_rows(added), [*gone, 999_999])
+        for chunk_id in gone:
+            del chunks[chunk_id]
+        chunks.update(added)
+        check_top(index, chunks, rng, [*words, "new"])
+        assert before.size == len(chunks) - 50 + 40  # the index it came from is unchanged
+    compacted = index.compacted()
+    assert compacted.dead == 0 and compacted.delta_rows == 0 and compacted.size == len(chunks)
+    check_top(compacted, chunks, rng, [*words, "new"])
+
+
+def test_an_empty_index_and_unknown_terms_find_nothing() -> None:
+    index = KeywordIndex.build([])
+    ids, scores, partial = index.top(Scoring(["owl"], [1.0], avgdl=1.0), 10)
+    assert (ids.tolist(), scores.tolist(), partial) == ([], [], False)
+
+
+@pytest.fixture
+def adi(services: Services) -> Iterator[tuple[str, dict[str, str]]]:
+    dataset = read_dataset(ADI)
+    name = collection_name(dataset.name)
+    ingest(services, dataset, name, progress=False)
+    yield name, dataset.queries
+
+
+def keyword_cache(services: Services, name: str) -> KeywordCache:
+    cache = KeywordCache(services.engine, services.settings.vectors)
+    with services.engine.connect() as conn:
+        collection = collections.get(conn, name)
+    entry = cache.ensure(collection.id)
+    assert entry is not None and entry.current is not None
+    return cache
+
+
+def run(services: Services, name: str, request: SearchRequest, searcher: Searcher):
+    with services.engine.begin() as conn:
+        return engine.search(conn, name, request, searcher)
+
+
+def test_scores_equal_the_sql_leg_chunk_by_chunk(
+    services: Services, adi: tuple[str, dict[str, str]]
+) -> None:
+    name, queries = adi
+    cache = keyword_cache(services, name)
+    exhaustive = Searcher(replace(services.settings.search, keyword_budget=UNBOUNDED))
+    with services.engine.connect() as conn:
+        collection = collections.get(conn, name)
+    index = cache.current(collection.id, collection.created_at)
+    assert index is not None
+    compared = 0
+    for query in queries.values():
+        request = SearchRequest(query=query, mode="keyword", k=100, candidates=1000, explain=True,
+                                highlight=False)  # fmt: skip
+        hits = run(services, name, request, exhaustive).hits
+        with services.engine.connect() as conn:
+            terms = conn.execute(
+                engine.load("search.sql")["keyword_terms"],
+                {"collection_id": collection.id, "text_config": collection.text_config,
+                 "query_text": query, "max_terms": services.settings.search.max_terms},
+            ).one()  # fmt: skip
+        scoring = Scoring(terms.lexemes, terms.weights, avgdl=terms.avgdl, title_weight=1.5)
+        ids, scores, _ = index[0].top(scoring, UNBOUNDED)
+        by_index = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+        assert len(by_index) >= len(hits)
+        for hit in hits:
+            assert hit.explain is not None
+            assert by_index[hit.chunk_id] == pytest.approx(hit.explain["keyword"]["bm25"], rel=1e-9)
+            compared += 1
+        assert ids.tolist()[: len(hits)] == [hit.chunk_id for hit in hits]
+    assert compared > 1000
+
+
+def test_searches_with_the_index_return_what_searches_without_it_return(
+    services: Services, adi: tuple[str, dict[str, str]]
+) -> None:
+    name, queries = adi
+    cache = keyword_cache(services, name)
+    without = replace(services.searcher(rerank=False), keywords=None)
+    with_index = replace(without, keywords=cache)
+    requests = [
+        SearchRequest(query=q, mode=mode, k=10, per_document=per_document, highlight=False)
+        for q in queries.values()
+        for mode, per_document in (("keyword", False), ("hybrid", True))
+    ]
+    for request in requests:
+        expected = run(services, name, request, without)
+        found = run(services, name, request, with_index)
+        assert found.keyword_backend == "index" and expected.keyword_backend == "sql"
+        assert [h.chunk_id for h in found.hits] == [h.chunk_id for h in expected.hits]
+        assert [h.score for h in found.hits] == pytest.approx([h.score for h in expected.hits])
+
+
+def search(client: Client, **body: object) -> dict:
+    response = client.post("/v1/search", json={"collection": "kb", "mode": "keyword", **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_index_never_serves_a_deleted_forbidden_or_stale_chunk(
+    client: Client, services: Services
+) -> None:
+    assert client.post("/v1/collections", json={"name": "kb"}).status_code == 201
+    ingest_documents(
+        client,
+        {"id": "owls", "title": "Owls", "text": "Owls hunt mice at night."},
+        {"id": "lab", "text": "Owls in the secret lab hunt robots.", "acl": ["alice"]},
+        *({"id": f"d{i}", "text": f"Barn owls number {i} nest in barns."} for i in range(30)),
+    )
+    cache = services.open_keyword_cache()
+    with services.engine.connect() as conn:
+        collection = collections.get(conn, "kb")
+    cache.ensure(collection.id)
+    cache.catch_up(collection.id)
+    found = search(client, query="owls hunt")
+    assert found["keyword_backend"] == "index"
+    assert "lab" not in [h["document_id"] for h in found["hits"]]  # forbidden
+    assert "lab" in [h["document_id"] for h in search(client, query="owls hunt",
+                                                     principals=["alice"])["hits"]]  # fmt: skip
+    # A write the index has not applied yet: the statement says it is stale, the SQL leg runs.
+    with cache_paused(cache):
+        ingest_documents(client, {"id": "late", "text": "Owls hunt late at night, hunt hunt."})
+        stale = search(client, query="owls hunt")
+        assert stale["keyword_backend"] == "sql"
+        assert stale["hits"][0]["document_id"] == "late"
+        assert client.delete("/v1/collections/kb/documents/owls").status_code == 204
+        assert "owls" not in [h["document_id"] for h in search(client, query="owls hunt")["hits"]]
+    cache.catch_up(collection.id)
+    services.search_cache.clear()  # the same search was computed (and stored) without it
+    fresh = search(client, query="owls hunt")
+    assert fresh["keyword_backend"] == "index"
+    ids = [h["document_id"] for h in fresh["hits"]]
+    assert ids[0] == "late" and "owls" not in ids
+    # A filter that leaves the index's candidates short: the SQL leg finds the rest.
+    filtered = search(client, query="owls", filter={"id": "d7"}, k=5)
+    assert [h["document_id"] for h in filtered["hits"]] == ["d7"]
+
+
+class cache_paused:
+    """Holds every entry's lock: the follower cannot apply changes meanwhile."""
+
+    def __init__(self, cache: KeywordCache) -> None:
+        self.entries = cache.entries()
+
+    def __enter__(self) -> None:
+        for entry in self.entries:
+            entry.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        for entry in self.entries:
+            entry.lock.release()
