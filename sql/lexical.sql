@@ -6,7 +6,7 @@
 -- The chunks' postings from their stored tsvectors, as the SQL leg reads them: per lexeme its
 -- position count and whether a position is in the title or headings (weight A). With :ids
 -- NULL, every chunk of the collection; else those of the ids that still exist.
-SELECT c.id, c.length, u.lexemes, u.tfs, u.titles
+SELECT c.id, c.document_id, c.length, u.lexemes, u.tfs, u.titles
 FROM chunks c
 CROSS JOIN LATERAL (
     SELECT array_agg(t.lexeme) AS lexemes,

@@ -193,17 +193,18 @@ visible_documents AS (
 -- visible chunks are not many (`small`), reads those directly too: the budget is a guess
 -- about the whole collection, and a selective filter can leave it short.
 -- With the in-process keyword index, its candidates come first: the chunks with the highest
--- BM25 scores in the collection, best first, computed from the same postings and statistics
--- (app/lexical/index.py). In that order, each must still exist and pass the document checks,
--- until the leg has enough; they are then scored again below, so the index's freshness and
--- arithmetic change which chunks are read, never their scores. The index left the leg short
--- when it returned fewer than every match (`keyword_partial`) and too few of them are
--- visible; then, or when it gave none, the leg runs without it.
+-- BM25 scores in the collection, best first, with their documents and scores, computed from
+-- the same tsvectors, statistics and formula as the scoring below (app/lexical/index.py; the
+-- scores are tested equal chunk by chunk). The service passes them only when the index has
+-- applied every chunk change this search can see. In that order, each one's document is
+-- checked until the leg has enough. The index left the leg short when it returned fewer than
+-- every match (`keyword_partial`) and too few of them are visible; then, or when it gave
+-- none, the leg runs without it.
 keyword_indexed AS MATERIALIZED (
-    SELECT c.id, c.document_id, c.tsv, c.length
-    FROM unnest(CAST(:keyword_ids AS bigint[])) WITH ORDINALITY AS f(id, ord)
-    JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
-    WHERE :keyword_depth > 0 AND /* visible document */ (c.document_id)
+    SELECT f.id, f.document_id, f.score
+    FROM unnest(CAST(:keyword_ids AS bigint[]), CAST(:keyword_documents AS bigint[]),
+                CAST(:keyword_scores AS float8[])) WITH ORDINALITY AS f(id, document_id, score, ord)
+    WHERE :keyword_depth > 0 AND /* visible document */ (f.document_id)
     ORDER BY f.ord
     LIMIT :keyword_fetch
 ),
@@ -237,10 +238,6 @@ keyword_budget_short AS MATERIALIZED (
            AND (SELECT small FROM visible_small) AS short
 ),
 keyword_candidates AS MATERIALIZED (
-    SELECT i.id, i.document_id, i.tsv, i.length
-    FROM keyword_indexed i
-    WHERE NOT (SELECT short FROM keyword_indexed_short)
-    UNION ALL
     SELECT b.id, b.document_id, b.tsv, b.length
     FROM keyword_budget_candidates b
     WHERE CASE WHEN (SELECT short FROM keyword_indexed_short)
@@ -267,27 +264,34 @@ keyword_candidates AS MATERIALIZED (
 -- lexemes before unnesting (mark them with weight B, keep only B). As in BM25F, a lexeme that
 -- is also in the title or headings (weight A) gets `title_weight` - 1 more: a title names what
 -- the whole document is about. That test is a lookup in the tsvector (`@@` on one weighted
--- lexeme), not another pass over it. Best first.
+-- lexeme), not another pass over it. The keyword index's candidates come with their scores.
+-- Best first.
 keyword_scored AS MATERIALIZED (
-    SELECT m.id, m.document_id,
-           sum(w.weight * f.tf * (CAST(:k1 AS float8) + 1)
-               / (f.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
-                                               + CAST(:b AS float8) * m.length / c.avgdl)))
-             AS score
-    FROM keyword_candidates m
-    CROSS JOIN corpus c
-    CROSS JOIN LATERAL (
-        SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
-        FROM unnest(ts_filter(setweight(m.tsv, 'B', (SELECT lexemes FROM keyword_query)),
-                              '{b}')) AS u
-    ) AS t
-    JOIN query_weights w ON w.lexeme = t.lexeme
-    CROSS JOIN LATERAL (
-        SELECT t.tf + (CAST(:title_weight AS float8) - 1) * CAST(m.tsv @@ w.in_title AS integer)
-                 AS tf
-    ) AS f
-    GROUP BY m.id, m.document_id, m.length
-    ORDER BY score DESC, m.id
+    SELECT id, document_id, score
+    FROM (SELECT i.id, i.document_id, i.score
+          FROM keyword_indexed i
+          WHERE NOT (SELECT short FROM keyword_indexed_short)
+          UNION ALL
+          SELECT m.id, m.document_id,
+                 sum(w.weight * f.tf * (CAST(:k1 AS float8) + 1)
+                     / (f.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
+                                                     + CAST(:b AS float8) * m.length / c.avgdl)))
+                   AS score
+          FROM keyword_candidates m
+          CROSS JOIN corpus c
+          CROSS JOIN LATERAL (
+              SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
+              FROM unnest(ts_filter(setweight(m.tsv, 'B', (SELECT lexemes FROM keyword_query)),
+                                    '{b}')) AS u
+          ) AS t
+          JOIN query_weights w ON w.lexeme = t.lexeme
+          CROSS JOIN LATERAL (
+              SELECT t.tf
+                     + (CAST(:title_weight AS float8) - 1) * CAST(m.tsv @@ w.in_title AS integer)
+                       AS tf
+          ) AS f
+          GROUP BY m.id, m.document_id, m.length) AS scored
+    ORDER BY score DESC, id
 ),
 -- In score order, each candidate's document is checked (deletion, ACL, filters) through its
 -- primary key until enough have passed: an open search checks about as many as it keeps.

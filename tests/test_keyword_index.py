@@ -15,7 +15,7 @@ import pytest
 from app import collections
 from app.eval.runner import collection_name, ingest, read_dataset
 from app.lexical.cache import KeywordCache
-from app.lexical.index import KeywordIndex, Scoring
+from app.lexical.index import Chunk, KeywordIndex, Scoring
 from app.search import engine
 from app.search.engine import Searcher
 from app.search.request import SearchRequest
@@ -53,9 +53,11 @@ def random_chunk(rng: random.Random, words: list[str]) -> tuple[int, dict[str, t
     return sum(tf for tf, _ in terms.values()), terms
 
 
-def as_rows(chunks: dict[int, tuple[int, dict[str, tuple[int, bool]]]]):
+def as_rows(chunks: Chunks) -> list[Chunk]:
+    """Each chunk in a document of its own, whose id is the chunk's plus one million."""
     return [
-        (c, n, [(w, tf, t) for w, (tf, t) in terms.items()]) for c, (n, terms) in chunks.items()
+        (c, c + 10**6, n, [(w, t, a) for w, (t, a) in terms.items()])
+        for c, (n, terms) in chunks.items()
     ]
 
 
@@ -66,11 +68,12 @@ def check_top(index: KeywordIndex, chunks: Chunks, rng: random.Random, words: li
                           title_weight=rng.choice([1.0, 1.5]))  # fmt: skip
         expected = brute_force(chunks, scoring)
         k = rng.randint(1, 40)
-        ids, scores, partial = index.top(scoring, k)
+        top = index.top(scoring, k)
         best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
-        assert partial == (len(best) > k)
-        assert ids.tolist()[:k] == [c for c, _ in best[:k]]
-        np.testing.assert_allclose(scores[:k], [s for _, s in best[:k]], rtol=1e-12)
+        assert top.partial == (len(best) > k)
+        assert top.ids.tolist()[:k] == [c for c, _ in best[:k]]
+        assert (top.documents == top.ids + 10**6).all()
+        np.testing.assert_allclose(top.scores[:k], [s for _, s in best[:k]], rtol=1e-12)
 
 
 def test_top_k_is_the_brute_force_top_k_through_inserts_deletes_and_compaction() -> None:
@@ -96,8 +99,8 @@ def test_top_k_is_the_brute_force_top_k_through_inserts_deletes_and_compaction()
 
 def test_an_empty_index_and_unknown_terms_find_nothing() -> None:
     index = KeywordIndex.build([])
-    ids, scores, partial = index.top(Scoring(["owl"], [1.0], avgdl=1.0), 10)
-    assert (ids.tolist(), scores.tolist(), partial) == ([], [], False)
+    top = index.top(Scoring(["owl"], [1.0], avgdl=1.0), 10)
+    assert (top.ids.tolist(), top.scores.tolist(), top.partial) == ([], [], False)
 
 
 @pytest.fixture
@@ -144,14 +147,15 @@ def test_scores_equal_the_sql_leg_chunk_by_chunk(
                  "query_text": query, "max_terms": services.settings.search.max_terms},
             ).one()  # fmt: skip
         scoring = Scoring(terms.lexemes, terms.weights, avgdl=terms.avgdl, title_weight=1.5)
-        ids, scores, _ = index[0].top(scoring, UNBOUNDED)
-        by_index = dict(zip(ids.tolist(), scores.tolist(), strict=True))
+        top = index[0].top(scoring, UNBOUNDED)
+        ids = top.ids.tolist()
+        by_index = dict(zip(ids, top.scores.tolist(), strict=True))
         assert len(by_index) >= len(hits)
         for hit in hits:
             assert hit.explain is not None
             assert by_index[hit.chunk_id] == pytest.approx(hit.explain["keyword"]["bm25"], rel=1e-9)
             compared += 1
-        assert ids.tolist()[: len(hits)] == [hit.chunk_id for hit in hits]
+        assert ids[: len(hits)] == [hit.chunk_id for hit in hits]
     assert compared > 1000
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,13 +25,12 @@ from sqlalchemy import Engine
 from app.ann.follow import Follower
 from app.ann.source import snapshot_transaction
 from app.db.queries import query
-from app.lexical.index import KeywordIndex
+from app.lexical.index import Chunk, KeywordIndex
 from app.settings import VectorCacheSettings
 
 log = logging.getLogger(__name__)
 
 Status = Literal["loading", "ready", "failed"]
-Chunk = tuple[int, int, Sequence[tuple[str, int, bool]]]
 
 # Rows fetched per round trip while building.
 FETCH_ROWS = 2_000
@@ -208,8 +207,9 @@ def _chunks(conn: Any, collection_id: int, ids: list[int] | None) -> Iterator[Ch
     result = conn.execution_options(yield_per=FETCH_ROWS).execute(
         query("lexical.sql", "postings"), {"collection_id": collection_id, "ids": ids}
     )
-    for chunk_id, length, lexemes, tfs, titles in result:
-        yield chunk_id, length, list(zip(lexemes or (), tfs or (), titles or (), strict=True))
+    for chunk_id, document_id, length, lexemes, tfs, titles in result:
+        postings = list(zip(lexemes or (), tfs or (), titles or (), strict=True))
+        yield chunk_id, document_id, length, postings
 
 
 def describe(index: KeywordIndex) -> str:

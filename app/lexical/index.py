@@ -3,12 +3,12 @@
 The postings are the chunks' stored tsvectors, read from the table (same lexemes as the SQL
 leg: PostgreSQL's own parser and dictionaries made them). Per posting: the chunk's row, the
 lexeme's frequency in the chunk (its position count, as the SQL leg counts it) and whether
-one of its positions is in the title or headings (weight A). Per row: the chunk id, its BM25
-length and whether it is still live.
+one of its positions is in the title or headings (weight A). Per row: the chunk id, its
+document's id, its BM25 length and whether it is still live.
 
 Scores use the weights and average length the caller passes, read from the same tables the
-SQL leg reads (`term_stats`, `corpus_stats`), so that a score here is the score there: the
-statement re-scores the candidates anyway, and these only choose them.
+SQL leg reads (`term_stats`, `corpus_stats`), so that a score here is the score there (tested
+chunk by chunk on a real test collection).
 
 An index is immutable once made: `apply` returns a new one (sharing the unchanged arrays),
 so a search holding an index and its position never sees a later change. Inserted chunks go to
@@ -17,6 +17,7 @@ a delta beside the base postings; `compacted` folds the delta in and drops delet
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,21 @@ DENSE_SHARE = 16
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
+# A lexeme of a chunk: the lexeme, its frequency, whether it is in the title or headings.
+Posting = tuple[str, int, bool]
+# A chunk: its id, its document's id, its BM25 length and its lexemes.
+Chunk = tuple[int, int, int, Sequence[Posting]]
+
+
+@dataclass(frozen=True)
+class Top:
+    """The best chunks, best first: ids, their documents and scores; and whether the list is
+    partial, i.e. more chunks match some query term than were returned."""
+
+    ids: Ints
+    documents: Ints
+    scores: Floats
+    partial: bool
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,7 @@ class KeywordIndex:
 
     vocabulary: dict[str, int]
     chunk_ids: Ints
+    document_ids: Ints
     lengths: Floats
     live: npt.NDArray[np.bool_]
     base: Postings
@@ -109,17 +126,16 @@ class KeywordIndex:
     base_rows: int = 0
 
     @classmethod
-    def build(
-        cls, chunks: Iterable[tuple[int, int, Sequence[tuple[str, int, bool]]]]
-    ) -> KeywordIndex:
-        """From (chunk id, length, [(lexeme, frequency, in title)]) per chunk."""
+    def build(cls, chunks: Iterable[Chunk]) -> KeywordIndex:
+        """From (chunk id, document id, length, [(lexeme, frequency, in title)]) per chunk."""
         builder = _Builder({})
-        for chunk_id, length, lexemes in chunks:
-            builder.add(chunk_id, length, lexemes)
-        vocabulary, ids, lengths, postings = builder.result()
+        for chunk in chunks:
+            builder.add(*chunk)
+        vocabulary, ids, documents, lengths, postings = builder.result()
         return cls(
             vocabulary,
             ids,
+            documents,
             lengths,
             np.ones(len(ids), dtype=bool),
             postings,
@@ -150,15 +166,11 @@ class KeywordIndex:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.chunk_ids, self.lengths, self.live)
+        arrays = (self.chunk_ids, self.document_ids, self.lengths, self.live)
         parts = [p for s in (self.base, self.delta) for p in (s.offsets, s.rows, s.tf, s.title)]
         return sum(a.nbytes for a in (*arrays, *parts))
 
-    def apply(
-        self,
-        inserted: Iterable[tuple[int, int, Sequence[tuple[str, int, bool]]]],
-        deleted: Iterable[int],
-    ) -> KeywordIndex:
+    def apply(self, inserted: Iterable[Chunk], deleted: Iterable[int]) -> KeywordIndex:
         """A new index with these chunks deleted (unknown ids are ignored), then these
         inserted (an id already here is replaced)."""
         live = self.live.copy()
@@ -170,20 +182,20 @@ class KeywordIndex:
         # The vocabulary only grows, and an index never reads term ids past its own postings:
         # the new index adds to the same dictionary.
         builder = _Builder(self.vocabulary, first_row=self.rows)
-        for chunk_id, length, lexemes in inserted:
-            if (row := row_of.pop(chunk_id, None)) is not None:
+        for chunk in inserted:
+            if (row := row_of.pop(chunk[0], None)) is not None:
                 live[row] = False
-            builder.add(chunk_id, length, lexemes)
-        vocabulary, ids, lengths, added = builder.result()
+            builder.add(*chunk)
+        vocabulary, ids, documents, lengths, added = builder.result()
         if not len(ids):
-            return KeywordIndex(self.vocabulary, self.chunk_ids, self.lengths, live, self.base,
-                                self.delta, row_of, self.base_rows)  # fmt: skip
+            return dataclasses.replace(self, live=live, row_of=row_of)
         for offset, chunk_id in enumerate(ids):
             row_of[int(chunk_id)] = self.rows + offset
         delta = _merge(self.delta, added, len(vocabulary))
         return KeywordIndex(
             vocabulary,
             np.concatenate([self.chunk_ids, ids]),
+            np.concatenate([self.document_ids, documents]),
             np.concatenate([self.lengths, lengths]),
             np.concatenate([live, np.ones(len(ids), dtype=bool)]),
             self.base,
@@ -208,6 +220,7 @@ class KeywordIndex:
         return KeywordIndex(
             self.vocabulary,
             ids,
+            self.document_ids[keep],
             self.lengths[keep],
             np.ones(len(keep), dtype=bool),
             base,
@@ -215,10 +228,9 @@ class KeywordIndex:
             base_rows=len(ids),
         )
 
-    def top(self, scoring: Scoring, k: int) -> tuple[Ints, Floats, bool]:
+    def top(self, scoring: Scoring, k: int) -> Top:
         """The `k` live chunks with the highest BM25 scores (and any tied with the last of
-        them), best first (ties by chunk id), with their scores; and whether the list is
-        partial, i.e. more chunks match some query term than were returned."""
+        them), best first (ties by chunk id)."""
         k1, b = scoring.k1, scoring.b
         rows_parts: list[npt.NDArray[np.int32]] = []
         score_parts: list[Floats] = []
@@ -238,7 +250,7 @@ class KeywordIndex:
                 rows_parts.append(matched)
                 score_parts.append(weight * tf * (k1 + 1) / (tf + norm))
         if not rows_parts:
-            return np.empty(0, np.int64), np.empty(0), False
+            return Top(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), False)
         rows: npt.NDArray[Any] = np.concatenate(rows_parts)
         scores: npt.NDArray[Any] = np.concatenate(score_parts)
         if len(rows_parts) > 1 and len(rows) * DENSE_SHARE >= self.rows:
@@ -258,7 +270,7 @@ class KeywordIndex:
             rows, scores = rows[kept], scores[kept]
         ids = self.chunk_ids[rows]
         order = np.lexsort((ids, -scores))
-        return ids[order], scores[order], partial
+        return Top(ids[order], self.document_ids[rows][order], scores[order], partial)
 
 
 class _Builder:
@@ -268,15 +280,17 @@ class _Builder:
         self.vocabulary = vocabulary
         self.first_row = first_row
         self.ids: list[int] = []
+        self.documents: list[int] = []
         self.lengths: list[float] = []
         self.terms: list[int] = []
         self.rows: list[int] = []
         self.tf: list[int] = []
         self.title: list[bool] = []
 
-    def add(self, chunk_id: int, length: int, lexemes: Sequence[tuple[str, int, bool]]) -> None:
+    def add(self, chunk_id: int, document_id: int, length: int, lexemes: Sequence[Posting]) -> None:
         row = self.first_row + len(self.ids)
         self.ids.append(chunk_id)
+        self.documents.append(document_id)
         self.lengths.append(float(length))
         vocabulary = self.vocabulary
         for lexeme, tf, title in lexemes:
@@ -288,7 +302,7 @@ class _Builder:
             self.tf.append(tf)
             self.title.append(title)
 
-    def result(self) -> tuple[dict[str, int], Ints, Floats, Postings]:
+    def result(self) -> tuple[dict[str, int], Ints, Ints, Floats, Postings]:
         postings = Postings.of(
             np.array(self.terms, dtype=np.int64),
             np.array(self.rows, dtype=np.int32),
@@ -299,6 +313,7 @@ class _Builder:
         return (
             self.vocabulary,
             np.array(self.ids, dtype=np.int64),
+            np.array(self.documents, dtype=np.int64),
             np.array(self.lengths, dtype=np.float64),
             postings,
         )

@@ -144,9 +144,12 @@ def search(
 
 @dataclass(frozen=True)
 class KeywordCandidates:
-    """Chunk ids from the keyword index, best first, and whether more chunks match."""
+    """Chunks from the keyword index, best first (ids, documents, BM25 scores), and whether
+    more chunks match."""
 
     ids: list[int]
+    documents: list[int]
+    scores: list[float]
     partial: bool
 
 
@@ -221,9 +224,9 @@ def _keyword_candidates(
     index: KeywordIndex,
     settings: SearchSettings,
 ) -> KeywordCandidates:
-    """The chunks with the highest BM25 scores by the index, for the statement to check and
-    score again: as many as the leg keeps for an open search, more for a restricted one (its
-    checks drop some; when too few pass, the statement reads the GIN index instead)."""
+    """The chunks with the highest BM25 scores by the index, for the statement to check: as
+    many as the leg keeps for an open search, more for a restricted one (its checks drop some;
+    when too few pass, the statement reads the GIN index instead)."""
     terms = conn.execute(
         load("search.sql")["keyword_terms"],
         {
@@ -243,8 +246,10 @@ def _keyword_candidates(
         b=plan.b,
         title_weight=plan.title_weight,
     )
-    ids, _, partial = index.top(scoring, max(needed, asked) if plan.restricted else needed)
-    return KeywordCandidates(ids.tolist(), partial)
+    top = index.top(scoring, max(needed, asked) if plan.restricted else needed)
+    return KeywordCandidates(
+        top.ids.tolist(), top.documents.tolist(), top.scores.tolist(), top.partial
+    )
 
 
 def _observe(vectors: VectorCache, source: VectorSource, rows: list[Any]) -> None:
@@ -452,6 +457,8 @@ def statement_parameters(
         "cached_ids": source.candidates.ids if source.candidates else None,
         "cached_partial": source.candidates.partial if source.candidates else False,
         "keyword_ids": keywords.ids if keywords else None,
+        "keyword_documents": keywords.documents if keywords else None,
+        "keyword_scores": keywords.scores if keywords else None,
         "keyword_partial": keywords.partial if keywords else False,
         "per_document": plan.per_document,
         "keyword_weight": plan.keyword_weight,
