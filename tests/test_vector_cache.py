@@ -218,7 +218,8 @@ def fallback_ran(lines: list[str], source: str) -> bool:
     """Whether the vector leg's fallback `exact` (the exact scan) or `ann` (pgvector's index
     scan) read anything: the node under its gate (a one-time filter on `vector_short`)."""
     gate = "THEN (NOT " if source == "ann" else "THEN (InitPlan"
-    found = [i for i, line in enumerate(lines) if "One-Time Filter: CASE WHEN" in line]
+    leg = next(i for i, line in enumerate(lines) if line.strip() == "CTE vector_ranked")
+    found = [i for i, line in enumerate(lines[leg:], leg) if "One-Time Filter: CASE WHEN" in line]
     (at,) = [i for i in found if gate in lines[i]]
     node = next(line for line in lines[at + 1 :] if "->" in line)
     return "never executed" not in node
