@@ -264,42 +264,40 @@ keyword_candidates AS MATERIALIZED (
 -- lexemes before unnesting (mark them with weight B, keep only B). As in BM25F, a lexeme that
 -- is also in the title or headings (weight A) gets `title_weight` - 1 more: a title names what
 -- the whole document is about. That test is a lookup in the tsvector (`@@` on one weighted
--- lexeme), not another pass over it. The keyword index's candidates come with their scores.
--- Best first.
+-- lexeme), not another pass over it. Best first.
 keyword_scored AS MATERIALIZED (
-    SELECT id, document_id, score
-    FROM (SELECT i.id, i.document_id, i.score
-          FROM keyword_indexed i
-          WHERE NOT (SELECT short FROM keyword_indexed_short)
-          UNION ALL
-          SELECT m.id, m.document_id,
-                 sum(w.weight * f.tf * (CAST(:k1 AS float8) + 1)
-                     / (f.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
-                                                     + CAST(:b AS float8) * m.length / c.avgdl)))
-                   AS score
-          FROM keyword_candidates m
-          CROSS JOIN corpus c
-          CROSS JOIN LATERAL (
-              SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
-              FROM unnest(ts_filter(setweight(m.tsv, 'B', (SELECT lexemes FROM keyword_query)),
-                                    '{b}')) AS u
-          ) AS t
-          JOIN query_weights w ON w.lexeme = t.lexeme
-          CROSS JOIN LATERAL (
-              SELECT t.tf
-                     + (CAST(:title_weight AS float8) - 1) * CAST(m.tsv @@ w.in_title AS integer)
-                       AS tf
-          ) AS f
-          GROUP BY m.id, m.document_id, m.length) AS scored
-    ORDER BY score DESC, id
+    SELECT m.id, m.document_id,
+           sum(w.weight * f.tf * (CAST(:k1 AS float8) + 1)
+               / (f.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
+                                               + CAST(:b AS float8) * m.length / c.avgdl)))
+             AS score
+    FROM keyword_candidates m
+    CROSS JOIN corpus c
+    CROSS JOIN LATERAL (
+        SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
+        FROM unnest(ts_filter(setweight(m.tsv, 'B', (SELECT lexemes FROM keyword_query)),
+                              '{b}')) AS u
+    ) AS t
+    JOIN query_weights w ON w.lexeme = t.lexeme
+    CROSS JOIN LATERAL (
+        SELECT t.tf + (CAST(:title_weight AS float8) - 1) * CAST(m.tsv @@ w.in_title AS integer)
+                 AS tf
+    ) AS f
+    GROUP BY m.id, m.document_id, m.length
+    ORDER BY score DESC, m.id
 ),
 -- In score order, each candidate's document is checked (deletion, ACL, filters) through its
 -- primary key until enough have passed: an open search checks about as many as it keeps.
+-- The keyword index's candidates were checked already, and come with their scores.
 keyword_visible AS (
-    SELECT s.id, s.document_id, s.score
-    FROM keyword_scored s
-    WHERE /* visible document */ (s.document_id)
-    LIMIT :keyword_fetch
+    SELECT i.id, i.document_id, i.score
+    FROM keyword_indexed i
+    WHERE NOT (SELECT short FROM keyword_indexed_short)
+    UNION ALL
+    (SELECT s.id, s.document_id, s.score
+     FROM keyword_scored s
+     WHERE /* visible document */ (s.document_id)
+     LIMIT :keyword_fetch)
 ),
 -- With one hit per document, each document keeps its best chunk.
 keyword_ranked AS (
