@@ -357,6 +357,13 @@ class SearchSettings:
         "`pgvector` or `exact` (per collection: setting `vector_backend`; per request: "
         "`vector_backend`)",
     )
+    generic_plan_below: int = setting(
+        "HYBRID_SEARCH_GENERIC_PLAN_BELOW",
+        50_000,
+        "Collections of fewer chunks run the search statement on a plan made once per "
+        "database connection; larger ones are planned for each search (0: never)",
+        NOT_NEGATIVE,
+    )
     keyword_cache: bool = setting(
         "HYBRID_KEYWORD_CACHE",
         True,

@@ -35,11 +35,21 @@ coalesce((SELECT true
 
 -- name: prepare
 -- Run first in the search's own transaction: the reader role (row-level security applies),
--- the principals it may see, and the HNSW search parameters. Plans are always made for the
--- actual values: a generic plan cannot skip a leg that is switched off or see the collection.
--- No parallel workers: starting them costs more than any one search's scan.
+-- the principals it may see, and the HNSW search parameters. In a collection of fewer than
+-- `generic_plan_below` chunks, the statement runs on a plan made once per connection for any
+-- values: there planning costs a quarter of a search, and no choice in the plan depends on the
+-- values (switched-off legs are skipped at run time, the collection's id is a constant in the
+-- statement). Larger collections are planned for each search's values, where the sizes the
+-- planner sees decide more. No parallel workers: starting them costs more than any one
+-- search's scan.
 SELECT set_config('role', 'hybrid_reader', true),
-       set_config('plan_cache_mode', 'force_custom_plan', true),
+       set_config('plan_cache_mode',
+                  CASE WHEN coalesce((SELECT s.chunks FROM corpus_stats s
+                                      WHERE s.collection_id = :collection_id), 0)
+                            < :generic_plan_below
+                       THEN 'force_generic_plan'
+                       ELSE 'force_custom_plan'
+                  END, true),
        set_config('max_parallel_workers_per_gather', '0', true),
        set_config('hybrid.principals', CAST(CAST(:principals AS text[]) AS text), true),
        set_config('hnsw.ef_search', :ef_search, true),

@@ -571,6 +571,7 @@ def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Service
                 "collection_id": run_params["collection_id"],
                 "cache_position": None,
                 "keyword_position": None,
+                "generic_plan_below": 0,
             },
         )
         found = {r["document_id"] for r in conn.execute(text(forgetful), run_params).mappings()}

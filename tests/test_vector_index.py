@@ -142,6 +142,7 @@ def vector_search(
                 "collection_id": found.id,
                 "cache_position": None,
                 "keyword_position": None,
+                "generic_plan_below": 0,
             },
         )
         conn.execute(text("SET LOCAL enable_seqscan = off"))

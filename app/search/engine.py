@@ -386,6 +386,7 @@ def prepare(
                 "collection_id": collection.id,
                 "cache_position": cache_position,
                 "keyword_position": keyword_position,
+                "generic_plan_below": settings.generic_plan_below,
             },
         )
         .mappings()
@@ -396,14 +397,16 @@ def prepare(
 def statement(compiled: CompiledFilter, collection: Collection) -> TextClause:
     """The search statement with a compiled filter predicate in each leg, reading the
     collection's vectors."""
-    return _statement(compiled.sql, compiled.check_sql, collection.vector_sql("c"))
+    return _statement(compiled.sql, compiled.check_sql, collection.vector_sql("c"), collection.id)
 
 
 @lru_cache(maxsize=256)
-def _statement(filter_sql: str, check_sql: str, vectors: str) -> TextClause:
+def _statement(filter_sql: str, check_sql: str, vectors: str, collection_id: int) -> TextClause:
     """sql/search.sql's statement with its one visibility rule written out (with the filter
-    in scans of the documents, with the filter's check form where one document is checked)
-    and the collection's vectors where it reads them."""
+    in scans of the documents, with the filter's check form where one document is checked),
+    the collection's vectors where it reads them, and its id as a constant: a plan made once
+    for any values (small collections, see `prepare`) still knows which collection's HNSW
+    index (a partial index on that id) it may use."""
     sql = load("search.sql")
     rule = _expression(sql["visible"])
     in_scan = rule.replace(FILTER_MARK, f"({filter_sql})")
@@ -412,9 +415,8 @@ def _statement(filter_sql: str, check_sql: str, vectors: str) -> TextClause:
     )
     source = sql["search"].text.replace(VISIBLE_MARK, f"({in_scan})")
     source = source.replace(EMBEDDING_MARK, vectors)
-    return text(
-        VISIBLE_DOCUMENT.sub(lambda found: in_check.replace(DOCUMENT_MARK, found[1]), source)
-    )
+    source = VISIBLE_DOCUMENT.sub(lambda found: in_check.replace(DOCUMENT_MARK, found[1]), source)
+    return text(source.replace(":collection_id", f"CAST({int(collection_id)} AS bigint)"))
 
 
 def _expression(fragment: TextClause) -> str:
