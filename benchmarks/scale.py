@@ -505,7 +505,8 @@ def _explain(services: Services, query: str, vector: list[float], k: int) -> str
             {"principals": plan.principals, "ef_search": str(plan.ef_search),
              "max_scan_tuples": str(services.settings.search.max_scan_tuples),
              "collection_id": collection.id, "cache_position": None,
-             "keyword_position": None, "generic_plan_below": 0},
+             "keyword_position": None, "generic_plan_below": 0, "text_config": "english",
+             "query_text": "", "max_terms": 1},
         )  # fmt: skip
         statement = engine.statement(plan.filter, collection)
         source = engine.VectorSource("pgvector")

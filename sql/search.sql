@@ -42,6 +42,28 @@ coalesce((SELECT true
 -- statement). Larger collections are planned for each search's values, where the sizes the
 -- planner sees decide more. No parallel workers: starting them costs more than any one
 -- search's scan.
+-- With the keyword index, it also reads what the index scores with, as the statement reads
+-- it: the query's lexemes (rarest first, bounded), each one's BM25 weight (Lucene's idf times
+-- the query term frequency) and the collection's average chunk length.
+WITH kept AS (
+    SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf
+    FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
+    JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
+    WHERE t.chunks > 0 AND CAST(:keyword_position AS text) IS NOT NULL
+    ORDER BY t.chunks, t.lexeme
+    LIMIT :max_terms
+),
+corpus AS (
+    SELECT CAST(chunks AS float8) AS n, CAST(total_length AS float8) / greatest(chunks, 1) AS avgdl
+    FROM corpus_stats
+    WHERE collection_id = :collection_id
+),
+terms AS (
+    SELECT coalesce(array_agg(k.lexeme), '{}') AS lexemes,
+           coalesce(array_agg(k.qtf * ln(1 + (c.n - k.df + 0.5) / (k.df + 0.5))), '{}')
+             AS weights
+    FROM kept k, corpus c
+)
 SELECT set_config('role', 'hybrid_reader', true),
        set_config('plan_cache_mode',
                   CASE WHEN coalesce((SELECT s.chunks FROM corpus_stats s
@@ -71,29 +93,10 @@ SELECT set_config('role', 'hybrid_reader', true),
                 WHERE l.collection_id = :collection_id AND l.op <> 'U'
                   AND l.xid >= pg_snapshot_xmin(CAST(:keyword_position AS pg_snapshot))
                   AND NOT pg_visible_in_snapshot(l.xid, CAST(:keyword_position AS pg_snapshot)))
-       END AS keyword_fresh;
-
--- name: keyword_terms
--- What the keyword index scores with, read as the statement reads it: the query's lexemes
--- (rarest first, bounded), each one's BM25 weight (Lucene's idf times the query term
--- frequency), and the collection's average chunk length.
-WITH kept AS (
-    SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf
-    FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
-    JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
-    WHERE t.chunks > 0
-    ORDER BY t.chunks, t.lexeme
-    LIMIT :max_terms
-),
-corpus AS (
-    SELECT CAST(chunks AS float8) AS n, CAST(total_length AS float8) / greatest(chunks, 1) AS avgdl
-    FROM corpus_stats
-    WHERE collection_id = :collection_id
-)
-SELECT coalesce(array_agg(k.lexeme), '{}') AS lexemes,
-       coalesce(array_agg(k.qtf * ln(1 + (c.n - k.df + 0.5) / (k.df + 0.5))), '{}') AS weights,
-       (SELECT avgdl FROM corpus) AS avgdl
-FROM kept k, corpus c;
+       END AS keyword_fresh,
+       (SELECT lexemes FROM terms) AS keyword_lexemes,
+       (SELECT weights FROM terms) AS keyword_weights,
+       (SELECT avgdl FROM corpus) AS avgdl;
 
 -- name: search
 WITH

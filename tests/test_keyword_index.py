@@ -18,7 +18,7 @@ from app.lexical.cache import KeywordCache
 from app.lexical.index import Chunk, KeywordIndex, Scoring
 from app.search import engine
 from app.search.engine import Searcher
-from app.search.request import SearchRequest
+from app.search.request import Plan, SearchRequest, resolve
 from app.service import Services
 from tests.test_api import Client
 from tests.test_api import ingest as ingest_documents
@@ -140,13 +140,11 @@ def test_scores_equal_the_sql_leg_chunk_by_chunk(
         request = SearchRequest(query=query, mode="keyword", k=100, candidates=1000, explain=True,
                                 highlight=False)  # fmt: skip
         hits = run(services, name, request, exhaustive).hits
-        with services.engine.connect() as conn:
-            terms = conn.execute(
-                engine.load("search.sql")["keyword_terms"],
-                {"collection_id": collection.id, "text_config": collection.text_config,
-                 "query_text": query, "max_terms": services.settings.search.max_terms},
-            ).one()  # fmt: skip
-        scoring = Scoring(terms.lexemes, terms.weights, avgdl=terms.avgdl, title_weight=1.5)
+        with services.engine.begin() as conn:
+            terms = engine.prepare(conn, collection, plan_of(request, collection, services),
+                                   services.settings.search, None, index[1])  # fmt: skip
+        scoring = Scoring(terms["keyword_lexemes"], terms["keyword_weights"],
+                          avgdl=terms["avgdl"], title_weight=1.5)  # fmt: skip
         top = index[0].top(scoring, UNBOUNDED)
         ids = top.ids.tolist()
         by_index = dict(zip(ids, top.scores.tolist(), strict=True))
@@ -157,6 +155,10 @@ def test_scores_equal_the_sql_leg_chunk_by_chunk(
             compared += 1
         assert ids[: len(hits)] == [hit.chunk_id for hit in hits]
     assert compared > 1000
+
+
+def plan_of(request: SearchRequest, collection: collections.Collection, services: Services) -> Plan:
+    return resolve(request, collection.settings, services.settings.search)
 
 
 def test_searches_with_the_index_return_what_searches_without_it_return(

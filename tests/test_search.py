@@ -572,6 +572,9 @@ def test_row_level_security_blocks_a_query_that_forgets_the_acl(secured: Service
                 "cache_position": None,
                 "keyword_position": None,
                 "generic_plan_below": 0,
+                "text_config": "english",
+                "query_text": "",
+                "max_terms": 1,
             },
         )
         found = {r["document_id"] for r in conn.execute(text(forgetful), run_params).mappings()}

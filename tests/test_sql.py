@@ -44,9 +44,8 @@ EXPECTED = {
     },
     ("search.sql", "prepare"): {
         "principals", "ef_search", "max_scan_tuples", "collection_id", "cache_position",
-        "keyword_position", "generic_plan_below",
+        "keyword_position", "generic_plan_below", "text_config", "query_text", "max_terms",
     },
-    ("search.sql", "keyword_terms"): {"collection_id", "text_config", "query_text", "max_terms"},
     ("lexical.sql", "postings"): {"collection_id", "ids"},
     ("lexical.sql", "changes"): {"collection_id", "position"},
     ("search.sql", "visible"): {"principals"},

@@ -143,6 +143,9 @@ def vector_search(
                 "cache_position": None,
                 "keyword_position": None,
                 "generic_plan_below": 0,
+                "text_config": "english",
+                "query_text": "",
+                "max_terms": 1,
             },
         )
         conn.execute(text("SET LOCAL enable_seqscan = off"))

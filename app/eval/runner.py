@@ -130,7 +130,8 @@ def evaluate(
     vector_backend: str | None = None,
 ) -> EvalReport:
     """Ingest the set, then run every query in every mode. With `vector_backend` `faiss`, the
-    collection's FAISS index is loaded or built in this process first."""
+    collection's FAISS index is loaded or built in this process first; so is its keyword index
+    (unless `HYBRID_KEYWORD_CACHE` is off), as `hybrid serve` keeps one."""
     dataset = read_dataset(folder)
     collection = collection_name(dataset.name)
     documents = ingest(services, dataset, collection, progress=progress)
@@ -138,6 +139,8 @@ def evaluate(
         found = collections.get(conn, collection)
     if vector_backend in ("faiss", "auto"):
         services.open_vector_cache().ensure(found.id)
+    if services.settings.search.keyword_cache:  # as `hybrid serve` searches
+        services.open_keyword_cache().ensure(found.id)
     # The collection's own model (it may have been re-embedded with another).
     embedder = services.ingestor.embedder_for(found)
     embeddings = QueryEmbeddings(embedder, size=len(dataset.queries) + 1)
@@ -192,7 +195,13 @@ def _run_mode(
 ) -> ModeResult:
     scores: dict[str, list[float]] = defaultdict(list)
     reranking = services.reranking if mode == RERANK_MODE else None
-    searcher = Searcher(services.settings.search, embeddings, reranking, services.vector_cache)
+    searcher = Searcher(
+        services.settings.search,
+        embeddings,
+        reranking,
+        services.vector_cache,
+        services.keyword_cache,
+    )
     latencies = []
     incomplete = 0
     for query_id, text in tqdm(dataset.queries.items(), desc=mode, disable=not progress):

@@ -220,30 +220,18 @@ def _keyword_index(
 
 
 def _keyword_candidates(
-    conn: Connection,
-    collection: Collection,
-    plan: Plan,
-    index: KeywordIndex,
-    settings: SearchSettings,
+    prepared: RowMapping, plan: Plan, index: KeywordIndex, settings: SearchSettings
 ) -> KeywordCandidates:
-    """The chunks with the highest BM25 scores by the index, for the statement to check: as
-    many as the leg keeps for an open search, more for a restricted one (its checks drop some;
-    when too few pass, the statement reads the GIN index instead)."""
-    terms = conn.execute(
-        load("search.sql")["keyword_terms"],
-        {
-            "collection_id": collection.id,
-            "text_config": collection.text_config,
-            "query_text": plan.query,
-            "max_terms": settings.max_terms,
-        },
-    ).one()
+    """The chunks with the highest BM25 scores by the index (with the query's terms and
+    statistics `prepare` read), for the statement to check: as many as the leg keeps for an
+    open search, more for a restricted one (its checks drop some; when too few pass, the
+    statement reads the GIN index instead)."""
     needed = plan.candidates * (PER_DOCUMENT_FETCH if plan.per_document else 1)
     asked = min(needed * RESTRICTED_KEYWORD_FETCH, settings.max_candidates * PER_DOCUMENT_FETCH)
     scoring = Scoring(
-        lexemes=terms.lexemes,
-        weights=terms.weights,
-        avgdl=float(terms.avgdl or 1.0),
+        lexemes=prepared["keyword_lexemes"],
+        weights=prepared["keyword_weights"],
+        avgdl=float(prepared["avgdl"] or 1.0),
         k1=plan.k1,
         b=plan.b,
         title_weight=plan.title_weight,
@@ -348,7 +336,7 @@ def _execute(
     indexed, started = None, time.perf_counter()
     if keywords is not None and prepared["keyword_fresh"]:
         with span("search.keyword_index"):
-            indexed = _keyword_candidates(conn, collection, plan, keywords[0], settings)
+            indexed = _keyword_candidates(prepared, plan, keywords[0], settings)
     keyword_ms = (time.perf_counter() - started) * 1000 if indexed else 0.0
     params = statement_parameters(collection, plan, vector, source, settings, indexed)
     rows = list(conn.execute(statement(plan.filter, collection), params).mappings())
@@ -375,7 +363,9 @@ def prepare(
 ) -> RowMapping:
     """Set the search's transaction up (reader role and principals, no parallel workers, the
     HNSW search parameters); `cache_fresh` says whether a vector cache at `cache_position`
-    has applied every change the transaction can see (None without one)."""
+    has applied every change the transaction can see (None without one), `keyword_fresh` the
+    same of a keyword index at `keyword_position`, which is given what it scores with
+    (`keyword_lexemes`, `keyword_weights`, `avgdl`)."""
     return (
         conn.execute(
             load("search.sql")["prepare"],
@@ -387,6 +377,9 @@ def prepare(
                 "cache_position": cache_position,
                 "keyword_position": keyword_position,
                 "generic_plan_below": settings.generic_plan_below,
+                "text_config": collection.text_config,
+                "query_text": plan.query,
+                "max_terms": settings.max_terms,
             },
         )
         .mappings()
