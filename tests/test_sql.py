@@ -189,3 +189,11 @@ def test_the_search_statement_writes_out_every_mark() -> None:
     assert "CAST(1 AS bigint)" in written
     expected = EXPECTED[("search.sql", "search")] | {"principals"}
     assert set(text(written)._bindparams) == expected - {"collection_id"}
+
+
+def test_the_search_statement_has_comments_only_on_lines_of_their_own() -> None:
+    """The statement is sent without its comment lines: a comment after code would stay."""
+    source = (SQL_DIR / "search.sql").read_text()
+    for line in source.splitlines():
+        code = line.strip()
+        assert code.startswith("--") or "--" not in code, line

@@ -18,6 +18,7 @@ a delta beside the base postings; `compacted` folds the delta in and drops delet
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -274,24 +275,27 @@ class KeywordIndex:
 
 
 class _Builder:
-    """Postings of chunks added one at a time, as flat arrays, then sorted once."""
+    """Postings of chunks added one at a time, into compact flat arrays (a million chunks have
+    some sixty million postings: Python lists of them would take gigabytes), then sorted once."""
 
     def __init__(self, vocabulary: dict[str, int], first_row: int = 0) -> None:
         self.vocabulary = vocabulary
         self.first_row = first_row
-        self.ids: list[int] = []
-        self.documents: list[int] = []
-        self.lengths: list[float] = []
-        self.terms: list[int] = []
-        self.rows: list[int] = []
-        self.tf: list[int] = []
-        self.title: list[bool] = []
+        self.ids = array("q")
+        self.documents = array("q")
+        self.lengths = array("d")
+        self.terms = array("i")
+        self.rows = array("i")
+        self.tf = array("H")
+        self.title = array("B")
 
-    def add(self, chunk_id: int, document_id: int, length: int, lexemes: Sequence[Posting]) -> None:
+    def add(
+        self, chunk_id: int, document_id: int, length: int, lexemes: Sequence[Posting]
+    ) -> None:
         row = self.first_row + len(self.ids)
         self.ids.append(chunk_id)
         self.documents.append(document_id)
-        self.lengths.append(float(length))
+        self.lengths.append(length)
         vocabulary = self.vocabulary
         for lexeme, tf, title in lexemes:
             term = vocabulary.get(lexeme)
@@ -299,22 +303,23 @@ class _Builder:
                 term = vocabulary[lexeme] = len(vocabulary)
             self.terms.append(term)
             self.rows.append(row)
-            self.tf.append(tf)
+            # A tsvector keeps at most 256 positions per lexeme.
+            self.tf.append(min(tf, 65_535))
             self.title.append(title)
 
     def result(self) -> tuple[dict[str, int], Ints, Ints, Floats, Postings]:
         postings = Postings.of(
-            np.array(self.terms, dtype=np.int64),
-            np.array(self.rows, dtype=np.int32),
-            np.array(self.tf, dtype=np.float32),
-            np.array(self.title, dtype=bool),
+            np.frombuffer(self.terms, dtype=np.int32).astype(np.int64),
+            np.frombuffer(self.rows, dtype=np.int32),
+            np.frombuffer(self.tf, dtype=np.uint16),
+            np.frombuffer(self.title, dtype=np.uint8).astype(bool),
             len(self.vocabulary),
         )
         return (
             self.vocabulary,
-            np.array(self.ids, dtype=np.int64),
-            np.array(self.documents, dtype=np.int64),
-            np.array(self.lengths, dtype=np.float64),
+            np.frombuffer(self.ids, dtype=np.int64).copy(),
+            np.frombuffer(self.documents, dtype=np.int64).copy(),
+            np.frombuffer(self.lengths, dtype=np.float64).copy(),
             postings,
         )
 
