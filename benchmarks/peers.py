@@ -1,6 +1,6 @@
 """Search latency and quality beside LanceDB, on the same chunks and the same vectors, in one run.
 
-    pip install lancedb          # a benchmark-only dependency, never imported by the service
+    pip install -e '.[bench]'    # LanceDB, a benchmark-only dependency (the service never uses it)
     python benchmarks/peers.py [../shared/data/scifact ../shared/data/cisi] [--rounds 5]
 
 Each BEIR folder is ingested through the normal write path into its `eval-<name>` collection

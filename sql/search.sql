@@ -214,7 +214,7 @@ visible_documents AS (
 -- every match (`keyword_partial`) and too few of them are visible; then, or when it gave
 -- none, the leg runs without it.
 keyword_indexed AS MATERIALIZED (
-    SELECT f.id, f.document_id, f.score
+    SELECT f.id, f.document_id, f.score, f.ord
     FROM unnest(CAST(:keyword_ids AS bigint[]), CAST(:keyword_documents AS bigint[]),
                 CAST(:keyword_scores AS float8[])) WITH ORDINALITY AS f(id, document_id, score, ord)
     WHERE :keyword_depth > 0 AND /* visible document */ (f.document_id)
@@ -491,8 +491,11 @@ SELECT p.id AS chunk_id, p.external_id AS document_id, c.ordinal, c.heading_path
        -- How many of the cache's candidates passed, and how far down its list that took.
        (SELECT count(*) FROM vector_cached) AS cached_visible,
        (SELECT max(ord) FROM vector_cached) AS cached_examined,
-       -- Whether the keyword index's candidates served the keyword leg.
+       -- Whether the keyword index's candidates served the keyword leg; how many passed, and
+       -- how far down its list that took.
        NOT (SELECT short FROM keyword_indexed_short) AS keyword_indexed,
+       (SELECT count(*) FROM keyword_indexed) AS keyword_visible,
+       (SELECT max(ord) FROM keyword_indexed) AS keyword_examined,
        -- ts_headline costs a few milliseconds a hit: only when asked.
        CASE WHEN CAST(:highlight AS boolean)
             THEN ts_headline(c.text_config, c.text, (SELECT tsq FROM keyword_query),

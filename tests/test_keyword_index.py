@@ -224,6 +224,17 @@ def test_the_index_never_serves_a_deleted_forbidden_or_stale_chunk(
     # A filter that leaves the index's candidates short: the SQL leg finds the rest.
     filtered = search(client, query="owls", filter={"id": "d7"}, k=5)
     assert [h["document_id"] for h in filtered["hits"]] == ["d7"]
+    # A restriction none of whose candidates passed: the next search with it skips the index.
+    nothing = search(client, query="owls", filter={"id": "lab"})
+    assert nothing["hits"] == [] and nothing["keyword_backend"] == "index"
+    again = search(client, query="barn owls", filter={"id": "lab"})
+    assert again["keyword_backend"] == "sql" and "keyword_index" not in again["timings_ms"]
+    assert (
+        search(client, query="barn owls", filter={"id": "lab"}, principals=["alice"])[
+            "keyword_backend"
+        ]
+        == "index"
+    )  # another restriction
 
 
 class cache_paused:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine
 
+from app.ann.candidates import PassRates
 from app.ann.follow import Follower
 from app.ann.source import snapshot_transaction
 from app.db.queries import query
@@ -37,6 +38,9 @@ FETCH_ROWS = 2_000
 # Past this share of rows deleted or inserted since the last compaction, the index is compacted
 # (the delta folded in, deleted rows dropped), in the follower's thread.
 COMPACT_SHARE = 0.2
+# The most candidates the index hands one restricted search: past that, the SQL leg (which
+# counts the chunks the search may see and reads them when they are few) is cheaper.
+MAX_CANDIDATES = 3_000
 
 
 @dataclass
@@ -68,6 +72,9 @@ class KeywordCache:
         self._follower = Follower(engine, settings, self._round, name="keyword cache")
         self._synced_at = 0.0
         self.started = False
+        # Per restriction, the share of the index's candidates that passed its checks; a
+        # restricted search asks for at most this many candidates.
+        self.pass_rates = PassRates(MAX_CANDIDATES)
 
     def start(self) -> None:
         """Build every collection's index in the background, then follow the log."""

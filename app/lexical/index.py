@@ -289,9 +289,7 @@ class _Builder:
         self.tf = array("H")
         self.title = array("B")
 
-    def add(
-        self, chunk_id: int, document_id: int, length: int, lexemes: Sequence[Posting]
-    ) -> None:
+    def add(self, chunk_id: int, document_id: int, length: int, lexemes: Sequence[Posting]) -> None:
         row = self.first_row + len(self.ids)
         self.ids.append(chunk_id)
         self.documents.append(document_id)

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, RowMapping, TextClause, text
 
 from app import collections
 from app.ann.cache import VectorCache
-from app.ann.candidates import Candidates
+from app.ann.candidates import Candidates, PassRates
 from app.collections import Collection
 from app.db.queries import load
 from app.errors import ConfigError, Conflict, Invalid, Unavailable
@@ -54,8 +54,6 @@ HEADLINE_OPTIONS = (
 SNIPPET_WORDS = 40
 # Per-document collapsing reads this many more chunks per leg, as documents have chunks.
 PER_DOCUMENT_FETCH = 3
-# A restricted search asks the keyword index for this many times the chunks it keeps.
-RESTRICTED_KEYWORD_FETCH = 10
 
 
 class QueryEmbeddings:
@@ -120,7 +118,9 @@ def search(
     sourced = time.perf_counter()
     keywords = _keyword_index(plan, collection, searcher.keywords)
     with span("search.sql", mode=plan.mode):
-        executed = _execute(conn, collection, plan, vector, source, keywords, settings)
+        executed = _execute(
+            conn, collection, plan, vector, source, (searcher.keywords, keywords), settings
+        )
     rows, source, fresh = executed.rows, executed.source, executed.fresh
     if source.candidates is not None and source.restriction is not None and vectors:
         _observe(vectors, source, rows)
@@ -177,11 +177,7 @@ def _vector_source(
     backend = plan.vector_backend
     if backend in ("pgvector", "exact"):
         return VectorSource(backend)
-    restriction = (
-        (collection.id, tuple(plan.principals), plan.filter.sql, _canonical(plan.filter.params))
-        if plan.restricted
-        else None
-    )
+    restriction = _restriction(plan, collection)
     needed = plan.candidates * (PER_DOCUMENT_FETCH if plan.per_document else 1)
     candidates = (
         vectors.candidates(
@@ -219,15 +215,31 @@ def _keyword_index(
     return keywords.current(collection.id, collection.created_at)
 
 
+def _restriction(plan: Plan, collection: Collection) -> Any:
+    """What a restricted search's share of visible candidates depends on (None: open)."""
+    if not plan.restricted:
+        return None
+    return (collection.id, tuple(plan.principals), plan.filter.sql, _canonical(plan.filter.params))
+
+
 def _keyword_candidates(
-    prepared: RowMapping, plan: Plan, index: KeywordIndex, settings: SearchSettings
-) -> KeywordCandidates:
+    prepared: RowMapping,
+    plan: Plan,
+    index: KeywordIndex,
+    rates: PassRates,
+    restriction: Any,
+) -> KeywordCandidates | None:
     """The chunks with the highest BM25 scores by the index (with the query's terms and
     statistics `prepare` read), for the statement to check: as many as the leg keeps for an
-    open search, more for a restricted one (its checks drop some; when too few pass, the
-    statement reads the GIN index instead)."""
+    open search; for a restricted one, that many over the share of candidates earlier searches
+    with the same restriction saw pass, times 1.2, or none (the SQL leg runs) when that would be
+    more than the index hands out. When too few pass, the statement runs the SQL leg too."""
     needed = plan.candidates * (PER_DOCUMENT_FETCH if plan.per_document else 1)
-    asked = min(needed * RESTRICTED_KEYWORD_FETCH, settings.max_candidates * PER_DOCUMENT_FETCH)
+    asked = needed
+    if restriction is not None:
+        asked = max(needed, math.ceil(needed / rates.rate(restriction) * 1.2))
+        if asked > rates.max_candidates:
+            return None
     scoring = Scoring(
         lexemes=prepared["keyword_lexemes"],
         weights=prepared["keyword_weights"],
@@ -236,10 +248,22 @@ def _keyword_candidates(
         b=plan.b,
         title_weight=plan.title_weight,
     )
-    top = index.top(scoring, max(needed, asked) if plan.restricted else needed)
+    top = index.top(scoring, asked)
     return KeywordCandidates(
         top.ids.tolist(), top.documents.tolist(), top.scores.tolist(), top.partial
     )
+
+
+def _observe_keywords(
+    rates: PassRates, restriction: Any, indexed: KeywordCandidates, rows: list[Any]
+) -> None:
+    """Tell the keyword index what share of a restricted search's candidates passed (of those
+    read: the leg stops once it has enough)."""
+    if not indexed.ids:
+        return
+    passed = rows[0]["keyword_visible"] if rows else 0
+    examined = (rows[0]["keyword_examined"] if rows else None) or len(indexed.ids)
+    rates.observe(restriction, examined, passed)
 
 
 def _observe(vectors: VectorCache, source: VectorSource, rows: list[Any]) -> None:
@@ -317,7 +341,7 @@ def _execute(
     plan: Plan,
     vector: list[float] | None,
     source: VectorSource,
-    keywords: tuple[KeywordIndex, str] | None,
+    keyword_source: tuple[KeywordCache | None, tuple[KeywordIndex, str] | None],
     settings: SearchSettings,
 ) -> Executed:
     """Run the statement.
@@ -326,6 +350,7 @@ def _execute(
     transaction can see (so a search always finds what was written before it); `faiss` uses
     it regardless and says whether it was fresh. The keyword index is used only when fresh."""
     cached = source.candidates
+    searcher_keywords, keywords = keyword_source
     prepared = prepare(
         conn, collection, plan, settings,
         cached.position if cached else None, keywords[1] if keywords else None,
@@ -334,12 +359,16 @@ def _execute(
     if not fresh and plan.vector_backend == "auto":
         source, fresh = VectorSource("pgvector"), True
     indexed, started = None, time.perf_counter()
-    if keywords is not None and prepared["keyword_fresh"]:
+    restriction = _restriction(plan, collection)
+    if keywords is not None and prepared["keyword_fresh"] and searcher_keywords is not None:
         with span("search.keyword_index"):
-            indexed = _keyword_candidates(prepared, plan, keywords[0], settings)
+            rates = searcher_keywords.pass_rates
+            indexed = _keyword_candidates(prepared, plan, keywords[0], rates, restriction)
     keyword_ms = (time.perf_counter() - started) * 1000 if indexed else 0.0
     params = statement_parameters(collection, plan, vector, source, settings, indexed)
     rows = list(conn.execute(statement(plan.filter, collection), params).mappings())
+    if indexed is not None and restriction is not None and searcher_keywords is not None:
+        _observe_keywords(searcher_keywords.pass_rates, restriction, indexed, rows)
     return Executed(rows, source, fresh, indexed, keyword_ms)
 
 
