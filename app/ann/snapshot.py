@@ -156,7 +156,7 @@ def keep(root: Path, entry: Entry, *, only_if_changed: bool = False) -> None:
             return
         try:
             save(root, entry.identity, index, position)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # FAISS reports its own I/O errors as RuntimeError
             log.warning(
                 "vector cache snapshot of %s not written: %s", entry.identity.collection_name, exc
             )
