@@ -120,7 +120,7 @@ class Services:
         """The in-process keyword index, created (not started) on first call."""
         with self._lock:
             if self.keyword_cache is None:
-                self.keyword_cache = KeywordCache(self.engine, self.settings.vectors)
+                self.keyword_cache = KeywordCache(self.engine)
             return self.keyword_cache
 
     def start_keyword_cache(self) -> KeywordCache:

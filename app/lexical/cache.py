@@ -1,12 +1,14 @@
 """Every collection's keyword index in process, kept in step with the change log.
 
-Indexes are built from the table in the background when the cache starts (and when a
-collection appears), then follow the change log as the vector cache does: the same
-notifications, the same snapshot positions (app/ann/follow.py, sql/lexical.sql). A search uses
-an index only when the statement finds that its position has applied every chunk change the
-search's transaction can see; otherwise the SQL leg runs as it would without the cache. So the
-cache changes speed, never results. Nothing is written to disk: building a collection's index
-reads its tsvectors once (about a second per 10,000 chunks here).
+Indexes are built from the table in the background when the cache starts (and when a search
+names a collection it does not know), then catch up with the change log by the vector cache's
+rules (snapshot positions, sql/lexical.sql). A search uses an index only when the statement
+finds that its position has applied every chunk change the search's transaction can see;
+otherwise the SQL leg runs as it would without the cache, and the search asks the index to
+catch up in the background. So the cache changes speed, never results, and holds no database
+connection of its own between catch-ups (no LISTEN: the first search after a write pays for
+the SQL leg instead). Nothing is written to disk: building a collection's index reads its
+tsvectors once (about a second per 10,000 chunks here).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,11 +25,9 @@ from typing import Any, Literal
 from sqlalchemy import Engine
 
 from app.ann.candidates import PassRates
-from app.ann.follow import Follower
 from app.ann.source import snapshot_transaction
 from app.db.queries import query
 from app.lexical.index import Chunk, KeywordIndex
-from app.settings import VectorCacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +63,26 @@ class KeywordEntry:
 class KeywordCache:
     """See the module docstring."""
 
-    def __init__(self, engine: Engine, settings: VectorCacheSettings) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.settings = settings
         self._entries: dict[int, KeywordEntry] = {}
         self._lock = threading.Lock()
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="keyword-cache-build")
-        self._follower = Follower(engine, settings, self._round, name="keyword cache")
-        self._synced_at = 0.0
+        # What is queued for the builder's thread: a sync of the collections, catch-ups.
+        self._queued: set[int | None] = set()
         self.started = False
         # Per restriction, the share of the index's candidates that passed its checks; a
         # restricted search asks for at most this many candidates.
         self.pass_rates = PassRates(MAX_CANDIDATES)
 
     def start(self) -> None:
-        """Build every collection's index in the background, then follow the log."""
+        """Build every collection's index in the background."""
         if self.started:
             return
         self.started = True
-        self._sync()
-        self._follower.start()
+        self._queue(None, self._sync)
 
     def stop(self) -> None:
-        self._follower.stop()
         self._builder.shutdown(wait=False, cancel_futures=True)
 
     def entries(self) -> list[KeywordEntry]:
@@ -98,8 +95,15 @@ class KeywordCache:
         with self._lock:
             entry = self._entries.get(collection_id)
         if entry is None or entry.created_at != created_at:
+            if self.started:
+                self._queue(None, self._sync)  # a collection created since: build its index
             return None
         return entry.current
+
+    def behind(self, collection_id: int) -> None:
+        """A search found the collection's index behind the log: catch up in the background."""
+        if self.started:
+            self._queue(collection_id, lambda: self.catch_up(collection_id))
 
     def ensure(self, collection_id: int) -> KeywordEntry | None:
         """Build the collection's index now, in this thread, if it has none."""
@@ -116,7 +120,7 @@ class KeywordCache:
             entry = self._entries.get(collection_id)
         return 0 if entry is None else self._catch_up(entry)
 
-    # -- building and following ---------------------------------------------------------------
+    # -- building and catching up -------------------------------------------------------------
 
     def _sync(self, *, build: bool = True) -> None:
         with self.engine.connect() as conn:
@@ -137,8 +141,32 @@ class KeywordCache:
             for entry in fresh:
                 self._submit(entry)
 
-    def _submit(self, entry: KeywordEntry) -> Future[None]:
-        return self._builder.submit(self._build_logged, entry)
+    def _submit(self, entry: KeywordEntry) -> Future[None] | None:
+        try:
+            return self._builder.submit(self._build_logged, entry)
+        except RuntimeError:  # stopped
+            return None
+
+    def _queue(self, key: int | None, work: Callable[[], object]) -> None:
+        """Run `work` in the builder's thread, unless the same work is queued already."""
+        with self._lock:
+            if key in self._queued:
+                return
+            self._queued.add(key)
+
+        def run() -> None:
+            with self._lock:
+                self._queued.discard(key)
+            try:
+                work()
+            except Exception:
+                log.exception("keyword cache: %s failed", "sync" if key is None else "catch-up")
+
+        try:
+            self._builder.submit(run)
+        except RuntimeError:  # stopped
+            with self._lock:
+                self._queued.discard(key)
 
     def _build_logged(self, entry: KeywordEntry) -> None:
         try:
@@ -164,21 +192,6 @@ class KeywordCache:
             entry.collection_name, describe(index), entry.built_in_s,
         )  # fmt: skip
         self._catch_up(entry)
-
-    def _round(self, woken: set[int] | None) -> None:
-        stale = time.monotonic() - self._synced_at >= self.settings.poll_s
-        known = self.entries()
-        if woken is None or stale or any(cid not in {e.collection_id for e in known}
-                                         for cid in woken):  # fmt: skip
-            self._synced_at = time.monotonic()
-            self._sync()
-        for entry in self.entries():
-            if entry.current is None or (woken is not None and entry.collection_id not in woken):
-                continue
-            try:
-                self._catch_up(entry)
-            except Exception:
-                log.exception("keyword cache of %s could not catch up", entry.collection_name)
 
     def _catch_up(self, entry: KeywordEntry) -> int:
         with entry.lock:

@@ -360,6 +360,8 @@ def _execute(
         source, fresh = VectorSource("pgvector"), True
     indexed, started = None, time.perf_counter()
     restriction = _restriction(plan, collection)
+    if keywords is not None and not prepared["keyword_fresh"] and searcher_keywords is not None:
+        searcher_keywords.behind(collection.id)
     if keywords is not None and prepared["keyword_fresh"] and searcher_keywords is not None:
         with span("search.keyword_index"):
             rates = searcher_keywords.pass_rates
