@@ -239,6 +239,10 @@ def test_the_index_never_serves_a_deleted_forbidden_or_stale_chunk(
     assert fresh["keyword_backend"] == "index"
     ids = [h["document_id"] for h in fresh["hits"]]
     assert ids[0] == "late" and "owls" not in ids
+    status = client.get("/v1/admin/index/keyword")
+    assert status.status_code == 200, status.text
+    (row,) = [r for r in status.json() if r["collection"] == "kb"]
+    assert (row["status"], row["chunks"]) == ("ready", 32)  # 33 documents, one deleted
     # A filter that leaves the index's candidates short: the SQL leg finds the rest.
     filtered = search(client, query="owls", filter={"id": "d7"}, k=5)
     assert [h["document_id"] for h in filtered["hits"]] == ["d7"]

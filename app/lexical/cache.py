@@ -105,6 +105,28 @@ class KeywordCache:
         if self.started:
             self._queue(collection_id, lambda: self.catch_up(collection_id))
 
+    def status(self) -> list[dict[str, Any]]:
+        """One row per collection: state, size, memory, changes applied since built."""
+        rows = []
+        for entry in sorted(self.entries(), key=lambda e: e.collection_name):
+            index = entry.current[0] if entry.current else None
+            rows.append(
+                {
+                    "collection": entry.collection_name,
+                    "status": entry.status,
+                    "detail": entry.detail,
+                    "chunks": index.size if index else 0,
+                    "terms": len(index.vocabulary) if index else 0,
+                    "postings": index.postings if index else 0,
+                    "dead_chunks": index.dead if index else 0,
+                    "delta_chunks": index.delta_rows if index else 0,
+                    "bytes": index.nbytes if index else 0,
+                    "built_in_s": round(entry.built_in_s, 2),
+                    "changes_applied": entry.applied,
+                }
+            )
+        return rows
+
     def ensure(self, collection_id: int) -> KeywordEntry | None:
         """Build the collection's index now, in this thread, if it has none."""
         self._sync(build=False)

@@ -1,4 +1,5 @@
-"""Admin routes of the vector cache: its status and rebuilds (the CLI's `hybrid index`)."""
+"""Admin routes of the in-process indexes: the vector cache's status and rebuilds (the CLI's
+`hybrid index`), the keyword index's status."""
 
 from __future__ import annotations
 
@@ -34,6 +35,20 @@ class IndexController(Controller):
         change log (changes and seconds)."""
         cache = _cache(services)
         cache.refresh_lag()
+        return cache.status()
+
+    @get("/keyword", sync_to_thread=True, opt={"scope": ADMIN})
+    def keyword_index_status(self, services: Services) -> list[dict[str, Any]]:
+        """Every collection's in-process keyword index: state, chunks, terms, postings, memory
+        in bytes, chunks deleted or added since it was last compacted, build time, changes
+        applied since."""
+        cache = services.keyword_cache
+        if cache is None or not cache.started:
+            raise Unavailable(
+                "keyword index: off in this process (HYBRID_KEYWORD_CACHE=false); the keyword "
+                "leg reads the GIN index",
+                field="keyword_cache",
+            )
         return cache.status()
 
     @post(
