@@ -1,8 +1,11 @@
 """Hybrid keyword + vector search and retrieval on PostgreSQL."""
 
+import ast
 import sys
+import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,4 +23,21 @@ def _thread_safe_tracebacks() -> None:
         traceback._extract_caret_anchors_from_line_segment = lambda segment: None  # type: ignore[attr-defined]
 
 
+def _serialized_ast_parse() -> None:
+    """The same CPython 3.11 defect, for every other caller of `ast.parse` (a test runner
+    formatting a failure, a library reading source): one lock serializes them in this process,
+    so that two threads never parse at once."""
+    if sys.version_info[:2] != (3, 11) or getattr(ast.parse, "serialized", False):
+        return
+    lock, parse = threading.RLock(), ast.parse
+
+    def serialized_parse(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return parse(*args, **kwargs)
+
+    serialized_parse.serialized = True  # type: ignore[attr-defined]
+    ast.parse = serialized_parse
+
+
 _thread_safe_tracebacks()
+_serialized_ast_parse()
