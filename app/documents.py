@@ -132,9 +132,19 @@ def metadata_keys(
 
 
 def chunks_of(conn: Connection, collection_id: int, document_id: int) -> list[dict[str, Any]]:
+    return _of_document(conn, "document_chunks", collection_id, document_id)
+
+
+def sections_of(conn: Connection, collection_id: int, document_id: int) -> list[dict[str, Any]]:
+    """The document's sections in order: heading path, size, chunks and first chunk's id."""
+    return _of_document(conn, "document_sections", collection_id, document_id)
+
+
+def _of_document(
+    conn: Connection, name: str, collection_id: int, document_id: int
+) -> list[dict[str, Any]]:
     rows = conn.execute(
-        query("documents.sql", "document_chunks"),
-        {"collection_id": collection_id, "document_id": document_id},
+        query("documents.sql", name), {"collection_id": collection_id, "document_id": document_id}
     ).mappings()
     return [dict(r) for r in rows]
 

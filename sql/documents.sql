@@ -53,6 +53,21 @@ WHERE collection_id = :collection_id
   AND document_id = :document_id
 ORDER BY ordinal;
 
+-- name: document_sections
+-- The document's outline: each section (consecutive text under one heading path) with its
+-- size, the chunks it was cut into and the first of them (the page links to it).
+SELECT s.ordinal, s.heading_path, length(s.text) AS chars,
+       count(c.id) AS chunks, coalesce(sum(c.token_count), 0) AS tokens,
+       min(c.id) AS first_chunk
+FROM sections s
+LEFT JOIN chunks c ON c.collection_id = s.collection_id
+                  AND c.document_id = s.document_id
+                  AND c.section_ordinal = s.ordinal
+WHERE s.collection_id = :collection_id
+  AND s.document_id = :document_id
+GROUP BY s.collection_id, s.document_id, s.ordinal
+ORDER BY s.ordinal;
+
 -- name: update_document_fields
 -- Metadata, ACL, dates and popularity change without touching chunks or embeddings. The change
 -- log records it ('U' per chunk), since filters, ACL and boosts see the new values at once.

@@ -1,16 +1,19 @@
 """The web pages in a real browser: Debian's chromium, driven by Playwright over real HTTP.
 
-Search (modes, explain, a bad filter, back and forward), a document's page, an upload found
-by a search, a streamed answer, hostile documents rendered inert, keyboard-only use, a 375 px
-screen, and axe-core (vendored) on every page with no serious or critical violation.
-Screenshots of the main pages, and what the search page costs to load and to search, go to
-`test-output/` for a reviewer to look at.
+Search (modes, explain, a bad filter shown beside its box, back and forward, the filter
+builder following the collection), a document's page and its deletion (confirmed, or
+cancelled), uploads (picked, or two files dropped at once) found by a search, a streamed
+answer and back and forward between answers, hostile documents rendered inert, keyboard-only
+use, a 375 px screen, and axe-core (vendored) on every page with no serious or critical
+violation and headings in order. Screenshots of the main pages, and what the search page
+costs to load and to search, go to `test-output/` for a reviewer to look at.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,9 +34,28 @@ from tests.conftest import serving
 OUTPUT = Path(os.environ.get("HYBRID_TEST_OUTPUT", "test-output"))
 AXE = Path(__file__).parent / "vendor" / "axe-core-4.14.1" / "axe.min.js"
 HOSTILE = "<img src=x onerror=alert('pwned')> <script>alert('pwned')</script>"
-PAGES = ("/", "/?collection=kb&q=glaciers", "/answer", "/collections", "/collections/kb/documents",
-         "/collections/kb/documents/glaciers", "/ingest", "/analytics", "/evaluation",
-         "/login")  # fmt: skip
+# Every page, by the name of its screenshot (in `screenshots/pages/`).
+PAGES = {
+    "search": "/", "results": "/?collection=kb&q=glaciers", "answer": "/answer",
+    "collections": "/collections", "documents": "/collections/kb/documents",
+    "document": "/collections/kb/documents/glaciers",
+    "delete": "/collections/kb/documents/glaciers?confirm=delete", "ingest": "/ingest",
+    "analytics": "/analytics", "evaluation": "/evaluation", "login": "/login",
+    "error": "/collections/nowhere/documents",
+}  # fmt: skip
+# A heading one level below its predecessor at most, the first an h1.
+HEADING_SKIPS = """() => {
+    let previous = 0;
+    const skips = [];
+    for (const heading of document.querySelectorAll("h1, h2, h3, h4, h5, h6")) {
+        const level = Number(heading.tagName[1]);
+        if (level > previous + 1) {
+            skips.push(heading.tagName + ": " + heading.textContent.trim());
+        }
+        previous = level;
+    }
+    return skips;
+}"""
 
 
 def corpus() -> list[SourceDocument]:
@@ -61,6 +83,18 @@ def corpus() -> list[SourceDocument]:
             ],
             metadata={"lang": HOSTILE},
         ),
+    ]
+
+
+def notes() -> list[SourceDocument]:
+    """A second collection, with metadata keys of its own."""
+    return [
+        SourceDocument(
+            external_id="ridge",
+            title="Field notes",
+            blocks=[Block("Glaciers seen from the ridge at dawn.")],
+            metadata={"author": "ana"},
+        )
     ]
 
 
@@ -101,8 +135,28 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def shot(page: Page, name: str) -> None:
-    (OUTPUT / "screenshots").mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=OUTPUT / "screenshots" / f"{name}.png", full_page=True)
+    path = OUTPUT / "screenshots" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=path, full_page=True)
+
+
+def focused(page: Page) -> str:
+    """The focused control: its id, else its name, else its text."""
+    return str(
+        page.evaluate("(e => e.id || e.name || e.textContent.trim())(document.activeElement)")
+    )
+
+
+def tab_to(page: Page, control: str) -> None:
+    """Tab once: `control` has the focus, and shows it."""
+    page.keyboard.press("Tab")
+    assert focused(page) == control
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("", "none"), control
+
+
+def field_keys(page: Page) -> list[str]:
+    return page.locator("#key option").all_inner_texts()
 
 
 def test_search_modes_explain_filters_and_history(page: Page, site: str) -> None:
@@ -119,9 +173,23 @@ def test_search_modes_explain_filters_and_history(page: Page, site: str) -> None
     page.get_by_label("Mode").select_option("keyword")
     page.get_by_role("button", name="Search").click()
     expect(page.locator("h2.summary")).to_contain_text("(keyword)")
-    # A bad filter: its error, inline, naming the field.
-    page.get_by_label("Filter (JSON)").fill('{"topic": ')
-    page.get_by_role("button", name="Search").click()
+    # A bad filter: its error in the results, naming the field, and beside the box itself.
+    box = page.get_by_label("Filter (JSON)")
+    box.fill('{"topic": ')
+    box.press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("filter")
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(box).to_have_attribute("aria-describedby", "filter-help filter-error")
+    expect(page.locator("#filter-error")).to_contain_text("malformed JSON")
+    expect(box).to_be_focused()  # swapped in place, the box keeps the focus
+    shot(page, "search-bad-filter")
+    box.fill('{"metadata.topic": "ice"}')
+    box.press("Enter")
+    expect(page.locator(".hit").first).to_contain_text("Glaciers and ice sheets")
+    expect(box).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#filter-error")).to_be_hidden()
+    box.fill('{"topic": ')
+    box.press("Enter")
     expect(page.get_by_role("alert")).to_contain_text("filter")
     # Back: the earlier search again.
     page.go_back()
@@ -133,6 +201,31 @@ def test_search_modes_explain_filters_and_history(page: Page, site: str) -> None
     shared.close()
 
 
+def test_the_filter_builder_follows_the_collection(
+    page: Page, site: str, services: Services
+) -> None:
+    services.ingestor.ingest("notes", notes(), create=True)
+    page.goto(site + "/?collection=kb&q=glaciers")
+    assert field_keys(page) == ["any", "metadata.lang", "metadata.topic"]
+    # Another collection, picked in place: its results, and its own keys to filter on.
+    page.get_by_label("Collection").select_option("notes")
+    expect(page.locator("h2.summary")).to_contain_text("in notes")
+    expect(page.locator("#key option")).to_have_text(["any", "metadata.author"])
+    page.get_by_label("Field").select_option("author")
+    page.get_by_label("equals").fill("ana")
+    page.get_by_role("button", name="Search").click()
+    expect(page).to_have_url(re.compile(r"key=author&value=ana"))
+    expect(page.locator(".hit").first).to_contain_text("Field notes")
+    page.get_by_label("Collection").select_option("kb")
+    expect(page.locator("h2.summary")).to_contain_text("in kb")
+    # The key searched with stays shown (kb has no such key: nothing matches).
+    expect(page.locator("#key option")).to_have_text(
+        ["any", "metadata.lang", "metadata.topic", "metadata.author"]
+    )
+    expect(page.locator("#key")).to_have_value("author")
+    expect(page.locator(".hits .empty")).to_be_visible()
+
+
 def test_a_document_page_from_the_collections(page: Page, site: str) -> None:
     page.goto(site + "/collections")
     expect(page.locator("section.card")).to_contain_text("local/all-MiniLM-L6-v2")
@@ -142,8 +235,33 @@ def test_a_document_page_from_the_collections(page: Page, site: str) -> None:
     expect(page.locator("#documents")).to_contain_text("1 document with")
     page.get_by_role("link", name="Glaciers and ice sheets").click()
     expect(page.get_by_role("heading", name="Chunks (2)")).to_be_visible()
+    expect(page.get_by_role("heading", name="Sections (2)")).to_be_visible()
+    expect(page.locator("table.sections tbody tr")).to_have_count(2)
+    page.get_by_role("link", name="Moraines").click()  # a section leads to its chunk
+    expect(page.locator("ol.chunks li:target")).to_contain_text("moraine is the ridge")
     expect(page.locator("pre")).to_contain_text('"topic": "ice"')
     shot(page, "document")
+
+
+def test_a_document_is_deleted_after_a_confirmation(page: Page, site: str) -> None:
+    page.goto(site + "/collections/kb/documents/deserts")
+    # Cancelled: nothing happens.
+    page.get_by_role("link", name="Delete this document…").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Delete document “Deserts”?")
+    shot(page, "delete")
+    page.get_by_role("link", name="Cancel").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Deserts")
+    assert page.url == site + "/collections/kb/documents/deserts"
+    # Confirmed: gone from the list, from its own URL and from searches.
+    page.get_by_role("link", name="Delete this document…").click()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    page.wait_for_url(site + "/collections/kb/documents")
+    expect(page.locator("#documents")).to_contain_text("2 documents.")
+    expect(page.locator("#documents")).not_to_contain_text("Deserts")
+    page.goto(site + "/collections/kb/documents/deserts")
+    expect(page.get_by_role("alert")).to_contain_text("deleted")
+    page.goto(site + "/?collection=kb&q=dunes+rain&mode=keyword")
+    expect(page.locator(".hits .empty")).to_be_visible()
 
 
 def test_an_uploaded_file_is_found_by_a_search(page: Page, site: str, tmp_path: Path) -> None:
@@ -162,6 +280,54 @@ def test_an_uploaded_file_is_found_by_a_search(page: Page, site: str, tmp_path: 
     expect(page.locator(".hit").first).to_contain_text("Fjords")
 
 
+def test_files_dropped_together_upload_with_progress(page: Page, site: str) -> None:
+    page.goto(site + "/ingest")
+    shot(page, "ingest")
+    # The upload's progress bar, as the page's script moves it (watched from here).
+    seen: list[tuple[bool, int]] = []
+    page.expose_function("progressSeen", lambda hidden, value: seen.append((hidden, value)))
+    page.evaluate(
+        """() => {
+            const bar = document.getElementById("progress");
+            new MutationObserver(() => window.progressSeen(bar.hidden, bar.value))
+                .observe(bar, {attributes: true});
+        }"""
+    )
+    dropped = page.evaluate_handle(
+        """() => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File(
+                ["# Fjords\\n\\nA fjord is a long inlet carved by a glacier, flooded by the sea."],
+                "fjords.md", {type: "text/markdown"}));
+            transfer.items.add(new File(
+                ["An esker is a winding ridge of sand and gravel left by a melted glacier."],
+                "eskers.txt", {type: "text/plain"}));
+            return transfer;
+        }"""
+    )
+    page.dispatch_event(".drop", "dragover", {"dataTransfer": dropped})
+    expect(page.locator(".drop")).to_have_class("drop over")
+    page.dispatch_event(".drop", "drop", {"dataTransfer": dropped})
+    expect(page.locator(".drop")).to_have_class("drop")
+    names = page.evaluate("[...document.getElementById('files').files].map(f => f.name)")
+    assert names == ["fjords.md", "eskers.txt"]
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url("**/jobs/*")
+    assert (False, 100) in seen, seen  # shown, and full once the files were sent
+    # The job's page: its progress, then what became of each file.
+    expect(page.locator(".state")).to_have_text("done", timeout=60_000)
+    expect(page.get_by_label("Job progress")).to_have_attribute("value", "2")
+    rows = page.locator("#job tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="fjords.md")).to_contain_text("created")
+    expect(rows.filter(has_text="eskers.txt")).to_contain_text("created")
+    shot(page, "job-two-files")
+    page.get_by_role("link", name="Search kb").click()
+    page.get_by_label("Query").fill("winding ridge of sand and gravel")
+    page.keyboard.press("Enter")
+    expect(page.locator(".hit").first).to_contain_text("eskers")
+
+
 def test_an_answer_streams_with_its_citations(page: Page, site: str) -> None:
     page.goto(site + "/answer")
     page.get_by_label("Question").fill("what does a glacier leave behind")
@@ -175,6 +341,29 @@ def test_an_answer_streams_with_its_citations(page: Page, site: str) -> None:
     expect(page.get_by_role("status")).to_contain_text("Thanks")
 
 
+def test_back_and_forward_between_answers(page: Page, site: str) -> None:
+    first, second = "what does a glacier leave behind", "where do dunes move"
+    page.goto(site + "/answer")
+    question = page.get_by_label("Question")
+    for asked in (first, second):
+        question.fill(asked)
+        page.get_by_role("button", name="Ask").click()
+        expect(page.locator("form.feedback")).to_be_visible()
+    expect(page.locator("ol.sources li").first).to_contain_text("Deserts")
+    page.go_back()  # the first question and its answer again
+    expect(question).to_have_value(first)
+    expect(page.locator("form.feedback")).to_be_visible()
+    expect(page.locator("ol.sources li").first).to_contain_text("Glaciers")
+    assert "q=what+does+a+glacier" in page.url
+    page.go_forward()
+    expect(question).to_have_value(second)
+    expect(page.locator("ol.sources li").first).to_contain_text("Deserts")
+    page.go_back()
+    page.go_back()  # the page as it opened: no question, no answer
+    expect(question).to_have_value("")
+    expect(page.locator("#answer")).to_be_empty()
+
+
 def test_hostile_documents_are_text(page: Page, site: str) -> None:
     page.goto(site + "/?collection=kb&q=glaciers+links")
     expect(page.locator(".hit h3", has_text="Hostile")).to_contain_text("<script>")
@@ -184,23 +373,43 @@ def test_hostile_documents_are_text(page: Page, site: str) -> None:
     expect(page.locator("h1")).to_contain_text("<img src=x")
 
 
-def test_the_search_form_works_from_the_keyboard(page: Page, site: str) -> None:
+def test_the_search_form_works_from_the_keyboard(page: Page, site: str, services: Services) -> None:
+    """Every control reached with Tab, showing its focus, changed with the arrow keys or
+    typed into, and the search sent with Enter."""
+    services.ingestor.ingest("notes", notes(), create=True)
     page.goto(site + "/")
-    # The query box has the focus, and Tab moves it visibly.
-    assert page.evaluate("document.activeElement.id") == "q"
-    page.keyboard.type("moraine ridge")
+    assert focused(page) == "q"  # the query box has the focus
+    page.keyboard.type("glaciers")
+    tab_to(page, "Search")
+    tab_to(page, "collection")
+    page.keyboard.press("ArrowDown")  # kb → notes: searched at once, its keys offered
+    expect(page.locator("#key option")).to_have_text(["any", "metadata.author"])
+    tab_to(page, "mode")
+    page.keyboard.press("ArrowDown")  # default → keyword
+    tab_to(page, "k")
+    page.keyboard.press("ArrowDown")  # 10 → 9
+    tab_to(page, "key")
+    page.keyboard.press("ArrowDown")  # any → metadata.author
+    tab_to(page, "value")
+    page.keyboard.type("ana")
+    tab_to(page, "per_document")
+    tab_to(page, "recency")
+    tab_to(page, "popularity")
+    tab_to(page, "filter")
+    page.keyboard.type('{"title": "Field notes"}')
     page.keyboard.press("Enter")
-    expect(page.locator(".hit").first).to_contain_text("Glaciers")
-    page.keyboard.press("Tab")
-    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
-    assert outline not in ("", "none")
+    expect(page.locator("h2.summary")).to_contain_text("1 result in notes (keyword)")
+    expect(page.locator(".hit").first).to_contain_text("Field notes")
+    for part in ("collection=notes", "mode=keyword", "k=9", "key=author", "value=ana"):
+        assert part in page.url, part
+    shot(page, "search-keyboard")
 
 
 def test_pages_fit_a_375_px_screen(browser: Browser, site: str) -> None:
     context = browser.new_context(viewport={"width": 375, "height": 800})
     small = context.new_page()
     try:
-        for path in PAGES:
+        for path in PAGES.values():
             small.goto(site + path)
             width = small.evaluate("document.documentElement.scrollWidth")
             assert width <= 375, (path, width)
@@ -210,20 +419,49 @@ def test_pages_fit_a_375_px_screen(browser: Browser, site: str) -> None:
         context.close()
 
 
-def test_axe_finds_nothing_serious_on_any_page(page: Page, site: str) -> None:
-    source = AXE.read_text()
-    found: dict[str, list[dict[str, Any]]] = {}
-    for path in PAGES:
+def test_axe_finds_nothing_serious_on_any_page(page: Page, site: str, tmp_path: Path) -> None:
+    """Every page, a job's page and a streamed answer among them: no serious or critical
+    violation, and headings in order (axe's `heading-order`, moderate, counts too)."""
+    found: dict[str, Any] = {}
+
+    def check(name: str) -> None:
+        problems = checked(page)
+        if problems:
+            found[name] = problems
+        shot(page, f"pages/{name}")
+
+    for name, path in PAGES.items():
         page.goto(site + path)
-        page.evaluate(source)  # evaluated by the browser, outside the page's CSP
-        violations = page.evaluate(
-            "async () => (await axe.run()).violations"
-            ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.length}))"
-        )
-        serious = [v for v in violations if v["impact"] in ("serious", "critical")]
-        if serious:
-            found[path] = serious
+        check(name)
+    note = tmp_path / "cirques.md"
+    note.write_text("# Cirques\n\nA cirque is a bowl carved by a glacier at a valley's head.")
+    page.goto(site + "/ingest")
+    page.get_by_label("Files (drop them here, or pick several)").set_input_files(str(note))
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url("**/jobs/*")
+    expect(page.locator(".state")).to_have_text("done", timeout=60_000)
+    check("job")
+    page.goto(site + "/answer")
+    page.get_by_label("Question").fill("what does a glacier leave behind")
+    page.get_by_role("button", name="Ask").click()
+    expect(page.locator("form.feedback")).to_be_visible()
+    check("answer-streamed")
     assert not found, found
+
+
+def checked(page: Page) -> list[Any]:
+    """What axe-core finds serious, critical or out of heading order on the page, and the
+    headings that skip a level."""
+    page.evaluate(AXE.read_text())  # evaluated by the browser, outside the page's CSP
+    violations = page.evaluate(
+        "async () => (await axe.run()).violations"
+        ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.length}))"
+    )
+    problems: list[Any] = [
+        v for v in violations
+        if v["impact"] in ("serious", "critical") or v["id"] == "heading-order"
+    ]  # fmt: skip
+    return problems + page.evaluate(HEADING_SKIPS)
 
 
 def test_what_the_search_page_costs(page: Page, site: str, services: Services) -> None:

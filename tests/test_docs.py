@@ -62,6 +62,17 @@ def test_every_setting_is_documented(pages: dict[Path, str]) -> None:
     assert not missing, f"docs/reference/settings.md lacks {missing}"
 
 
+def test_ci_runs_the_documented_test_command() -> None:
+    """CI runs the test command a newcomer copies (README.md, docs/getting-started.md), only
+    quieter (`-q`)."""
+    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
+    (run,) = [line for line in ci.splitlines() if line.endswith(".venv/bin/pytest")]
+    for page in ("README.md", "docs/getting-started.md"):
+        text = (PROJECT_ROOT / page).read_text()
+        (documented,) = re.findall(r"^\(command -v promtool .*$", text, re.MULTILINE)
+        assert run.replace(" -q", "") == documented, page
+
+
 def test_compose_file_is_valid() -> None:
     # Installed into the same environment as pytest, which CI does not put on PATH.
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

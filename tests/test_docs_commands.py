@@ -1,8 +1,9 @@
 """The quick paths of the documentation work as written: the commands are read from the
 Markdown itself (README.md and docs/getting-started.md) and run: `hybrid serve --sample`
-starts and prints its URL and key, the documented curl calls answer, a search from the command
-line finds the sample, an ingest of a folder and `hybrid eval` on the shipped set succeed. The
-shipped evaluation set is checked for consistency."""
+starts and prints its URL, its search page's URL and key, the search page opens on the
+sample's results, the documented curl calls answer, a search from the command line finds the
+sample, an ingest of a folder and `hybrid eval` on the shipped set succeed. The shipped
+evaluation set is checked for consistency."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
 from app import PROJECT_ROOT
+from app.api.pages import SUGGESTED_QUERY
+from app.cli import SAMPLE_COLLECTION
 from tests.test_cli import HYBRID, env, free_port, hybrid
 
 __all__ = ["env"]
@@ -75,12 +79,19 @@ def served(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[int, str]]:
         _wait_until_up(service, port, log)
         printed = log.read_text()
         assert f"Hybrid search is running at http://127.0.0.1:{port}" in printed, printed
+        assert f"search page: {search_page(port)}" in printed, printed
         key = re.search(r"export HYBRID_KEY=(hs_\S+)", printed)
         assert key, printed
         yield port, key.group(1)
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=60)
+
+
+def search_page(port: int) -> str:
+    """The URL `serve --sample` prints: the search page on the sample, with a suggested query."""
+    query = urlencode({"collection": SAMPLE_COLLECTION, "q": SUGGESTED_QUERY})
+    return f"http://127.0.0.1:{port}/?{query}"
 
 
 def _wait_until_up(service: subprocess.Popen[bytes], port: int, log: Path) -> None:
@@ -120,6 +131,11 @@ def test_quick_start_serves_the_sample_and_the_documented_calls_answer(
             assert answer["hits"][0]["title"] == "Hybrid search", answer
         if "/documents" in call:
             assert answer["documents"], answer
+    # The printed search page opens on the sample's results, for the key it printed.
+    opened = urllib.request.Request(search_page(port), headers={"Cookie": f"hybrid_key={key}"})
+    with urllib.request.urlopen(opened, timeout=60) as response:
+        html = response.read().decode()
+    assert '<option value="sample" selected>' in html and 'class="hit"' in html, html
     (search,) = documented(GETTING_STARTED, ".venv/bin/hybrid search")[:1]
     run = hybrid(env, *as_installed(search)[1:])
     assert run.code == 0, run.text

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import re
 import time
+import tomllib
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app import PROJECT_ROOT
 from app.access import keys
 from app.access.keys import KeySpec
 from app.ingest.model import Block, SourceDocument
@@ -93,6 +96,43 @@ def test_a_bad_filter_is_shown_on_the_page(site: httpx.Client) -> None:
     assert 'role="alert"' in page.text and "<strong>filter</strong>" in page.text
     unknown = site.get("/", params={"collection": "kb", "q": "glaciers", "filter": '{"nope": 1}'})
     assert 'role="alert"' in unknown.text
+
+
+def test_a_search_in_place_refreshes_the_filter_builder_and_marks_a_bad_filter(
+    site: httpx.Client,
+) -> None:
+    part = site.get(
+        "/", params={"collection": "other", "q": "glaciers"}, headers={"HX-Request": "true"}
+    )
+    assert '<select id="key" name="key" hx-swap-oob="true">' in part.text
+    assert '<option value="lang">metadata.lang</option>' in part.text
+    assert 'id="filter-error" class="field-error" hidden hx-swap-oob="true"' in part.text
+    bad = site.get(
+        "/",
+        params={"collection": "kb", "q": "glaciers", "filter": '{"nope": "<b>"}'},
+        headers={"HX-Request": "true"},
+    )
+    assert 'aria-describedby="filter-help filter-error" aria-invalid="true"' in bad.text
+    assert re.search(r'id="filter-error"[^>]*>filter.nope: unknown field', bad.text)
+    # A builder's key, not the JSON box, at fault: the box is not marked.
+    builder = site.get("/", params={"collection": "kb", "q": "glaciers", "recency": "soon"})
+    assert 'aria-invalid="true"' not in builder.text
+
+
+def test_the_package_carries_the_pages_templates_and_static_files() -> None:
+    """Every file the pages load matches a `package-data` pattern, so a wheel holds it."""
+    config = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["app"]
+    package = PROJECT_ROOT / "app"
+    files = [
+        path.relative_to(package).as_posix()
+        for folder in ("api/templates", "api/static")
+        for path in (package / folder).rglob("*")
+        if path.is_file()
+    ]
+    assert files and all(any(fnmatch(f, pattern) for pattern in patterns) for f in files), [
+        f for f in files if not any(fnmatch(f, pattern) for pattern in patterns)
+    ]
 
 
 def test_pages_carry_the_security_headers_and_assets_are_vendored(site: httpx.Client) -> None:
@@ -195,6 +235,18 @@ def test_a_key_without_the_search_scope_is_refused(
     assert page.status_code == 403
 
 
+def test_a_key_that_may_not_delete_is_not_asked_to(
+    secured_site: tuple[httpx.Client, dict[str, str]],
+) -> None:
+    site, secrets = secured_site
+    token = csrf(site)
+    assert site.post("/login", data={"key": secrets["reader"], "_csrf": token}).status_code == 303
+    page = site.get("/collections/kb/documents/glaciers")
+    assert page.status_code == 200 and "Delete this document" not in page.text
+    asked = site.get("/collections/kb/documents/glaciers", params={"confirm": "delete"})
+    assert asked.status_code == 403 and "ingest" in asked.text
+
+
 def test_collections_and_documents_pages(site: httpx.Client, services: Services) -> None:
     listed = site.get("/collections")
     assert listed.status_code == 200
@@ -211,8 +263,15 @@ def test_collections_and_documents_pages(site: httpx.Client, services: Services)
     assert "0 documents" in site.get("/collections/kb/documents", params={"title": "%"}).text
     one = site.get("/collections/kb/documents/glaciers")
     assert one.status_code == 200 and "Chunks (1)" in one.text and "&#34;lang&#34;" in one.text
-    assert "Delete this document" in one.text
-    token = re.search(r'name="_csrf" value="([^"]+)"', one.text).group(1)  # type: ignore[union-attr]
+    assert "Sections (1)" in one.text and "(before any heading)" in one.text
+    # Deleting asks first: the document's page only links to the question.
+    assert 'href="/collections/kb/documents/glaciers?confirm=delete"' in one.text
+    assert 'name="action"' not in one.text
+    asked = site.get("/collections/kb/documents/glaciers", params={"confirm": "delete"})
+    assert asked.status_code == 200 and "Delete document “Glaciers and ice sheets”?" in asked.text
+    assert 'href="/collections/kb/documents/glaciers">Cancel</a>' in asked.text
+    assert site.get("/collections/kb/documents/glaciers?confirm=now").status_code == 400
+    token = re.search(r'name="_csrf" value="([^"]+)"', asked.text).group(1)  # type: ignore[union-attr]
     forged = site.post(
         "/collections/kb/documents/glaciers", data={"action": "delete", "_csrf": "x"}
     )
@@ -368,8 +427,11 @@ def test_documents_whose_ids_hold_slashes_open_and_delete(
         assert opened.status_code == 200, link
         shown = re.search(r"<dt>Id</dt><dd><code>([^<]+)</code>", opened.text).group(1)  # type: ignore[union-attr]
         assert shown in odd
-        token = re.search(r'name="_csrf" value="([^"]+)"', opened.text).group(1)  # type: ignore[union-attr]
-        assert site.post(link, data={"action": "delete", "_csrf": token}).status_code == 303
+        asked = site.get(f"{link}?confirm=delete")
+        action = re.search(r'<form method="post" action="([^"]+)"', asked.text).group(1)  # type: ignore[union-attr]
+        assert action == link
+        token = re.search(r'name="_csrf" value="([^"]+)"', asked.text).group(1)  # type: ignore[union-attr]
+        assert site.post(action, data={"action": "delete", "_csrf": token}).status_code == 303
     assert "0 documents" in site.get("/collections/kb/documents", params={"title": "Odd"}).text
 
 

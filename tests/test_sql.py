@@ -32,6 +32,7 @@ EXPECTED = {
     ("documents.sql", "get_document"): {"collection_id", "external_id", "principals"},
     ("documents.sql", "lock_document"): {"collection_id", "external_id"},
     ("documents.sql", "document_chunks"): {"collection_id", "document_id"},
+    ("documents.sql", "document_sections"): {"collection_id", "document_id"},
     ("documents.sql", "update_document_fields"): {
         "collection_id", "document_id", "metadata", "acl", "popularity", "published_at", "source",
     },

@@ -3,7 +3,8 @@
 Every page works before any script runs: a search is a GET form whose URL carries its state
 (`/?collection=C&q=Q&mode=M&k=K&filter=F`), rendered by the server, so that it can be shared,
 bookmarked and navigated with back and forward. The vendored htmx (`/static/htmx/`) only
-swaps the results in place and pushes the URL.
+swaps the results in place (with, out of band, the form's parts that follow them: the Field
+list of the collection searched, the JSON filter box and its error) and pushes the URL.
 
 Security, in one place for every page:
 - the pages act as the caller the API would see: with `HYBRID_AUTH=required`, the API key a
@@ -206,6 +207,13 @@ def _number(text: str, name: str) -> float | None:
         return float(text)
     except ValueError:
         raise Invalid(f"{name}: expected a number, got {text!r}", field=name) from None
+
+
+def _filter_problem(form: Form, problem: HybridError | None) -> HybridError | None:
+    """The refusal to show beside the raw JSON filter box: one about the filter typed there."""
+    if problem is None or not form.filter.strip() or not problem.field:
+        return None
+    return problem if problem.field.split(".")[0] == "filter" else None
 
 
 def _metadata_keys(conn: Connection, caller: Caller, name: str) -> list[str]:
@@ -462,12 +470,14 @@ class Pages(Controller):
             "modes": [m for m in MODES if m != "hybrid+rerank" or _reranks(services)],
             "result": result,
             "problem": problem,
-            "keys": keys,
+            "filter_problem": _filter_problem(form, problem),
+            # The key searched with stays listed, so that the form shows what was searched.
+            "keys": keys if not key or key in keys else [*keys, key],
             "hits": [_hit(h) for h in result.hits] if result else [],
             "suggested": SUGGESTED_QUERY,
             **_frame(caller),
         }
-        name = "_results.html" if _partial(request) else "search.html"
+        name = "_search.html" if _partial(request) else "search.html"
         return page(request, name, context)
 
     @get("/collections", include_in_schema=False, sync_to_thread=True, opt=PAGE_ROUTE)
@@ -538,15 +548,24 @@ class Pages(Controller):
     @get("/collections/{name:str}/documents/{external_id:path}", include_in_schema=False,
          sync_to_thread=True, opt=PAGE_ROUTE)  # fmt: skip
     def document_page(
-        self, request: Request[Any, Any, Any], services: Services, name: str, external_id: str
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        name: str,
+        external_id: str,
+        confirm: str = "",
     ) -> Response[Any]:
-        """One document: its fields, metadata, ACL, version, and its chunks under their headings;
-        a delete button for keys that may delete."""
+        """One document: its fields, metadata, ACL, version, sections and chunks; for keys that
+        may delete, a link to `?confirm=delete`, the page that asks before deleting."""
         caller = page_caller(request, services)
         if caller is None:
             return to_login(request)
         require_scope(caller, SEARCH)
         require_collection(caller, name)
+        if confirm not in ("", "delete"):
+            raise Invalid(f"confirm: expected delete, got {confirm!r}", field="confirm")
+        if confirm:
+            require_scope(caller, INGEST)
         key = external_id_of(request)
         with services.transaction() as conn:
             collection = collections.get(conn, name)
@@ -557,15 +576,17 @@ class Pages(Controller):
                 include_deleted=False,
                 visibility=document_visibility(caller),
             )
+            sections = documents.sections_of(conn, collection.id, row["id"])
             chunks = documents.chunks_of(conn, collection.id, row["id"])
         context = _frame(caller) | {
             "collection": collection.name,
             "document": row,
             "metadata": json.dumps(row["metadata"], ensure_ascii=False, indent=2, sort_keys=True),
+            "sections": sections,
             "chunks": chunks,
             "may_delete": INGEST in caller.scopes,
         }
-        return page(request, "document.html", context)
+        return page(request, "delete.html" if confirm else "document.html", context)
 
     @post("/collections/{name:str}/documents/{external_id:path}", include_in_schema=False,
           sync_to_thread=True, status_code=303, opt=FORM_ROUTE)  # fmt: skip
@@ -577,7 +598,7 @@ class Pages(Controller):
         external_id: str,
         data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Response[Any]:
-        """The document page's delete form (a soft delete, as `DELETE` on the API)."""
+        """The delete confirmation's form (a soft delete, as `DELETE` on the API)."""
         check_csrf(request, data)
         caller = page_caller(request, services)
         if caller is None:

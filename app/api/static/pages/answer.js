@@ -1,7 +1,8 @@
 // The answer page, streamed: the form's question goes to /answer/stream (server-sent events:
 // sources, delta..., done or error) and the answer is written in as it comes. Every text is
-// set as text (textContent), never parsed as HTML. Without this script the form loads
-// /answer, which the server renders whole.
+// set as text (textContent), never parsed as HTML. Each question gets its own URL in the
+// history; back and forward put that URL's question in the form and stream its answer again.
+// Without this script the form loads /answer, which the server renders whole.
 "use strict";
 
 (function () {
@@ -66,13 +67,10 @@
     return thanks;
   }
 
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const params = new URLSearchParams(new FormData(form));
+  function ask(params) {
     if (stream) {
       stream.close();
     }
-    history.pushState(null, "", "/answer?" + params);
     const heading = element("h2", {}, "Answer");
     const note = element("p", { class: "note", hidden: "" });
     const text = element("div", { class: "answer-text" });
@@ -82,8 +80,9 @@
     let written = "";
     let count = 0;
     let searchId = "";
-    stream = new EventSource("/answer/stream?" + params);
-    stream.addEventListener("sources", (message) => {
+    const current = new EventSource("/answer/stream?" + params);
+    stream = current;
+    current.addEventListener("sources", (message) => {
       const data = JSON.parse(message.data);
       searchId = data.search_id;
       count = data.sources.length;
@@ -97,13 +96,13 @@
         sources.append(item);
       }
     });
-    stream.addEventListener("delta", (message) => {
+    current.addEventListener("delta", (message) => {
       written += JSON.parse(message.data).text;
       text.textContent = written;
     });
-    stream.addEventListener("done", (message) => {
+    current.addEventListener("done", (message) => {
       const data = JSON.parse(message.data);
-      stream.close();
+      current.close();
       text.replaceChildren(withCitations(written, count));
       for (const number of data.cited) {
         const cited = document.getElementById("source-" + number);
@@ -119,8 +118,8 @@
         Object.entries(data.timings_ms).map(([stage, ms]) => stage + " " + Math.round(ms) + " ms").join(" · ");
       meta.after(feedback(searchId));
     });
-    stream.addEventListener("error", (message) => {
-      stream.close();
+    current.addEventListener("error", (message) => {
+      current.close();
       if (message.data) {
         const data = JSON.parse(message.data);
         problem(data.title, data.detail);
@@ -128,5 +127,32 @@
         problem("No answer", "The answer could not be streamed; try again, or reload the page.");
       }
     });
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams(new FormData(form));
+    history.pushState(null, "", "/answer?" + params);
+    ask(params);
+  });
+
+  // Back or forward to another question's URL: that question, asked again; to the page
+  // without one: an empty form.
+  window.addEventListener("popstate", () => {
+    const params = new URLSearchParams(window.location.search);
+    const question = params.get("q") || "";
+    form.elements.q.value = question;
+    const collection = form.elements.collection;
+    if ([...collection.options].some((option) => option.value === params.get("collection"))) {
+      collection.value = params.get("collection");
+    }
+    if (question) {
+      ask(new URLSearchParams(new FormData(form)));
+    } else {
+      if (stream) {
+        stream.close();
+      }
+      target.replaceChildren();
+    }
   });
 })();
