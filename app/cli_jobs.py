@@ -258,6 +258,13 @@ def _progress_text(job: records.Job) -> str:
     return f"{done}/{'?' if total is None else total}"
 
 
+def _chunks_text(job: records.Job) -> str:
+    total, estimated = job.chunks_expected
+    if total is None:
+        return str(job.chunks)
+    return f"{job.chunks}/{'~' if estimated else ''}{total}"
+
+
 def _print_job(job: records.Job) -> None:
     rate, eta = job.rate(), job.eta_s()
     unit = "chunks" if job.kind == records.REEMBED else "documents"
@@ -270,7 +277,7 @@ def _print_job(job: records.Job) -> None:
         console.print(f"  documents: {_progress_text(job)}  " + "  ".join(
             f"{name}={count}" for name, count in job.counts.items() if count
         ))  # fmt: skip
-        console.print(f"  chunks: {job.chunks} ({job.embedded} embedded)")
+        console.print(f"  chunks: {_chunks_text(job)} ({job.embedded} embedded)")
     console.print(f"  attempts: {job.attempts}")
     if rate is not None:
         console.print(f"  rate: {rate:.1f} {unit}/s" + (f"  eta: {eta:.0f} s" if eta else ""))

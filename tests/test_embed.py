@@ -275,9 +275,12 @@ def test_remote_retries_transient_failure(server: OpenAIServer, status: int) -> 
     assert np.allclose(vectors, expected(["x"]), atol=1e-6)
 
 
-def test_remote_persistent_failure_is_unavailable(server: OpenAIServer) -> None:
-    server.fail(500, 500)
-    with pytest.raises(Unavailable, match="unavailable after 1 retries: HTTP 500") as caught:
+@pytest.mark.parametrize("status", [408, 429, 500])
+def test_remote_persistent_failure_is_unavailable(server: OpenAIServer, status: int) -> None:
+    """A provider timing out, rate limiting or failing may answer later: `Unavailable`, which
+    a job retries (a rejected request is an `UpstreamError`, which fails it)."""
+    server.fail(status, status)
+    with pytest.raises(Unavailable, match=f"unavailable after 1 retries: HTTP {status}") as caught:
         remote(server.base_url, max_retries=1).embed(["x"])
     assert server.base_url in caught.value.message
     assert len(server.requests) == 2

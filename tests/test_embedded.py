@@ -1,5 +1,6 @@
 """The embedded server: started once, reused, stopped cleanly, started again in the same
-process; its database's locale (C.UTF-8, lower-casing and comparing inside PostgreSQL) gives
+process, stopped with `hybrid serve` (whose in-process worker runs jobs unless told not to);
+its database's locale (C.UTF-8, lower-casing and comparing inside PostgreSQL) gives
 the tokens and the order of the C library's C.UTF-8 on mixed-script text."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -99,13 +102,27 @@ def test_start_after_another_process_stopped_the_server(fresh_dir: Path) -> None
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_serve_stops_the_server_it_started_on_sigterm(fresh_dir: Path) -> None:
-    """As a process manager stops it: the embedded server does not outlive the service."""
+@pytest.mark.parametrize(
+    ("args", "environ"),
+    [([], {}), (["--no-worker"], {}), ([], {"HYBRID_SERVE_WORKER": "off"})],
+    ids=["worker", "no-worker", "worker-off"],
+)
+def test_serve_runs_jobs_unless_told_not_to_and_stops_its_server_on_sigterm(
+    fresh_dir: Path, args: list[str], environ: dict[str, str]
+) -> None:
+    """A worker runs in the server by default: a queued ingest finishes. Told not to, the job
+    waits in the queue for a `hybrid worker`. As a process manager stops it: the embedded
+    server does not outlive the service."""
     port = free_port()
-    env = {"PATH": str(HYBRID.parent), "HYBRID_DATA_DIR": str(fresh_dir), "HYBRID_PORT": str(port)}
+    env = {
+        "PATH": str(HYBRID.parent), "HYBRID_DATA_DIR": str(fresh_dir), "HYBRID_PORT": str(port),
+        "HYBRID_AUTH": "off", **environ,
+    }  # fmt: skip
     log = fresh_dir / "serve.log"
     with log.open("w") as output:
-        service = subprocess.Popen([str(HYBRID), "serve"], env=env, stdout=output, stderr=output)
+        service = subprocess.Popen(
+            [str(HYBRID), "serve", *args], env=env, stdout=output, stderr=output
+        )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -117,9 +134,44 @@ def test_serve_stops_the_server_it_started_on_sigterm(fresh_dir: Path) -> None:
                 assert time.monotonic() < deadline, "the service did not come up"
                 time.sleep(0.5)
         assert embedded.status(fresh_dir).running
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            job = queue_an_ingest(client)
+            if args or environ:
+                waited_in_queue(client, job, embedded.status(fresh_dir).url or "")
+            else:
+                assert finished(client, job)["documents"]["created"] == 2
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         service.kill()
         service.wait()
     assert not embedded.status(fresh_dir).running
+
+
+def queue_an_ingest(client: httpx.Client) -> int:
+    assert client.post("/v1/collections", json={"name": "notes"}).status_code == 201
+    documents = [{"id": f"n{i}", "text": f"Owls hunt at night, note {i}."} for i in range(2)]
+    queued = client.post("/v1/collections/notes/documents", json={"documents": documents})
+    assert queued.status_code == 202, queued.text
+    return int(queued.json()["id"])
+
+
+def finished(client: httpx.Client, job_id: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] == "done":
+            return job
+        assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def waited_in_queue(client: httpx.Client, job_id: int, url: str) -> None:
+    """No worker takes the job: none is registered, and the job is still queued a few
+    seconds later (a worker is woken by the queue's NOTIFY at once)."""
+    time.sleep(3)
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone() == (0,)
+        status = conn.execute("SELECT status::text FROM procrastinate_jobs").fetchall()
+    assert status == [("todo",)]

@@ -1,30 +1,39 @@
 """Background jobs on the PostgreSQL queue: ingest and delete by filter through the API and the
-CLI, run by real workers (in process, and `hybrid worker` processes killed with SIGKILL),
-with idempotency keys, cancel, retry, transient failures and the upload folder."""
+CLI, run by real workers (in process, and `hybrid worker` processes: killed with SIGKILL, or
+running two jobs at once), with progress (chunk totals, rate, ETA), idempotency keys, cancel,
+retry, transient failures (the embedding provider down, the database restarting) against
+failures that end a job at once, and the upload folder."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from click.testing import CliRunner
 from sqlalchemy import text
 
 from app.cli import cli
+from app.db import embedded
 from app.jobs.blobs import BlobStore
 from app.jobs.queue import InProcessWorker
+from app.jobs.run import Runner
 from app.service import Services
 from tests.conftest import make_settings, own_services, serving
 from tests.openai_server import OpenAIServer
@@ -43,6 +52,11 @@ def records(n: int, prefix: str = "d", words: int = 40) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
+
+
+def uncached(n: int, tag: str) -> list[dict[str, Any]]:
+    """Records whose texts no earlier test embedded (the embedding cache outlives tests)."""
+    return [{**r, "text": f"{tag} {r['text']}"} for r in records(n)]
 
 
 def wait_for(client: httpx.Client, job_id: int, timeout_s: float = 120) -> dict[str, Any]:
@@ -99,6 +113,54 @@ def test_json_ingest_is_queued_and_run_by_a_worker(
     assert not BlobStore.of(services.settings).path(sha).exists()
     listed = api.get("/v1/jobs", params={"state": "done"}).json()["jobs"]
     assert [j["id"] for j in listed] == [job["id"]]
+
+
+def test_an_ingest_reports_its_chunk_total_rate_and_eta(
+    database_url: str, data_dir: Path, services: Services
+) -> None:
+    """While it runs: a chunk total estimated from the batches written, a rate and an ETA;
+    once done: the exact total."""
+    with (
+        own_services(database_url, data_dir, HYBRID_INGEST_BATCH="4") as slow,
+        serving(slow) as client,
+    ):
+        client.post("/v1/collections", json={"name": COLLECTION})
+        body = {"documents": records(32, words=60)}
+        job = client.post(f"/v1/collections/{COLLECTION}/documents", json=body).json()
+        assert job["chunks_total"] is None and not job["chunks_total_estimated"]
+        worker = InProcessWorker(slow)
+        worker.start()
+        try:
+            running = wait_until_done_at_least(client, job["id"], 8)
+            done = wait_for(client, job["id"])
+        finally:
+            worker.stop()
+    assert running["state"] == "running" and running["chunks_total_estimated"]
+    assert running["chunks"] > 0 and running["chunks_total"] >= running["chunks"]
+    assert running["rate"] > 0 and running["eta_s"] is not None
+    left = running["documents"]["total"] - running["documents"]["done"]
+    assert running["eta_s"] == pytest.approx(left / running["rate"], rel=0.05, abs=0.1)
+
+    chunks = scalar(services, "SELECT count(*) FROM chunks")
+    assert done["state"] == "done" and done["chunks"] == done["chunks_total"] == chunks
+    assert not done["chunks_total_estimated"] and done["eta_s"] is None
+    # The documents are alike: the estimate was close.
+    assert running["chunks_total"] == pytest.approx(chunks, rel=0.2)
+    seconds = (
+        datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])
+    ).total_seconds()
+    assert done["rate"] == pytest.approx(32 / seconds, rel=0.05)
+
+
+def wait_until_done_at_least(client: httpx.Client, job_id: int, documents: int) -> dict[str, Any]:
+    """The job as soon as it has written `documents` documents."""
+    deadline = time.monotonic() + 120
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["documents"]["done"] >= documents:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
 
 
 def test_wait_true_writes_during_the_request_within_its_limit(api: httpx.Client) -> None:
@@ -244,17 +306,7 @@ def test_a_transient_embedding_failure_is_retried_with_backoff(
     database_url: str, data_dir: Path, server: OpenAIServer, services: Services
 ) -> None:
     with (
-        own_services(
-            database_url,
-            data_dir,
-            HYBRID_EMBEDDING_PROVIDER="openai",
-            HYBRID_EMBEDDING_MODEL="loopback-embed",
-            HYBRID_EMBEDDING_DIM="384",
-            OPENAI_BASE_URL=server.base_url,
-            OPENAI_API_KEY="unused",
-            HYBRID_EMBEDDING_MAX_RETRIES="0",
-            HYBRID_JOB_RETRY_WAIT="0.5",
-        ) as remote,
+        remote_services(database_url, data_dir, server) as remote,
         serving(remote) as client,
     ):
         client.post("/v1/collections", json={"name": "remote"})
@@ -275,6 +327,148 @@ def test_a_transient_embedding_failure_is_retried_with_backoff(
             worker.stop()
     assert done["state"] == "done" and done["documents"]["created"] == 5
     assert done["attempts"] >= 2 and done["error"] is None
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [(401, "rejected the request: HTTP 401: Incorrect API key"), ("wrong_dim", "385-dimensional")],
+)
+def test_a_provider_refusing_the_request_fails_the_job_at_once(
+    database_url: str,
+    data_dir: Path,
+    server: OpenAIServer,
+    services: Services,
+    fault: int | str,
+    reason: str,
+) -> None:
+    """A rejected request (a bad key) or an unusable answer is not retried: it would come
+    again."""
+    with (
+        remote_services(database_url, data_dir, server) as remote,
+        serving(remote) as client,
+    ):
+        client.post("/v1/collections", json={"name": "remote"})
+        if fault == 401:
+            server.down = 401
+        else:
+            server.fail("wrong_dim")
+        body = {"documents": uncached(3, f"refused-{fault}")}
+        job = client.post("/v1/collections/remote/documents", json=body)
+        worker = InProcessWorker(remote)
+        worker.start()
+        try:
+            done = wait_for(client, job.json()["id"])
+        finally:
+            worker.stop()
+    assert done["state"] == "failed" and done["attempts"] == 1, done
+    assert reason in done["error"] and "retrying" not in done["error"]
+    assert len(server.embedding_inputs) == 1
+    assert done["documents"]["created"] == 0
+
+
+class RecordedWaits(Runner):
+    """A runner that records the waits before its retries instead of sleeping them, and
+    brings the provider back after `waits_down` of them."""
+
+    def __init__(self, services: Services, server: OpenAIServer, waits_down: int) -> None:
+        super().__init__(services, BlobStore.of(services.settings))
+        self.server = server
+        self.waits_down = waits_down
+        self.waits: list[float] = []
+
+    def _pause(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        self.waits.append(seconds)
+        if len(self.waits) == self.waits_down:
+            self.server.down = None
+
+
+def test_the_wait_before_each_retry_doubles(
+    database_url: str, data_dir: Path, server: OpenAIServer, services: Services
+) -> None:
+    with (
+        remote_services(database_url, data_dir, server) as remote,
+        serving(remote) as client,
+    ):
+        client.post("/v1/collections", json={"name": "remote"})
+        server.down = 503
+        body = {"documents": uncached(3, "backoff")}
+        job = client.post("/v1/collections/remote/documents", json=body)
+        runner = RecordedWaits(remote, server, waits_down=3)
+        runner.run(job.json()["id"], lambda: False)
+        done = client.get(f"/v1/jobs/{job.json()['id']}").json()
+    assert runner.waits == [0.5, 1.0, 2.0]
+    assert done["state"] == "done" and done["attempts"] == 4 and done["error"] is None
+    assert done["documents"]["created"] == 3
+
+
+@contextmanager
+def remote_services(database_url: str, data_dir: Path, server: OpenAIServer) -> Iterator[Services]:
+    """Services embedding with the loopback server, whose client does not retry by itself."""
+    with own_services(
+        database_url,
+        data_dir,
+        HYBRID_EMBEDDING_PROVIDER="openai",
+        HYBRID_EMBEDDING_MODEL="loopback-embed",
+        HYBRID_EMBEDDING_DIM="384",
+        OPENAI_BASE_URL=server.base_url,
+        OPENAI_API_KEY="unused",
+        HYBRID_EMBEDDING_MAX_RETRIES="0",
+        HYBRID_JOB_RETRY_WAIT="0.5",
+    ) as remote:
+        yield remote
+
+
+@pytest.fixture
+def own_server() -> Iterator[tuple[Path, str]]:
+    """An embedded server of its own (data directory, URL): the session's is never stopped."""
+    path = Path(tempfile.mkdtemp(prefix="hybrid-jobs-"))
+    url, _ = embedded.start(path)
+    try:
+        yield path, url
+    finally:
+        embedded.stop(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_database_restart_during_a_job_is_retried(own_server: tuple[Path, str]) -> None:
+    """The server stops under a running job and comes back: the job waits, runs again and
+    ends with every document stored once."""
+    path, url = own_server
+    with (
+        own_services(url, path, HYBRID_INGEST_BATCH="4", HYBRID_JOB_RETRY_WAIT="1",
+                     HYBRID_DB_POOL_TIMEOUT="2") as own,
+        serving(own) as client,
+    ):  # fmt: skip
+        client.post("/v1/collections", json={"name": COLLECTION})
+        body = {"documents": records(32, words=120)}
+        job = client.post(f"/v1/collections/{COLLECTION}/documents", json=body).json()
+        worker = InProcessWorker(own)
+        worker.start()
+        try:
+            wait_until_done_at_least(client, job["id"], 8)
+            with structlog.testing.capture_logs() as logged:
+                embedded.stop(path)
+                # Started again once the job has met the server gone and waits to run again.
+                deadline = time.monotonic() + 60
+                while not any(e["event"] == "job retried" for e in list(logged)):
+                    assert time.monotonic() < deadline, logged
+                    time.sleep(0.1)
+                embedded.start(path)
+            done = wait_for(client, job["id"], timeout_s=180)
+        finally:
+            worker.stop()
+        assert done["state"] == "done", done
+        assert done["attempts"] >= 2 and done["error"] is None
+        assert done["documents"]["created"] == 32
+        assert scalar(own, "SELECT count(*) FROM documents") == 32
+        assert (
+            scalar(
+                own,
+                "SELECT count(*) FROM documents d WHERE d.chunk_count <> "
+                "(SELECT count(*) FROM chunks c WHERE c.document_id = d.id)",
+            )
+            == 0
+        )
 
 
 def test_a_killed_worker_loses_nothing(
@@ -344,6 +538,38 @@ def test_a_killed_worker_loses_nothing(
     assert (
         scalar(services, "SELECT count(*) FROM job_documents WHERE job_id = :id", id=job_id) == 240
     )
+
+
+def test_a_worker_with_concurrency_2_runs_two_jobs_at_once(
+    database_url: str, data_dir: Path, services: Services, api: httpx.Client
+) -> None:
+    """Two jobs queued before `hybrid worker --concurrency 2` starts: each run began before
+    the other ended (one at a time, the second would start after the first finished)."""
+    api.post("/v1/collections", json={"name": "other"})
+    jobs = [
+        api.post(f"/v1/collections/{name}/documents", json={"documents": records(24)}).json()
+        for name in (COLLECTION, "other")
+    ]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "HYBRID_DATA_DIR": str(data_dir),
+        "HYBRID_INGEST_BATCH": "4",
+    }
+    command = [str(Path(sys.executable).with_name("hybrid")), "worker", "--concurrency", "2"]
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        done = [wait_for(api, job["id"], timeout_s=180) for job in jobs]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    assert [job["state"] for job in done] == ["done", "done"], done
+    assert all(job["attempts"] == 1 for job in done)
+    first, second = (
+        (datetime.fromisoformat(job["started_at"]), datetime.fromisoformat(job["finished_at"]))
+        for job in done
+    )
+    assert first[0] < second[1] and second[0] < first[1], done
 
 
 def test_cli_jobs_commands(

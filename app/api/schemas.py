@@ -168,7 +168,8 @@ class JobDocuments(msgspec.Struct):
 
 class JobOut(msgspec.Struct):
     """A background job: an ingest, a delete by filter, or a re-embedding (its progress is
-    in chunks: `chunks` of `chunks_total`)."""
+    in chunks: `chunks` of `chunks_total`). An ingest's progress is in documents, with
+    `chunks` of `chunks_total` beside it (an estimate until it is done)."""
 
     id: int
     kind: Literal["ingest", "delete", "reembed"]
@@ -178,8 +179,19 @@ class JobOut(msgspec.Struct):
     # re-embedding's `model` and `dimension`.
     params: dict[str, Any]
     documents: JobDocuments
-    chunks: int
-    chunks_total: int | None
+    chunks: Annotated[int, msgspec.Meta(description="Chunks written so far")]
+    chunks_total: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="Chunks the job writes in all: exact for a re-embedding and for a done "
+            "ingest; while an ingest runs (or after it stopped), estimated from the chunks per "
+            "document written so far (`chunks_total_estimated`); null before its first batch "
+            "is written, and for a delete"
+        ),
+    ]
+    chunks_total_estimated: Annotated[
+        bool, msgspec.Meta(description="Whether `chunks_total` is an estimate")
+    ]
     embedded: int
     attempts: int
     cancel_requested: bool
@@ -189,10 +201,19 @@ class JobOut(msgspec.Struct):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
-    # Documents (a re-embedding: chunks) a second in the current (or last) run, and seconds
-    # left at that rate.
-    rate: float | None
-    eta_s: float | None
+    rate: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="Documents (a re-embedding: chunks) a second in the current (or last) "
+            "run; null before the run has finished one"
+        ),
+    ]
+    eta_s: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="Seconds left at `rate`, while the job runs and its total is known"
+        ),
+    ]
     failures: list[JobFailure]
     url: str
 

@@ -334,8 +334,11 @@ def _ordered_rows(response: Any, count: int, provider: str) -> Vectors:
 
 
 def _is_transient(exc: BaseException) -> bool:
+    """Whether the provider may answer the same request later: rate limited (429), timed out
+    (408, or no answer in time) or failing (5xx); a connection error. Other statuses reject
+    the request itself (a bad key, an unknown model)."""
     if isinstance(exc, openai.APIStatusError):
-        return exc.status_code == 429 or exc.status_code >= 500
+        return exc.status_code in (408, 429) or exc.status_code >= 500
     return isinstance(exc, openai.APIConnectionError)
 
 

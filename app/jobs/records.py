@@ -60,6 +60,25 @@ class Job:
         return self.state in FINISHED
 
     @property
+    def chunks_expected(self) -> tuple[int | None, bool]:
+        """The chunks the job writes in all (unknown: None), and whether that is an estimate.
+
+        A re-embedding counts the collection's chunks before it starts. An ingest chunks each
+        batch just before embedding it, so its total is exact once it is done; until then it is
+        estimated from the chunks per document of the batches written so far (unchanged and
+        failed documents count, with no chunks). A delete writes no chunks."""
+        if self.kind == REEMBED:
+            return self.chunks_total, False
+        if self.kind != INGEST:
+            return None, False
+        if self.state == "done":
+            return self.chunks, False
+        done, total = self.documents_done, self.documents_total
+        if not done or total is None:
+            return None, False
+        return round(self.chunks * max(total, done) / done), True
+
+    @property
     def progress(self) -> tuple[int, int | None]:
         """Work done and its total (unknown: None): documents, or for a re-embedding the
         collection's chunks."""
@@ -68,7 +87,9 @@ class Job:
         return self.documents_done, self.documents_total
 
     def rate(self, now: datetime | None = None) -> float | None:
-        """Documents (a re-embedding: chunks) a second in the current (or last) run."""
+        """Documents (a re-embedding: chunks) a second in the current (or last) run. An
+        ingest's chunk total is estimated from its documents until it is done, so counting
+        chunks would give the same ETA."""
         if self.started_at is None:
             return None
         end = self.finished_at or now or datetime.now(UTC)

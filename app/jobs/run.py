@@ -10,9 +10,11 @@ what the collection's tables say: chunks that have their next vector are not emb
 
 A run stops between batches when the job is cancelled (`cancelled`) or the worker is stopping
 (`Interrupted`: the job goes back to the queue for another worker). A transient failure (the
-database restarting, the embedding provider down) is retried in the run, after a pause that
-doubles each time, up to `HYBRID_JOB_ATTEMPTS` runs; any other failure fails the job with its
-reason. A document or file that cannot be read or is refused fails alone.
+database restarting, the embedding provider down, rate limiting or timing out) is retried in
+the run, after a pause that doubles each time, up to `HYBRID_JOB_ATTEMPTS` runs; any other
+failure (a provider rejecting the request or answering with something unusable, a bug) fails
+the job at once with its reason. A document or file that cannot be read or is refused fails
+alone.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from app.db.engine import unbounded
 from app.db.failures import translate
 from app.db.queries import query
 from app.documents import Visibility
-from app.errors import HybridError, Unavailable, UpstreamError
+from app.errors import HybridError, Unavailable
 from app.ingest import load, reembed
 from app.ingest.model import SourceDocument
 from app.ingest.pipeline import Defaults, IngestReport, PendingBatch
@@ -334,8 +336,11 @@ def _record(conn: Connection, job_id: int, batch: PendingBatch) -> None:
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether running the job again later may succeed."""
-    if isinstance(exc, (Unavailable, UpstreamError, OperationalError, PoolTimeout)):
+    """Whether running the job again later may succeed: a dependency that cannot serve right
+    now (the database restarting, an embedding provider down, rate limiting or timing out).
+    A provider that rejects the request (a bad key, a model it does not have) or answers with
+    something unusable (`UpstreamError`) will do so again: the job fails at once."""
+    if isinstance(exc, (Unavailable, OperationalError, PoolTimeout)):
         return True
     if isinstance(exc, (psycopg.OperationalError, ConnectionError, TimeoutError)):
         return True

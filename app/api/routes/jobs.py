@@ -124,6 +124,7 @@ def accepted(job: records.Job) -> Response[JobOut]:
 
 def job_out(job: records.Job) -> JobOut:
     counts = job.counts
+    chunks_total, estimated = job.chunks_expected
     return JobOut(
         id=job.id,
         kind=job.kind,  # type: ignore[arg-type]
@@ -132,7 +133,8 @@ def job_out(job: records.Job) -> JobOut:
         params=job.params,
         documents=JobDocuments(total=job.documents_total, done=job.documents_done, **counts),
         chunks=job.chunks,
-        chunks_total=job.chunks_total,
+        chunks_total=chunks_total,
+        chunks_total_estimated=estimated,
         embedded=job.embedded,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
