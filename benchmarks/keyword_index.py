@@ -1,32 +1,39 @@
-"""The in-process keyword index alone: build time, memory and top-k latency, by size.
+"""The in-process keyword index alone: build time, memory, and exact against pruned top-k.
 
     python benchmarks/keyword_index.py [--sizes 100000,1000000] [--queries 200] [--k 300]
 
 Synthetic chunks, built through the same code path as the service's (`KeywordIndex.build`
-from per-chunk postings, as `sql/lexical.sql` delivers them): each chunk has 120 tokens drawn
-from a Zipfian vocabulary of 200,000 terms (exponent 1.1, as word frequencies in text), one in
-ten of its terms flagged as in the title. Queries have 9 distinct terms drawn from the same
-distribution (so most hold a few common terms, as natural queries do). Reported per size:
-build seconds (and chunks/s), the index's array memory and peak RSS, and the top-k latency
-p50/p95 over the queries (k = 300: the candidates a hybrid search with one hit per document
-asks for), with how many postings a query reads. Run it on a quiet machine.
+from per-chunk postings, as `sql/lexical.sql` delivers them, then `ordered` with the default
+BM25 parameters): each chunk has 40 to 200 tokens drawn from a Zipfian vocabulary of 200,000
+terms (exponent 1.1, as word frequencies in text), one in ten of its terms flagged as in the
+title. Three query sets, as the scale benchmark's: natural (9 distinct terms drawn from the same
+distribution, so most hold a few common terms), rare (3 terms of document frequency rank 5,000
+to 100,000) and common pairs (2 of the 100 most frequent terms).
+
+Reported per size: build and ordering seconds, the index's array memory and peak RSS; per
+query set, the top-k latency p50/p95 reading every posting (exhaustive) and pruned (the
+threshold algorithm over impact-ordered postings, which the service runs), and the pruned
+top 10 and top k's overlap with the exhaustive ones (k = 300: the candidates a hybrid search
+with one hit per document asks for). Run it on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from app.lexical.index import Chunk, KeywordIndex, Scoring
 
 VOCABULARY = 200_000
-TOKENS = 120
+TOKENS = (40, 200)
 QUERY_TERMS = 9
+K1, B, TITLE_WEIGHT = 1.2, 0.75, 1.5
 
 
 def main() -> None:
@@ -38,52 +45,89 @@ def main() -> None:
     rng = np.random.default_rng(7)
     weights = 1 / np.arange(1, VOCABULARY + 1) ** 1.1
     weights /= weights.sum()
-    print(
-        "| chunks | postings | build s | chunks/s | index MiB | peak RSS MiB | top-k p50 ms "
-        "| p95 ms | postings read p50 |\n|---|---|---|---|---|---|---|---|---|"
-    )
+    builds, rows = [], []
     for size in (int(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
-        index = KeywordIndex.build(_chunks(rng, weights, size))
+        exhaustive = KeywordIndex.build(_chunks(rng, weights, size))
         built = time.perf_counter() - started
-        idf = np.log(1 + (size - _df(index) + 0.5) / (_df(index) + 0.5))
-        avgdl = float(index.lengths.mean())
-        times, read = [], []
-        for _ in range(args.queries + 5):
-            terms = rng.choice(VOCABULARY, size=QUERY_TERMS, replace=False, p=weights)
-            lexemes = [f"t{t}" for t in terms]
-            ids = [index.vocabulary.get(lexeme) for lexeme in lexemes]
-            scoring = Scoring(lexemes, [float(idf[t]) for t in terms], avgdl=avgdl,
-                              title_weight=1.5)  # fmt: skip
-            begun = time.perf_counter()
-            index.top(scoring, args.k)
-            times.append((time.perf_counter() - begun) * 1000)
-            parts = [index.base.of_term(i) for i in ids if i is not None]
-            read.append(sum(part.stop - part.start for part in parts))
-        times, read = times[5:], read[5:]
+        started = time.perf_counter()
+        pruned = exhaustive.ordered(K1, B, TITLE_WEIGHT)
+        ordering = time.perf_counter() - started
+        exhaustive = dataclasses.replace(pruned, impacts=None)
+        df = _df(pruned)
+        idf = np.log(1 + (size - df + 0.5) / (df + 0.5))
+        avgdl = float(pruned.lengths.mean())
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(
-            f"| {size:,} | {index.postings:,} | {built:.1f} | {size / built:,.0f} "
-            f"| {index.nbytes / 2**20:,.0f} | {peak:,.0f} | {statistics.median(times):.2f} "
-            f"| {np.percentile(times, 95):.2f} | {int(statistics.median(read)):,} |",
-            flush=True,
+        builds.append(
+            f"| {size:,} | {pruned.postings:,} | {built:.1f} | {ordering:.1f} "
+            f"| {exhaustive.nbytes / 2**20:,.0f} | {pruned.nbytes / 2**20:,.0f} | {peak:,.0f} |"
         )
-        del index
+        for name, draw in _query_sets(rng, weights, np.argsort(-df)).items():
+            times: dict[str, list[float]] = {"exhaustive": [], "pruned": []}
+            top10, topk = [], []
+            for _ in range(args.queries + 5):
+                terms = draw()
+                scoring = Scoring([f"t{t}" for t in terms], [float(idf[t]) for t in terms],
+                                  avgdl=avgdl, k1=K1, b=B, title_weight=TITLE_WEIGHT)  # fmt: skip
+                found = {}
+                for label, index in (("exhaustive", exhaustive), ("pruned", pruned)):
+                    begun = time.perf_counter()
+                    found[label] = index.top(scoring, args.k).ids.tolist()
+                    times[label].append((time.perf_counter() - begun) * 1000)
+                for best, n in ((top10, 10), (topk, args.k)):
+                    want = set(found["exhaustive"][:n])
+                    best.append(len(want & set(found["pruned"][:n])) / max(len(want), 1))
+            cut = {label: t[5:] for label, t in times.items()}
+            rows.append(
+                f"| {size:,} | {name} | {_p(cut['exhaustive'])} | {_p(cut['pruned'])} "
+                f"| {min(top10[5:]):.3f} | {min(topk[5:]):.3f} |"
+            )
+            print(rows[-1], flush=True)
+        del exhaustive, pruned
+    print(
+        "\n| chunks | postings | build s | ordering s | index MiB | ordered MiB | peak RSS MiB |"
+        "\n|---|---|---|---|---|---|---|"
+    )
+    print("\n".join(builds))
+    print(
+        f"\n| chunks | queries | exhaustive p50 / p95 ms | pruned p50 / p95 ms "
+        f"| overlap@10 (min) | overlap@{args.k} (min) |\n|---|---|---|---|---|---|"
+    )
+    print("\n".join(rows))
+
+
+def _query_sets(
+    rng: np.random.Generator, weights: np.ndarray, by_rank: np.ndarray
+) -> dict[str, Callable[[], np.ndarray]]:
+    """Draws of each query set's terms (`by_rank`: the terms by decreasing frequency)."""
+    return {
+        "natural (9 terms)": lambda: rng.choice(
+            VOCABULARY, size=QUERY_TERMS, replace=False, p=weights
+        ),
+        "rare (3 terms)": lambda: by_rank[rng.choice(np.arange(5_000, 100_000), 3, False)],
+        "common pairs": lambda: by_rank[rng.choice(100, 2, replace=False)],
+    }
+
+
+def _p(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} / {np.percentile(times, 95):.2f}"
 
 
 def _chunks(rng: np.random.Generator, weights: np.ndarray, size: int) -> Iterator[Chunk]:
     batch = 10_000
     for start in range(0, size, batch):
         n = min(batch, size - start)
-        tokens = rng.choice(VOCABULARY, size=(n, TOKENS), p=weights)
-        titles = rng.random((n, TOKENS)) < 0.1
+        tokens = rng.choice(VOCABULARY, size=(n, TOKENS[1]), p=weights)
+        titles = rng.random((n, TOKENS[1])) < 0.1
+        lengths = rng.integers(TOKENS[0], TOKENS[1] + 1, size=n)
         for row in range(n):
-            terms, counts = np.unique(tokens[row], return_counts=True)
-            flagged = set(np.unique(tokens[row][titles[row]]).tolist())
+            drawn = tokens[row][: lengths[row]]
+            terms, counts = np.unique(drawn, return_counts=True)
+            flagged = set(np.unique(drawn[titles[row][: lengths[row]]]).tolist())
             pairs = zip(terms.tolist(), counts.tolist(), strict=True)
             postings = [(f"t{t}", c, t in flagged) for t, c in pairs]
             chunk_id = start + row + 1
-            yield chunk_id, chunk_id // 4, TOKENS, postings
+            yield chunk_id, chunk_id // 4, int(lengths[row]), postings
 
 
 def _df(index: KeywordIndex) -> np.ndarray:

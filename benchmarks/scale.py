@@ -51,6 +51,7 @@ from app.db import embedded
 from app.db.queries import load
 from app.eval import metrics
 from app.ingest.store import CHUNK_TYPES, SECTION_TYPES
+from app.lexical.cache import KeywordCache
 from app.search import engine
 from app.search.engine import Searcher
 from app.search.request import SearchRequest, resolve
@@ -103,7 +104,8 @@ def main() -> None:
         for size in args.sizes:
             _grow(services, corpus, size)
             _prewarm(services)
-            _measure(services, size, queries[: args.queries], query_vectors, args)
+            keywords = None if args.no_keyword_index else _keyword_index(services)
+            _measure(services, size, queries[: args.queries], query_vectors, args, keywords)
     finally:
         services.close()
 
@@ -119,6 +121,10 @@ def _arguments() -> argparse.Namespace:
         help="Queries for the slow baselines (exact scan, exhaustive BM25, ts_rank_cd)",
     )  # fmt: skip
     parser.add_argument("--skip-latency", action="store_true", help="Only the comparisons")
+    parser.add_argument(
+        "--no-keyword-index", action="store_true",
+        help="Searches without the in-process keyword index (the SQL keyword leg, as before it)",
+    )  # fmt: skip
     parser.add_argument("--k", type=int, default=10, help="Hits per search")
     parser.add_argument("--data-dir", type=Path, default=Path("bench-data/scale"))
     parser.add_argument("--database-url", help="Use this server instead of the embedded one")
@@ -318,19 +324,32 @@ def _copy(conn: Connection, collection_id: int, corpus: Corpus, start: int, end:
 # --- measurements ---------------------------------------------------------------------------
 
 
+def _keyword_index(services: Services) -> KeywordCache:
+    """The collection's keyword index, built as `hybrid serve` builds it (timed)."""
+    keywords = services.open_keyword_cache()
+    with services.engine.begin() as conn:
+        collection = _collection(services, conn)
+    started = time.perf_counter()
+    entry = keywords.ensure(collection.id)
+    assert entry is not None and entry.current is not None
+    print(f"Keyword index built in {time.perf_counter() - started:.1f} s: {entry.detail}\n")
+    return keywords
+
+
 def _measure(
     services: Services,
     size: int,
     queries: list[str],
     vectors: list[list[float]],
     args: argparse.Namespace,
+    keywords: KeywordCache | None,
 ) -> dict[str, Any]:
     settings = services.settings.search
     exact = replace(settings, exact_threshold=10**9)
     hnsw = replace(settings, exact_threshold=0)
     results: dict[str, Any] = {"size": size, "latency": {}}
     if not args.skip_latency:
-        _latency(services, settings, size, queries, vectors, args, results)
+        _latency(services, settings, size, queries, vectors, args, results, keywords)
     few = queries[: args.baseline_queries]
 
     print(
@@ -354,7 +373,7 @@ def _measure(
               f"| {_ms(t_exact, 50)} | {_ms(t_exact, 95)} |", flush=True)  # fmt: skip
 
     budget = services.settings.search.keyword_budget
-    ranking = _keyword_rankings(services, few, args.k)
+    ranking = _keyword_rankings(services, few, args.k, keywords)
     results["keyword ranking"] = {
         name: {**_summary(times), "overlap@10": overlap}
         for name, (times, overlap) in ranking.items()
@@ -388,18 +407,21 @@ def _latency(
     vectors: list[list[float]],
     args: argparse.Namespace,
     results: dict[str, Any],
+    keywords: KeywordCache | None,
 ) -> None:
-    print(f"### {size:,} chunks: search latency (ms, whole search call, embedding excluded)\n")
+    index = "with" if keywords is not None else "without"
+    print(f"### {size:,} chunks: search latency (ms, whole search call, embedding excluded, "
+          f"{index} the keyword index)\n")  # fmt: skip
     print("| mode | restriction | p50 | p95 | SQL p50 | hits/query |\n|---|---|---|---|---|---|")
     for mode in ("keyword", "vector", "hybrid"):
         for name, restriction in RESTRICTIONS.items():
             times, sql, hits = _run(services, settings, queries, vectors, args.k, mode=mode,
-                                    **restriction)  # fmt: skip
+                                    keywords=keywords, **restriction)  # fmt: skip
             results["latency"][f"{mode} / {name}"] = _summary(times)
             print(f"| {mode} | {name} | {_ms(times, 50)} | {_ms(times, 95)} | {_ms(sql, 50)} "
                   f"| {statistics.mean(hits):.1f} |", flush=True)  # fmt: skip
     times, sql, _ = _run(services, settings, queries, vectors, args.k, mode="hybrid",
-                         highlight=True, **RESTRICTIONS["none"])  # fmt: skip
+                         highlight=True, keywords=keywords, **RESTRICTIONS["none"])  # fmt: skip
     results["latency"]["hybrid / none / highlights"] = _summary(times)
     print(f"| hybrid, with highlights | none | {_ms(times, 50)} | {_ms(times, 95)} "
           f"| {_ms(sql, 50)} | |\n", flush=True)  # fmt: skip
@@ -414,10 +436,12 @@ def _run(
     *,
     ids: bool = False,
     cache: VectorCache | None = None,
+    keywords: KeywordCache | None = None,
     **request: Any,
 ) -> Any:
     """Time `engine.search()` over the queries (after five warm-up queries), with the vector
-    cache when given: milliseconds, SQL milliseconds, hits, and with `ids` the chunk ids."""
+    cache and keyword index when given: milliseconds, SQL milliseconds, hits, and with `ids`
+    the chunk ids."""
     request.setdefault("highlight", False)
     times, sql, hits, found = [], [], [], []
     for warm_up in (True, False):
@@ -425,7 +449,8 @@ def _run(
             started = time.perf_counter()
             with services.engine.begin() as conn:
                 asked = SearchRequest(query=query, vector=vector, k=k, **request)
-                result = engine.search(conn, COLLECTION, asked, Searcher(settings, vectors=cache))
+                searcher = Searcher(settings, vectors=cache, keywords=keywords)
+                result = engine.search(conn, COLLECTION, asked, searcher)
             if not warm_up:
                 times.append((time.perf_counter() - started) * 1000)
                 sql.append(result.sql_ms)
@@ -435,15 +460,18 @@ def _run(
 
 
 def _keyword_rankings(
-    services: Services, queries: list[str], k: int
+    services: Services, queries: list[str], k: int, keywords: KeywordCache | None
 ) -> dict[str, tuple[list[float], float]]:
-    """BM25 within the budget, exhaustive BM25, and `ts_rank_cd` over the same OR query."""
+    """BM25 within the budget, exhaustive BM25, the keyword index's (when given), and
+    `ts_rank_cd` over the same OR query."""
     settings = services.settings.search
     exhaustive = replace(settings, keyword_budget=10**12)
     principals = RESTRICTIONS["none"]["principals"]
     with services.engine.begin() as conn:
         collection = collections.get(conn, COLLECTION)
     times: dict[str, list[float]] = {"BM25, budget": [], "BM25, exhaustive": [], "ts_rank_cd": []}
+    if keywords is not None:
+        times["BM25, keyword index"] = []
     found: dict[str, list[list[int]]] = {name: [] for name in times}
     for warm_up in (True, False):
         for query in queries[:5] if warm_up else queries:
@@ -460,8 +488,12 @@ def _keyword_rankings(
                     else:
                         request = SearchRequest(query=query, mode="keyword", k=k,
                                                 principals=principals, highlight=False)  # fmt: skip
-                        chosen = settings if name == "BM25, budget" else exhaustive
-                        result = engine.search(conn, COLLECTION, request, Searcher(chosen))
+                        chosen = exhaustive if name == "BM25, exhaustive" else settings
+                        index = keywords if name == "BM25, keyword index" else None
+                        searcher = Searcher(chosen, keywords=index)
+                        result = engine.search(conn, COLLECTION, request, searcher)
+                        if index is not None:
+                            assert result.keyword_backend == "index", "the index was not used"
                         hits = [h.chunk_id for h in result.hits]
                 if not warm_up:
                     times[name].append((time.perf_counter() - started) * 1000)

@@ -26,3 +26,7 @@ WHERE l.collection_id = :collection_id AND l.op <> 'U'
   AND l.xid >= pg_snapshot_xmin(CAST(:position AS pg_snapshot))
   AND NOT pg_visible_in_snapshot(l.xid, CAST(:position AS pg_snapshot))
 ORDER BY l.seq;
+
+-- name: bm25
+-- The collection's settings, whose BM25 parameters order the index's long postings.
+SELECT settings FROM collections WHERE id = :collection_id;

@@ -15,6 +15,7 @@ import pytest
 
 from app import collections
 from app.eval.runner import collection_name, ingest, read_dataset
+from app.lexical import index as index_module
 from app.lexical.cache import KeywordCache
 from app.lexical.index import Chunk, KeywordIndex, Scoring
 from app.search import engine
@@ -71,16 +72,26 @@ def as_rows(chunks: Chunks) -> list[Chunk]:
     ]
 
 
-def check_top(index: KeywordIndex, chunks: Chunks, rng: random.Random, words: list[str]) -> None:
+def check_top(
+    index: KeywordIndex,
+    chunks: Chunks,
+    rng: random.Random,
+    words: list[str],
+    avgdl: tuple[float, float] = (20.0, 20.0),
+) -> None:
     for _ in range(30):
         lexemes = rng.sample(words, rng.randint(1, 6))
-        scoring = Scoring(lexemes, [rng.uniform(0.1, 3) for _ in lexemes], avgdl=20.0,
+        weights = [rng.uniform(0.1, 3) for _ in lexemes]
+        scoring = Scoring(lexemes, weights, avgdl=rng.uniform(*avgdl),
                           title_weight=rng.choice([1.0, 1.5]))  # fmt: skip
         expected = brute_force(chunks, scoring)
         k = rng.randint(1, 40)
         top = index.top(scoring, k)
         best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
-        assert top.partial == (len(best) > k)
+        if index.impacts is None:
+            assert top.partial == (len(best) > k)
+        else:  # a pruned search may not know that chunks it did not read matched nothing else
+            assert top.partial or len(best) <= k
         assert top.ids.tolist()[:k] == [c for c, _ in best[:k]]
         assert (top.documents == top.ids + 10**6).all()
         np.testing.assert_allclose(top.scores[:k], [s for _, s in best[:k]], rtol=1e-12)
@@ -105,6 +116,39 @@ def test_top_k_is_the_brute_force_top_k_through_inserts_deletes_and_compaction()
     compacted = index.compacted()
     assert compacted.dead == 0 and compacted.delta_rows == 0 and compacted.size == len(chunks)
     check_top(compacted, chunks, rng, [*words, "new"])
+
+
+def test_the_pruned_top_k_is_the_brute_force_top_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long terms read a prefix at a time in impact order: the same top-k, whatever the
+    search's average length against the ordering's, through inserts, deletes and compaction."""
+    monkeypatch.setattr(index_module, "LONG_TERM", 30)
+    monkeypatch.setattr(index_module, "PRUNE_FROM", 0)
+    rng = random.Random(11)
+    # Zipfian word choice, so that a few terms are in most chunks and many in a few.
+    words = [f"w{i}" for i in range(80)]
+    weights = [1 / (i + 1) for i in range(len(words))]
+
+    def zipf_chunk() -> tuple[int, dict[str, tuple[int, bool]]]:
+        drawn = set(rng.choices(words, weights, k=rng.randint(1, 14)))
+        terms = {w: (rng.randint(1, 6), rng.random() < 0.2) for w in drawn}
+        return sum(tf for tf, _ in terms.values()), terms
+
+    chunks = {chunk_id: zipf_chunk() for chunk_id in range(1, 600)}
+    index = KeywordIndex.build(as_rows(chunks)).ordered(1.2, 0.75, 1.5)
+    assert index.impacts is not None and len(index.impacts.most) >= 5
+    check_top(index, chunks, rng, words, avgdl=(3.0, 60.0))
+    for step in range(3):
+        gone = rng.sample(sorted(chunks), 60)
+        added = {1000 * (step + 1) + i: zipf_chunk() for i in range(40)}
+        index = index.apply(as_rows(added), gone)
+        for chunk_id in gone:
+            del chunks[chunk_id]
+        chunks.update(added)
+        assert index.impacts is not None
+        check_top(index, chunks, rng, words, avgdl=(3.0, 60.0))
+    compacted = index.compacted()
+    assert compacted.impacts is not None and compacted.delta_rows == 0
+    check_top(compacted, chunks, rng, words, avgdl=(3.0, 60.0))
 
 
 def test_an_empty_index_and_unknown_terms_find_nothing() -> None:

@@ -49,6 +49,7 @@ EXPECTED = {
     },
     ("lexical.sql", "postings"): {"collection_id", "ids"},
     ("lexical.sql", "changes"): {"collection_id", "position"},
+    ("lexical.sql", "bm25"): {"collection_id"},
     ("search.sql", "visible"): {"principals"},
     ("search.sql", "visible_document"): {"collection_id"},
     ("search.sql", "search"): {

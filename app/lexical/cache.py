@@ -26,7 +26,9 @@ from sqlalchemy import Engine
 
 from app.ann.candidates import PassRates
 from app.ann.source import snapshot_transaction
+from app.collections import collection_defaults
 from app.db.queries import query
+from app.lexical import maxscore
 from app.lexical.index import Chunk, KeywordIndex
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class KeywordCache:
         if self.started:
             return
         self.started = True
+        # The first search on a large collection would otherwise compile the MaxScore loop.
+        self._builder.submit(maxscore.warm)
         self._queue(None, self._sync)
 
     def stop(self) -> None:
@@ -206,7 +210,8 @@ class KeywordCache:
             entry.status, entry.detail = "loading", "building"
             with snapshot_transaction(self.engine) as (conn, position):
                 index = KeywordIndex.build(_chunks(conn, entry.collection_id, None))
-            entry.current = (index, position)
+                bm25 = _bm25(conn, entry.collection_id)
+            entry.current = (_ordered(index, bm25), position)
             entry.built_in_s = time.perf_counter() - started
             entry.status, entry.detail = "ready", describe(index)
         log.info(
@@ -223,8 +228,9 @@ class KeywordCache:
             with snapshot_transaction(self.engine) as (conn, now):
                 params = {"collection_id": entry.collection_id, "position": position}
                 changes = conn.execute(query("lexical.sql", "changes"), params).all()
+                bm25 = _bm25(conn, entry.collection_id)
                 if not changes:
-                    entry.current = (index, now)
+                    entry.current = (_ordered(index, bm25), now)
                     return 0
                 inserted: dict[int, None] = {}
                 deleted: list[int] = []
@@ -239,10 +245,26 @@ class KeywordCache:
             index = index.apply(added, deleted)
             if index.dead + index.delta_rows > COMPACT_SHARE * max(index.rows, 1):
                 index = index.compacted()
-            entry.current = (index, now)
+            entry.current = (_ordered(index, bm25), now)
             entry.applied += len(changes)
             entry.detail = describe(index)
             return len(changes)
+
+
+def _bm25(conn: Any, collection_id: int) -> tuple[float, float, float]:
+    """The collection's BM25 parameters: k1, b, title weight."""
+    settings = conn.execute(query("lexical.sql", "bm25"), {"collection_id": collection_id})
+    defaults = collection_defaults(settings.scalar() or {})
+    return defaults["bm25_k1"], defaults["bm25_b"], defaults["bm25_title_weight"]
+
+
+def _ordered(index: KeywordIndex, bm25: tuple[float, float, float]) -> KeywordIndex:
+    """The index with its long postings in impact order for these BM25 parameters (again
+    only when they changed)."""
+    impacts = index.impacts
+    if impacts is not None and (impacts.k1, impacts.b, impacts.title_weight) == bm25:
+        return index
+    return index.ordered(*bm25)
 
 
 def _chunks(conn: Any, collection_id: int, ids: list[int] | None) -> Iterator[Chunk]:

@@ -13,6 +13,11 @@ chunk by chunk on a real test collection).
 An index is immutable once made: `apply` returns a new one (sharing the unchanged arrays),
 so a search holding an index and its position never sees a later change. Inserted chunks go to
 a delta beside the base postings; `compacted` folds the delta in and drops deleted rows.
+
+The top-k is exact, and on large collections it does not score every matching chunk. Once
+`ordered` with a collection's BM25 parameters, each long term knows the heaviest weight among
+its postings, and a search whose terms have many postings runs MaxScore over them
+(app/lexical/maxscore.py): chunks that cannot reach the k best are skipped, never scored.
 """
 
 from __future__ import annotations
@@ -26,9 +31,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.lexical.maxscore import top_rows
+
 # Past this many rows per posting read, a search adds scores up over every row rather than
 # sorting its postings.
 DENSE_SHARE = 16
+# Terms with more base postings than this have their bound computed once (see `ordered`);
+# a search computes the others'.
+LONG_TERM = 4_096
+# A search whose terms have fewer base postings than this reads them all (no pruning).
+PRUNE_FROM = 50_000
+# Margin on the bound of unread chunks (floating-point sums in another order).
+BOUND_SLACK = 1e-9
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -98,6 +112,36 @@ class Postings:
 
 
 @dataclass(frozen=True)
+class Impacts:
+    """Per long term, its heaviest base posting's BM25 weight (idf aside) under the
+    parameters the index was ordered with: a bound on what the term adds to a score."""
+
+    k1: float
+    b: float
+    title_weight: float
+    avgdl: float
+    most: dict[int, float]
+
+    def serves(self, scoring: Scoring) -> bool:
+        return (self.k1, self.b, self.title_weight) == (
+            scoring.k1,
+            scoring.b,
+            scoring.title_weight,
+        )
+
+    def slack(self, avgdl: float) -> float:
+        """How much more a posting may weigh at the search's average length than at the one
+        it was ordered with. A weight `tf (k1+1) / (tf + k1 (1-b) + k1 b len/avgdl)` grows with
+        avgdl, at most in its ratio; so a bound at the ordering's avgdl times max(1, ratio) is a
+        bound at the search's."""
+        return max(1.0, avgdl / self.avgdl) * (1 + BOUND_SLACK)
+
+    @property
+    def nbytes(self) -> int:
+        return 16 * len(self.most)
+
+
+@dataclass(frozen=True)
 class Scoring:
     """BM25's parameters for one search (the statement's `k1`, `b`, `title_weight`), the
     collection's average chunk length, and the query's terms with their weights (idf times
@@ -125,6 +169,7 @@ class KeywordIndex:
     row_of: dict[int, int] = field(default_factory=dict)
     # Rows in the base postings; rows past them are in the delta.
     base_rows: int = 0
+    impacts: Impacts | None = None
 
     @classmethod
     def build(cls, chunks: Iterable[Chunk]) -> KeywordIndex:
@@ -169,7 +214,19 @@ class KeywordIndex:
     def nbytes(self) -> int:
         arrays = (self.chunk_ids, self.document_ids, self.lengths, self.live)
         parts = [p for s in (self.base, self.delta) for p in (s.offsets, s.rows, s.tf, s.title)]
-        return sum(a.nbytes for a in (*arrays, *parts))
+        ordered = self.impacts.nbytes if self.impacts is not None else 0
+        return sum(a.nbytes for a in (*arrays, *parts)) + ordered
+
+    def ordered(self, k1: float, b: float, title_weight: float) -> KeywordIndex:
+        """The same index with its long terms' base postings also in impact order for these
+        BM25 parameters (searches with other parameters read every posting)."""
+        live = self.lengths[: self.base_rows][self.live[: self.base_rows]]
+        avgdl = float(live.mean()) if len(live) else 1.0
+        most: dict[int, float] = {}
+        for term in np.flatnonzero(np.diff(self.base.offsets) > LONG_TERM).tolist():
+            most[term] = self._heaviest(term, k1, b, title_weight, avgdl)
+        impacts = Impacts(k1, b, title_weight, avgdl, most)
+        return dataclasses.replace(self, impacts=impacts)
 
     def apply(self, inserted: Iterable[Chunk], deleted: Iterable[int]) -> KeywordIndex:
         """A new index with these chunks deleted (unknown ids are ignored), then these
@@ -203,6 +260,7 @@ class KeywordIndex:
             delta,
             row_of,
             self.base_rows,
+            self.impacts,
         )
 
     def compacted(self) -> KeywordIndex:
@@ -218,7 +276,7 @@ class KeywordIndex:
             len(self.vocabulary),
         )  # fmt: skip
         ids = self.chunk_ids[keep]
-        return KeywordIndex(
+        compacted = KeywordIndex(
             self.vocabulary,
             ids,
             self.document_ids[keep],
@@ -228,30 +286,54 @@ class KeywordIndex:
             row_of={int(c): r for r, c in enumerate(ids)},
             base_rows=len(ids),
         )
+        if self.impacts is None:
+            return compacted
+        impacts = self.impacts
+        return compacted.ordered(impacts.k1, impacts.b, impacts.title_weight)
 
     def top(self, scoring: Scoring, k: int) -> Top:
         """The `k` live chunks with the highest BM25 scores (and any tied with the last of
         them), best first (ties by chunk id)."""
-        k1, b = scoring.k1, scoring.b
+        terms = [
+            (term, weight)
+            for lexeme, weight in zip(scoring.lexemes, scoring.weights, strict=True)
+            if (term := self.vocabulary.get(lexeme)) is not None and weight > 0
+        ]
+        impacts = self.impacts
+        if (
+            impacts is not None
+            and impacts.serves(scoring)
+            and any(term in impacts.most for term, _ in terms)
+            and sum(_length(self.base, term) for term, _ in terms) >= PRUNE_FROM
+        ):
+            return self._pruned(scoring, terms, impacts, k)
+        rows, scores = self._scored(scoring, terms, (self.base, self.delta))
+        return self._best(rows, scores, k, partial_beyond=0.0)
+
+    def _scored(
+        self,
+        scoring: Scoring,
+        terms: Sequence[tuple[int, float]],
+        sets: Sequence[Postings],
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """Every chunk with a posting of these terms in these postings, and its score (summed
+        over those postings)."""
         rows_parts: list[npt.NDArray[np.int32]] = []
         score_parts: list[Floats] = []
-        for lexeme, weight in zip(scoring.lexemes, scoring.weights, strict=True):
-            term = self.vocabulary.get(lexeme)
-            if term is None or weight <= 0:
-                continue
-            for postings in (self.base, self.delta):
+        for term, weight in terms:
+            for postings in sets:
                 part = postings.of_term(term)
                 if part.stop == part.start:
                     continue
                 matched = postings.rows[part]
-                tf = postings.tf[part].astype(np.float64)
-                if scoring.title_weight != 1:
-                    tf = tf + (scoring.title_weight - 1) * postings.title[part]
-                norm = k1 * (1 - b + b * self.lengths[matched] / scoring.avgdl)
                 rows_parts.append(matched)
-                score_parts.append(weight * tf * (k1 + 1) / (tf + norm))
+                score_parts.append(
+                    weight * _weights(postings.tf[part], postings.title[part],
+                                      self.lengths[matched], scoring.k1, scoring.b,
+                                      scoring.title_weight, scoring.avgdl)
+                )  # fmt: skip
         if not rows_parts:
-            return Top(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), False)
+            return np.empty(0, np.int32), np.empty(0)
         rows: npt.NDArray[Any] = np.concatenate(rows_parts)
         scores: npt.NDArray[Any] = np.concatenate(score_parts)
         if len(rows_parts) > 1 and len(rows) * DENSE_SHARE >= self.rows:
@@ -262,16 +344,88 @@ class KeywordIndex:
         elif len(rows_parts) > 1:
             rows, where = np.unique(rows, return_inverse=True)
             scores = np.bincount(where, weights=scores, minlength=len(rows))
+        return rows, scores
+
+    def _pruned(
+        self, scoring: Scoring, terms: Sequence[tuple[int, float]], impacts: Impacts, k: int
+    ) -> Top:
+        """`top` by MaxScore over the base postings (app/lexical/maxscore.py), with the
+        delta's chunks (which have no base postings) scored in full beside it."""
+        slack = impacts.slack(scoring.avgdl)
+        bounded = sorted(
+            (
+                weight * slack * impacts.most[term]
+                if term in impacts.most
+                else weight * slack * self._heaviest(term, impacts.k1, impacts.b,
+                                                     impacts.title_weight, impacts.avgdl),
+                term,
+                weight,
+            )
+            for term, weight in terms
+        )  # fmt: skip
+        parts = [self.base.of_term(term) for _, term, _ in bounded]
+        rows, scores, left_out = top_rows(
+            self.base.rows, self.base.tf, self.base.title,
+            np.array([part.start for part in parts], dtype=np.int64),
+            np.array([part.stop for part in parts], dtype=np.int64),
+            np.array([weight for _, _, weight in bounded]),
+            np.array([bound for bound, _, _ in bounded]),
+            self.lengths, self.live, k,
+            scoring.k1, scoring.b, scoring.title_weight, scoring.avgdl,
+        )  # fmt: skip
+        delta_rows, delta_scores = self._scored(scoring, terms, (self.delta,))
+        rows = np.concatenate([rows, delta_rows])
+        scores = np.concatenate([scores, delta_scores])
+        return self._best(rows, scores, k, partial_beyond=float(left_out))
+
+    def _heaviest(self, term: int, k1: float, b: float, title_weight: float, avgdl: float) -> float:
+        """The heaviest BM25 weight (idf aside) among the term's base postings."""
+        part = self.base.of_term(term)
+        if part.stop == part.start:
+            return 0.0
+        matched = self.base.rows[part]
+        weights = _weights(self.base.tf[part], self.base.title[part], self.lengths[matched],
+                           k1, b, title_weight, avgdl)  # fmt: skip
+        return float(weights.max())
+
+    def _best(
+        self, rows: npt.NDArray[Any], scores: npt.NDArray[Any], k: int, partial_beyond: float
+    ) -> Top:
+        """The best `k` live rows of these (and ties with the last); partial when more rows
+        matched, or when chunks not read may match (`partial_beyond` > 0)."""
         alive = self.live[rows]
         rows, scores = rows[alive], scores[alive]
-        partial = len(rows) > k
-        if partial:
+        partial = len(rows) > k or partial_beyond > 0
+        if len(rows) > k:
             kth = np.partition(scores, len(scores) - k)[len(scores) - k]
             kept = scores >= kth * (1 - 1e-12)
             rows, scores = rows[kept], scores[kept]
         ids = self.chunk_ids[rows]
         order = np.lexsort((ids, -scores))
         return Top(ids[order], self.document_ids[rows][order], scores[order], partial)
+
+
+def _weights(
+    tf: npt.NDArray[Any],
+    title: npt.NDArray[np.bool_],
+    lengths: Floats,
+    k1: float,
+    b: float,
+    title_weight: float,
+    avgdl: float,
+) -> Floats:
+    """BM25's term weight of postings, idf aside (the SQL leg's formula)."""
+    counts = tf.astype(np.float64)
+    if title_weight != 1:
+        counts = counts + (title_weight - 1) * title
+    norm = k1 * (1 - b + b * lengths / avgdl)
+    result: Floats = counts * (k1 + 1) / (counts + norm)
+    return result
+
+
+def _length(postings: Postings, term: int) -> int:
+    part = postings.of_term(term)
+    return int(part.stop - part.start)
 
 
 class _Builder:
