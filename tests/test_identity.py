@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,8 @@ def test_the_key_filter_cannot_be_removed_or_widened(api: Client, secrets_: dict
         ("alice", "POST", "/v1/collections/kb/purge", None),
         ("alice", "GET", "/metrics", None),
         ("alice", "GET", "/v1/admin/index", None),
+        ("alice", "GET", "/v1/admin/index/keyword", None),
+        ("writer", "GET", "/v1/admin/index/keyword", None),
         ("alice", "GET", "/v1/admin/keys", None),
         ("alice", "GET", "/v1/jobs", None),
         ("alice", "GET", "/v1/jobs/1", None),
@@ -390,6 +393,19 @@ def test_no_key_is_401_with_a_challenge(api: Client, header: str | None, reason:
     response = api.post("/v1/search", json={"collection": "kb", "query": "x"}, headers=headers)
     problem(response, 401)
     assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("path", ["/v1/admin/index", "/v1/admin/index/keyword", "/v1/admin/keys"])
+def test_admin_reads_need_a_key_and_answer_admins_at_once(
+    api: Client, secrets_: dict[str, str], path: str
+) -> None:
+    problem(api.get(path), 401)
+    problem(api.get(path, headers=auth(secrets_["alice"][:-4] + "AAAA")), 401)
+    admin = auth(secrets_["admin"])
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: api.get(path, headers=admin), range(16)))
+    assert {answer.status_code for answer in answers} == {200}
+    assert all(isinstance(answer.json(), list) for answer in answers)
 
 
 def test_a_wrong_secret_for_a_real_prefix_is_401(api: Client, secrets_: dict[str, str]) -> None:
