@@ -151,6 +151,24 @@ def test_the_pruned_top_k_is_the_brute_force_top_k(monkeypatch: pytest.MonkeyPat
     check_top(compacted, chunks, rng, words, avgdl=(3.0, 60.0))
 
 
+def test_the_pruned_top_k_keeps_every_chunk_tied_with_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thousands of chunks with the same score: all of them come back, as without pruning
+    (the walk's buffer of candidates grows past its first size)."""
+    monkeypatch.setattr(index_module, "LONG_TERM", 30)
+    monkeypatch.setattr(index_module, "PRUNE_FROM", 0)
+    chunks = {c: (3, {"tie": (1, False), "rare": (1, False)}) for c in range(1, 3001)}
+    chunks |= {c: (3, {"tie": (2, False), "other": (1, False)}) for c in range(5001, 5004)}
+    index = KeywordIndex.build(as_rows(chunks)).ordered(1.2, 0.75, 1.0)
+    scoring = Scoring(["tie", "other"], [1.0, 0.1], avgdl=3.0)
+    top = index.top(scoring, 5)
+    assert top.ids.tolist()[:3] == [5001, 5002, 5003]
+    assert top.ids.tolist()[3:] == list(range(1, 3001)) and top.partial
+    unpruned = replace(index, impacts=None).top(scoring, 5)
+    assert top.ids.tolist() == unpruned.ids.tolist()
+
+
 def test_an_empty_index_and_unknown_terms_find_nothing() -> None:
     index = KeywordIndex.build([])
     top = index.top(Scoring(["owl"], [1.0], avgdl=1.0), 10)

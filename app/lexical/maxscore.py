@@ -94,6 +94,20 @@ def _heap_replace_top(heap: npt.NDArray[np.float64], size: int, value: float) ->
 
 
 @njit(cache=True, nogil=True)
+def _keep_reaching(
+    rows: npt.NDArray[np.int32], scores: npt.NDArray[np.float64], found: int, theta: float
+) -> int:
+    """Move the first `found` rows scoring θ or more (ties included) to the front; how many."""
+    kept = 0
+    for f in range(found):
+        if scores[f] >= theta * (1.0 - TIED):
+            rows[kept] = rows[f]
+            scores[kept] = scores[f]
+            kept += 1
+    return kept
+
+
+@njit(cache=True, nogil=True)
 def top_rows(
     rows: npt.NDArray[np.int32],
     tf: npt.NDArray[np.float32],
@@ -171,12 +185,7 @@ def top_rows(
             _heap_replace_top(heap, k, score)
             theta = heap[0]
         if found == len(found_rows):
-            kept = 0
-            for f in range(found):
-                if found_scores[f] >= theta * (1.0 - TIED):
-                    found_rows[kept] = found_rows[f]
-                    found_scores[kept] = found_scores[f]
-                    kept += 1
+            kept = _keep_reaching(found_rows, found_scores, found, theta)
             if kept > found // 2:
                 grown_rows = np.empty(2 * len(found_rows), dtype=np.int32)
                 grown_scores = np.empty(2 * len(found_rows))
@@ -190,12 +199,7 @@ def top_rows(
     for i in range(terms):
         if at[i] < ends[i]:
             left_out = True
-    kept = 0
-    for f in range(found):
-        if found_scores[f] >= theta * (1.0 - TIED):
-            found_rows[kept] = found_rows[f]
-            found_scores[kept] = found_scores[f]
-            kept += 1
+    kept = _keep_reaching(found_rows, found_scores, found, theta)
     return found_rows[:kept].copy(), found_scores[:kept].copy(), left_out or scored > k
 
 
