@@ -33,6 +33,18 @@ coalesce((SELECT true
           WHERE d.collection_id = :collection_id AND d.id = /* document */ NULL
             AND /* visible */ TRUE), false)
 
+-- name: visible_ids
+-- The documents a restricted search may see (those with chunks), when there are at most
+-- :max_documents of them (one more id says there are more): the keyword index then scores
+-- those documents' chunks alone. Run after `prepare`, in the search's transaction.
+SELECT coalesce(array_agg(v.id), '{}') AS ids
+FROM (SELECT d.id
+      FROM documents d
+      WHERE d.collection_id = :collection_id
+        AND d.chunk_count > 0
+        AND /* visible */ TRUE
+      LIMIT :max_documents + 1) AS v;
+
 -- name: prepare
 -- Run first in the search's own transaction: the reader role (row-level security applies),
 -- the principals it may see, and the HNSW search parameters. In a collection of fewer than

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from app import collections
+from app.ann.candidates import PassRates
 from app.eval.runner import collection_name, ingest, read_dataset
 from app.lexical import index as index_module
 from app.lexical.cache import KeywordCache
@@ -86,15 +88,30 @@ def check_top(
                           title_weight=rng.choice([1.0, 1.5]))  # fmt: skip
         expected = brute_force(chunks, scoring)
         k = rng.randint(1, 40)
-        top = index.top(scoring, k)
-        best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
-        if index.impacts is None:
-            assert top.partial == (len(best) > k)
-        else:  # a pruned search may not know that chunks it did not read matched nothing else
-            assert top.partial or len(best) <= k
-        assert top.ids.tolist()[:k] == [c for c, _ in best[:k]]
-        assert (top.documents == top.ids + 10**6).all()
-        np.testing.assert_allclose(top.scores[:k], [s for _, s in best[:k]], rtol=1e-12)
+        # Open, then restricted to the documents of a few chunks or of half of them (the index
+        # scores the chosen chunks alone, or reads the postings and skips the others).
+        allowed = rng.sample(sorted(chunks), rng.choice([3, 25, len(chunks) // 2]))
+        for documents in (None, np.array(sorted(c + 10**6 for c in allowed))):
+            top = index.top(scoring, k, documents)
+            chosen = set(allowed) if documents is not None else set(chunks)
+            best = sorted(
+                ((c, score) for c, score in expected.items() if c in chosen),
+                key=lambda item: (-item[1], item[0]),
+            )
+            if index.impacts is None:
+                assert top.partial == (len(best) > k)
+            else:  # a pruned search may not know that chunks it did not read matched nothing
+                assert top.partial or len(best) <= k
+            # The same chunks, but for ties (equal scores summed in another order may differ
+            # in their last bit, which can swap two tied chunks).
+            found = top.ids.tolist()[:k]
+            assert len(found) == len(best[:k]) and len(set(found)) == len(found)
+            assert set(found) <= chosen
+            np.testing.assert_allclose(
+                [expected[c] for c in found], [score for _, score in best[:k]], rtol=1e-12
+            )
+            assert (top.documents == top.ids + 10**6).all()
+            np.testing.assert_allclose(top.scores[:k], [s for _, s in best[:k]], rtol=1e-12)
 
 
 def test_top_k_is_the_brute_force_top_k_through_inserts_deletes_and_compaction() -> None:
@@ -255,6 +272,43 @@ def test_searches_with_the_index_return_what_searches_without_it_return(
         assert [h.score for h in found.hits] == pytest.approx([h.score for h in expected.hits])
 
 
+def test_selective_searches_score_the_visible_documents_alone(
+    services: Services, judged_set: tuple[str, dict[str, str]]
+) -> None:
+    """A filter few candidates pass: the index is handed the documents the search may see
+    (here every restricted search, as if each restriction had been seen to pass rarely) and
+    scores their chunks alone; the hits are those of the SQL leg."""
+    name, queries = judged_set
+    cache = keyword_cache(services, name)
+    cache.pass_rates = PassRates(0)
+    without = replace(services.searcher(rerank=False), keywords=None)
+    with_index = replace(without, keywords=cache)
+    with services.engine.connect() as conn:
+        collection = collections.get(conn, name)
+        ids = (
+            conn.execute(
+                text("SELECT external_id FROM documents WHERE collection_id = :c ORDER BY id"),
+                {"c": collection.id},
+            )
+            .scalars()
+            .all()
+        )
+    chosen = {"id": {"in": ids[::3]}}
+    for query in queries.values():
+        for mode in ("keyword", "hybrid"):
+            request = SearchRequest(query=query, mode=mode, k=10, filter=chosen, highlight=False)
+            expected = run(services, name, request, without)
+            found = run(services, name, request, with_index)
+            assert found.keyword_backend == "index" and expected.keyword_backend == "sql"
+            assert [h.chunk_id for h in found.hits] == [h.chunk_id for h in expected.hits]
+            assert {h.document_id for h in found.hits} <= set(ids[::3])
+    # More visible documents than the index is handed: the SQL leg runs.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "VISIBLE_DOCUMENTS", 2)
+        request = SearchRequest(query=next(iter(queries.values())), mode="keyword", filter=chosen)
+        assert run(services, name, request, with_index).keyword_backend == "sql"
+
+
 def search(client: Client, **body: object) -> dict:
     response = client.post("/v1/search", json={"collection": "kb", "mode": "keyword", **body})
     assert response.status_code == 200, response.text
@@ -308,11 +362,16 @@ def test_the_index_never_serves_a_deleted_forbidden_or_stale_chunk(
     # A filter that leaves the index's candidates short: the SQL leg finds the rest.
     filtered = search(client, query="owls", filter={"id": "d7"}, k=5)
     assert [h["document_id"] for h in filtered["hits"]] == ["d7"]
-    # A restriction none of whose candidates passed: the next search with it skips the index.
+    # A restriction none of whose candidates passed: the next search with it hands the index
+    # the documents it may see (none here: "lab" is not shared with this caller).
     nothing = search(client, query="owls", filter={"id": "lab"})
     assert nothing["hits"] == [] and nothing["keyword_backend"] == "index"
     again = search(client, query="barn owls", filter={"id": "lab"})
-    assert again["keyword_backend"] == "sql" and "keyword_index" not in again["timings_ms"]
+    assert again["hits"] == [] and again["keyword_backend"] == "index"
+    assert "keyword_index" in again["timings_ms"]
+    # The same for a caller who may see it: its chunk alone is scored, and found.
+    theirs = search(client, query="barn owls", filter={"id": "lab"}, principals=["alice"])
+    assert [h["document_id"] for h in theirs["hits"]] == ["lab"]
     assert (
         search(client, query="barn owls", filter={"id": "lab"}, principals=["alice"])[
             "keyword_backend"

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from app.collections import Collection
 from app.db.queries import SQL_DIR, load
-from app.search.engine import statement
+from app.search.engine import _visible_ids, statement
 from app.search.filters import CompiledFilter
 
 EXPECTED = {
@@ -52,6 +52,7 @@ EXPECTED = {
     ("lexical.sql", "bm25"): {"collection_id"},
     ("search.sql", "visible"): {"principals"},
     ("search.sql", "visible_document"): {"collection_id"},
+    ("search.sql", "visible_ids"): {"collection_id", "max_documents"},
     ("search.sql", "search"): {
         "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
         "title_weight", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
@@ -191,6 +192,13 @@ def test_the_search_statement_writes_out_every_mark() -> None:
     assert "CAST(1 AS bigint)" in written
     expected = EXPECTED[("search.sql", "search")] | {"principals"}
     assert set(text(written)._bindparams) == expected - {"collection_id"}
+
+
+def test_the_visible_documents_query_writes_out_the_rule_and_the_filter() -> None:
+    written = _visible_ids("SCAN_FILTER").text
+    assert "/* visible" not in written and "/* filter" not in written
+    assert "SCAN_FILTER" in written and "d.acl && CAST(:principals AS text[])" in written
+    assert set(text(written)._bindparams) == {"collection_id", "principals", "max_documents"}
 
 
 def test_the_search_statement_has_comments_only_on_lines_of_their_own() -> None:

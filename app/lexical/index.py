@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.lexical.maxscore import top_rows
+from app.lexical.maxscore import scores_of, top_rows
 
 # Past this many rows per posting read, a search adds scores up over every row rather than
 # sorting its postings.
@@ -291,24 +291,58 @@ class KeywordIndex:
         impacts = self.impacts
         return compacted.ordered(impacts.k1, impacts.b, impacts.title_weight)
 
-    def top(self, scoring: Scoring, k: int) -> Top:
+    def top(self, scoring: Scoring, k: int, documents: Ints | None = None) -> Top:
         """The `k` live chunks with the highest BM25 scores (and any tied with the last of
-        them), best first (ties by chunk id)."""
+        them), best first (ties by chunk id); with `documents`, only chunks of those documents.
+
+        Restricted to documents that hold fewer chunks than the query's terms have postings,
+        the index scores those chunks alone (looking each up in every term's postings);
+        otherwise it reads the postings and skips the chunks of other documents."""
         terms = [
             (term, weight)
             for lexeme, weight in zip(scoring.lexemes, scoring.weights, strict=True)
             if (term := self.vocabulary.get(lexeme)) is not None and weight > 0
         ]
+        live = self.live
+        postings = sum(_length(self.base, term) for term, _ in terms)
+        if documents is not None:
+            live = live & np.isin(self.document_ids, documents)
+            chosen = np.flatnonzero(live[: self.base_rows])
+            if len(chosen) * max(len(terms), 1) <= postings:
+                return self._chosen(scoring, terms, chosen, live, k)
         impacts = self.impacts
         if (
             impacts is not None
             and impacts.serves(scoring)
             and any(term in impacts.most for term, _ in terms)
-            and sum(_length(self.base, term) for term, _ in terms) >= PRUNE_FROM
+            and postings >= PRUNE_FROM
         ):
-            return self._pruned(scoring, terms, impacts, k)
+            return self._pruned(scoring, terms, impacts, k, live)
         rows, scores = self._scored(scoring, terms, (self.base, self.delta))
-        return self._best(rows, scores, k, partial_beyond=0.0)
+        return self._best(rows, scores, k, 0.0, live)
+
+    def _chosen(
+        self,
+        scoring: Scoring,
+        terms: Sequence[tuple[int, float]],
+        chosen: Ints,
+        live: npt.NDArray[np.bool_],
+        k: int,
+    ) -> Top:
+        """`top` over these base rows (and the delta's live rows), each scored by looking it
+        up in the terms' postings."""
+        parts = [self.base.of_term(term) for term, _ in terms]
+        scores = scores_of(
+            chosen, self.base.rows, self.base.tf, self.base.title,
+            np.array([part.start for part in parts], dtype=np.int64),
+            np.array([part.stop for part in parts], dtype=np.int64),
+            np.array([weight for _, weight in terms], dtype=np.float64),
+            self.lengths, scoring.k1, scoring.b, scoring.title_weight, scoring.avgdl,
+        )  # fmt: skip
+        matched = scores > 0
+        delta_rows, delta_scores = self._scored(scoring, terms, (self.delta,))
+        rows = np.concatenate([chosen[matched], delta_rows])
+        return self._best(rows, np.concatenate([scores[matched], delta_scores]), k, 0.0, live)
 
     def _scored(
         self,
@@ -347,7 +381,12 @@ class KeywordIndex:
         return rows, scores
 
     def _pruned(
-        self, scoring: Scoring, terms: Sequence[tuple[int, float]], impacts: Impacts, k: int
+        self,
+        scoring: Scoring,
+        terms: Sequence[tuple[int, float]],
+        impacts: Impacts,
+        k: int,
+        live: npt.NDArray[np.bool_],
     ) -> Top:
         """`top` by MaxScore over the base postings (app/lexical/maxscore.py), with the
         delta's chunks (which have no base postings) scored in full beside it."""
@@ -370,13 +409,13 @@ class KeywordIndex:
             np.array([part.stop for part in parts], dtype=np.int64),
             np.array([weight for _, _, weight in bounded]),
             np.array([bound for bound, _, _ in bounded]),
-            self.lengths, self.live, k,
+            self.lengths, live, k,
             scoring.k1, scoring.b, scoring.title_weight, scoring.avgdl,
         )  # fmt: skip
         delta_rows, delta_scores = self._scored(scoring, terms, (self.delta,))
         rows = np.concatenate([rows, delta_rows])
         scores = np.concatenate([scores, delta_scores])
-        return self._best(rows, scores, k, partial_beyond=float(left_out))
+        return self._best(rows, scores, k, float(left_out), live)
 
     def _heaviest(self, term: int, k1: float, b: float, title_weight: float, avgdl: float) -> float:
         """The heaviest BM25 weight (idf aside) among the term's base postings."""
@@ -389,11 +428,16 @@ class KeywordIndex:
         return float(weights.max())
 
     def _best(
-        self, rows: npt.NDArray[Any], scores: npt.NDArray[Any], k: int, partial_beyond: float
+        self,
+        rows: npt.NDArray[Any],
+        scores: npt.NDArray[Any],
+        k: int,
+        partial_beyond: float,
+        live: npt.NDArray[np.bool_],
     ) -> Top:
-        """The best `k` live rows of these (and ties with the last); partial when more rows
-        matched, or when chunks not read may match (`partial_beyond` > 0)."""
-        alive = self.live[rows]
+        """The best `k` of these rows that are `live` (and ties with the last); partial when
+        more rows matched, or when chunks not read may match (`partial_beyond` > 0)."""
+        alive = live[rows]
         rows, scores = rows[alive], scores[alive]
         partial = len(rows) > k or partial_beyond > 0
         if len(rows) > k:

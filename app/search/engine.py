@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Connection, RowMapping, TextClause, text
 
 from app import collections
@@ -54,6 +55,9 @@ HEADLINE_OPTIONS = (
 SNIPPET_WORDS = 40
 # Per-document collapsing reads this many more chunks per leg, as documents have chunks.
 PER_DOCUMENT_FETCH = 3
+# A selective restricted search hands the keyword index the documents it may see when they
+# are at most this many (their ids are one array of the first statement's answer).
+VISIBLE_DOCUMENTS = 20_000
 
 
 class QueryEmbeddings:
@@ -153,6 +157,8 @@ class KeywordCandidates:
     documents: list[int]
     scores: list[float]
     partial: bool
+    # Scored among the documents the search may see only (no share of them to learn).
+    visible_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,8 @@ def _restriction(plan: Plan, collection: Collection) -> Any:
 
 
 def _keyword_candidates(
+    conn: Connection,
+    collection: Collection,
     prepared: RowMapping,
     plan: Plan,
     index: KeywordIndex,
@@ -232,14 +240,19 @@ def _keyword_candidates(
     """The chunks with the highest BM25 scores by the index (with the query's terms and
     statistics `prepare` read), for the statement to check: as many as the leg keeps for an
     open search; for a restricted one, that many over the share of candidates earlier searches
-    with the same restriction saw pass, times 1.2, or none (the SQL leg runs) when that would be
-    more than the index hands out. When too few pass, the statement runs the SQL leg too."""
+    with the same restriction saw pass, times 1.2. When that would be more than the index hands
+    out, the restriction is selective: the index is given the documents the search may see,
+    when they are at most `VISIBLE_DOCUMENTS`, and scores their chunks alone; otherwise the SQL
+    leg runs. When too few candidates pass, the statement runs the SQL leg too."""
     needed = plan.candidates * (PER_DOCUMENT_FETCH if plan.per_document else 1)
-    asked = needed
+    asked, documents = needed, None
     if restriction is not None:
         asked = max(needed, math.ceil(needed / rates.rate(restriction) * 1.2))
         if asked > rates.max_candidates:
-            return None
+            documents = _visible_documents(conn, collection, plan)
+            if documents is None:
+                return None
+            asked = needed
     scoring = Scoring(
         lexemes=prepared["keyword_lexemes"],
         weights=prepared["keyword_weights"],
@@ -248,10 +261,39 @@ def _keyword_candidates(
         b=plan.b,
         title_weight=plan.title_weight,
     )
-    top = index.top(scoring, asked)
+    top = index.top(scoring, asked, documents)
     return KeywordCandidates(
-        top.ids.tolist(), top.documents.tolist(), top.scores.tolist(), top.partial
+        top.ids.tolist(),
+        top.documents.tolist(),
+        top.scores.tolist(),
+        top.partial,
+        visible_only=documents is not None,
     )
+
+
+def _visible_documents(
+    conn: Connection, collection: Collection, plan: Plan
+) -> npt.NDArray[np.int64] | None:
+    """The ids of the documents the search may see, sorted, or None when there are more than
+    `VISIBLE_DOCUMENTS`."""
+    params = {
+        **plan.filter.params,
+        "collection_id": collection.id,
+        "principals": plan.principals,
+        "max_documents": VISIBLE_DOCUMENTS,
+    }
+    ids = conn.execute(_visible_ids(plan.filter.sql), params).scalar_one()
+    if len(ids) > VISIBLE_DOCUMENTS:
+        return None
+    return np.sort(np.asarray(ids, dtype=np.int64))
+
+
+@lru_cache(maxsize=256)
+def _visible_ids(filter_sql: str) -> TextClause:
+    """sql/search.sql's `visible_ids` with the visibility rule and this filter written out."""
+    sql = load("search.sql")
+    rule = _expression(sql["visible"]).replace(FILTER_MARK, f"({filter_sql})")
+    return text(sql["visible_ids"].text.replace(VISIBLE_MARK, f"({rule})"))
 
 
 def _observe_keywords(
@@ -365,11 +407,15 @@ def _execute(
     if keywords is not None and prepared["keyword_fresh"] and searcher_keywords is not None:
         with span("search.keyword_index"):
             rates = searcher_keywords.pass_rates
-            indexed = _keyword_candidates(prepared, plan, keywords[0], rates, restriction)
+            indexed = _keyword_candidates(
+                conn, collection, prepared, plan, keywords[0], rates, restriction
+            )
     keyword_ms = (time.perf_counter() - started) * 1000 if indexed else 0.0
     params = statement_parameters(collection, plan, vector, source, settings, indexed)
     rows = list(conn.execute(statement(plan.filter, collection), params).mappings())
-    if indexed is not None and restriction is not None and searcher_keywords is not None:
+    learns = restriction is not None and searcher_keywords is not None
+    if indexed is not None and not indexed.visible_only and learns:
+        assert searcher_keywords is not None
         _observe_keywords(searcher_keywords.pass_rates, restriction, indexed, rows)
     return Executed(rows, source, fresh, indexed, keyword_ms)
 
