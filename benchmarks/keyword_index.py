@@ -8,7 +8,9 @@ BM25 parameters): each chunk has 40 to 200 tokens drawn from a Zipfian vocabular
 terms (exponent 1.1, as word frequencies in text), one in ten of its terms flagged as in the
 title. Three query sets, as the scale benchmark's: natural (9 distinct terms drawn from the same
 distribution, so most hold a few common terms), rare (3 terms of document frequency rank 5,000
-to 100,000) and common pairs (2 of the 100 most frequent terms).
+to 100,000) and common pairs (2 of the 100 most frequent terms); and natural queries again
+restricted to 10% and to 1% of the documents (as a search with an ACL or a filter hands the
+index the documents it may see).
 
 Reported per size: build and ordering seconds, the index's array memory and peak RSS; per
 query set, the top-k latency p50/p95 reading every posting (exhaustive) and pruned (the
@@ -62,18 +64,41 @@ def main() -> None:
             f"| {size:,} | {pruned.postings:,} | {built:.1f} | {ordering:.1f} "
             f"| {exhaustive.nbytes / 2**20:,.0f} | {pruned.nbytes / 2**20:,.0f} | {peak:,.0f} |"
         )
-        for name, draw in _query_sets(rng, weights, np.argsort(-df)).items():
+        documents = np.unique(pruned.document_ids)
+        restrictions = {
+            "": None,
+            ", 10% of documents": documents[documents % 10 == 7],
+            ", 1% of documents": documents[documents % 100 == 7],
+        }
+        sets = _query_sets(rng, weights, np.argsort(-df))
+        for name, draw, allowed in [
+            *((name, draw, None) for name, draw in sets.items()),
+            *(("natural (9 terms)" + label, sets["natural (9 terms)"], allowed)
+              for label, allowed in restrictions.items() if allowed is not None),
+        ]:  # fmt: skip
             times: dict[str, list[float]] = {"exhaustive": [], "pruned": []}
-            top10, topk = [], []
+            if allowed is not None:
+                mask = exhaustive.live & np.isin(exhaustive.document_ids, allowed)
+                masked = dataclasses.replace(exhaustive, live=mask)
+            top10: list[float] = []
+            topk: list[float] = []
             for _ in range(args.queries + 5):
                 terms = draw()
                 scoring = Scoring([f"t{t}" for t in terms], [float(idf[t]) for t in terms],
                                   avgdl=avgdl, k1=K1, b=B, title_weight=TITLE_WEIGHT)  # fmt: skip
                 found = {}
                 for label, index in (("exhaustive", exhaustive), ("pruned", pruned)):
+                    # Exhaustive and restricted: every posting scored, the other documents'
+                    # chunks dropped after (their mask made beforehand, not timed).
+                    hidden = index is exhaustive and allowed is not None
                     begun = time.perf_counter()
-                    found[label] = index.top(scoring, args.k).ids.tolist()
+                    top = (
+                        masked.top(scoring, args.k)
+                        if hidden
+                        else index.top(scoring, args.k, allowed)
+                    )
                     times[label].append((time.perf_counter() - begun) * 1000)
+                    found[label] = top.ids.tolist()
                 for best, n in ((top10, 10), (topk, args.k)):
                     want = set(found["exhaustive"][:n])
                     best.append(len(want & set(found["pruned"][:n])) / max(len(want), 1))
