@@ -72,7 +72,9 @@ class LocalEmbedder:
         self._onnx: OnnxSentenceEmbedder | None = None
         if self.precision == "int8":
             folder = onnx_dir or Path(tempfile.mkdtemp(prefix="hybrid-embed-onnx-"))
-            file = exported_sentence_transformer(self._model, path, folder, int8=True)
+            file = exported_sentence_transformer(
+                self._model, path, folder, int8=True, reduce_range=not cpu_has_int8()
+            )
             self._onnx = OnnxSentenceEmbedder(self._model, file, threads=os.cpu_count() or 1)
         self.runtime = f"{_RUNTIMES[self.precision]} ({cpu_units()})"
         log.info(

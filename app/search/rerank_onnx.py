@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.ingest.embed import cpu_has_int8
 from app.ingest.onnx_model import exported, session
 
 Scores = npt.NDArray[np.float32]
@@ -48,7 +49,13 @@ class OnnxScorer:
 def exported_model(model: Any, source: Path, cache_dir: Path, *, int8: bool) -> Path:
     """The ONNX file of `model` (a sentence-transformers CrossEncoder loaded from `source`),
     exported and quantised on first use."""
-    return exported(source, cache_dir, lambda target: _export(model, target), int8=int8)
+    return exported(
+        source,
+        cache_dir,
+        lambda target: _export(model, target),
+        int8=int8,
+        reduce_range=int8 and not cpu_has_int8(),
+    )
 
 
 def _export(model: Any, target: Path) -> None:
