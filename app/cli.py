@@ -83,7 +83,8 @@ def main() -> None:
 
 
 def _fail(message: str) -> None:
-    errors.print(f"error: {message}", highlight=False, markup=False)
+    # Not wrapped: a path or a "file:line:" cut at the terminal's width reads as something else.
+    errors.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     sys.exit(1)
 
 
