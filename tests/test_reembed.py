@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 from app import collections
 from app.ingest import load, reembed, vector_index
-from app.ingest.embed import cpu_has_bf16
+from app.ingest.embed import cpu_has_bf16, cpu_has_int8
 from app.ingest.model import embedding_text_of
 from app.ingest.pipeline import Defaults, IngestReport
 from app.jobs.blobs import BlobStore
@@ -374,7 +374,9 @@ BUNDLED = "local/all-MiniLM-L6-v2"
             "fp32 or bf16", 0.999,
             marks=pytest.mark.skipif(not cpu_has_bf16(), reason="no bfloat16 units"),
         ),
-        ("int8", 0.98),
+        # Without int8 dot-product units the weights have 7 bits (onnx_model.exported): the
+        # least cosine to float32 measured on this test's chunks there was 0.978.
+        ("int8", 0.98 if cpu_has_int8() else 0.97),
     ],
 )  # fmt: skip
 def test_the_bundled_model_moves_to_another_precision(
