@@ -206,14 +206,16 @@ def _grow(services: Services, corpus: Corpus, size: int) -> None:
     for name, ddl in indexes.items():
         started = time.perf_counter()
         with services.engine.begin() as conn:
+            # Index builds are exempt from the service's statement timeout, here too.
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
             conn.execute(text("SET LOCAL maintenance_work_mem = '8GB'"))
             conn.execute(text("SET LOCAL max_parallel_maintenance_workers = 1"))
             conn.execute(text(ddl))
         print(f"  {name}: built in {time.perf_counter() - started:.0f} s", flush=True)
     with services.engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-            text("VACUUM ANALYZE documents, chunks, term_stats, corpus_stats")
-        )
+        autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+        autocommit.execute(text("SET statement_timeout = 0"))
+        autocommit.execute(text("VACUUM ANALYZE documents, chunks, term_stats, corpus_stats"))
     print(flush=True)
 
 
