@@ -170,6 +170,8 @@ class KeywordIndex:
     # Rows in the base postings; rows past them are in the delta.
     base_rows: int = 0
     impacts: Impacts | None = None
+    # Documents with a live chunk when the index was built or compacted (an estimate after).
+    document_count: int = 0
 
     @classmethod
     def build(cls, chunks: Iterable[Chunk]) -> KeywordIndex:
@@ -187,6 +189,7 @@ class KeywordIndex:
             postings,
             row_of={int(c): r for r, c in enumerate(ids)},
             base_rows=len(ids),
+            document_count=len(np.unique(documents)),
         )
 
     @property
@@ -261,6 +264,7 @@ class KeywordIndex:
             row_of,
             self.base_rows,
             self.impacts,
+            self.document_count,
         )
 
     def compacted(self) -> KeywordIndex:
@@ -285,6 +289,7 @@ class KeywordIndex:
             base,
             row_of={int(c): r for r, c in enumerate(ids)},
             base_rows=len(ids),
+            document_count=len(np.unique(self.document_ids[keep])),
         )
         if self.impacts is None:
             return compacted
