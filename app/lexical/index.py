@@ -221,8 +221,9 @@ class KeywordIndex:
         return sum(a.nbytes for a in (*arrays, *parts)) + ordered
 
     def ordered(self, k1: float, b: float, title_weight: float) -> KeywordIndex:
-        """The same index with its long terms' base postings also in impact order for these
-        BM25 parameters (searches with other parameters read every posting)."""
+        """The same index with each long term's bound (its heaviest posting's weight) under
+        these BM25 parameters, for MaxScore (searches with other parameters score every
+        match)."""
         live = self.lengths[: self.base_rows][self.live[: self.base_rows]]
         avgdl = float(live.mean()) if len(live) else 1.0
         most: dict[int, float] = {}
@@ -397,16 +398,8 @@ class KeywordIndex:
         delta's chunks (which have no base postings) scored in full beside it."""
         slack = impacts.slack(scoring.avgdl)
         bounded = sorted(
-            (
-                weight * slack * impacts.most[term]
-                if term in impacts.most
-                else weight * slack * self._heaviest(term, impacts.k1, impacts.b,
-                                                     impacts.title_weight, impacts.avgdl),
-                term,
-                weight,
-            )
-            for term, weight in terms
-        )  # fmt: skip
+            (weight * slack * self._bound(term, impacts), term, weight) for term, weight in terms
+        )
         parts = [self.base.of_term(term) for _, term, _ in bounded]
         rows, scores, left_out = top_rows(
             self.base.rows, self.base.tf, self.base.title,
@@ -421,6 +414,13 @@ class KeywordIndex:
         rows = np.concatenate([rows, delta_rows])
         scores = np.concatenate([scores, delta_scores])
         return self._best(rows, scores, k, float(left_out), live)
+
+    def _bound(self, term: int, impacts: Impacts) -> float:
+        """The term's heaviest posting weight under the ordering's parameters: kept for long
+        terms, computed for the others."""
+        if term in impacts.most:
+            return impacts.most[term]
+        return self._heaviest(term, impacts.k1, impacts.b, impacts.title_weight, impacts.avgdl)
 
     def _heaviest(self, term: int, k1: float, b: float, title_weight: float, avgdl: float) -> float:
         """The heaviest BM25 weight (idf aside) among the term's base postings."""

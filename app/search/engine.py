@@ -417,9 +417,9 @@ def _execute(
     keyword_ms = (time.perf_counter() - started) * 1000 if indexed else 0.0
     params = statement_parameters(collection, plan, vector, source, settings, indexed)
     rows = list(conn.execute(statement(plan.filter, collection), params).mappings())
-    learns = restriction is not None and searcher_keywords is not None
-    if indexed is not None and not indexed.visible_only and learns:
-        assert searcher_keywords is not None
+    # A restricted search's candidates teach their pass rate, unless they were chosen among
+    # the visible documents alone (all pass).
+    if indexed and not indexed.visible_only and restriction is not None and searcher_keywords:
         _observe_keywords(searcher_keywords.pass_rates, restriction, indexed, rows)
     return Executed(rows, source, fresh, indexed, keyword_ms)
 
