@@ -37,9 +37,11 @@ from app.answer import generate
 from app.api.pages import SUGGESTED_QUERY
 from app.cli_analytics import analytics_group
 from app.cli_jobs import enqueue_files, jobs_group, reembed_command, worker_command
+from app.cli_tune import tune_command
 from app.collections import FUSIONS
 from app.db import backup, embedded, migrate
 from app.errors import ConfigError, HybridError, Invalid, Unavailable
+from app.eval import answers as eval_answers
 from app.eval import report as eval_report
 from app.eval import runner
 from app.ingest import load
@@ -54,7 +56,9 @@ from app.search.request import (
     RECENCY_FIELDS,
     RERANK_MODE,
     Boosts,
+    Cut,
     PopularityBoost,
+    Prf,
     RecencyBoost,
     SearchRequest,
     Weights,
@@ -66,6 +70,8 @@ from app.settings import VECTOR_BACKENDS, Settings, load_settings
 
 SAMPLE_DIR = PROJECT_ROOT / "samples"
 SAMPLE_COLLECTION = "sample"
+# Judged queries `hybrid eval --answers` answers unless told otherwise.
+ANSWER_QUERIES = 50
 # After the drain, how long closing the services (vector cache snapshots, connections, the
 # embedded server) may take before the process ends regardless.
 CLOSE_TIMEOUT_S = 60.0
@@ -817,6 +823,12 @@ def search_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--keyword-weight", type=float, help="Fusion weight of the keyword leg."),
         click.option("--vector-weight", type=float, help="Fusion weight of the vector leg."),
         click.option(
+            "--rarity-weight",
+            type=float,
+            help="How much the keyword leg's weight follows the rarity of the query's words "
+            "(0 = not at all; default: the collection's, else 0.5).",
+        ),
+        click.option(
             "--fusion",
             type=click.Choice(FUSIONS),
             help="How the legs are fused (default: the collection's, else rrf).",
@@ -846,6 +858,24 @@ def search_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(VECTOR_BACKENDS),
             help="Vector leg: the FAISS cache (loaded or built in this process first), pgvector "
             "or an exact scan (default HYBRID_VECTOR_BACKEND).",
+        ),
+        click.option(
+            "--prf",
+            "prf_documents",
+            type=int,
+            help="Pseudo-relevance feedback from this many first-pass hits (0 = off; default: "
+            "the collection's).",
+        ),
+        click.option(
+            "--cut-relative",
+            type=float,
+            help="Keep only hits scoring at least this share of the best hit's fused score.",
+        ),
+        click.option(
+            "--cut-gap",
+            type=float,
+            help="End the hits before the first one scoring under 1 minus this share of the one "
+            "before it.",
         ),
     ]
     for option in reversed(options):
@@ -901,7 +931,11 @@ def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
     )
     weight, cap = options.pop("popularity_weight"), options.pop("popularity_max")
     filter_json, principals = options.pop("filter_json"), list(options.pop("principals"))
-    weights = Weights(options.pop("keyword_weight"), options.pop("vector_weight"))
+    weights = Weights(
+        options.pop("keyword_weight"), options.pop("vector_weight"), options.pop("rarity_weight")
+    )
+    prf_documents = options.pop("prf_documents")
+    relative, gap = options.pop("cut_relative"), options.pop("cut_gap")
     boosts = Boosts(
         recency=None if half_life is None else RecencyBoost(half_life, floor, field),
         popularity=None if weight is None else PopularityBoost(weight, cap),
@@ -912,6 +946,8 @@ def _search_request(query: str, options: dict[str, Any]) -> SearchRequest:
         principals=principals or None,
         weights=weights,
         boosts=boosts,
+        prf=None if prf_documents is None else Prf(documents=prf_documents),
+        cut=None if relative is None and gap is None else Cut(relative=relative, gap=gap),
         **options,
     )
 
@@ -1043,6 +1079,18 @@ def _print_done(done: dict[str, Any], prepared: generate.Prepared) -> None:
     help="Vector leg for every query (`faiss`: the index is loaded or built first; default "
     "HYBRID_VECTOR_BACKEND, for which this process keeps no cache).",
 )
+@click.option(
+    "--answers",
+    is_flag=True,
+    help="Also answer judged queries with the chat model (HYBRID_ANSWER_MODELS) and score "
+    "the answers: citation precision and recall, and support judged by the same model.",
+)
+@click.option(
+    "--answer-queries",
+    type=click.IntRange(min=1),
+    help=f"With --answers: how many judged queries to answer, a fixed sample (default "
+    f"{ANSWER_QUERIES}; each costs two chat calls).",
+)
 @pass_settings
 def eval_command(
     settings: Settings,
@@ -1053,11 +1101,18 @@ def eval_command(
     out_dir: Path,
     progress: bool | None,
     vector_backend: str | None,
+    answers: bool,
+    answer_queries: int | None,
 ) -> None:
     """Evaluate search on a BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels.tsv), or
-    with --sample on the set shipped with the package."""
+    with --sample on the set shipped with the package; with --answers, the grounded answers
+    too."""
     if (folder is None) == (not sample):
         raise Invalid("give a FOLDER or --sample (not both)", field="folder")
+    if answer_queries is not None and not answers:
+        raise Invalid("--answer-queries: only with --answers", field="answer_queries")
+    if answers and not settings.answer.models:
+        raise ConfigError(eval_answers.NO_MODEL)
     folder = runner.SAMPLE_SET if folder is None else folder
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     for mode in chosen:
@@ -1069,6 +1124,7 @@ def eval_command(
         result = runner.evaluate(
             services, folder, modes=chosen, k=k, progress=_progress(progress),
             vector_backend=vector_backend,
+            answer_queries=(answer_queries or ANSWER_QUERIES) if answers else 0,
         )  # fmt: skip
     json_path, png_path = eval_report.write(result, out_dir)
     table = _table("mode", "nDCG@10", "R@100", "MRR@10", "hit@5", "p50 ms", "p95 ms")
@@ -1090,7 +1146,38 @@ def eval_command(
                 f"{m.queries} queries (raise HYBRID_RERANK_BUDGET_MS to rerank them fully)",
                 highlight=False,
             )
+    if result.answers:
+        _print_answers(result.answers)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
+    problem = result.answers.problem() if result.answers else None
+    if problem:
+        raise Unavailable(f"--answers: {problem}")
+
+
+def _print_answers(result: eval_answers.AnswerResult) -> None:
+    """Each answer metric's mean, how many answers it is over, and the answers left out."""
+    console.print(
+        f"answers: {result.queries} queries ({', '.join(result.modes)}), "
+        f"{result.answered} answered by {', '.join(result.models) or 'no model'}, "
+        f"{result.failed} failed",
+        highlight=False,
+    )
+    table = _table("answer metric", "mean", "answers", "left out")
+    rows = [
+        ("citation precision", result.citation_precision, result.answered - result.no_citation,
+         f"{result.no_citation} cite nothing"),
+        ("citation recall", result.citation_recall,
+         result.answered - result.no_relevant_context,
+         f"{result.no_relevant_context} without a relevant passage in the context"),
+        ("support", result.support, result.judged,
+         f"{result.judge_unparseable} judge replies unusable, {result.judge_failed} judge "
+         f"calls failed, {result.no_citation} nothing to judge"),
+    ]  # fmt: skip
+    for name, mean, count, left_out in rows:
+        table.add_row(name, "-" if mean is None else f"{mean:.4f}", str(count), left_out)
+    console.print(table)
+    if result.failure:
+        errors.print(f"first failure: {result.failure}", highlight=False, markup=False)
 
 
 # --- vector cache -----------------------------------------------------------------------------
@@ -1161,3 +1248,4 @@ cli.add_command(analytics_group)
 cli.add_command(jobs_group)
 cli.add_command(worker_command)
 cli.add_command(reembed_command)
+cli.add_command(tune_command)

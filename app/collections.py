@@ -33,7 +33,14 @@ COLLECTION_DEFAULTS: dict[str, float] = {
     "rrf_k": 10.0,
     "keyword_weight": 1.0,
     "vector_weight": 1.0,
+    # The keyword leg's weight follows how rare the query's words are (sql/search.sql).
+    "rarity_weight": 0.5,
     "candidates": 100.0,
+    # Pseudo-relevance feedback (off while `prf_documents` is 0): see app/search/engine.py.
+    "prf_documents": 0.0,
+    "prf_terms": 10.0,
+    "prf_keyword": 0.5,
+    "prf_vector": 0.5,
 }
 COLLECTION_RANGES: dict[str, tuple[float, float]] = {
     "bm25_k1": (0.0, 10.0),
@@ -42,7 +49,12 @@ COLLECTION_RANGES: dict[str, tuple[float, float]] = {
     "rrf_k": (0.0, 10_000.0),
     "keyword_weight": (0.0, 100.0),
     "vector_weight": (0.0, 100.0),
+    "rarity_weight": (0.0, 10.0),
     "candidates": (1.0, 10_000.0),
+    "prf_documents": (0.0, 100.0),
+    "prf_terms": (0.0, 100.0),
+    "prf_keyword": (0.0, 1.0),
+    "prf_vector": (0.0, 10.0),
 }
 # The chunks table's vector columns; a collection reads one (`Collection.vector_column`).
 VECTOR_COLUMNS = ("embedding", "embedding_alt")
@@ -184,6 +196,19 @@ def delete(conn: Connection, name: str) -> None:
         found = conn.execute(query("collections.sql", "delete_collection"), {"name": name})
         if found.first() is None:
             raise NotFound(f"no collection named {name!r}", field="collection")
+
+
+def update_settings(conn: Connection, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Merge `changes` (checked; None removes a key) into the collection's search defaults;
+    its settings as stored after."""
+    checked = check_collection_settings({k: v for k, v in changes.items() if v is not None})
+    merged = {**{k: None for k in changes}, **checked}
+    row = conn.execute(
+        query("collections.sql", "update_settings"), {"name": name, "settings": json.dumps(merged)}
+    ).first()
+    if row is None:
+        raise NotFound(f"collection {name!r}: no such collection")
+    return dict(row[0])
 
 
 def check_name(name: str) -> None:

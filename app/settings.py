@@ -546,6 +546,20 @@ class AnswerSettings:
         "Hits searched for an answer's context (per request: `k`)",
         at_least(1, 100),
     )
+    cut_relative: float = setting(
+        "HYBRID_ANSWER_CUT_RELATIVE",
+        0.0,
+        "An answer's context keeps only hits scoring at least this share of the best hit's "
+        "fused score (0 = off; per request: `cut`)",
+        at_least(0, 1),
+    )
+    cut_gap: float = setting(
+        "HYBRID_ANSWER_CUT_GAP",
+        0.0,
+        "An answer's context ends before the first hit scoring less than 1 minus this share of "
+        "the hit before it (0 = off; per request: `cut`)",
+        at_least(0, 1),
+    )
     context_tokens: int = setting(
         "HYBRID_ANSWER_CONTEXT_TOKENS",
         2000,

@@ -26,11 +26,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.search.request import Prf
 
 RRF_K = (5.0, 10.0, 20.0, 30.0, 60.0)
 RRF_KEYWORD_WEIGHTS = (0.5, 0.75, 1.0)
 SCORE_KEYWORD_WEIGHTS = (0.2, 0.3, 0.4, 0.5, 0.6)
 DEFAULT = "rrf k=10 kw=1"
+# The default fusion with the keyword weight following the rarity of the query's words more,
+# less or not at all (every other variant has the default, 0.5).
+RARITY_WEIGHTS = (0.0, 0.25, 1.0, 2.0)
+RARITY = "rrf k=10 kw=1 rarity="
+DEFAULT_RARITY = DEFAULT  # rarity 0.5
+# Pseudo-relevance feedback on the default fusion: first-pass hits, then (RM3 share of the
+# keyword query's weight, Rocchio step of the query vector).
+FEEDBACK_DOCUMENTS = (3, 10)
+FEEDBACK_WEIGHTS = ((0.2, 0.0), (0.5, 0.0), (0.0, 0.1), (0.0, 0.5), (0.2, 0.1))
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,10 @@ class Variant:
     rrf_k: float = 10.0
     keyword: float = 1.0
     vector: float = 1.0
+    # How much the keyword weight follows the rarity of the query's words.
+    rarity: float = 0.5
+    # Pseudo-relevance feedback: (documents, keyword expansion share, vector step).
+    feedback: tuple[int, float, float] | None = None
 
 
 def variants() -> list[Variant]:
@@ -53,6 +70,17 @@ def variants() -> list[Variant]:
             found.append(
                 Variant(f"{fusion} kw={weight:g}", "hybrid", fusion, 10.0, weight, 1 - weight)
             )
+    for rarity in RARITY_WEIGHTS:
+        found.append(Variant(f"{RARITY}{rarity:g}", "hybrid", rarity=rarity))
+    for documents in FEEDBACK_DOCUMENTS:
+        for expansion, step in FEEDBACK_WEIGHTS:
+            found.append(
+                Variant(
+                    f"rrf k=10 kw=1 + prf {documents} docs, rm3 {expansion:g}, rocchio {step:g}",
+                    "hybrid",
+                    feedback=(documents, expansion, step),
+                )
+            )
     return found
 
 
@@ -62,7 +90,7 @@ def main() -> None:
     parser.add_argument("--database-url")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with _services(args.database_url) as services:
+    with open_services(args.database_url) as services:
         scores = {folder.name: _score_set(services, folder) for folder in args.sets}
     report = _report(scores)
     print(report)
@@ -71,7 +99,7 @@ def main() -> None:
 
 
 @contextmanager
-def _services(database_url: str | None) -> Iterator[object]:
+def open_services(database_url: str | None) -> Iterator[object]:
     from app.service import Services
     from app.settings import load_settings
 
@@ -120,9 +148,10 @@ def _score_set(services: object, folder: Path) -> dict[str, float]:
                 k=10,
                 per_document=True,
                 highlight=False,
-                weights=Weights(variant.keyword, variant.vector),
+                weights=Weights(variant.keyword, variant.vector, variant.rarity),
                 rrf_k=variant.rrf_k,
                 fusion=variant.fusion,
+                prf=_prf(variant),
             )
             with services.engine.begin() as conn:
                 hits = search(conn, collection, request, searcher).hits
@@ -131,6 +160,15 @@ def _score_set(services: object, folder: Path) -> dict[str, float]:
         result[variant.name] = total / len(dataset.queries)
         print(f"{dataset.name}: {variant.name} {result[variant.name]:.4f}", file=sys.stderr)
     return result
+
+
+def _prf(variant: Variant) -> Prf:
+    from app.search.request import Prf
+
+    if variant.feedback is None:
+        return Prf(documents=0)
+    documents, expansion, step = variant.feedback
+    return Prf(documents=documents, terms=10, keyword=expansion, vector=step)
 
 
 def _report(scores: dict[str, dict[str, float]]) -> str:
@@ -160,6 +198,23 @@ def _report(scores: dict[str, dict[str, float]]) -> str:
             f"| {held} | {chosen} | {scores[held][chosen]:.4f} | "
             f"{scores[held][DEFAULT]:.4f} | {best_leg:.4f} | "
             f"{scores[held][chosen] - best_leg:+.4f} |"
+        )
+    rarities = [DEFAULT_RARITY, *(v.name for v in variants() if v.name.startswith(RARITY))]
+    lines += [
+        "",
+        "The rarity weight alone (default fusion), chosen on the other sets:",
+        "",
+        "| set left out | chosen on the others | nDCG@10 | rarity 0 (off) | change |",
+        "|---|---|---|---|---|",
+    ]
+    for held in sets:
+        others = [s for s in sets if s != held]
+        chosen = max(rarities, key=lambda n: sum(scores[s][n] for s in others))
+        off = scores[held][f"{RARITY}0"]
+        lines.append(
+            f"| {held} | {'rarity=0.5 (default)' if chosen == DEFAULT else chosen} | "
+            f"{scores[held][chosen]:.4f} | {off:.4f} | "
+            f"{scores[held][chosen] - off:+.4f} |"
         )
     return "\n".join(lines)
 

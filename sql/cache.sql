@@ -4,8 +4,9 @@
 -- Read before the search: the collection's latest change-log position (every write that can
 -- change a search result, chunk insert or delete or document field update, appends to the log,
 -- so a result keyed by this position cannot outlive a write) and the snapshot it was read in.
--- A re-embedding changes the collection's vector version, which is part of the key too.
-SELECT c.id AS collection_id, c.vectors_version,
+-- A re-embedding changes the collection's vector version, and `hybrid tune` its settings
+-- (search defaults): both are part of the key too.
+SELECT c.id AS collection_id, c.vectors_version, CAST(c.settings AS text) AS settings,
        coalesce((SELECT max(l.seq) FROM change_log l WHERE l.collection_id = c.id), 0)
            AS position,
        CAST(pg_current_snapshot() AS text) AS snapshot

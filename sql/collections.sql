@@ -31,6 +31,14 @@ WHERE CAST(:name AS text) IS NULL OR c.name = :name
 GROUP BY c.id
 ORDER BY c.name;
 
+-- name: update_settings
+-- Merge checked search defaults into a collection's settings (a key set to null is removed:
+-- the default applies again).
+UPDATE collections
+SET settings = jsonb_strip_nulls(settings || CAST(:settings AS jsonb))
+WHERE name = :name
+RETURNING settings;
+
 -- name: text_config_exists
 SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = :text_config);
 

@@ -18,6 +18,17 @@
 -- `/* embedding */ c.embedding`, the collection's vectors go: its vector column cast to its
 -- dimension, the expression its HNSW index is on (alembic revision 0013).
 
+-- name: query_terms
+-- The query's lexemes and how often it repeats each (BM25's query term frequency): from the
+-- query text, or, after pseudo-relevance feedback, the expanded query's lexemes with their
+-- weights (`:query_lexemes`, `:query_qtf`). Written where `/* query terms */` stands.
+(SELECT v.lexeme, CAST(coalesce(array_length(v.positions, 1), 1) AS float8) AS qtf
+ FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS v
+ WHERE CAST(:query_lexemes AS text[]) IS NULL
+ UNION ALL
+ SELECT e.lexeme, e.qtf
+ FROM unnest(CAST(:query_lexemes AS text[]), CAST(:query_qtf AS float8[])) AS e(lexeme, qtf))
+
 -- name: visible
 -- A document `d` the search may see: live, shared with one of the caller's principals, and
 -- matching the filter.
@@ -45,6 +56,63 @@ FROM (SELECT d.id
         AND /* visible */ TRUE
       LIMIT :max_documents + 1) AS v;
 
+-- name: prf
+-- Pseudo-relevance feedback from a first pass's best chunks (`:chunk_ids`, read in the
+-- search's transaction, so only chunks the caller could see): the keyword query expanded
+-- RM3-style and the mean of their vectors (Rocchio, applied by the caller).
+-- Each chunk's language model is its term frequencies over its length; their mean over the
+-- chunks is the relevance model. Its `:terms` most probable lexemes that are not in more than
+-- `:max_share` of the collection's chunks (near stop words carry no topic) join the query's
+-- own lexemes: the query's weights (its term frequencies, summing to `q`) are scaled by
+-- 1 - `:expansion`, and the chosen lexemes share `:expansion` × q in proportion to their
+-- probability. A lexeme in both adds its two weights. So `:expansion` 0 is the query as typed.
+WITH top AS MATERIALIZED (
+    SELECT c.tsv, greatest(c.length, 1) AS length, /* embedding */ c.embedding AS embedding
+    FROM unnest(CAST(:chunk_ids AS bigint[])) AS f(id)
+    JOIN chunks c ON c.collection_id = :collection_id AND c.id = f.id
+),
+typed AS (
+    SELECT v.lexeme, CAST(coalesce(array_length(v.positions, 1), 1) AS float8) AS qtf
+    FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS v
+),
+relevance AS (
+    SELECT u.lexeme,
+           sum(CAST(coalesce(array_length(u.positions, 1), 1) AS float8) / t.length)
+             / (SELECT count(*) FROM top) AS p
+    FROM top t
+    CROSS JOIN LATERAL unnest(t.tsv) AS u
+    GROUP BY u.lexeme
+),
+chosen AS (
+    SELECT r.lexeme, r.p
+    FROM relevance r
+    JOIN term_stats s ON s.collection_id = :collection_id AND s.lexeme = r.lexeme
+    WHERE s.chunks > 0
+      AND s.chunks <= CAST(:max_share AS float8)
+                      * coalesce((SELECT chunks FROM corpus_stats
+                                  WHERE collection_id = :collection_id), 0)
+    ORDER BY r.p DESC, r.lexeme
+    LIMIT :terms
+),
+weighted AS (
+    SELECT lexeme, (1 - CAST(:expansion AS float8)) * qtf AS qtf FROM typed
+    UNION ALL
+    SELECT c.lexeme,
+           CAST(:expansion AS float8) * (SELECT coalesce(sum(qtf), 0) FROM typed)
+             * c.p / (SELECT sum(p) FROM chosen) AS qtf
+    FROM chosen c
+),
+expanded AS (
+    SELECT lexeme, sum(qtf) AS qtf
+    FROM weighted
+    GROUP BY lexeme
+    HAVING sum(qtf) > 0
+    ORDER BY lexeme
+)
+SELECT (SELECT coalesce(array_agg(lexeme ORDER BY lexeme), '{}') FROM expanded) AS lexemes,
+       (SELECT coalesce(array_agg(qtf ORDER BY lexeme), '{}') FROM expanded) AS qtf,
+       (SELECT CAST(avg(embedding) AS real[]) FROM top) AS centroid;
+
 -- name: prepare
 -- Run first in the search's own transaction: the reader role (row-level security applies),
 -- the principals it may see, and the HNSW search parameters. In a collection of fewer than
@@ -58,8 +126,8 @@ FROM (SELECT d.id
 -- it: the query's lexemes (rarest first, bounded), each one's BM25 weight (Lucene's idf times
 -- the query term frequency) and the collection's average chunk length.
 WITH kept AS (
-    SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf
-    FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
+    SELECT t.lexeme, t.chunks AS df, q.qtf
+    FROM /* query terms */ (SELECT CAST(NULL AS text) AS lexeme, CAST(NULL AS float8) AS qtf) AS q
     JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
     WHERE t.chunks > 0 AND CAST(:keyword_position AS text) IS NOT NULL
     ORDER BY t.chunks, t.lexeme
@@ -120,9 +188,9 @@ query_lexemes AS MATERIALIZED (
     SELECT lexeme, df, qtf, quoted,
            row_number() OVER (ORDER BY df, lexeme) AS n,
            sum(df) OVER (ORDER BY df, lexeme) AS running_df
-    FROM (SELECT t.lexeme, t.chunks AS df, coalesce(array_length(q.positions, 1), 1) AS qtf,
+    FROM (SELECT t.lexeme, t.chunks AS df, q.qtf,
                  '''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || '''' AS quoted
-          FROM unnest(to_tsvector(CAST(:text_config AS regconfig), :query_text)) AS q
+          FROM /* query terms */ (SELECT CAST(NULL AS text) AS lexeme, CAST(NULL AS float8) AS qtf) AS q
           JOIN term_stats t ON t.collection_id = :collection_id AND t.lexeme = q.lexeme
           WHERE t.chunks > 0 AND :keyword_depth > 0
           ORDER BY t.chunks, t.lexeme
@@ -139,6 +207,16 @@ corpus AS MATERIALIZED (
 query_weights AS MATERIALIZED (
     SELECT q.lexeme, q.qtf * ln(1 + (c.n - q.df + 0.5) / (q.df + 0.5)) AS weight,
            CAST(q.quoted || ':' || 'A' AS tsquery) AS in_title
+    FROM query_lexemes q, corpus c
+),
+-- How rare the query's lexemes are in the collection: their mean idf over ln(chunks), from 0
+-- (every lexeme in every chunk) to 1 (each in one chunk); 0.6 without lexemes. A query of rare
+-- words is one the keyword leg answers well (measured on the evaluation collections), so the
+-- keyword leg's weight in the fusion is multiplied by exp(:rarity_weight × (rarity - 0.6)):
+-- more than 1 above 0.6, less below.
+query_rarity AS MATERIALIZED (
+    SELECT coalesce(avg(ln(1 + (c.n - q.df + 0.5) / (q.df + 0.5))) / nullif(ln(max(c.n)), 0),
+                    0.6) AS rarity
     FROM query_lexemes q, corpus c
 ),
 -- `tsq` (all the lexemes, OR) is what highlights mark. `candidates` picks the chunks to score:
@@ -429,6 +507,12 @@ leg_scales AS MATERIALIZED (
                  stddev_pop(-distance) AS spread
           FROM vector_ranked WHERE CAST(:fusion AS text) <> 'rrf') AS v
 ),
+leg_weights AS MATERIALIZED (
+    SELECT CAST(:keyword_weight AS float8)
+             * exp(CAST(:rarity_weight AS float8) * (r.rarity - 0.6)) AS keyword,
+           CAST(:vector_weight AS float8) AS vector
+    FROM query_rarity r
+),
 fused AS MATERIALIZED (
     SELECT CASE WHEN v.rank IS NULL OR k.rank <= v.rank THEN k.id ELSE v.id END AS id,
            coalesce(k.document_id, v.document_id) AS document_id,
@@ -436,26 +520,27 @@ fused AS MATERIALIZED (
            v.rank AS vector_rank, v.distance AS vector_distance,
            CASE CAST(:fusion AS text)
                WHEN 'rrf'
-               THEN coalesce(CAST(:keyword_weight AS float8) / (CAST(:rrf_k AS float8) + k.rank), 0)
-                    + coalesce(CAST(:vector_weight AS float8) / (CAST(:rrf_k AS float8) + v.rank), 0)
+               THEN coalesce(w.keyword / (CAST(:rrf_k AS float8) + k.rank), 0)
+                    + coalesce(w.vector / (CAST(:rrf_k AS float8) + v.rank), 0)
                WHEN 'minmax'
-               THEN CAST(:keyword_weight AS float8)
+               THEN w.keyword
                       * CASE WHEN k.score IS NULL THEN 0
                              ELSE coalesce((k.score - s.k_low) / nullif(s.k_high - s.k_low, 0), 1)
                         END
-                    + CAST(:vector_weight AS float8)
+                    + w.vector
                       * CASE WHEN v.distance IS NULL THEN 0
                              ELSE coalesce((-v.distance - s.v_low) / nullif(s.v_high - s.v_low, 0), 1)
                         END
-               ELSE CAST(:keyword_weight AS float8)
+               ELSE w.keyword
                       * coalesce((coalesce(k.score, s.k_low) - s.k_mean) / nullif(s.k_spread, 0), 0)
-                    + CAST(:vector_weight AS float8)
+                    + w.vector
                       * coalesce((coalesce(-v.distance, s.v_low) - s.v_mean)
                                  / nullif(s.v_spread, 0), 0)
            END AS fused_score
     FROM keyword_ranked k
     FULL JOIN vector_ranked v ON v.key = k.key
     CROSS JOIN leg_scales s
+    CROSS JOIN leg_weights w
 ),
 -- Boosts multiply the fused score and stay within bounds: recency decays from 1 to a floor
 -- (documents without the date get the floor), popularity grows logarithmically to a cap.

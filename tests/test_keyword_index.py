@@ -22,7 +22,7 @@ from app.lexical.cache import KeywordCache
 from app.lexical.index import Chunk, KeywordIndex, Scoring
 from app.search import engine
 from app.search.engine import Searcher
-from app.search.request import Plan, SearchRequest, resolve
+from app.search.request import Plan, Prf, SearchRequest, resolve
 from app.service import Services
 from tests.test_api import Client
 from tests.test_api import ingest as ingest_documents
@@ -259,10 +259,12 @@ def test_searches_with_the_index_return_what_searches_without_it_return(
     cache = keyword_cache(services, name)
     without = replace(services.searcher(rerank=False), keywords=None)
     with_index = replace(without, keywords=cache)
+    # With pseudo-relevance feedback too: the expanded query's weights reach both legs alike.
     requests = [
-        SearchRequest(query=q, mode=mode, k=10, per_document=per_document, highlight=False)
+        SearchRequest(query=q, mode=mode, k=10, per_document=per_document, highlight=False, prf=prf)
         for q in queries.values()
         for mode, per_document in (("keyword", False), ("hybrid", True))
+        for prf in (None, Prf(3, 10, 0.3, 0.1))
     ]
     for request in requests:
         expected = run(services, name, request, without)

@@ -400,6 +400,13 @@ def test_the_evaluation_page_shows_the_reports(
         ],
     }  # fmt: skip
     (tmp_path / "scifact.json").write_text(json.dumps(report))
+    # A report of `hybrid eval --answers`: the same, and its answers' scores.
+    answers = {
+        "queries": 50, "answered": 48, "failed": 2, "citation_precision": 0.8125,
+        "citation_recall": 0.6, "support": None, "judged": 0, "judge_unparseable": 40,
+        "judge_failed": 8, "per_query": [],
+    }  # fmt: skip
+    (tmp_path / "answered.json").write_text(json.dumps(report | {"answers": answers}))
     (tmp_path / "notes.json").write_text("not a report")
     settings = make_settings(database_url, data_dir, HYBRID_EVAL_REPORTS=str(tmp_path))
     services = Services(settings, session_services.engine)
@@ -408,7 +415,11 @@ def test_the_evaluation_page_shows_the_reports(
         page = site.get("/evaluation")
     assert page.status_code == 200
     assert "<h2" in page.text and "scifact" in page.text and "<td>0.712</td>" in page.text
-    assert page.text.count("<rect") == 2
+    assert page.text.count("<rect") == 4
+    # Only the report with answers shows them.
+    assert page.text.count("Citation precision") == 1
+    assert "<td>0.812</td><td>0.600</td><td>–</td>" in page.text
+    assert "answers: 48 of 50 queries" in page.text and "40 judge replies unusable" in page.text
 
 
 def test_documents_whose_ids_hold_slashes_open_and_delete(

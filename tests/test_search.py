@@ -424,11 +424,28 @@ def test_query_vector_is_checked(corpus: Services) -> None:
 # --- fusion -------------------------------------------------------------------------------------
 
 
+def rarity(services: Services, query: str) -> float:
+    """The mean idf of the query's lexemes over ln(chunks), from the stored statistics."""
+    n = scalar(services, "SELECT chunks FROM corpus_stats")
+    found = rows(
+        services,
+        "SELECT t.chunks FROM unnest(to_tsvector('english_unaccent', :q)) v "
+        "JOIN term_stats t ON t.lexeme = v.lexeme WHERE t.chunks > 0",
+        q=query,
+    )
+    idfs = [math.log(1 + (n - r.chunks + 0.5) / (r.chunks + 0.5)) for r in found]
+    return sum(idfs) / len(idfs) / math.log(n)
+
+
 def test_fusion_is_weighted_rrf_of_the_two_legs(corpus: Services) -> None:
+    """The keyword leg's weight follows the rarity of the query's words (by the collection's
+    default `rarity_weight`, 0.5)."""
     query = "cats and dogs"
     keyword = [h.chunk_id for h in run(corpus, query=query, mode="keyword", k=50).hits]
     vector = [h.chunk_id for h in run(corpus, query=query, mode="vector", k=50).hits]
-    weights, k = {"keyword": 0.7, "vector": 1.3}, COLLECTION_DEFAULTS["rrf_k"]
+    adapt = math.exp(COLLECTION_DEFAULTS["rarity_weight"] * (rarity(corpus, query) - 0.6))
+    assert adapt != pytest.approx(1.0)
+    weights, k = {"keyword": 0.7 * adapt, "vector": 1.3}, COLLECTION_DEFAULTS["rrf_k"]
     expected: Counter[int] = Counter()
     for leg, ranked in (("keyword", keyword), ("vector", vector)):
         for rank, chunk in enumerate(ranked, start=1):
@@ -471,8 +488,9 @@ def test_score_fusion_weighs_each_legs_normalised_scores(corpus: Services, metho
             expected[chunk] += weights[leg] * scores.get(chunk, min(scores.values()))
     assert len(legs["keyword"]) < len(legs["vector"])  # some hits come from one leg only
     hybrid = run(
-        corpus, query=query, k=50, weights=Weights(**weights), fusion=method, explain=True
-    ).hits
+        corpus, query=query, k=50, weights=Weights(**weights, rarity=0.0), fusion=method,
+        explain=True,
+    ).hits  # fmt: skip
     assert {h.chunk_id: h.score for h in hybrid} == pytest.approx(dict(expected), abs=1e-9)
     assert [h.chunk_id for h in hybrid] == sorted(expected, key=lambda c: (-expected[c], c))
 

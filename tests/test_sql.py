@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from app.collections import Collection
 from app.db.queries import SQL_DIR, load
-from app.search.engine import _visible_ids, statement
+from app.search.engine import _prepare_statement, _visible_ids, statement
 from app.search.filters import CompiledFilter
 
 EXPECTED = {
@@ -45,7 +45,12 @@ EXPECTED = {
     },
     ("search.sql", "prepare"): {
         "principals", "ef_search", "max_scan_tuples", "collection_id", "cache_position",
-        "keyword_position", "generic_plan_below", "text_config", "query_text", "max_terms",
+        "keyword_position", "generic_plan_below", "max_terms",
+    },
+    ("search.sql", "query_terms"): {"text_config", "query_text", "query_lexemes", "query_qtf"},
+    ("search.sql", "prf"): {
+        "chunk_ids", "collection_id", "expansion", "max_share", "query_text", "terms",
+        "text_config",
     },
     ("lexical.sql", "postings"): {"collection_id", "ids"},
     ("lexical.sql", "changes"): {"collection_id", "position"},
@@ -54,18 +59,19 @@ EXPECTED = {
     ("search.sql", "visible_document"): {"collection_id"},
     ("search.sql", "visible_ids"): {"collection_id", "max_documents"},
     ("search.sql", "search"): {
-        "collection_id", "text_config", "query_text", "max_terms", "keyword_budget", "k1", "b",
+        "collection_id", "max_terms", "keyword_budget", "k1", "b",
         "title_weight", "restricted", "query_vector", "keyword_depth", "keyword_fetch",
         "vector_depth", "vector_fetch", "exact_threshold", "vector_exact", "cached_ids",
         "cached_partial", "keyword_ids", "keyword_documents", "keyword_scores",
         "keyword_partial", "per_document", "keyword_weight",
-        "vector_weight", "rrf_k", "fusion",
+        "vector_weight", "rarity_weight", "rrf_k", "fusion",
         "recency_half_life_days", "recency_floor", "recency_field", "popularity_weight",
         "popularity_max", "limit", "offset", "highlight", "headline_options",
     },
     ("collections.sql", "get_collection"): {"name"},
     ("collections.sql", "list_collections"): {"name"},
     ("collections.sql", "text_config_exists"): {"text_config"},
+    ("collections.sql", "update_settings"): {"name", "settings"},
     ("collections.sql", "delete_collection"): {"name"},
     ("collections.sql", "lock_collection"): {"collection_id"},
     ("cache.sql", "collection_position"): {"name"},
@@ -184,14 +190,23 @@ def test_the_search_statement_writes_out_every_mark() -> None:
     written = statement(filters, collection).text
     assert "/* visible" not in written and "/* filter" not in written
     assert "/* document" not in written and "/* embedding" not in written
+    assert "/* query terms" not in written
     # The collection's vectors, typed as its index is, wherever the vector leg reads them.
     assert written.count("CAST(c.embedding_alt AS vector(64))") == 4
     assert written.count("SCAN_FILTER") == 2 and written.count("CHECK_FILTER") == 5
     assert written.count("d.acl && CAST(:principals AS text[])") == 7
     # The collection's id is a constant of the statement.
     assert "CAST(1 AS bigint)" in written
-    expected = EXPECTED[("search.sql", "search")] | {"principals"}
-    assert set(text(written)._bindparams) == expected - {"collection_id"}
+    expected = EXPECTED[("search.sql", "search")] | EXPECTED[("search.sql", "query_terms")]
+    assert set(text(written)._bindparams) == (expected | {"principals"}) - {"collection_id"}
+
+
+def test_prepare_reads_the_same_query_terms_as_the_statement() -> None:
+    """Both read the query's lexemes (or the expanded query's) from one fragment."""
+    written = _prepare_statement().text
+    assert "/* query terms" not in written
+    expected = EXPECTED[("search.sql", "prepare")] | EXPECTED[("search.sql", "query_terms")]
+    assert set(text(written)._bindparams) == expected
 
 
 def test_the_visible_documents_query_writes_out_the_rule_and_the_filter() -> None:

@@ -34,7 +34,7 @@ from app.observe.metrics import METRICS
 from app.observe.tracing import detached_span
 from app.search.cache import SearchCache, cached_search
 from app.search.engine import Searcher
-from app.search.request import SearchRequest
+from app.search.request import Cut, SearchRequest
 from app.search.results import RerankReport
 from app.settings import AnswerSettings
 
@@ -111,6 +111,9 @@ def prepare(
     """Search and assemble the numbered context, in the caller's transaction."""
     budget = _budget(context_tokens, readers.answer.context_tokens)
     request = replace(request, offset=0, explain=False, highlight=False)
+    if request.cut is None and (readers.answer.cut_relative or readers.answer.cut_gap):
+        cut = Cut(relative=readers.answer.cut_relative or None, gap=readers.answer.cut_gap or None)
+        request = replace(request, cut=cut)
     outcome = cached_search(conn, collection, request, readers.searcher, readers.cache)
     started = time.perf_counter()
     result = outcome.result

@@ -152,8 +152,15 @@ class ChatModels:
     def breakers_in_order(self) -> list[tuple[ChatModel, CircuitBreaker]]:
         return [(m, self.breakers[m.name]) for m in self.models]
 
-    def stream(self, messages: list[ChatCompletionMessageParam]) -> Iterator[Chunk]:
-        """The first model that answers streams its completion; the others are fallbacks."""
+    def stream(
+        self,
+        messages: list[ChatCompletionMessageParam],
+        *,
+        temperature: float | None = None,
+        json_output: bool = False,
+    ) -> Iterator[Chunk]:
+        """The first model that answers streams its completion; the others are fallbacks.
+        `temperature` overrides the setting; `json_output` asks for a JSON object."""
         reasons = []
         for model in self.models:
             breaker = self.breakers[model.name]
@@ -162,7 +169,7 @@ class ChatModels:
                 METRICS.observe_provider_error(model.name)
                 continue
             try:
-                chunks = self._open(model, messages)
+                chunks = self._open(model, messages, temperature, json_output)
                 first = next(chunks, None)
             except _FAILURES as exc:
                 breaker.failed()
@@ -201,15 +208,20 @@ class ChatModels:
             raise UpstreamError(f"{model.name} failed mid-answer: {_reason(exc)}") from exc
 
     def _open(
-        self, model: ChatModel, messages: list[ChatCompletionMessageParam]
+        self,
+        model: ChatModel,
+        messages: list[ChatCompletionMessageParam],
+        temperature: float | None,
+        json_output: bool,
     ) -> Iterator[Chunk]:
         stream = self._clients[model.name].chat.completions.create(
             model=model.model,
             messages=messages,
             max_tokens=self.settings.max_tokens,
-            temperature=self.settings.temperature,
+            temperature=self.settings.temperature if temperature is None else temperature,
             stream=True,
             stream_options={"include_usage": True},
+            response_format={"type": "json_object"} if json_output else openai.omit,
         )
         return _chunks(stream)
 

@@ -92,6 +92,12 @@ MAX_OFFSET = 2**31 - 1
 EVAL_FIELDS = (
     "ndcg_10", "recall_100", "mrr_10", "hit_5", "latency_p50_ms", "latency_p95_ms",
 )  # fmt: skip
+# ... and of its answers (`hybrid eval --answers`; older reports have none): means (None when
+# defined for no answer), then counts.
+EVAL_ANSWER_MEANS = ("citation_precision", "citation_recall", "support")
+EVAL_ANSWER_COUNTS = (
+    "queries", "answered", "failed", "judged", "judge_unparseable", "judge_failed",
+)  # fmt: skip
 CHART_WIDTH, CHART_HEIGHT = 600, 160
 CITATION = re.compile(r"\[(\d{1,3})\]")
 SUGGESTED_QUERY = "how does hybrid search rank results"
@@ -285,6 +291,14 @@ def chart(title: str, labels: list[str], values: list[float], fmt: str) -> Chart
             )
         )
     return Chart(title, bars, fmt.format(highest))
+
+
+def _eval_answers(found: Any) -> dict[str, Any] | None:
+    """What the evaluation page shows of a report's answers; None for a report without."""
+    if found is None:
+        return None
+    means = {key: None if found[key] is None else float(found[key]) for key in EVAL_ANSWER_MEANS}
+    return means | {key: int(found[key]) for key in EVAL_ANSWER_COUNTS}
 
 
 def _partial(request: Request[Any, Any, Any]) -> bool:
@@ -818,6 +832,7 @@ class Pages(Controller):
                     for m in report["modes"]
                 ]
                 about = {key: report[key] for key in ("dataset", "queries", "documents", "k")}
+                about["answers"] = _eval_answers(report.get("answers"))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # not a report of `hybrid eval`
             labels = [str(m["mode"]) for m in modes]

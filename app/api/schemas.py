@@ -272,6 +272,21 @@ class BoostsIn(Strict):
 class WeightsIn(Strict):
     keyword: float | None = None
     vector: float | None = None
+    rarity: float | None = None
+
+
+class PrfIn(Strict):
+    documents: int | None = None
+    terms: int | None = None
+    keyword: float | None = None
+    vector: float | None = None
+
+
+class CutIn(Strict):
+    relative: float | None = None
+    gap: float | None = None
+    min_score: float | None = None
+    min_hits: int = 1
 
 
 class Retrieval(Strict):
@@ -292,6 +307,8 @@ class Retrieval(Strict):
     per_document: bool = False
     rerank_depth: int | None = None
     vector_backend: str | None = None
+    prf: PrfIn | None = None
+    cut: CutIn | None = None
 
 
 class SearchIn(Retrieval):
@@ -353,6 +370,8 @@ class SearchOut(msgspec.Struct):
     vector_backend: str | None = None
     vector_cache_fresh: bool = True
     keyword_backend: str | None = None
+    # With a cut: the hits before it (`hits` holds those it kept).
+    uncut: int | None = None
 
 
 class AnswerIn(Retrieval):

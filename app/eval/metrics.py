@@ -2,7 +2,8 @@
 
 `qrels` maps a document id to its graded relevance; a grade above 0 is relevant. nDCG uses
 the grade itself as the gain (trec_eval's `ndcg_cut`), with log2(rank + 1) discounts and the
-ideal ordering of all judged relevant documents of the query.
+ideal ordering of all judged relevant documents of the query. The citation metrics score an
+answer's citations against the same judgments.
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ def reciprocal_rank(ranked: Sequence[str], qrels: Mapping[str, int], k: int) -> 
 
 def hit(ranked: Sequence[str], qrels: Mapping[str, int], k: int) -> float:
     return 1.0 if reciprocal_rank(ranked, qrels, k) > 0 else 0.0
+
+
+def citation_precision(cited: Sequence[str], qrels: Mapping[str, int]) -> float | None:
+    """Of the cited passages (each by its document), the share judged relevant; None when
+    nothing is cited."""
+    if not cited:
+        return None
+    return sum(qrels.get(doc, 0) > 0 for doc in cited) / len(cited)
+
+
+def citation_recall(
+    cited: Sequence[str], context: Sequence[str], qrels: Mapping[str, int]
+) -> float | None:
+    """Of the relevant documents in the context, the share cited; None when the context holds
+    none."""
+    relevant = {doc for doc in context if qrels.get(doc, 0) > 0}
+    if not relevant:
+        return None
+    return len(relevant.intersection(cited)) / len(relevant)
 
 
 def _dcg(gains: Sequence[float]) -> float:

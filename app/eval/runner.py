@@ -3,7 +3,8 @@
 The corpus goes through the normal ingest into a collection of its own (`eval-<folder>`), where
 content hashes make a second run skip unchanged documents. Every judged query then goes through
 the normal search, one hit per document (BEIR judges documents, the engine ranks chunks), and
-the ranked document ids are scored against `qrels.tsv`.
+the ranked document ids are scored against `qrels.tsv`. With answers asked for, a sample of
+the judged queries is also answered and scored (`app/eval/answers.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tqdm import tqdm
 
 from app import collections
 from app.errors import Invalid
-from app.eval import metrics
+from app.eval import answers, metrics
+from app.eval.answers import AnswerResult
 from app.ingest import load
 from app.search.engine import QueryEmbeddings, Searcher, search
 from app.search.request import RERANK_MODE, SearchRequest
@@ -56,6 +58,8 @@ class EvalReport:
     embed_p50_ms: float
     modes: list[ModeResult] = field(default_factory=list)
     vector_backend: str = "auto"
+    # Present when answers were evaluated too (`hybrid eval --answers`).
+    answers: AnswerResult | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -72,7 +76,16 @@ class Dataset:
 def read_dataset(folder: Path) -> Dataset:
     """Queries that have judgments, and the judgments, of a BEIR-layout folder."""
     corpus = folder / "corpus.jsonl"
-    for path in (corpus, folder / "queries.jsonl", folder / "qrels.tsv"):
+    if not corpus.is_file():
+        raise Invalid(f"{corpus}: missing (expected a BEIR-layout folder)", field="folder")
+    queries, qrels = read_judgments(folder)
+    return Dataset(name=folder.resolve().name, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def read_judgments(folder: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """The queries of `folder/queries.jsonl` that have judgments, and the judgments of
+    `folder/qrels.tsv` (a BEIR folder's, without its corpus)."""
+    for path in (folder / "queries.jsonl", folder / "qrels.tsv"):
         if not path.is_file():
             raise Invalid(f"{path}: missing (expected a BEIR-layout folder)", field="folder")
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
@@ -102,7 +115,7 @@ def read_dataset(folder: Path) -> Dataset:
             "evaluate (qrels.tsv: query-id, corpus-id, score, after a header line)",
             field="folder",
         )
-    return Dataset(name=folder.resolve().name, corpus=corpus, queries=queries, qrels=dict(qrels))
+    return queries, dict(qrels)
 
 
 def _query_record(line: str, where: str) -> tuple[str, str]:
@@ -128,10 +141,12 @@ def evaluate(
     k: int = 100,
     progress: bool = True,
     vector_backend: str | None = None,
+    answer_queries: int = 0,
 ) -> EvalReport:
-    """Ingest the set, then run every query in every mode. With `vector_backend` `faiss`, the
-    collection's FAISS index is loaded or built in this process first; so is its keyword index
-    (unless `HYBRID_KEYWORD_CACHE` is off), as `hybrid serve` keeps one."""
+    """Ingest the set, then run every query in every mode, then answer `answer_queries` of
+    them. With `vector_backend` `faiss`, the collection's FAISS index is loaded or built in this
+    process first; so is its keyword index (unless `HYBRID_KEYWORD_CACHE` is off), as
+    `hybrid serve` keeps one."""
     dataset = read_dataset(folder)
     collection = collection_name(dataset.name)
     documents = ingest(services, dataset, collection, progress=progress)
@@ -158,6 +173,11 @@ def evaluate(
         report.modes.append(
             _run_mode(services, dataset, collection, mode, k, embeddings, progress, vector_backend)
         )
+    if answer_queries:
+        report.answers = answers.evaluate(
+            services, collection, dataset.queries, dataset.qrels,
+            limit=answer_queries, progress=progress, vector_backend=vector_backend,
+        )  # fmt: skip
     return report
 
 

@@ -131,6 +131,7 @@ def cached_search(
         collection_name,
         row["position"],
         row["vectors_version"],
+        row["settings"],
         request_key(request, model, reranker),
     )
     if cache.enabled and (hit := cache.get(key)) is not None:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -36,7 +36,7 @@ from app.lexical.cache import KeywordCache
 from app.lexical.index import KeywordIndex, Scoring
 from app.observe.tracing import span
 from app.search.filters import CompiledFilter
-from app.search.request import NO_RERANKER, Plan, SearchRequest, resolve
+from app.search.request import NO_PRF, NO_RERANKER, Expansion, Plan, SearchRequest, resolve
 from app.search.rerank import Reranking, rerank
 from app.search.results import Hit, SearchResult
 from app.settings import SearchSettings
@@ -58,6 +58,11 @@ PER_DOCUMENT_FETCH = 3
 # A selective restricted search hands the keyword index the documents it may see when they
 # are at most this many (read as one array; 25,000 ids cost about 5 ms).
 VISIBLE_DOCUMENTS = 50_000
+# Feedback never adds a lexeme found in more than this share of the collection's chunks.
+PRF_MAX_SHARE = 0.1
+QUERY_TERMS_MARK = (
+    "/* query terms */ (SELECT CAST(NULL AS text) AS lexeme, CAST(NULL AS float8) AS qtf)"
+)
 
 
 class QueryEmbeddings:
@@ -107,12 +112,23 @@ def search(
     conn: Connection, collection_name: str, request: SearchRequest, searcher: Searcher
 ) -> SearchResult:
     """Run one search inside the caller's transaction (which it leaves in the reader role)."""
-    settings, embeddings = searcher.settings, searcher.embeddings
-    reranking, vectors = searcher.reranking, searcher.vectors
+    settings, reranking = searcher.settings, searcher.reranking
     collection = collections.get(conn, collection_name)
     plan = resolve(
         request, collection.settings, settings, reranking.policy if reranking else NO_RERANKER
     )
+    if plan.prf.active:
+        return _with_prf(conn, collection, plan, searcher)
+    return _search(conn, collection, plan, searcher)
+
+
+def _search(
+    conn: Connection, collection: Collection, plan: Plan, searcher: Searcher
+) -> SearchResult:
+    """One pass of the search: embed, the vector cache, the keyword index, the statement, the
+    cross-encoder."""
+    settings, embeddings = searcher.settings, searcher.embeddings
+    reranking, vectors = searcher.reranking, searcher.vectors
     started = time.perf_counter()
     with span("search.embed"):
         vector = _query_vector(plan, collection, embeddings)
@@ -130,6 +146,9 @@ def search(
         _observe(vectors, source, rows)
     done = time.perf_counter()
     hits, report = [_hit(row, plan) for row in rows], None
+    uncut = len(hits) if plan.cut else None
+    if plan.cut:
+        hits = hits[: plan.cut.kept([h.score for h in hits])]
     if plan.rerank_depth and reranking and reranking.reranker:
         with span("search.rerank", depth=plan.rerank_depth):
             hits, report = rerank(reranking.reranker, plan, hits)
@@ -145,7 +164,73 @@ def search(
         fresh=fresh,
         keyword_backend=_keyword_backend(plan, rows, executed.keywords),
         keyword_index_ms=executed.keyword_ms,
+        uncut=uncut,
     )
+
+
+def _with_prf(
+    conn: Connection, collection: Collection, plan: Plan, searcher: Searcher
+) -> SearchResult:
+    """Pseudo-relevance feedback: a first pass (no rerank, no highlights) takes its best
+    `prf.documents` hits as relevant; the keyword leg's query is expanded with their most
+    probable lexemes (RM3, in `prf` of sql/search.sql) and the query vector moves toward
+    their mean vector (Rocchio: q + β·mean, normalised); the second pass is the search asked
+    for, with both. A first pass without hits is the answer (nothing matched)."""
+    prf = plan.prf
+    first = replace(
+        plan, k=prf.documents, offset=0, rerank_depth=0, explain=False, highlight=False,
+        prf=NO_PRF, cut=None,
+    )  # fmt: skip
+    found = _search(conn, collection, first, searcher)
+    if not found.hits:
+        return found
+    started = time.perf_counter()
+    with span("search.prf", documents=prf.documents):
+        learnt = _learn(conn, collection, plan, [h.chunk_id for h in found.hits])
+    learnt_ms = (time.perf_counter() - started) * 1000
+    vector = plan.vector
+    if plan.uses_vector and prf.vector > 0 and learnt["centroid"] is not None:
+        query = np.asarray(_query_vector(plan, collection, searcher.embeddings), dtype=np.float64)
+        moved = query + prf.vector * np.asarray(learnt["centroid"], dtype=np.float64)
+        vector = (moved / (np.linalg.norm(moved) or 1.0)).tolist()
+    expansion = None
+    if plan.uses_keyword and prf.terms > 0 and prf.keyword > 0 and learnt["lexemes"]:
+        expansion = Expansion(tuple(learnt["lexemes"]), tuple(map(float, learnt["qtf"])))
+    result = _search(conn, collection, replace(plan, vector=vector, expansion=expansion), searcher)
+    return replace(
+        result,
+        embed_ms=result.embed_ms + found.embed_ms,
+        sql_ms=result.sql_ms + found.sql_ms + learnt_ms,
+        faiss_ms=result.faiss_ms + found.faiss_ms,
+    )
+
+
+def _learn(
+    conn: Connection, collection: Collection, plan: Plan, chunk_ids: list[int]
+) -> RowMapping:
+    """The expanded keyword query and the mean vector of `chunk_ids` (sql/search.sql
+    `prf`)."""
+    return (
+        conn.execute(
+            _prf_statement(collection.vector_sql("c")),
+            {
+                "collection_id": collection.id,
+                "chunk_ids": array_literal(chunk_ids),
+                "text_config": collection.text_config,
+                "query_text": plan.query,
+                "terms": plan.prf.terms if plan.uses_keyword else 0,
+                "expansion": plan.prf.keyword if plan.uses_keyword else 0.0,
+                "max_share": PRF_MAX_SHARE,
+            },
+        )
+        .mappings()
+        .one()
+    )
+
+
+@lru_cache(maxsize=16)
+def _prf_statement(vectors: str) -> TextClause:
+    return text(load("search.sql")["prf"].text.replace(EMBEDDING_MARK, vectors))
 
 
 @dataclass(frozen=True)
@@ -449,8 +534,9 @@ def prepare(
     (`keyword_lexemes`, `keyword_weights`, `avgdl`)."""
     return (
         conn.execute(
-            load("search.sql")["prepare"],
+            _prepare_statement(),
             {
+                **_query_terms(plan),
                 "principals": plan.principals,
                 "ef_search": str(plan.ef_search),
                 "max_scan_tuples": str(settings.max_scan_tuples),
@@ -474,6 +560,22 @@ def statement(compiled: CompiledFilter, collection: Collection) -> TextClause:
     return _statement(compiled.sql, compiled.check_sql, collection.vector_sql("c"), collection.id)
 
 
+@lru_cache(maxsize=1)
+def _prepare_statement() -> TextClause:
+    """sql/search.sql's `prepare` with the query's terms written in."""
+    sql = load("search.sql")
+    return text(sql["prepare"].text.replace(QUERY_TERMS_MARK, _expression(sql["query_terms"])))
+
+
+def _query_terms(plan: Plan) -> dict[str, Any]:
+    """The expanded query's lexemes and weights after feedback (None: the query text's)."""
+    expansion = plan.expansion
+    return {
+        "query_lexemes": list(expansion.lexemes) if expansion else None,
+        "query_qtf": array_literal(expansion.qtf) if expansion else None,
+    }
+
+
 @lru_cache(maxsize=256)
 def _statement(filter_sql: str, check_sql: str, vectors: str, collection_id: int) -> TextClause:
     """sql/search.sql's statement with its one visibility rule written out (with the filter
@@ -488,6 +590,7 @@ def _statement(filter_sql: str, check_sql: str, vectors: str, collection_id: int
         VISIBLE_MARK, f"({rule.replace(FILTER_MARK, f'({check_sql})')})"
     )
     source = sql["search"].text.replace(VISIBLE_MARK, f"({in_scan})")
+    source = source.replace(QUERY_TERMS_MARK, _expression(sql["query_terms"]))
     source = source.replace(EMBEDDING_MARK, vectors)
     source = VISIBLE_DOCUMENT.sub(lambda found: in_check.replace(DOCUMENT_MARK, found[1]), source)
     source = source.replace(":collection_id", f"CAST({int(collection_id)} AS bigint)")
@@ -526,6 +629,7 @@ def statement_parameters(
     limit, offset = plan.fetch
     return {
         **plan.filter.params,
+        **_query_terms(plan),
         "collection_id": collection.id,
         "text_config": collection.text_config,
         "query_text": plan.query,
@@ -552,6 +656,7 @@ def statement_parameters(
         "per_document": plan.per_document,
         "keyword_weight": plan.keyword_weight,
         "vector_weight": plan.vector_weight,
+        "rarity_weight": plan.rarity_weight,
         "rrf_k": plan.rrf_k,
         "fusion": plan.fusion,
         "recency_half_life_days": recency.half_life_days if recency else None,

@@ -9,7 +9,7 @@ A request that names no mode gets `hybrid+rerank` when a cross-encoder is loaded
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.access.caller import MAX_PRINCIPAL_CHARS
@@ -51,6 +51,69 @@ class Weights:
 
     keyword: float | None = None
     vector: float | None = None
+    # How much the keyword weight follows the rarity of the query's words.
+    rarity: float | None = None
+
+
+@dataclass(frozen=True)
+class Prf:
+    """Pseudo-relevance feedback asked for by a request (None: the collection's)."""
+
+    documents: int | None = None
+    terms: int | None = None
+    keyword: float | None = None
+    vector: float | None = None
+
+
+@dataclass(frozen=True)
+class PrfPlan:
+    """Pseudo-relevance feedback as the search runs it: a first pass's `documents` best hits
+    give the keyword leg `terms` more lexemes holding a `keyword` share of the query's weight
+    (RM3), and move the query vector `vector` times their mean vector's way (Rocchio)."""
+
+    documents: int
+    terms: int
+    keyword: float
+    vector: float
+
+    @property
+    def active(self) -> bool:
+        return self.documents > 0 and ((self.terms > 0 and self.keyword > 0) or self.vector > 0)
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """The keyword query after feedback: its lexemes and their weights (query term
+    frequencies)."""
+
+    lexemes: tuple[str, ...]
+    qtf: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """An adaptive depth: the hit list ends where the scores say the rest is weak. A hit is
+    kept while its score is at least `relative` times the best hit's, at least `min_score`,
+    and at least 1 - `gap` times the score of the hit before it; the first `min_hits` hits are
+    always kept. Scores are the fused scores (with boosts), before any reranking."""
+
+    relative: float | None = None
+    gap: float | None = None
+    min_score: float | None = None
+    min_hits: int = 1
+
+    def kept(self, scores: list[float]) -> int:
+        """How many of `scores` (best first) the cut keeps."""
+        for i, score in enumerate(scores):
+            if i < self.min_hits:
+                continue
+            if self.relative is not None and score < self.relative * scores[0]:
+                return i
+            if self.min_score is not None and score < self.min_score:
+                return i
+            if self.gap is not None and score < (1 - self.gap) * scores[i - 1]:
+                return i
+        return len(scores)
 
 
 @dataclass(frozen=True)
@@ -70,6 +133,7 @@ class RerankPolicy:
 
 
 NO_RERANKER = RerankPolicy()
+NO_PRF = PrfPlan(0, 0, 0.0, 0.0)
 
 
 @dataclass
@@ -94,6 +158,8 @@ class SearchRequest:
     highlight: bool = True
     rerank_depth: int | None = None
     vector_backend: str | None = None
+    prf: Prf | None = None
+    cut: Cut | None = None
 
 
 @dataclass
@@ -110,6 +176,7 @@ class Plan:
     vector: list[float] | None
     keyword_weight: float
     vector_weight: float
+    rarity_weight: float
     rrf_k: float
     fusion: str
     candidates: int
@@ -126,6 +193,10 @@ class Plan:
     highlight: bool
     rerank_depth: int = 0
     vector_backend: VectorBackend = "auto"
+    prf: PrfPlan = field(default_factory=lambda: NO_PRF)
+    # Set for the second pass of a search with feedback: the expanded keyword query.
+    expansion: Expansion | None = None
+    cut: Cut | None = None
 
     @property
     def uses_keyword(self) -> bool:
@@ -190,6 +261,9 @@ def resolve(
         vector=request.vector,
         keyword_weight=_weight("weights.keyword", weights.keyword, defaults["keyword_weight"]),
         vector_weight=_weight("weights.vector", weights.vector, defaults["vector_weight"]),
+        rarity_weight=float_in(
+            "weights.rarity", _pick(weights.rarity, defaults["rarity_weight"]), 0.0, 10.0
+        ),
         rrf_k=float_in("rrf_k", _pick(request.rrf_k, defaults["rrf_k"]), 0.0, 10_000.0),
         fusion=fusion_method(
             "fusion", _pick(request.fusion, collection_settings.get(FUSION_SETTING, "rrf"))
@@ -207,7 +281,37 @@ def resolve(
         highlight=bool(request.highlight),
         rerank_depth=_rerank_depth(request, mode, query, rerank),
         vector_backend=backend,
+        prf=_prf(request.prf or Prf(), defaults, query),
+        cut=_cut(request.cut, offset, settings.max_k),
     )
+
+
+def _cut(cut: Cut | None, offset: int, max_k: int) -> Cut | None:
+    """A checked cut: each bound in range; only a first page can be cut (the best hit's score
+    is on it)."""
+    if cut is None:
+        return None
+    if offset:
+        raise Invalid("cut: only the first page (offset 0) can be cut", field="cut")
+    relative = None if cut.relative is None else float_in("cut.relative", cut.relative, 0.0, 1.0)
+    gap = None if cut.gap is None else float_in("cut.gap", cut.gap, 0.0, 1.0)
+    floor = None if cut.min_score is None else float_in("cut.min_score", cut.min_score, 0.0, 1e9)
+    return Cut(relative, gap, floor, int_in("cut.min_hits", cut.min_hits, 1, max_k))
+
+
+def _prf(asked: Prf, defaults: dict[str, float], query: str) -> PrfPlan:
+    """The request's feedback over the collection's; off without a query text (a search by
+    vector alone has nothing to expand)."""
+    documents = int_in(
+        "prf.documents", _pick(asked.documents, int(defaults["prf_documents"])), 0, 100
+    )
+    plan = PrfPlan(
+        documents=documents,
+        terms=int_in("prf.terms", _pick(asked.terms, int(defaults["prf_terms"])), 0, 100),
+        keyword=float_in("prf.keyword", _pick(asked.keyword, defaults["prf_keyword"]), 0.0, 1.0),
+        vector=float_in("prf.vector", _pick(asked.vector, defaults["prf_vector"]), 0.0, 10.0),
+    )
+    return plan if plan.active and query else NO_PRF
 
 
 def _mode(mode: str | None, can_rerank: bool) -> Mode:

@@ -59,6 +59,8 @@ class SearchResult:
     # (the GIN index or the visible chunks); None without a keyword leg. And the index's time.
     keyword_backend: str | None = None
     keyword_index_ms: float = 0.0
+    # With an adaptive cut: how many hits there were before it (None: no cut asked).
+    uncut: int | None = None
 
     @property
     def reranked(self) -> bool:

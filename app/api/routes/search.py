@@ -128,4 +128,5 @@ def to_out(result: SearchResult, *, cache: str = "computed", search_id: str = ""
         vector_backend=result.vector_backend,
         vector_cache_fresh=result.fresh,
         keyword_backend=result.keyword_backend,
+        uncut=result.uncut,
     )
