@@ -66,6 +66,9 @@ def make_settings(database_url: str, data_dir: Path, **overrides: str) -> Settin
         "HYBRID_AUTH": "off",
         # Admission control has tests of its own; the others send more requests at once.
         "HYBRID_MAX_IN_FLIGHT": "64",
+        # Vector caches that tests create and start follow the change log on a connection of
+        # the shared pool until the session ends; more overflow keeps the later tests' own.
+        "HYBRID_DB_POOL_OVERFLOW": "30",
         **overrides,
     }
     return load_settings(environ)

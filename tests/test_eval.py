@@ -211,7 +211,9 @@ def test_eval_answers_scores_citations_and_the_judges_verdicts(
     assert run.code == 0, run.err
     answers = json.loads((out / "samples.json").read_text())["answers"]
     q08, q18, q24 = answers["per_query"]
-    assert q08["context"][:3] == ["embeddings-1", "faq-offline", "chunking-0"]
+    # The third passage is a document not judged relevant for q08.
+    assert q08["context"][:2] == ["embeddings-1", "faq-offline"]
+    assert q08["context"][2] not in ("embeddings-1", "faq-offline")
     assert q18["context"][:2] == ["chunking-1", "chunking-2"]
     assert "faq-offline" in q24["context"]
     # q08 cites 2 relevant passages of 3, and both relevant documents of its context.

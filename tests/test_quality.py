@@ -23,7 +23,7 @@ from app.eval import runner
 from app.eval import tune as tuning
 from app.search import engine
 from app.search.cache import cached_search
-from app.search.engine import search
+from app.search.engine import Searcher, search
 from app.search.request import Cut, Expansion, Plan, Prf, PrfPlan, SearchRequest, resolve
 from app.search.results import SearchResult
 from app.service import Services
@@ -50,8 +50,11 @@ ZOO = [
 
 
 def run(services: Services, **fields: Any) -> SearchResult:
+    """A search without the in-process caches (the statement alone; the keyword index's
+    agreement with it under feedback is in tests/test_keyword_index.py)."""
+    searcher = Searcher(settings=services.settings.search, embeddings=services.embeddings)
     with services.engine.begin() as conn:
-        return search(conn, "kb", SearchRequest(**fields), services.searcher())
+        return search(conn, "kb", SearchRequest(**fields), searcher)
 
 
 @pytest.fixture
@@ -140,7 +143,8 @@ def test_keyword_feedback_scores_are_bm25_of_the_expanded_query(zoo: Services) -
     expansion = Expansion(tuple(learnt["lexemes"]), tuple(learnt["qtf"]))
     direct_plan = replace(_plan("penguins", mode="keyword", k=10), expansion=expansion)
     with zoo.engine.begin() as conn:
-        direct = engine._search(conn, collections.get(conn, "kb"), direct_plan, zoo.searcher())
+        searcher = Searcher(settings=zoo.settings.search, embeddings=zoo.embeddings)
+        direct = engine._search(conn, collections.get(conn, "kb"), direct_plan, searcher)
     assert [(h.document_id, round(h.score, 9)) for h in asked.hits] == [
         (h.document_id, round(h.score, 9)) for h in direct.hits
     ]
